@@ -1,0 +1,57 @@
+"""Shared test helpers: compile a tiny model with vtp and compare against the oracle."""
+from __future__ import annotations
+
+import torch
+
+from vtp_compile.passes.manager import REPORTS
+from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_generate
+
+
+def options(method, budget=None, ratio=None, layer=None, inner="eager"):
+    o = {"method": method, "inner_backend": inner}
+    if budget is not None:
+        o["budget"] = budget
+    if ratio is not None:
+        o["ratio"] = ratio
+    if layer is not None:
+        o["layer"] = layer
+    return o
+
+
+def oracle_spec(method, budget=None, ratio=None, layer=None):
+    return OracleSpec(method, budget=budget, ratio=ratio, layer=layer if layer is not None else 2)
+
+
+def valid(inputs):
+    return inputs["attention_mask"].bool()
+
+
+@torch.no_grad()
+def compiled_logits(model, inputs, opts):
+    model(**inputs)  # eager warm-up (transformers' output hooks graph-break on a first call)
+    fast = torch.compile(model, backend="vtp", options=opts)
+    return fast(**inputs).logits
+
+
+@torch.no_grad()
+def oracle_logits(model, inputs, spec):
+    return oracle_forward(model, inputs["input_ids"], inputs["attention_mask"],
+                          inputs.get("pixel_values"), spec=spec)[0]
+
+
+def assert_tokens_match(got, want, margins, tol=1e-3):
+    """Greedy tokens must agree up to the first step where the oracle had a near tie."""
+    for b in range(want.shape[0]):
+        for t in range(want.shape[1]):
+            if int(got[b, t]) != int(want[b, t]):
+                assert float(margins[b, t]) < tol, (
+                    f"row {b} step {t}: compiled {got[b].tolist()} vs oracle {want[b].tolist()}")
+                break
+
+
+def last_report():
+    return REPORTS[-1]
+
+
+__all__ = ["options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+           "assert_tokens_match", "valid", "last_report"]

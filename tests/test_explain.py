@@ -1,0 +1,31 @@
+import torch
+
+import vtp_compile
+from vtp_compile.testing.oracle import OracleSpec, oracle_forward
+from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
+
+
+def test_explain_reports_the_oracle_selection():
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 1))
+    with torch.no_grad():
+        model(**inputs)
+    for method, opts in (("fastv", {"layer": 2}), ("random", {}), ("divprune", {})):
+        ex = vtp_compile.explain(model, inputs, {"method": method, "budget": 5, **opts})
+        (site,) = ex.sites
+        assert (site.visual_count, site.kept) == (spec.visual_tokens, 5)
+        _, sel = oracle_forward(model, inputs["input_ids"], inputs["attention_mask"],
+                                inputs["pixel_values"], spec=OracleSpec(method, budget=5))
+        assert site.kept_visual_index.tolist() == sel
+        assert "visual tokens 16 -> 5" in str(ex)
+
+
+def test_explain_text_only_says_why():
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, text_only=True)
+    with torch.no_grad():
+        model(**inputs)
+    ex = vtp_compile.explain(model, inputs, {"method": "fastv"})
+    assert ex.sites == [] and ex.reason

@@ -1,0 +1,33 @@
+"""A few cases end to end through Inductor (the default inner backend)."""
+import pytest
+import torch
+
+from vtp_compile.testing.oracle import OracleSpec, oracle_generate
+from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
+
+from .helpers import assert_tokens_match, compiled_logits, oracle_logits, oracle_spec, valid
+
+pytestmark = pytest.mark.inductor
+
+
+@pytest.mark.parametrize("method,layer", [("fastv", 2), ("random", None)])
+def test_forward_through_inductor_equals_oracle(method, layer):
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(1, 0))
+    got = compiled_logits(model, inputs, {"method": method, "budget": 5, **({"layer": layer} if layer else {})})
+    want = oracle_logits(model, inputs, oracle_spec(method, budget=5, layer=layer))
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
+
+
+def test_generate_through_inductor_equals_oracle():
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    want, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
+                                    inputs["pixel_values"], OracleSpec("fastv", budget=4, layer=1), 4)
+    with torch.no_grad():
+        model(**inputs)
+        model.compile(backend="vtp", options={"method": "fastv", "budget": 4, "layer": 1})
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)

@@ -1,0 +1,50 @@
+"""The ``vtp`` torch.compile backend: config -> analyse -> plan -> rewrite -> lower."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from . import kernels  # noqa: F401  (registers torch.ops.vtp)
+from .config import PruneConfig
+from .graph.fx_utils import Unsupported
+from .passes.manager import REPORTS, GraphReport, PassManager, lower
+
+log = logging.getLogger("vtp_compile")
+_env_level = os.environ.get("VTP_LOG")
+if _env_level:
+    log.setLevel(_env_level.upper())
+    if not log.handlers:
+        _h = logging.StreamHandler()
+        _h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(_h)
+
+
+def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
+    """Entry point registered as ``backend="vtp"`` (see ``pyproject.toml``)."""
+    options = kwargs.get("options")
+    if kwargs.get("mode") not in (None, "default"):
+        raise ValueError(f"vtp: mode={kwargs['mode']!r} is not supported; pass options instead")
+    cfg = PruneConfig.from_options(options)
+    try:
+        gm, report = PassManager(cfg)(gm, example_inputs)
+    except Unsupported as why:
+        log.info("vtp: graph left unpruned: %s", why)
+        report = GraphReport("unrecognised", skipped=str(why))
+    REPORTS.append(report)
+    return lower(gm, example_inputs, cfg)
+
+
+def register_if_needed() -> None:
+    """Register the backend by hand when the entry point is absent (uninstalled source tree)."""
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+    try:
+        from torch._dynamo.backends.registry import list_backends
+        names = list_backends(exclude_tags=())
+    except Exception:  # pragma: no cover
+        names = list(_BACKENDS)
+    if "vtp" not in names:
+        register_backend(vtp_backend, name="vtp")

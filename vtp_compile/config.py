@@ -1,0 +1,89 @@
+"""``PruneConfig``: the validated form of ``torch.compile(..., options={...})``."""
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Any, Mapping
+
+INNER_BACKENDS = ("inductor", "eager", "aot_eager")
+COMMON_KEYS = ("method", "budget", "ratio", "inner_backend", "inductor")
+DEFAULT_RATIO = Fraction(1, 9)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepRule:
+    """How many visual tokens (per image, per sample) a site keeps.
+
+    Exactly one of ``budget`` (a count) or ``ratio`` (a fraction of the visual count, rounded
+    up with integer arithmetic so that the kept count is a pure function of the visual count).
+    """
+    budget: int | None = None
+    ratio: Fraction | None = None
+
+    def count(self, n_visual):
+        """Kept count for ``n_visual`` tokens (int or SymInt); may exceed n_visual (= keep all)."""
+        if self.budget is not None:
+            return self.budget
+        return (n_visual * self.ratio.numerator + self.ratio.denominator - 1) // self.ratio.denominator
+
+    def scaled(self, factor: Fraction) -> "KeepRule":
+        if self.budget is not None:
+            return KeepRule(budget=max(1, int(self.budget * factor)))
+        return KeepRule(ratio=self.ratio * factor)
+
+    def __str__(self) -> str:
+        return f"budget={self.budget}" if self.budget is not None else f"ratio={float(self.ratio):.4g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """Validated backend options. Build with :meth:`from_options`."""
+    method: str
+    keep: KeepRule
+    params: Mapping[str, Any]
+    inner_backend: str = "inductor"
+    inductor: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> "PruneConfig":
+        """Parse and validate; never mutates ``options``. Raises ``ValueError`` naming what is valid."""
+        from .methods.registry import get_method, method_names
+
+        opts = dict(options or {})
+        name = opts.pop("method", "fastv")
+        if not isinstance(name, str):
+            raise ValueError(f"vtp: 'method' must be a string, one of {method_names()}")
+        method = get_method(name)
+        budget = opts.pop("budget", None)
+        ratio = opts.pop("ratio", None)
+        inner = opts.pop("inner_backend", "inductor")
+        inductor = opts.pop("inductor", {}) or {}
+        if inner not in INNER_BACKENDS:
+            raise ValueError(f"vtp: unknown inner_backend {inner!r}; valid: {list(INNER_BACKENDS)}")
+        if not isinstance(inductor, Mapping):
+            raise ValueError("vtp: 'inductor' must be a dict of Inductor config patches")
+        keep = _keep_rule(budget, ratio)
+        params = dict(method.defaults)
+        unknown = [k for k in opts if k not in params]
+        if unknown:
+            raise ValueError(
+                f"vtp: unknown option(s) {sorted(unknown)} for method {method.name!r}; valid "
+                f"options: {sorted(list(COMMON_KEYS) + list(params))}")
+        params.update(opts)
+        method.validate(params)
+        return cls(method=method.name, keep=keep, params=params, inner_backend=inner,
+                   inductor=dict(inductor))
+
+
+def _keep_rule(budget, ratio) -> KeepRule:
+    if budget is not None and ratio is not None:
+        raise ValueError("vtp: give either 'budget' (tokens kept) or 'ratio' (fraction kept), not both")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"vtp: 'budget' must be a positive int (visual tokens kept), got {budget!r}")
+        return KeepRule(budget=budget)
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, Fraction)) or not 0 < ratio <= 1:
+            raise ValueError(f"vtp: 'ratio' must be a number in (0, 1], got {ratio!r}")
+        return KeepRule(ratio=Fraction(ratio).limit_denominator(10_000))
+    return KeepRule(ratio=DEFAULT_RATIO)

@@ -1,0 +1,99 @@
+"""``explain``: what a config would prune where, without running the pruned model."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+import torch.fx as fx
+
+from .config import PruneConfig
+from .passes.manager import PassManager, SiteReport
+
+
+@dataclasses.dataclass
+class ExplainedSite:
+    """One site: the compile-time report plus the tokens it keeps for these inputs."""
+    name: str
+    layer: int | None
+    visual_count: int
+    kept: int
+    flops_saved: int
+    flops_total: int
+    kv_bytes_saved: int
+    kept_visual_index: torch.Tensor   # [B, kept]: indices into each sample's visual tokens
+
+
+@dataclasses.dataclass
+class Explanation:
+    sites: list[ExplainedSite]
+    reason: str | None = None        # why nothing would be pruned, if so
+
+    def __str__(self) -> str:
+        if not self.sites:
+            return f"vtp: nothing pruned ({self.reason})"
+        return "\n".join(SiteReport.line(s) for s in self.sites)
+
+
+def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Explanation:
+    """Capture ``model(**inputs)``, plan ``options`` on it and compute each site's kept tokens.
+
+    Runs the unpruned model up to the last scoring step only; nothing is compiled for speed.
+
+    >>> ex = vtp_compile.explain(model, inputs, {"method": "fastv", "budget": 8})
+    >>> ex.sites[0].kept_visual_index.shape   # [batch, 8]
+    """
+    from .graph.fx_utils import Unsupported
+
+    cfg = PruneConfig.from_options(options)
+    planned, reasons = [], []
+
+    def plan_only(gm, example_inputs, **kw):
+        manager = PassManager(cfg)
+        try:
+            _, report = manager(gm, example_inputs)
+            if report.phase == "prefill" and manager.state is not None:
+                planned.append((manager, report, list(example_inputs)))
+        except Unsupported as why:
+            reasons.append(str(why))
+        return gm.forward  # the capture itself runs unpruned
+
+    with torch.no_grad():
+        torch._dynamo.reset()
+        try:
+            torch.compile(model, backend=plan_only)(**inputs)
+        finally:
+            torch._dynamo.reset()
+    if not planned:
+        return Explanation([], "; ".join(reasons) or "no prefill graph with a visual splice")
+    manager, report, ex = planned[0]
+    idx = _run_selection(manager, ex)
+    return Explanation([
+        ExplainedSite(r.name, r.layer, r.visual_count, r.kept, r.flops_saved, r.flops_total,
+                      r.kv_bytes_saved, vi) for r, vi in zip(report.sites, idx)])
+
+
+def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
+    state = manager.state
+    g: fx.Graph = state.visual_mask.graph
+    first_vis = _initial_visual_mask(state)
+    out = next(n for n in reversed(g.nodes) if n.op == "output")
+    out.args = ((first_vis, *[idx for _, idx, _ in state.keep_nodes]),)
+    g.eliminate_dead_code()
+    gm = fx.GraphModule(out.graph.owning_module, g)
+    with torch.no_grad():
+        vis, *idxs = gm(*example_inputs)
+    results, pos = [], None
+    rank = vis.long().cumsum(1) - 1          # visual index of each original position
+    for idx in idxs:
+        pos = idx if pos is None else torch.gather(pos, 1, idx)
+        is_vis = torch.gather(vis, 1, pos)
+        vi = torch.gather(rank, 1, pos)
+        results.append(torch.stack([vi[b][is_vis[b]] for b in range(vi.shape[0])]))
+    return results
+
+
+def _initial_visual_mask(state):
+    # the first select_keep's visual-mask argument is the mask on the original sequence
+    _, idx, _ = state.keep_nodes[0]
+    return idx.args[1]

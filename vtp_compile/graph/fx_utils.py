@@ -1,0 +1,167 @@
+"""Small helpers for reading Dynamo FX graphs."""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Iterable
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+SDPA_TARGETS = {
+    torch._C._nn.scaled_dot_product_attention,
+    torch.nn.functional.scaled_dot_product_attention,
+}
+_LAYER_RE = re.compile(r"^(?P<list>.+)\.(?P<idx>\d+)$")
+
+
+class Unsupported(Exception):
+    """The graph has a structure the analysis cannot prove safe to rewrite."""
+
+
+def val(n: Any) -> Any:
+    """The fake value Dynamo recorded for a node (or the constant itself)."""
+    if isinstance(n, fx.Node):
+        return n.meta.get("example_value", n.meta.get("val"))
+    return n
+
+
+def tensor_val(n: Any) -> torch.Tensor | None:
+    v = val(n)
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def same_size(a, b) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    try:
+        return bool(statically_known_true(a == b))
+    except Exception:
+        return False
+
+
+def hint(x) -> int:
+    """A size's value for the example inputs, without adding a guard (no recompile per size)."""
+    if isinstance(x, int):
+        return x
+    from torch.fx.experimental import symbolic_shapes as ss
+    fn = getattr(ss, "optimization_hint", None) or getattr(ss, "size_hint", None)
+    if fn is not None:
+        return int(fn(x))
+    return int(x.node.hint)
+
+
+def is_one(a) -> bool:
+    return same_size(a, 1)
+
+
+def is_param_like(n: fx.Node) -> bool:
+    return n.op == "get_attr" or (n.op == "placeholder" and "_parameters_" in n.name)
+
+
+def module_paths(n: fx.Node) -> list[str]:
+    stack = n.meta.get("nn_module_stack") or {}
+    return [v[0] for v in stack.values()]
+
+
+def layer_path(n: fx.Node) -> tuple[str, int] | None:
+    """The innermost ``<ModuleList path>.<index>`` module that owns ``n``, if any."""
+    for path in reversed(module_paths(n)):
+        m = _LAYER_RE.match(path)
+        if m:
+            return m.group("list"), int(m.group("idx"))
+    return None
+
+
+def is_sdpa(n: fx.Node) -> bool:
+    return n.op == "call_function" and n.target in SDPA_TARGETS
+
+
+def sdpa_args(n: fx.Node) -> dict:
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    out = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+    out.update(dict(zip(names, n.args)))
+    out.update(n.kwargs)
+    return out
+
+
+def is_masked_scatter(n: fx.Node) -> bool:
+    return ((n.op == "call_method" and n.target == "masked_scatter")
+            or (n.op == "call_function" and n.target in (torch.Tensor.masked_scatter, torch.masked_scatter)))
+
+
+def to_networkx(graph: fx.Graph) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for n in graph.nodes:
+        g.add_node(n)
+        for u in n.users:
+            g.add_edge(n, u)
+    return g
+
+
+def tensor_inputs(n: fx.Node) -> list[fx.Node]:
+    return [a for a in n.all_input_nodes if tensor_val(a) is not None]
+
+
+def insert_after(graph: fx.Graph, anchor: fx.Node):
+    """Context that inserts new nodes, in creation order, right after ``anchor``."""
+    return graph.inserting_before(anchor.next)
+
+
+def replace_uses_in(node: fx.Node, new: fx.Node, users: Iterable[fx.Node]) -> None:
+    users = set(users)
+    node.replace_all_uses_with(new, delete_user_cb=lambda u: u in users, propagate_meta=False)
+
+
+def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
+    """Re-run fake propagation so every node's ``example_value`` matches the rewritten graph."""
+    from torch._guards import TracingContext
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    ctx = TracingContext.try_get()
+    if ctx is None or ctx.fake_mode is None:
+        return
+    FakeTensorProp(gm, ctx.fake_mode).propagate(*example_inputs)
+    for n in gm.graph.nodes:
+        if "val" in n.meta:
+            n.meta["example_value"] = n.meta["val"]
+
+
+PYTHON_OPS = {
+    operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
+    operator.neg: "neg", operator.pow: "pow", operator.and_: "bitwise_and",
+    operator.or_: "bitwise_or", operator.invert: "bitwise_not", operator.eq: "eq",
+    operator.ne: "ne", operator.lt: "lt", operator.le: "le", operator.gt: "gt", operator.ge: "ge",
+    operator.floordiv: "floor_divide", operator.iadd: "add", operator.imul: "mul",
+}
+IDENTITY_METHODS = {"to", "float", "half", "bfloat16", "double", "type_as", "contiguous", "clone",
+                    "detach", "type", "requires_grad_"}
+
+
+def op_name(n: fx.Node) -> str | None:
+    if n.op == "call_method":
+        return n.target
+    if n.op == "call_function":
+        if n.target in PYTHON_OPS:
+            return PYTHON_OPS[n.target]
+        return getattr(n.target, "__name__", None)
+    return None
+
+
+def is_pointwise(n: fx.Node) -> bool:
+    """True when the node is an elementwise op with broadcasting (per ATen's pointwise tag)."""
+    name = op_name(n)
+    if name is None:
+        return False
+    if name in IDENTITY_METHODS or name in ("dropout", "silu", "gelu", "relu", "where", "masked_fill"):
+        return True
+    name = name.rstrip("_")
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None:
+        return False
+    for ov in packet.overloads():
+        if torch.Tag.pointwise in getattr(packet, ov).tags:
+            return True
+    return False

@@ -1,0 +1,150 @@
+"""``VLMGraph``: a read-only view of the VLM structure in one Dynamo graph."""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import networkx as nx
+import torch.fx as fx
+
+from .fx_utils import (Unsupported, is_masked_scatter, is_param_like, is_sdpa, layer_path,
+                       same_size, sdpa_args, tensor_val, to_networkx)
+
+
+@dataclasses.dataclass
+class LayerView:
+    """One decoder layer: its nodes, its attention call, where its hidden state enters and leaves."""
+    index: int
+    path: str
+    nodes: list[fx.Node]
+    sdpa: fx.Node
+    entry: fx.Node
+    output: fx.Node
+
+    @property
+    def attention(self) -> dict:
+        return sdpa_args(self.sdpa)
+
+
+@dataclasses.dataclass
+class VLMGraph:
+    """What the passes need to know about a VLM graph. Build with :meth:`match`."""
+    gm: fx.GraphModule
+    phase: str                    # "prefill" (visual splice present) or "decode"
+    layers: list[LayerView]
+    splice: fx.Node | None = None  # embeds.masked_scatter(mask, features)
+    features: fx.Node | None = None
+    visual_mask: fx.Node | None = None  # the mask argument of the splice ([B, L, 1] or [B, L, D])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden(self) -> fx.Node:
+        return self.splice
+
+    @classmethod
+    def match(cls, gm: fx.GraphModule) -> "VLMGraph":
+        """Analyse ``gm``; raises :class:`Unsupported` with the reason when it is not a VLM graph."""
+        graph = gm.graph
+        splices = [n for n in graph.nodes if is_masked_scatter(n)]
+        if len(splices) > 1:
+            raise Unsupported(f"{len(splices)} visual splices (masked_scatter) in one graph")
+        sdpas = [n for n in graph.nodes if is_sdpa(n)]
+        if not sdpas:
+            raise Unsupported("no scaled_dot_product_attention call (eager attention is not supported)")
+        nxg = to_networkx(graph)
+        if splices:
+            splice = splices[0]
+            downstream = nx.descendants(nxg, splice)
+            sdpas = [n for n in sdpas if n in downstream]
+            if not sdpas:
+                raise Unsupported("no attention after the visual splice")
+            phase = "prefill"
+        else:
+            splice = None
+            phase = "decode"
+        layers = _layers(graph, sdpas, nxg, splice)
+        self = cls(gm=gm, phase=phase, layers=layers)
+        if splice is not None:
+            self.splice = splice
+            _, mask, feats = (list(splice.args) + [None, None, None])[:3]
+            if tensor_val(mask) is None or tensor_val(feats) is None:
+                raise Unsupported("visual splice with non-tensor arguments")
+            self.visual_mask, self.features = mask, feats
+            if layers[0].entry is not splice and splice not in nx.ancestors(nxg, layers[0].entry):
+                raise Unsupported("first decoder layer does not consume the visual splice")
+        return self
+
+
+def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> list[LayerView]:
+    owners = {}
+    for s in sdpas:
+        lp = layer_path(s)
+        if lp is None:
+            raise Unsupported(f"attention {s.name} has no enclosing layer module")
+        owners[s] = lp
+    lists = {lp[0] for lp in owners.values()}
+    if len(lists) != 1:
+        raise Unsupported(f"attention calls in several layer lists: {sorted(lists)}")
+    (list_path,) = lists
+    by_idx: dict[int, list[fx.Node]] = defaultdict(list)
+    for n in graph.nodes:
+        if n.op in ("placeholder", "get_attr", "output") or is_param_like(n):
+            continue
+        lp = layer_path(n)
+        if lp is not None and lp[0] == list_path:
+            by_idx[lp[1]].append(n)
+    idxs = sorted(by_idx)
+    if idxs != list(range(len(idxs))):
+        raise Unsupported(f"decoder layers {idxs} are not contiguous from 0 (graph fragment)")
+    layers = []
+    prev_out = None
+    for i in idxs:
+        nodes = by_idx[i]
+        node_set = set(nodes)
+        layer_sdpas = [n for n in nodes if n in owners]
+        if len(layer_sdpas) != 1:
+            raise Unsupported(f"layer {i} has {len(layer_sdpas)} attention calls")
+        externals = []
+        for n in nodes:
+            for a in n.all_input_nodes:
+                if a not in node_set and not is_param_like(a) and a not in externals:
+                    externals.append(a)
+        if prev_out is None:
+            cands = [a for a in externals if splice is None or a is splice or splice in nx.ancestors(nxg, a)]
+            # the hidden state is the external input that is consumed by the layer's residual
+            cands = [a for a in cands if tensor_val(a) is not None and tensor_val(a).dim() == 3]
+            if splice is None:
+                cands = [a for a in cands if _feeds_residual(a, node_set)]
+            if len(cands) != 1:
+                raise Unsupported(f"cannot find the hidden state entering layer {i}: {[c.name for c in cands]}")
+            entry = cands[0]
+        else:
+            if prev_out not in externals:
+                raise Unsupported(f"layer {i} does not consume the output of layer {i - 1}")
+            entry = prev_out
+        out = _layer_output(nodes, node_set, entry)
+        layers.append(LayerView(i, f"{list_path}.{i}", nodes, layer_sdpas[0], entry, out))
+        prev_out = out
+    return layers
+
+
+def _feeds_residual(a: fx.Node, node_set: set) -> bool:
+    import operator
+    return any(u in node_set and u.op == "call_function" and u.target is operator.add for u in a.users)
+
+
+def _layer_output(nodes: list[fx.Node], node_set: set, entry: fx.Node) -> fx.Node:
+    ev = tensor_val(entry)
+    cands = []
+    for n in nodes:
+        v = tensor_val(n)
+        if v is None or v.dim() != ev.dim() or not all(same_size(a, b) for a, b in zip(v.shape, ev.shape)):
+            continue
+        if any(u not in node_set and u.op != "output" for u in n.users):
+            cands.append(n)
+    if len(cands) != 1:
+        raise Unsupported(f"cannot find a unique layer output: {[c.name for c in cands]}")
+    return cands[0]

@@ -1,0 +1,82 @@
+"""``torch.library`` ops for the hot token-selection steps.
+
+Each op has a PyTorch reference (the CPU path and the oracle for kernels) and a fake
+implementation for tracing; a faster implementation can be registered per device later without
+touching the passes that insert these ops.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference
+
+_LIB = "vtp"
+
+
+@torch.library.custom_op(f"{_LIB}::attn_row_scores", mutates_args=())
+def attn_row_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
+                    scale: float, query_index: int) -> torch.Tensor:
+    return reference.attn_row_scores(q, k, key_mask, scale, query_index)
+
+
+@attn_row_scores.register_fake
+def _(q, k, key_mask, scale, query_index):
+    return q.new_empty((q.shape[0], k.shape[2]), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::select_keep", mutates_args=())
+def select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, n_visual: int,
+                n_keep: int) -> torch.Tensor:
+    return reference.select_keep(scores, visual_mask, n_visual, n_keep)
+
+
+@select_keep.register_fake
+def _(scores, visual_mask, n_visual, n_keep):
+    B, L = visual_mask.shape
+    kept = torch.sym_min(n_keep, n_visual)
+    return scores.new_empty((B, L - n_visual + kept), dtype=torch.int64)
+
+
+@torch.library.custom_op(f"{_LIB}::gather_seq", mutates_args=())
+def gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int) -> torch.Tensor:
+    return reference.gather_seq(x, idx, dim, batch_dim)
+
+
+@gather_seq.register_fake
+def _(x, idx, dim, batch_dim):
+    shape = list(x.shape)
+    shape[dim % x.dim()] = idx.shape[1]
+    shape[batch_dim % x.dim()] = idx.shape[0]
+    return x.new_empty(shape)
+
+
+@torch.library.custom_op(f"{_LIB}::scatter_seq", mutates_args=())
+def scatter_seq(base: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return reference.scatter_seq(base, src, idx)
+
+
+@scatter_seq.register_fake
+def _(base, src, idx):
+    return torch.empty_like(base)
+
+
+@torch.library.custom_op(f"{_LIB}::divprune_scores", mutates_args=())
+def divprune_scores(features: torch.Tensor, n_keep: int) -> torch.Tensor:
+    return reference.divprune_scores(features, n_keep)
+
+
+@divprune_scores.register_fake
+def _(features, n_keep):
+    return features.new_empty(features.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::check_left_padded", mutates_args=())
+def check_left_padded(mask: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
+    return reference.check_left_padded(mask, mask4d)
+
+
+@check_left_padded.register_fake
+def _(mask, mask4d):
+    return torch.empty_like(mask4d)

@@ -1,0 +1,141 @@
+"""Readable PyTorch references for the token-selection ops.
+
+These are the semantics every fast path (Triton on CUDA) is tested against, and the
+implementation used on CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def attn_row_scores(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None,
+                    scale: float, query_index: int = -1) -> torch.Tensor:
+    """Head-mean attention paid by one query row to every key.
+
+    ``score[b, s] = mean_h softmax_s(scale * q[b, h, query_index] . k[b, h // rep, s] + bias[b, s])``
+
+    q: ``[B, H, Lq, D]``; k: ``[B, Hkv, S, D]`` with ``H % Hkv == 0`` (GQA); key_mask: ``None``,
+    a bool ``[B or 1, S]`` (True = may attend) or an additive float ``[B or 1, S]``.
+    Returns float32 ``[B, S]``.
+    """
+    B, H, _, D = q.shape
+    hkv = k.shape[1]
+    qr = q[:, :, query_index, :].float()                       # [B, H, D]
+    kk = k.float()
+    if hkv != H:
+        kk = kk.repeat_interleave(H // hkv, dim=1)
+    logits = torch.einsum("bhd,bhsd->bhs", qr, kk) * scale     # [B, H, S]
+    if key_mask is not None:
+        km = key_mask.expand(B, logits.shape[-1])
+        if km.dtype == torch.bool:
+            logits = logits.masked_fill(~km[:, None, :], float("-inf"))
+        else:
+            logits = logits + km[:, None, :].float()
+    return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
+def select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, n_visual: int,
+                n_keep: int) -> torch.Tensor:
+    """Positions to keep, ascending: every non-visual position plus the ``n_keep`` visual
+    positions with the highest score (ties: lower position first).
+
+    scores: ``[B, L]``; visual_mask: bool ``[B, L]`` with exactly ``n_visual`` True per row.
+    Returns int64 ``[B, L - n_visual + min(n_keep, n_visual)]``.
+    """
+    B, L = visual_mask.shape
+    counts = visual_mask.sum(dim=1)
+    if not bool((counts == n_visual).all()):
+        raise ValueError(
+            f"vtp: every prompt in a batch must hold the same number of visual tokens; "
+            f"got {counts.tolist()} (expected {n_visual} each). Batch prompts with the same "
+            f"number of images, or run them separately.")
+    n_keep = min(n_keep, n_visual)
+    width = L - n_visual + n_keep
+    if n_keep == n_visual:
+        return torch.arange(L, device=scores.device).expand(B, L).contiguous()
+    # rank visual tokens by score (stable: equal scores keep position order), keep the best
+    finite = torch.nan_to_num(scores.float(), nan=-3e38, neginf=-3e38).clamp(min=-3e38)
+    key = torch.where(visual_mask, finite, torch.full_like(finite, float("-inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(L, device=scores.device).expand(B, L))
+    keep = (~visual_mask) | (rank < n_keep)
+    idx = torch.nonzero(keep, as_tuple=False)[:, 1].view(B, width)
+    return idx
+
+
+def gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
+    """``x`` with dimension ``dim`` indexed per batch row by ``idx`` ``[B, L']``.
+
+    ``x`` may broadcast over batch (size 1 at ``batch_dim``); the result has size B there.
+    """
+    dim = dim % x.dim()
+    batch_dim = batch_dim % x.dim()
+    B = idx.shape[0]
+    if x.shape[batch_dim] != B:
+        shape = list(x.shape)
+        shape[batch_dim] = B
+        x = x.expand(shape)
+    # move batch to 0 and the sequence dim to 1, gather, move back
+    perm = [batch_dim, dim] + [d for d in range(x.dim()) if d not in (batch_dim, dim)]
+    xp = x.permute(perm)
+    ix = idx.view(B, idx.shape[1], *([1] * (xp.dim() - 2))).expand(B, idx.shape[1], *xp.shape[2:])
+    out = torch.gather(xp, 1, ix)
+    inv = [perm.index(d) for d in range(x.dim())]
+    return out.permute(inv).contiguous()
+
+
+def scatter_seq(base: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``base`` ``[B, L, ...]`` with rows ``idx`` ``[B, L']`` along dim 1 replaced by ``src``."""
+    B, Lp = idx.shape
+    ix = idx.view(B, Lp, *([1] * (src.dim() - 2))).expand_as(src)
+    return base.scatter(1, ix, src.to(base.dtype))
+
+
+def divprune_scores(features: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Greedy max-min diversity (distance 1 - cosine) per sample.
+
+    The first pick is the token with the largest nearest-neighbour distance; each next pick
+    maximises its distance to the nearest already-picked token. Returns ``[B, V]`` float32 where
+    picked tokens score ``n_keep - pick_order`` (> 0) and the rest -1, so the top ``n_keep``
+    scores are exactly the picks.
+    """
+    B, V, _ = features.shape
+    n_keep = min(int(n_keep), V)
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    dist = 1.0 - f @ f.transpose(1, 2)                         # [B, V, V]
+    out = torch.full((B, V), -1.0, dtype=torch.float32, device=features.device)
+    if n_keep <= 0:
+        return out
+    eye = torch.eye(V, dtype=torch.bool, device=features.device)
+    nn_dist = dist.masked_fill(eye, float("inf")).amin(dim=-1)  # [B, V]
+    if V == 1:
+        nn_dist = torch.zeros_like(nn_dist)
+    rows = torch.arange(B, device=features.device)
+    pick = nn_dist.argmax(dim=-1)
+    chosen = torch.zeros(B, V, dtype=torch.bool, device=features.device)
+    mind = torch.full((B, V), float("inf"), device=features.device)
+    for t in range(n_keep):
+        chosen[rows, pick] = True
+        out[rows, pick] = float(n_keep - t)
+        mind = torch.minimum(mind, dist[rows, pick])
+        pick = mind.masked_fill(chosen, float("-inf")).argmax(dim=-1)
+    return out
+
+
+def check_left_padded(mask: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
+    """Validate a decode step's 2-D attention mask after a pruned prefill; returns ``mask4d``.
+
+    Once prompt tokens were evicted from the cache, transformers builds the decode mask
+    ``mask4d`` from the first ``key_len`` columns of the 2-D mask. That is exact for left padding (each row
+    ``0…0 1…1``, the removed columns were all 1) and wrong otherwise, so any other row shape is
+    an error, never a silent wrong answer.
+    """
+    if mask.shape[-1] > mask4d.shape[-1]:
+        allowed = mask.bool() if mask.dtype != torch.bool else mask
+        flat = allowed.reshape(-1, mask.shape[-1]).to(torch.int8)
+        if bool((flat[:, 1:] < flat[:, :-1]).any()):
+            raise ValueError(
+                "vtp: decoding after a pruned prefill needs left padding (padding_side='left'); "
+                "this attention mask has padding after real tokens")
+    return mask4d.clone()

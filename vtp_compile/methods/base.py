@@ -1,0 +1,30 @@
+"""The method interface: a method is policy. It turns a config into sites; passes do the rest."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from ..config import PruneConfig
+
+
+class Method:
+    """Subclass, set the class attributes, implement :meth:`sites`, and register.
+
+    ``defaults`` lists every method-specific option with its default value; the config rejects
+    keys not listed there. :meth:`validate` checks values that do not need the model.
+    """
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def sites(self, cfg: PruneConfig, num_layers: int) -> list:
+        raise NotImplementedError
+
+
+def check_int(params, key, lo=None):
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        raise ValueError(f"vtp: option {key!r} must be an int >= {lo}, got {v!r}")

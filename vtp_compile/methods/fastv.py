@@ -1,0 +1,30 @@
+"""FastV (Chen et al., arXiv 2403.06764): keep the visual tokens the last token attends to most.
+
+At layer K (option ``layer``, default 2) keep the top-k visual tokens by the attention the last
+token pays them in layer K-1, averaged over heads. The score row is computed from layer K-1's q
+and k, so any attention implementation (SDPA, flash) works.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sites import LayerSite
+from .base import Method, check_int
+from .registry import register
+
+
+def score(q, k, key_mask, scale: float, hidden, visual_mask):
+    return torch.ops.vtp.attn_row_scores(q, k, key_mask, scale, -1)
+
+
+@register
+class FastV(Method):
+    name = "fastv"
+    paper = "arXiv 2403.06764"
+    defaults = {"layer": 2}
+
+    def validate(self, params):
+        check_int(params, "layer", lo=1)
+
+    def sites(self, cfg, num_layers):
+        return [LayerSite(layer=cfg.params["layer"], keep=cfg.keep, score=score, name="fastv")]

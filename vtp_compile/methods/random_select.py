@@ -1,0 +1,51 @@
+"""Random selection at the encoder site: a sanity baseline a real method must beat.
+
+The "random" scores are a fixed hash of (sample, visual index, seed), so a run is reproducible
+and the compiled graph matches an eager reference exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sites import EncoderSite
+from .base import Method, check_int
+from .registry import register
+
+
+def hash_scores(features: torch.Tensor, n_keep, seed: int = 0) -> torch.Tensor:
+    B, V = features.shape[0], features.shape[1]
+    pos = torch.arange(V, device=features.device, dtype=torch.float64)
+    row = torch.arange(B, device=features.device, dtype=torch.float64)[:, None]
+    x = torch.sin(pos * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453
+    return (x - torch.floor(x)).float()
+
+
+def score(features, n_keep):
+    return hash_scores(features, n_keep, 0)
+
+
+@register
+class RandomSelect(Method):
+    name = "random"
+    paper = "baseline"
+    defaults = {"seed": 0}
+
+    def validate(self, params):
+        check_int(params, "seed", lo=0)
+
+    def sites(self, cfg, num_layers):
+        seed = cfg.params["seed"]
+        fn = score if seed == 0 else _seeded(seed)
+        return [EncoderSite(keep=cfg.keep, score=fn, name="random")]
+
+
+_SEEDED = {}
+
+
+def _seeded(seed: int):
+    if seed not in _SEEDED:
+        def fn(features, n_keep):
+            return hash_scores(features, n_keep, seed)
+        fn.__name__ = f"random_score_seed{seed}"
+        _SEEDED[seed] = fn
+    return _SEEDED[seed]

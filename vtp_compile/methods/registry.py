@@ -1,0 +1,33 @@
+"""Name -> method. Importing a method module registers it."""
+from __future__ import annotations
+
+from .base import Method
+
+_METHODS: dict[str, Method] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(cls):
+    inst = cls()
+    _METHODS[cls.name] = inst
+    for a in cls.aliases:
+        _ALIASES[a] = cls.name
+    return cls
+
+
+def _load():
+    from . import fastv, random_select, divprune  # noqa: F401
+
+
+def method_names() -> list[str]:
+    _load()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    _load()
+    key = _ALIASES.get(name, name)
+    if key not in _METHODS:
+        raise ValueError(f"vtp: unknown method {name!r}; available: {sorted(_METHODS)}"
+                         + (f" (aliases: {sorted(_ALIASES)})" if _ALIASES else ""))
+    return _METHODS[key]

@@ -1,0 +1,52 @@
+"""FLOP and KV-cache accounting for a decoder stack, from the graph's own weight shapes."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..graph.fx_utils import sdpa_args, tensor_val
+from ..graph.vlm_graph import LayerView
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    linear_params: int    # weights used per token (sum of in*out over the layer's linears)
+    attn_width: int       # query heads * head dim
+    kv_width: int         # 2 * kv heads * head dim (elements cached per token)
+
+    def flops(self, q_len: int, k_len: int) -> int:
+        return 2 * self.linear_params * q_len + 4 * self.attn_width * q_len * k_len
+
+
+def layer_cost(lv: LayerView) -> LayerCost:
+    params = 0
+    for n in lv.nodes:
+        if n.op == "call_function" and n.target in (torch._C._nn.linear, torch.nn.functional.linear):
+            w = tensor_val(n.args[1])
+            params += int(w.shape[0]) * int(w.shape[1])
+    att = sdpa_args(lv.sdpa)
+    q, k = tensor_val(att["query"]), tensor_val(att["key"])
+    kv_heads = int(k.shape[1])
+    if not att.get("enable_gqa") and tensor_val(att["key"]).shape[1] == q.shape[1]:
+        # k was expanded to all query heads (repeat_kv); the cache holds the unexpanded heads
+        kv_heads = _cached_heads(att["key"], kv_heads)
+    return LayerCost(params, int(q.shape[1]) * int(q.shape[-1]), 2 * kv_heads * int(k.shape[-1]))
+
+
+def _cached_heads(k_node, default: int) -> int:
+    # walk back through reshape/expand/getitem to the cache `cat`
+    n = k_node
+    for _ in range(4):
+        if not hasattr(n, "args") or not n.args:
+            break
+        n = n.args[0]
+        v = tensor_val(n)
+        if v is not None and v.dim() == 4:
+            return int(v.shape[1])
+    return default
+
+
+def stack_flops(costs: list[LayerCost], lengths: list[int]) -> int:
+    """Prefill FLOPs when layer i runs on ``lengths[i]`` tokens (causal attention ~ L*L/2 ignored)."""
+    return sum(c.flops(L, L) for c, L in zip(costs, lengths))

@@ -1,0 +1,129 @@
+"""The pass manager: owns the order of passes for one graph and the report of what they did."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import logging
+
+import torch.fx as fx
+
+from ..config import PruneConfig
+from ..graph.fx_utils import hint, refresh_meta, tensor_val
+from ..graph.vlm_graph import VLMGraph
+from ..methods.registry import get_method
+from ..sites import LayerSite
+from . import compact, decode, flops
+
+log = logging.getLogger("vtp_compile")
+
+
+@dataclasses.dataclass
+class SiteReport:
+    """One pruning site as compiled (sizes from the example inputs of the compile)."""
+    name: str
+    layer: int | None          # None for an encoder site (before layer 0)
+    visual_count: int
+    kept: int
+    flops_saved: int
+    flops_total: int
+    kv_bytes_saved: int
+
+    def line(self) -> str:
+        where = "encoder (before layer 0)" if self.layer is None else f"layer {self.layer}"
+        pct = 100.0 * self.flops_saved / max(1, self.flops_total)
+        return (f"vtp: {self.name} at {where}: visual tokens {self.visual_count} -> {self.kept}, "
+                f"~{self.flops_saved / 1e9:.3g} GFLOPs saved ({pct:.1f}% of the decoder), "
+                f"KV cache -{self.kv_bytes_saved / 1024:.1f} KiB")
+
+
+@dataclasses.dataclass
+class GraphReport:
+    phase: str
+    sites: list[SiteReport] = dataclasses.field(default_factory=list)
+    padding_checks: int = 0
+    skipped: str | None = None
+
+
+REPORTS: list[GraphReport] = []   # every graph this process compiled with vtp, in order
+
+
+class PassManager:
+    """Applies a config's sites to a graph copy; the caller's graph is never modified."""
+
+    def __init__(self, cfg: PruneConfig):
+        self.cfg = cfg
+        self.method = get_method(cfg.method)
+        self.state = None  # the CompactState of the last prefill graph (for explain)
+
+    def uuid(self) -> str:
+        """Changes with the code of the passes and with the configuration."""
+        h = hashlib.sha256()
+        for mod in (compact, decode, type(self.method)):
+            h.update(inspect.getsource(mod).encode())
+        h.update(repr(self.cfg).encode())
+        return h.hexdigest()
+
+    def __call__(self, gm: fx.GraphModule, example_inputs) -> tuple[fx.GraphModule, GraphReport]:
+        work = _clone(gm)
+        vlm = VLMGraph.match(work)
+        report = GraphReport(vlm.phase)
+        if vlm.phase == "prefill":
+            costs = [flops.layer_cost(lv) for lv in vlm.layers]
+            sites = self.method.sites(self.cfg, vlm.num_layers)
+            state = self.state = compact.init_state(vlm)
+            lengths, elem = _sizes(vlm)
+            for site in sites:
+                compact.apply_site(vlm, site, state)
+                report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+        else:
+            report.padding_checks = decode.apply_decode(vlm)
+        work.recompile()
+        refresh_meta(work, example_inputs)
+        for s in report.sites:
+            log.info(s.line())
+        return work, report
+
+
+def _clone(gm: fx.GraphModule) -> fx.GraphModule:
+    g = fx.Graph()
+    out = g.graph_copy(gm.graph, {})
+    g.output(out)
+    new = fx.GraphModule(gm, g)
+    new.meta.update(getattr(gm, "meta", {}))
+    return new
+
+
+def _sizes(vlm: VLMGraph):
+    h = tensor_val(vlm.splice)
+    f = tensor_val(vlm.features)
+    B, L = hint(h.shape[0]), hint(h.shape[1])
+    V = hint(f.numel()) // hint(f.shape[-1]) // B
+    return {"B": B, "L": L, "V": V, "cur_V": V, "layer_len": [L] * vlm.num_layers}, h.element_size()
+
+
+def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
+    K = site.layer if isinstance(site, LayerSite) else 0
+    V = sizes["cur_V"]
+    kept = min(int(site.keep.count(V)), V)
+    before = list(sizes["layer_len"])
+    removed = V - kept
+    for i in range(K, len(before)):
+        sizes["layer_len"][i] -= removed
+    sizes["cur_V"] = kept
+    B = sizes["B"]
+    total = flops.stack_flops(costs, [sizes["L"]] * len(costs)) * B
+    saved = (flops.stack_flops(costs, before) - flops.stack_flops(costs, sizes["layer_len"])) * B
+    kv = sum(c.kv_width for c in costs) * removed * elem * B  # every layer evicts
+    return SiteReport(site.name, K if isinstance(site, LayerSite) else None, V, kept, saved, total, kv)
+
+
+def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
+    """Hand the (rewritten) graph to the inner backend."""
+    if cfg.inner_backend == "eager":
+        return gm.forward
+    if cfg.inner_backend == "aot_eager":
+        from torch._dynamo.backends.debugging import aot_eager
+        return aot_eager(gm, example_inputs)
+    from torch._inductor.compile_fx import compile_fx
+    return compile_fx(gm, example_inputs, config_patches=dict(cfg.inductor))

@@ -1,0 +1,212 @@
+"""An independent eager oracle: a plain loop over decoder layers, written for clarity.
+
+It shares no code with the passes or the ops: scores, selection, gathers and the decode-time
+cache semantics are re-derived here from the method definitions in METHODS.md, calling only the
+model's own modules (embeddings, vision tower, decoder layers, norm, lm_head).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleSpec:
+    """What to keep: ``method`` in {"none", "fastv", "random", "divprune"}."""
+    method: str = "none"
+    budget: int | None = None
+    ratio: float | None = None
+    layer: int = 2
+    seed: int = 0
+
+    def n_keep(self, V: int) -> int:
+        if self.budget is not None:
+            return min(self.budget, V)
+        r = Fraction(self.ratio if self.ratio is not None else Fraction(1, 9)).limit_denominator(10_000)
+        return min(V, math.ceil(V * r))
+
+    @property
+    def prune_layer(self) -> int:
+        return self.layer if self.method == "fastv" else 0
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _image_features(model, pixel_values):
+    out = model.model.get_image_features(pixel_values=pixel_values)
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, (list, tuple)):
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+    return feats.reshape(-1, feats.shape[-1])
+
+
+def _hash_scores(B, V, seed):
+    pos = torch.arange(V, dtype=torch.float64)
+    row = torch.arange(B, dtype=torch.float64)[:, None]
+    x = torch.sin(pos * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453
+    return (x - torch.floor(x)).float()
+
+
+def _divprune(feats_bvd, k):
+    """Greedy max-min cosine diversity, one sample at a time, as a plain list."""
+    picks_all = []
+    for f in feats_bvd:
+        f = torch.nn.functional.normalize(f.float(), dim=-1)
+        d = 1 - f @ f.T
+        V = d.shape[0]
+        nn = torch.stack([torch.cat([d[i, :i], d[i, i + 1:]]).min() if V > 1 else torch.tensor(0.)
+                          for i in range(V)])
+        picks = [int(nn.argmax())]
+        while len(picks) < k:
+            best, best_v = None, None
+            for j in range(V):
+                if j in picks:
+                    continue
+                v = min(float(d[j, p]) for p in picks)
+                if best_v is None or v > best_v:
+                    best, best_v = j, v
+            picks.append(best)
+        picks_all.append(sorted(picks))
+    return picks_all
+
+
+def _select_top(scores_bv, k):
+    """Top-k per row, ties broken towards the lower index, returned sorted."""
+    out = []
+    for row in scores_bv:
+        order = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))
+        out.append(sorted(order[:k]))
+    return out
+
+
+@torch.no_grad()
+def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, position_ids=None,
+                   spec: OracleSpec = OracleSpec(), selection=None, prompt_len=None):
+    """Logits ``[B, L, V]`` of the pruned model, and the selection used.
+
+    ``selection`` (list per row of kept visual indices, 0..V-1) fixes the kept set, as a decode
+    step does; ``prompt_len``: positions from there on are generated tokens, which (after a pruned
+    prefill) attend only to the kept prompt tokens in every layer.
+    """
+    lm = model.model.language_model
+    B, L = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if position_ids is None:
+        position_ids = torch.arange(L)[None].expand(B, L)
+    h = lm.embed_tokens(input_ids)
+    vis = input_ids == model.config.image_token_id
+    V = int(vis[0].sum())
+    if pixel_values is not None and V:
+        feats = _image_features(model, pixel_values).to(h.dtype)
+        h = h.clone()
+        h[vis] = feats
+    prompt_len = L if prompt_len is None else prompt_len
+    allowed = torch.tril(torch.ones(L, L, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
+    pruning = spec.method != "none" and V > 0
+    K = spec.prune_layer if pruning else None
+    vis_pos = [torch.nonzero(vis[b]).flatten().tolist() for b in range(B)]
+    if pruning and selection is None and K == 0:
+        feats_bvd = h[vis].reshape(B, V, -1)
+        k = spec.n_keep(V)
+        selection = (_select_top(_hash_scores(B, V, spec.seed), k) if spec.method == "random"
+                     else _divprune(feats_bvd, k))
+    keep = None
+    if pruning and selection is not None:
+        keep = _keep_positions(vis, vis_pos, selection, L)
+        allowed = _evict_for_generated(allowed, keep, prompt_len)
+
+    cur_pos = position_ids
+    entry = None
+    layers = list(lm.layers)
+    for i, layer in enumerate(layers):
+        if pruning and i == K:
+            if selection is None:  # FastV: score with layer K-1's q/k, last token, head-mean
+                selection = _fastv_select(layers[K - 1], prev_h, prev_pos, prev_allowed, lm, vis_pos, spec.n_keep(V))
+                keep = _keep_positions(vis, vis_pos, selection, L)
+                allowed = _evict_for_generated(allowed, keep, prompt_len)
+            entry = h
+            h = torch.stack([h[b, keep[b]] for b in range(B)])
+            cur_pos = torch.stack([position_ids[b, keep[b]] for b in range(B)])
+            allowed = torch.stack([allowed[b][keep[b]][:, keep[b]] for b in range(B)])
+        prev_h, prev_pos, prev_allowed = h, cur_pos, allowed
+        cos, sin = lm.rotary_emb(h, cur_pos)
+        h = layer(h, attention_mask=allowed[:, None], position_ids=cur_pos,
+                  position_embeddings=(cos, sin))
+        h = h[0] if isinstance(h, tuple) else h
+    if entry is not None:
+        full = entry.clone()
+        for b in range(B):
+            full[b, keep[b]] = h[b]
+        h = full
+    logits = model.lm_head(lm.norm(h))
+    return logits, selection
+
+
+def _keep_positions(vis, vis_pos, selection, L):
+    keep = []
+    for b in range(vis.shape[0]):
+        chosen = {vis_pos[b][j] for j in selection[b]}
+        keep.append(torch.tensor([p for p in range(L) if not vis[b, p] or p in chosen]))
+    return keep
+
+
+def _evict_for_generated(allowed, keep, prompt_len):
+    """Generated tokens see only kept prompt tokens in every layer (the cache was compacted)."""
+    allowed = allowed.clone()
+    L = allowed.shape[-1]
+    for b, kb in enumerate(keep):
+        dropped = torch.ones(L, dtype=torch.bool)
+        dropped[kb] = False
+        allowed[b, prompt_len:, :] &= ~dropped
+    return allowed
+
+
+def _fastv_select(layer, h, pos, allowed, lm, vis_pos, k):
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    B, L, _ = x.shape
+    hd = attn.head_dim
+    q = attn.q_proj(x).view(B, L, -1, hd).transpose(1, 2)
+    kk = attn.k_proj(x).view(B, L, -1, hd).transpose(1, 2)
+    cos, sin = lm.rotary_emb(x, pos)
+    cos, sin = cos[:, None], sin[:, None]
+    q = q * cos + _rotate_half(q) * sin
+    kk = kk * cos + _rotate_half(kk) * sin
+    kk = kk.repeat_interleave(q.shape[1] // kk.shape[1], dim=1)
+    last = L - 1
+    logits = (q[:, :, last:last + 1] @ kk.transpose(-1, -2))[:, :, 0] * attn.scaling
+    logits = logits.masked_fill(~allowed[:, None, last, :], float("-inf"))
+    probs = logits.softmax(-1).mean(1)                        # [B, L]
+    scores = [[float(probs[b, p]) for p in vis_pos[b]] for b in range(B)]
+    return _select_top(scores, k)
+
+
+@torch.no_grad()
+def oracle_generate(model, input_ids, attention_mask, pixel_values=None, spec=OracleSpec(),
+                    max_new_tokens=4):
+    """Greedy decoding by re-running :func:`oracle_forward` on the growing sequence.
+
+    Returns (tokens ``[B, new]``, per-step top-2 logit margins, for recognising near ties).
+    """
+    ids, mask = input_ids, attention_mask
+    prompt_len = ids.shape[1]
+    selection, toks, margins = None, [], []
+    for _ in range(max_new_tokens):
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        logits, selection = oracle_forward(model, ids, mask, pixel_values, pos, spec, selection,
+                                           prompt_len)
+        last = logits[:, -1].float()
+        top2 = last.topk(2, dim=-1).values
+        margins.append(top2[:, 0] - top2[:, 1])
+        nxt = last.argmax(-1)
+        toks.append(nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return torch.stack(toks, 1), torch.stack(margins, 1)

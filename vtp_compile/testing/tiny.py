@@ -1,0 +1,82 @@
+"""Tiny LLaVA models and inputs, built offline from configs (random weights, seeded)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny LLaVA. ``hidden`` must be divisible by ``heads``; ``heads`` by ``kv_heads``."""
+    hidden: int = 64
+    layers: int = 3
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 96
+    image_size: int = 32
+    patch: int = 8
+    vocab: int = 128
+    vision_hidden: int = 32
+    seed: int = 0
+
+    @property
+    def image_token_id(self) -> int:
+        return self.vocab - 1
+
+    @property
+    def visual_tokens(self) -> int:
+        return (self.image_size // self.patch) ** 2
+
+
+def tiny_llava(spec: TinySpec = TinySpec()):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(spec.seed)
+    vc = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+                          num_hidden_layers=2, num_attention_heads=2, image_size=spec.image_size,
+                          patch_size=spec.patch, projection_dim=spec.vision_hidden)
+    tc = LlamaConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                     num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                     num_key_value_heads=spec.kv_heads, vocab_size=spec.vocab,
+                     max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=spec.image_token_id,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = "sdpa"
+    model = LlavaForConditionalGeneration(cfg).eval()
+    # random init gives near-uniform logits; sharpen so greedy decoding has clear winners
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def make_inputs(spec: TinySpec, batch: int = 1, prefix: int = 3, suffix: int = 4,
+                images: int = 1, pad: tuple[int, ...] | None = None, seed: int = 0,
+                text_only: bool = False) -> dict:
+    """``input_ids`` = [pad][prefix text][<image> x V per image, text between images][suffix].
+
+    ``pad[b]`` left-pads row b (attention_mask 0) so rows of different length share a batch.
+    """
+    g = torch.Generator().manual_seed(seed)
+    V = spec.visual_tokens
+    pad = tuple(pad) if pad is not None else (0,) * batch
+    rows, masks = [], []
+    body_len = prefix + suffix + (0 if text_only else images * V + (images - 1))
+    width = body_len + max(pad)
+    for b in range(batch):
+        toks = [int(t) for t in torch.randint(3, spec.vocab - 1, (prefix,), generator=g)]
+        if not text_only:
+            for i in range(images):
+                if i:
+                    toks.append(int(torch.randint(3, spec.vocab - 1, (1,), generator=g)))
+                toks += [spec.image_token_id] * V
+        toks += [int(t) for t in torch.randint(3, spec.vocab - 1, (suffix,), generator=g)]
+        p = width - len(toks)
+        rows.append([0] * p + toks)
+        masks.append([0] * p + [1] * len(toks))
+    out = {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(masks)}
+    if not text_only:
+        out["pixel_values"] = torch.randn(batch * images, 3, spec.image_size, spec.image_size,
+                                          generator=g)
+    return out
