@@ -17,6 +17,7 @@ def score(features, n_keep):
 
 @register
 class DivPrune(Method):
+    """Greedy max-min cosine diversity on the projected visual features."""
     name = "divprune"
     paper = "CVPR 2025 (arXiv 2503.02175)"
     defaults = {}

@@ -19,6 +19,7 @@ def score(q, k, key_mask, scale: float, hidden, visual_mask):
 
 @register
 class FastV(Method):
+    """FastV: last-token attention at layer K-1; top-k visual tokens kept from layer K on."""
     name = "fastv"
     paper = "arXiv 2403.06764"
     defaults = {"layer": 2}

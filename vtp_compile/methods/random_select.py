@@ -26,6 +26,7 @@ def score(features, n_keep):
 
 @register
 class RandomSelect(Method):
+    """Seeded hash scores at the encoder site: the sanity baseline."""
     name = "random"
     paper = "baseline"
     defaults = {"seed": 0}
