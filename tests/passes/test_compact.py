@@ -101,3 +101,17 @@ def test_report_counts_and_flops():
     assert 0 < site.flops_saved < site.flops_total
     # every layer's cache drops 12 tokens: 2 (k, v) * kv_heads * head_dim * 4 bytes per token per layer
     assert site.kv_bytes_saved == 4 * 12 * 2 * spec.kv_heads * (spec.hidden // spec.heads) * 4 * 2
+
+
+def test_without_capture_scalar_outputs_the_decoder_graph_is_still_pruned():
+    """The placeholder check splits the prefill; the piece with the splice and layers is pruned."""
+    torch._dynamo.config.capture_scalar_outputs = False
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 1))
+    from vtp_compile.passes.manager import REPORTS
+    start = len(REPORTS)
+    got = compiled_logits(model, inputs, options("fastv", budget=4, layer=1))
+    want = oracle_logits(model, inputs, oracle_spec("fastv", budget=4, layer=1))
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
+    assert sum(len(r.sites) for r in REPORTS[start:]) == 1

@@ -53,7 +53,8 @@ class VLMGraph:
             raise Unsupported(f"{len(splices)} visual splices (masked_scatter) in one graph")
         sdpas = [n for n in graph.nodes if is_sdpa(n)]
         if not sdpas:
-            raise Unsupported("no scaled_dot_product_attention call (eager attention is not supported)")
+            raise Unsupported("no scaled_dot_product_attention call in this graph (a fragment without "
+                              "decoder layers, or eager attention, which is not supported)")
         nxg = to_networkx(graph)
         if splices:
             splice = splices[0]
@@ -66,6 +67,9 @@ class VLMGraph:
             splice = None
             phase = "decode"
         layers = _layers(graph, sdpas, nxg, splice)
+        if phase == "decode" and not any(_reads_cache(n) for lv in layers for n in lv.nodes):
+            raise Unsupported("no visual splice and no cache input (text-only prefill or a "
+                              "vision-encoder fragment): nothing to prune")
         self = cls(gm=gm, phase=phase, layers=layers)
         if splice is not None:
             self.splice = splice
@@ -129,6 +133,16 @@ def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> l
         layers.append(LayerView(i, f"{list_path}.{i}", nodes, layer_sdpas[0], entry, out))
         prev_out = out
     return layers
+
+
+def _reads_cache(n: fx.Node) -> bool:
+    """A KV-cache update ``cat([past, new], dim=-2)`` whose ``past`` is a graph input."""
+    if n.op != "call_function" or getattr(n.target, "__name__", "") != "cat" or not n.args:
+        return False
+    parts = n.args[0]
+    return isinstance(parts, (list, tuple)) and any(
+        isinstance(p, fx.Node) and p.op == "placeholder" and tensor_val(p) is not None
+        and tensor_val(p).dim() == 4 for p in parts)
 
 
 def _feeds_residual(a: fx.Node, node_set: set) -> bool:

@@ -1,0 +1,194 @@
+"""Prefill time: ``backend="vtp"`` (pruned) vs ``backend="inductor"`` (unpruned) on CPU.
+
+A LLaVA-shaped model sized for a CPU: a Llama decoder (hidden 1024, 8 layers, 16 heads,
+intermediate 2816, vocab 1024) behind a tiny CLIP tower (384x384 images, 16x16 patches ->
+576 visual tokens; hidden 64, 2 layers), a prompt of 20 + 576 + 20 tokens, batch 1, random
+seeded weights. The timed call is the full model forward (vision tower, projector, decoder,
+LM head), so everything the backend does in the graph is inside the measurement; the tower
+and the small vocab keep the parts that no method prunes (tower, projector, LM head) small,
+so the decoder dominates, as it does when image features come in precomputed.
+
+Every configuration is compiled with Inductor (vtp lowers its rewritten graph with Inductor)
+and warmed up; then rounds of runs are interleaved (one run of every configuration per round,
+in a rotating order) so that load from other processes hits all configurations alike, and the
+median over rounds is reported. ``limit`` is the FLOP-ratio bound from the backend's own
+report: ``flops_total / (flops_total - flops_saved)`` (decoder FLOPs only).
+
+    python benchmarks/prefill.py                       # fastv (layer 2) + random, budgets 64,144,288
+    python benchmarks/prefill.py --json prefill.json --runs 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+IMAGE_TOKEN_ID = 1023
+
+
+def build_model(args) -> LlavaForConditionalGeneration:
+    torch.manual_seed(args.seed)
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=384, patch_size=16,
+                              projection_dim=64)
+    text = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=args.heads, vocab_size=1024,
+                       max_position_embeddings=2048)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def make_inputs(model, args) -> dict:
+    g = torch.Generator().manual_seed(args.seed)
+    vc = model.config.vision_config
+    n_visual = (vc.image_size // vc.patch_size) ** 2
+    ids = torch.randint(1, IMAGE_TOKEN_ID - 10, (1, args.text + n_visual + args.text), generator=g)
+    ids[:, args.text:args.text + n_visual] = IMAGE_TOKEN_ID
+    pixels = torch.randn(1, 3, vc.image_size, vc.image_size, generator=g)
+    return dict(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="prefill time, vtp vs unpruned Inductor (CPU)")
+    ap.add_argument("--methods", default="fastv,random")
+    ap.add_argument("--budgets", default="64,144,288", help="visual tokens kept (of 576)")
+    ap.add_argument("--layer", type=int, default=2, help="FastV pruning layer")
+    ap.add_argument("--runs", type=int, default=7, help="timed rounds (median over them)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds after compiling")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--intermediate", type=int, default=2816)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--text", type=int, default=20, help="text tokens before and after the image")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch._dynamo.config.capture_scalar_outputs = True      # one prefill graph per config
+    torch._dynamo.config.recompile_limit = 64                # all configs share one code object
+    from vtp_compile.passes.manager import REPORTS
+
+    t_start = time.perf_counter()
+    model = build_model(args)
+    inputs = make_inputs(model, args)
+    L = inputs["input_ids"].shape[1]
+    V = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+    configs = [("none", None, None)]
+    for m in methods:
+        for b in budgets:
+            opts = {"method": m, "budget": b}
+            if m == "fastv":
+                opts["layer"] = args.layer
+            configs.append((m, b, opts))
+
+    with torch.inference_mode():
+        ref_logits = model(**inputs).logits[0, -1].float()   # eager warm-up (output-capture hooks)
+
+    compiled, rows = {}, []
+    for name, budget, opts in tqdm(configs, desc="compile", unit="cfg", file=sys.stdout):
+        key = (name, budget)
+        if opts is None:
+            fn = torch.compile(model, backend="inductor")
+        else:
+            fn = torch.compile(model, backend="vtp", options=opts)
+        n_before = len(REPORTS)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = fn(**inputs).logits
+        row = {"method": name, "budget": budget, "compile_s": time.perf_counter() - t0,
+               "logits_shape": list(out.shape)}
+        last = out[0, -1].float()
+        row["max_abs_logit_diff_last"] = float((last - ref_logits).abs().max())
+        row["top1_agrees"] = bool(last.argmax() == ref_logits.argmax())
+        if opts is not None:
+            new = [r for r in REPORTS[n_before:] if r.phase == "prefill"]
+            if not new or not new[-1].sites:
+                why = [r.skipped for r in REPORTS[n_before:]]
+                raise SystemExit(f"vtp did not prune {opts}: reports {why}")
+            sites = new[-1].sites
+            s = sites[0]
+            total = s.flops_total
+            saved = sum(x.flops_saved for x in sites)
+            row.update(site="encoder" if s.layer is None else f"layer {s.layer}",
+                       visual=s.visual_count, kept=sites[-1].kept, flops_total=total,
+                       flops_saved=saved, flop_limit=total / (total - saved),
+                       kv_bytes_saved=sum(x.kv_bytes_saved for x in sites))
+        compiled[key] = fn
+        rows.append(row)
+
+    keys = list(compiled)
+    times = {k: [] for k in keys}
+    rounds = args.warmup + args.runs
+    with torch.inference_mode(), tqdm(total=rounds * len(keys), desc="time", unit="run",
+                                      file=sys.stdout) as bar:
+        for r in range(rounds):
+            shift = r % len(keys)
+            for k in keys[shift:] + keys[:shift]:          # rotate the order every round
+                t0 = time.perf_counter()
+                compiled[k](**inputs)
+                dt = time.perf_counter() - t0
+                if r >= args.warmup:
+                    times[k].append(dt)
+                bar.update(1)
+
+    base_times = times[("none", None)]
+    base = statistics.median(base_times)
+    for row in rows:
+        ts = times[(row["method"], row["budget"])]
+        row["median_ms"] = 1e3 * statistics.median(ts)
+        row["times_ms"] = [round(1e3 * t, 2) for t in ts]
+        row["speedup"] = base / statistics.median(ts)
+        # same-round pairs: robust to slow drifts of the machine's load
+        row["speedup_paired"] = statistics.median(b / t for b, t in zip(base_times, ts))
+
+    env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+           "python": platform.python_version(), "threads": torch.get_num_threads(),
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "prompt_tokens": L, "visual_tokens": V, "runs": args.runs,
+           "decoder": {"hidden": args.hidden, "intermediate": args.intermediate,
+                       "layers": args.layers, "heads": args.heads}}
+
+    print(f"\nLLaVA-shaped model: decoder hidden {args.hidden}, {args.layers} layers, "
+          f"{args.heads} heads, intermediate {args.intermediate}; prompt {L} tokens "
+          f"({V} visual), batch 1; torch {env['torch']}, transformers {env['transformers']}, "
+          f"{env['threads']} threads; median of {args.runs} interleaved rounds\n")
+    print("| method | budget | site | visual kept | prefill ms (median) | speed-up (ratio of "
+          "medians) | speed-up (paired) | FLOP limit | top-1 = unpruned |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if row["method"] == "none":
+            print(f"| unpruned (inductor) | - | - | {V} / {V} | {row['median_ms']:.1f} | 1.00 | "
+                  f"1.00 | 1.00 | - |")
+            continue
+        print(f"| {row['method']} | {row['budget']} | {row['site']} | {row['kept']} / "
+              f"{row['visual']} | {row['median_ms']:.1f} | {row['speedup']:.2f} | "
+              f"{row['speedup_paired']:.2f} | {row['flop_limit']:.2f} | "
+              f"{'yes' if row['top1_agrees'] else 'no'} |")
+    print(f"\ntotal {time.perf_counter() - t_start:.0f}s "
+          f"(compile {sum(r['compile_s'] for r in rows):.0f}s)")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "args": vars(args), "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Scene generator: determinism, geometry and pixels consistent with the description."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vtp_compile.scenes.generator import (COLOURS, GRID, IMAGE_SIZE, KINDS, SIZES,
+                                          generate_scene, grid_index)
+
+
+def test_same_seed_same_scene():
+    a_img, a = generate_scene(123)
+    b_img, b = generate_scene(123)
+    assert a == b
+    assert np.array_equal(np.asarray(a_img), np.asarray(b_img))
+
+
+def test_different_seeds_differ():
+    imgs = [np.asarray(generate_scene(s)[0]) for s in range(5)]
+    assert all(not np.array_equal(imgs[0], other) for other in imgs[1:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_scene_geometry_and_pixels(seed):
+    image, scene = generate_scene(seed)
+    assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
+    assert 1 <= len(scene.shapes) <= 8
+    pix = np.asarray(image).astype(int)
+    boxes = [s.bbox for s in scene.shapes]
+    for s in scene.shapes:
+        x0, y0, x1, y1 = s.bbox
+        assert 0 <= x0 < x1 <= IMAGE_SIZE and 0 <= y0 < y1 <= IMAGE_SIZE
+        assert s.kind in KINDS and s.colour in COLOURS and s.size in SIZES
+        lo, hi = SIZES[s.size]
+        assert lo <= x1 - x0 <= hi and x1 - x0 == y1 - y0
+        # the centre pixel carries the shape's colour (up to the per-shape jitter)
+        cx, cy = (int(v) for v in s.centre)
+        assert np.abs(pix[cy, cx] - np.array(COLOURS[s.colour])).max() <= 12
+        assert s.cell == (grid_index(s.centre[1]), grid_index(s.centre[0]))
+        assert all(1 <= v <= GRID for v in s.cell)
+    for i, a in enumerate(boxes):  # no overlaps
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_background_is_textured_not_flat():
+    image, scene = generate_scene(7, n_shapes=1)
+    pix = np.asarray(image).astype(float)
+    x0, y0, x1, y1 = scene.shapes[0].bbox
+    mask = np.ones(pix.shape[:2], bool)
+    mask[y0:y1, x0:x1] = False
+    assert pix[mask].std() > 3.0  # noise / stripes present
+    assert set(scene.background) >= {"stripe_angle", "stripe_period", "blobs"}
+
+
+def test_shape_count_range_and_validation():
+    for seed in range(10):
+        assert len(generate_scene(seed, n_shapes=(2, 4))[1].shapes) in (2, 3, 4)
+        assert len(generate_scene(seed, n_shapes=3)[1].shapes) == 3
+    with pytest.raises(ValueError):
+        generate_scene(0, n_shapes=(0, 9))
+
+
+def test_grid_index_bands():
+    assert grid_index(0) == 1 and grid_index(IMAGE_SIZE - 1e-6) == GRID
+    assert grid_index(IMAGE_SIZE / GRID - 0.01) == 1 and grid_index(IMAGE_SIZE / GRID) == 2

@@ -1,0 +1,107 @@
+"""Tokenizer, processor and model: round trips, save/load offline, the shipped checkpoint."""
+import json
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from vtp_compile.scenes import SCENE_MODEL_PATH, load_scene_model, make_dataset
+from vtp_compile.scenes.model import (PATCH_SIZE, SceneModelSize, build_model, build_processor,
+                                      build_tokenizer)
+from vtp_compile.scenes.tasks import TASKS, vocabulary
+from vtp_compile.scenes.train import encode_batch, pixel_tensor, train
+
+TINY = SceneModelSize(vision_hidden=32, vision_layers=2, vision_heads=2, vision_mlp=64,
+                      text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=64)
+N_VISUAL = (112 // PATCH_SIZE) ** 2
+
+
+def test_tokenizer_round_trip():
+    tok = build_tokenizer()
+    text = "what colour is the triangle ? row 2 col 3 red blue ."
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(ids) == len(text.split()) + 1  # one id per word + <s>
+    for word in vocabulary():
+        assert tok.decode(tok(word, add_special_tokens=False).input_ids) == word
+
+
+def test_tokenizer_specials_and_padding():
+    tok = build_tokenizer()
+    assert tok.padding_side == "left"
+    assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}) == 4
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert tok("<image><image> how", add_special_tokens=False).input_ids == [image_id] * 2 + [
+        tok.convert_tokens_to_ids("how")]
+    batch = tok(["how many", "how many red shapes ?"], padding=True)
+    assert batch.input_ids[0][0] == tok.pad_token_id and batch.attention_mask[0][0] == 0
+
+
+def test_processor_expands_image_tokens_and_matches_training_pixels():
+    proc = build_processor()
+    exs = make_dataset("attribute", 2, seed=0)
+    inputs = proc(images=[e.image for e in exs], text=["<image> " + e.question for e in exs],
+                  return_tensors="pt", padding=True)
+    image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
+    assert ((inputs.input_ids == image_id).sum(1) == N_VISUAL).all()
+    assert inputs.pixel_values.shape == (2, 3, 112, 112)
+    assert torch.allclose(pixel_tensor([e.image for e in exs]), inputs.pixel_values, atol=1e-5)
+    ids, mask, labels = encode_batch(exs, proc.tokenizer, N_VISUAL)
+    assert ((ids == image_id).sum(1) == N_VISUAL).all()
+    assert (labels[ids == image_id] == -100).all()
+    assert (labels != -100).sum(1).tolist() == [len(e.answer.split()) + 1 for e in exs]
+
+
+def test_tiny_model_save_load_offline(tmp_path):
+    proc = build_processor()
+    model = build_model(proc.tokenizer, TINY)
+    assert model.config.vision_feature_layer == -2
+    assert model.config.vision_feature_select_strategy == "default"
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True)
+    proc2 = AutoProcessor.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.config._attn_implementation == "sdpa"
+    assert proc2.tokenizer.padding_side == "left"
+    assert type(proc2.image_processor).__name__ == "CLIPImageProcessorPil"
+    exs = make_dataset("counting", 2, seed=0)
+    inputs = proc2(images=[e.image for e in exs], text=["<image> " + e.question for e in exs],
+                   return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = model(**inputs).logits
+        b = loaded(**inputs).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    out = loaded.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 2 and out.shape[1] <= inputs.input_ids.shape[1] + 3
+
+
+def test_train_smoke(tmp_path):
+    train(steps=2, out=tmp_path, batch_size=4, size=TINY, warmup=1, threads=1)
+    meta = json.loads((tmp_path / "training_meta.json").read_text())
+    assert meta["steps_done"] == 2
+    model, proc = load_scene_model(tmp_path)
+    assert model.config.text_config.hidden_size == TINY.text_hidden
+
+
+@pytest.mark.skipif(not (SCENE_MODEL_PATH / "config.json").is_file(),
+                    reason="shipped scene model not present")
+def test_shipped_model_loads_and_sees():
+    model, proc = load_scene_model()
+    assert model.dtype == torch.float32
+    size_mb = sum(f.stat().st_size for f in SCENE_MODEL_PATH.glob("*.safetensors")) / 2**20
+    assert size_mb < 20
+    exs = make_dataset("attribute", 16)
+    inputs = proc(images=[e.image for e in exs], text=["<image> " + e.question for e in exs],
+                  return_tensors="pt", padding=True)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    preds = proc.tokenizer.batch_decode(out[:, inputs.input_ids.shape[1]:],
+                                        skip_special_tokens=True)
+    acc = sum(p.strip() == e.answer for p, e in zip(preds, exs)) / len(exs)
+    assert acc >= 0.75, list(zip(preds, [e.answer for e in exs]))
+
+
+def test_load_missing_checkpoint_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_scene_model(tmp_path)

@@ -1,0 +1,1 @@
+"""Command-line interface: ``vtp eval`` and ``vtp show`` (see :mod:`.main`)."""

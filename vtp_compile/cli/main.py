@@ -1,0 +1,148 @@
+"""``vtp`` console script.
+
+    vtp eval --methods none,random,fastv --budgets 12,25,49 --n 100 --out r.json --plot acc.png
+    vtp eval --model ./my-llava --data my.jsonl --methods none,fastv --budgets 64
+    vtp show --task grounding --index 0 --method fastv --budget 16 --out kept.png
+
+Argument parsing only; the work happens in :mod:`vtp_compile.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..scenes.tasks import EVAL_SEED
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="local HF checkpoint directory (default: the shipped scene model)")
+    p.add_argument("--prompt", default=None,
+                   help="prompt template with {image} and {question}; default: the "
+                        "processor's chat template if it has one, else '{image} {question}'")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vtp`` argument parser (subcommands ``eval`` and ``show``)."""
+    parser = argparse.ArgumentParser(prog="vtp", description="vtp_compile tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="accuracy of pruned vs unpruned generation, per task")
+    _add_model_args(ev)
+    ev.add_argument("--tasks", default="all",
+                    help="comma list of scene tasks (or of JSONL 'task' values with --data)")
+    ev.add_argument("--data", default=None, help="JSONL file: {image, question, answer[, task]}")
+    ev.add_argument("--methods", default="none", help="comma list, e.g. none,random,fastv")
+    ev.add_argument("--budgets", default="12,25,49",
+                    help="comma list: token counts (ints) or kept ratios in (0, 1)")
+    ev.add_argument("--n", type=int, default=50, help="examples per task")
+    ev.add_argument("--seed", type=int, default=EVAL_SEED,
+                    help="first example seed of the scene tasks (default: held-out range)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=int, default=8)
+    ev.add_argument("--eager", action="store_true",
+                    help="run the unpruned baseline eagerly instead of compiling with Inductor")
+    ev.add_argument("--out", default=None, help="write the JSON result here")
+    ev.add_argument("--plot", default=None, help="write an accuracy-vs-budget PNG here")
+    ev.add_argument("--save-predictions", action="store_true",
+                    help="include every generated answer in the JSON")
+
+    sh = sub.add_parser("show", help="draw the visual tokens each pruning site keeps")
+    _add_model_args(sh)
+    sh.add_argument("--image", default=None, help="image file (else a scene task example)")
+    sh.add_argument("--question", default=None, help="question (required with --image)")
+    sh.add_argument("--task", default="grounding", help="scene task used without --image")
+    sh.add_argument("--index", type=int, default=0, help="example index in the held-out range")
+    sh.add_argument("--method", default="fastv")
+    sh.add_argument("--budget", default="16", help="token count or kept ratio in (0, 1)")
+    sh.add_argument("--out", default="kept_tokens.png", help="PNG to write")
+    return parser
+
+
+def _load(args):
+    import torch
+
+    from ..scenes import load_scene_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_scene_model(args.model)
+
+
+def cmd_eval(args) -> int:
+    """``vtp eval``: run the sweep, print the table, write JSON / PNG if asked."""
+    from ..bench.compile import parse_budgets, parse_methods
+    from ..bench.data import load_jsonl, parse_tasks, scene_datasets
+    from ..bench.plot import plot_accuracy
+    from ..bench.sweep import format_table, run_sweep
+
+    methods = parse_methods(args.methods)
+    budgets = parse_budgets(args.budgets)
+    if args.n < 1:
+        raise ValueError("--n must be at least 1")
+    if args.data:
+        wanted = None if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+        datasets = load_jsonl(args.data, n=args.n, tasks=wanted)
+    else:
+        datasets = scene_datasets(parse_tasks(args.tasks), args.n, args.seed)
+    model, processor = _load(args)
+    result = run_sweep(model, processor, datasets, methods, budgets,
+                       compile_unpruned=not args.eager, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, prompt_template=args.prompt,
+                       keep_predictions=args.save_predictions)
+    result.update(model=str(args.model or "shipped scene model"), data=args.data,
+                  seed=None if args.data else args.seed, methods=methods, budgets=budgets)
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    if args.plot:
+        print(f"wrote {plot_accuracy(result, args.plot)}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """``vtp show``: render the kept tokens of every pruning site for one image."""
+    from PIL import Image
+
+    from ..bench.compile import parse_budgets, prune_options
+    from ..bench.render import save_png
+    from ..bench.show import explain_image, get_explain
+    from ..scenes.tasks import check_task, make_dataset
+
+    get_explain()  # fail fast, before loading anything
+    (budget,) = parse_budgets(args.budget)
+    if args.image:
+        if not args.question:
+            raise ValueError("--image needs --question")
+        image, question = Image.open(args.image).convert("RGB"), args.question
+    else:
+        ex = make_dataset(check_task(args.task), args.index + 1)[args.index]
+        image, question = ex.image, args.question or ex.question
+    model, processor = _load(args)
+    sheet = explain_image(model, processor, image, question,
+                          prune_options(args.method, budget), args.prompt)
+    print(f"wrote {save_png(sheet, args.out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vtp`` console script; returns the exit status."""
+    from ..bench.compile import BackendUnavailableError
+    from ..bench.show import ExplainUnavailableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return {"eval": cmd_eval, "show": cmd_show}[args.command](args)
+    except (ValueError, FileNotFoundError, BackendUnavailableError,
+            ExplainUnavailableError) as e:
+        print(f"vtp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

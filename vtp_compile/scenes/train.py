@@ -1,0 +1,220 @@
+"""Train the scene model from scratch on procedurally generated scenes (CPU, minutes).
+
+Multi-task: every batch mixes all tasks; examples are generated on the fly from training seeds
+(below :data:`~vtp_compile.scenes.tasks.EVAL_SEED`), so no example is ever repeated and the
+held-out range is never touched. The loss covers only the answer words and the final ``</s>``.
+
+Run::
+
+    python -m vtp_compile.scenes.train --steps 3000 --out vtp_compile/assets/scene_llava
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .generator import COLOURS, KINDS, label_map
+from .model import (PATCH_SIZE, CLIP_MEAN, CLIP_STD, SceneModelSize, build_model, build_processor,
+                    size_dict)
+from .tasks import EVAL_SEED, MAX_TASK_SALT, TASKS, TRAIN_SEED, iter_examples
+
+# harder tasks get more of each batch
+TASK_WEIGHTS = {"attribute": 1.0, "counting": 1.5, "grounding": 1.5, "ordered": 1.5,
+                "relations": 1.5}
+_SEED_STRIDE = 50_000_000  # per-run offset inside the training seed range
+
+
+def pixel_tensor(images) -> torch.Tensor:
+    """Fast equivalent of the processor's image path for 112×112 RGB images: [B, 3, H, W]."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 255.0
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def encode_batch(examples, tokenizer, n_image_tokens: int):
+    """Right-padded ``input_ids``, ``attention_mask`` and answer-only ``labels`` for training."""
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    rows, label_rows = [], []
+    for ex in examples:
+        q = tokenizer(ex.question, add_special_tokens=False).input_ids
+        a = tokenizer(ex.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        prompt = [tokenizer.bos_token_id] + [image_id] * n_image_tokens + q
+        rows.append(prompt + a)
+        label_rows.append([-100] * len(prompt) + a)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, label_rows)):
+        ids[i, :len(r)] = torch.tensor(r)
+        labels[i, :len(r)] = torch.tensor(lab)
+        mask[i, :len(r)] = 1
+    return ids, mask, labels
+
+
+N_PATCH_CLASSES = 1 + len(COLOURS) * len(KINDS)
+
+
+def patch_labels(examples) -> torch.Tensor:
+    """``[B, 196]`` class of each patch's centre pixel: 0 background, else 1 + (colour, kind).
+
+    Target of the auxiliary training head (dense supervision that teaches the vision tower
+    what each patch shows far faster than the few answer tokens alone).
+    """
+    colours, half = list(COLOURS), PATCH_SIZE // 2
+    rows = []
+    for ex in examples:
+        shape_idx = label_map(ex.scene)[half::PATCH_SIZE, half::PATCH_SIZE].reshape(-1)
+        table = np.zeros(len(ex.scene.shapes) + 1, dtype=np.int64)
+        for i, sh in enumerate(ex.scene.shapes):
+            table[i + 1] = 1 + colours.index(sh.colour) * len(KINDS) + KINDS.index(sh.kind)
+        rows.append(table[shape_idx])
+    return torch.from_numpy(np.stack(rows))
+
+
+class TaskMixer:
+    """Endless weighted mixture of task example streams over the training seed range."""
+
+    def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS):
+        start = TRAIN_SEED + seed * _SEED_STRIDE
+        # scene seeds of this run stay below EVAL_SEED, where held-out scene seeds begin
+        if start + _SEED_STRIDE + MAX_TASK_SALT > EVAL_SEED:
+            raise ValueError(f"seed {seed} would reach the held-out seed range")
+        self.streams = {t: iter_examples(t, start) for t in weights}
+        self.names = list(weights)
+        self.weights = [weights[t] for t in self.names]
+        self.rng = random.Random(seed)
+
+    def batch(self, n: int):
+        """``n`` examples, each from a task drawn by weight."""
+        return [next(self.streams[t]) for t in self.rng.choices(self.names, self.weights, k=n)]
+
+
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the peak by
+    ``progress`` (0 -> 1)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, max(0.0, progress))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava", seed: int = 0,
+          batch_size: int = 32, lr: float = 1.5e-3, warmup: int = 150, bf16: bool = True,
+          threads: int | None = None, time_limit_min: float = 27.0,
+          size: SceneModelSize | None = None, aux_weight: float = 0.5):
+    """Train a scene model and save it (model + processor) to ``out``. Returns the model."""
+    if threads:
+        torch.set_num_threads(threads)
+    size = size or SceneModelSize()
+    processor = build_processor()
+    tok = processor.tokenizer
+    model = build_model(tok, size, seed=seed).train()
+    n_image = model.config.image_seq_length
+    # auxiliary per-patch classifier on the projected visual tokens (training only, not saved)
+    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, N_PATCH_CLASSES)
+    captured = {}
+    hook = model.model.multi_modal_projector.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("visual", out))
+    params = list(model.parameters()) + list(aux_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    mixer = TaskMixer(seed)
+    t0 = time.time()
+    ema_loss, ema_acc = None, {t: None for t in TASKS}
+    bar = tqdm(range(steps), desc="train", dynamic_ncols=True)
+    done = 0
+    for step in bar:
+        # progress is whichever runs out first, steps or wall time, so the schedule always
+        # completes inside the time budget (a busy CPU gives fewer, fully-annealed steps)
+        progress = max(step / steps, (time.time() - t0) / (60 * time_limit_min))
+        if progress >= 1.0:
+            tqdm.write(f"time limit {time_limit_min} min reached at step {done}; saving")
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, progress, lr, warmup)
+        examples = mixer.batch(batch_size)
+        ids, mask, labels = encode_batch(examples, tok, n_image)
+        pixels = pixel_tensor([ex.image for ex in examples])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out_ = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        logits = out_.logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 target.reshape(-1), ignore_index=-100)
+        total = loss
+        if aux_weight > 0:
+            visual = captured.pop("visual").float().reshape(len(examples), n_image, -1)
+            aux_logits = aux_head(visual)
+            aux = torch.nn.functional.cross_entropy(aux_logits.reshape(-1, N_PATCH_CLASSES),
+                                                    patch_labels(examples).reshape(-1))
+            total = loss + aux_weight * aux
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        done = step + 1
+        # teacher-forced exact match per example: a cheap live accuracy signal
+        with torch.no_grad():
+            ok = ((logits.argmax(-1) == target) | (target == -100)).all(-1)
+        for ex, good in zip(examples, ok.tolist()):
+            prev = ema_acc[ex.task]
+            ema_acc[ex.task] = float(good) if prev is None else 0.98 * prev + 0.02 * float(good)
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{ema_loss:.3f}",
+                            **{t[:4]: f"{a:.2f}" for t, a in ema_acc.items() if a is not None})
+        if step % 250 == 0 or step == steps - 1:
+            tqdm.write(f"step {step} loss {ema_loss:.4f} tf-acc "
+                       + json.dumps({t: round(a, 3) for t, a in ema_acc.items() if a is not None})
+                       + f" {time.time() - t0:.0f}s")
+    bar.close()
+    hook.remove()
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    meta = {"steps_done": done, "steps_planned": steps, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "bf16_autocast": bf16, "aux_weight": aux_weight, "wall_s": round(time.time() - t0, 1),
+            "size": size_dict(size), "final_loss_ema": ema_loss,
+            "train_seed_range": [TRAIN_SEED + seed * _SEED_STRIDE,
+                                 TRAIN_SEED + (seed + 1) * _SEED_STRIDE],
+            "eval_seed_start": EVAL_SEED}
+    (out / "training_meta.json").write_text(json.dumps(meta, indent=2))
+    return model
+
+
+def main(argv=None) -> None:
+    """Command-line entry: ``python -m vtp_compile.scenes.train --steps N --out DIR``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--out", default="vtp_compile/assets/scene_llava")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-bf16", action="store_true", help="train in plain fp32")
+    p.add_argument("--aux-weight", type=float, default=0.5,
+                   help="weight of the auxiliary per-patch content loss (0 disables it)")
+    p.add_argument("--time-limit-min", type=float, default=27.0,
+                   help="wall-time budget: the LR schedule anneals by whichever of steps or "
+                        "time runs out first, then the model is saved")
+    a = p.parse_args(argv)
+    train(steps=a.steps, out=a.out, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
+          bf16=not a.no_bf16, threads=a.threads, time_limit_min=a.time_limit_min,
+          aux_weight=a.aux_weight)
+
+
+if __name__ == "__main__":
+    main()
