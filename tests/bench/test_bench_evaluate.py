@@ -100,3 +100,27 @@ def test_table_and_plot(tmp_path):
     assert "none (eager)" in table and "0.500 (50%)" in table and "random" in table
     path = plot_accuracy(r, tmp_path / "acc.png")
     assert Image.open(path).size[0] > 100
+
+
+def test_failing_configuration_is_recorded(monkeypatch):
+    import vtp_compile.bench.sweep as sweep
+    from vtp_compile.scenes.tasks import make_dataset
+
+    def fake_eval(model, processor, datasets, *a, **k):
+        if getattr(model, "broken", False):
+            raise RuntimeError("backend exploded\ntraceback...")
+        return {t: score_task(t, exs, [e.answer for e in exs]) for t, exs in datasets.items()}
+
+    def fake_copy(base, method, budget=None, compile_unpruned=True):
+        import types
+        return types.SimpleNamespace(broken=(method == "bad"))
+
+    monkeypatch.setattr(sweep, "evaluate_model", fake_eval)
+    monkeypatch.setattr(sweep, "compiled_copy", fake_copy)
+    data = {"counting": make_dataset("counting", 2)}
+    r = sweep.run_sweep(None, None, data, ["none", "good", "bad"], [12], progress=False)
+    assert r["baseline"]["accuracy"] == {"counting": 1.0}
+    assert r["runs"][0]["retention"] == {"counting": 100.0}
+    assert r["runs"][1] == {"method": "bad", "budget": 12,
+                            "error": "RuntimeError: backend exploded"}
+    assert "error" in format_table(r)

@@ -64,3 +64,18 @@ def test_shape_count_range_and_validation():
 def test_grid_index_bands():
     assert grid_index(0) == 1 and grid_index(IMAGE_SIZE - 1e-6) == GRID
     assert grid_index(IMAGE_SIZE / GRID - 0.01) == 1 and grid_index(IMAGE_SIZE / GRID) == 2
+
+
+def test_label_map_marks_each_shape():
+    from vtp_compile.scenes.generator import label_map
+    from vtp_compile.scenes.train import N_PATCH_CLASSES, patch_labels
+    from vtp_compile.scenes.tasks import make_dataset
+    image, scene = generate_scene(11, n_shapes=5)
+    lm = label_map(scene)
+    assert lm.shape == (IMAGE_SIZE, IMAGE_SIZE)
+    for i, s in enumerate(scene.shapes):
+        cx, cy = (int(v) for v in s.centre)
+        assert lm[cy, cx] == i + 1
+    assert (lm == 0).mean() > 0.3  # mostly background
+    labels = patch_labels(make_dataset("counting", 3, seed=0))
+    assert labels.shape == (3, 196) and 0 <= labels.min() and labels.max() < N_PATCH_CLASSES

@@ -9,7 +9,7 @@ from vtp_compile.scenes import SCENE_MODEL_PATH, load_scene_model, make_dataset
 from vtp_compile.scenes.model import (PATCH_SIZE, SceneModelSize, build_model, build_processor,
                                       build_tokenizer)
 from vtp_compile.scenes.tasks import TASKS, vocabulary
-from vtp_compile.scenes.train import encode_batch, pixel_tensor, train
+from vtp_compile.scenes.train import TaskMixer, encode_batch, pixel_tensor, train
 
 TINY = SceneModelSize(vision_hidden=32, vision_layers=2, vision_heads=2, vision_mlp=64,
                       text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=64)
@@ -48,10 +48,30 @@ def test_processor_expands_image_tokens_and_matches_training_pixels():
     assert ((inputs.input_ids == image_id).sum(1) == N_VISUAL).all()
     assert inputs.pixel_values.shape == (2, 3, 112, 112)
     assert torch.allclose(pixel_tensor([e.image for e in exs]), inputs.pixel_values, atol=1e-5)
-    ids, mask, labels = encode_batch(exs, proc.tokenizer, N_VISUAL)
+    ids, mask, labels, spans = encode_batch(exs, proc.tokenizer, N_VISUAL)
     assert ((ids == image_id).sum(1) == N_VISUAL).all()
     assert (labels[ids == image_id] == -100).all()
     assert (labels != -100).sum(1).tolist() == [len(e.answer.split()) + 1 for e in exs]
+    # the single-question sequence is exactly what the processor builds for inference
+    for i, e in enumerate(exs):
+        prompt = proc(images=[e.image], text=["<image> " + e.question],
+                      return_tensors="pt").input_ids[0]
+        assert ids[i, :len(prompt)].tolist() == prompt.tolist()
+        assert spans[i] == (i, "attribute", len(prompt), len(prompt) + 2)
+
+
+def test_packed_training_sequences():
+    tok = build_tokenizer()
+    items = TaskMixer(seed=0).batch(6)
+    assert all(1 <= len(it.qas) <= 6 for it in items)
+    assert len({t for it in items for t, _, _ in it.qas}) >= 3
+    ids, mask, labels, spans = encode_batch(items, tok, N_VISUAL)
+    assert len(spans) == sum(len(it.qas) for it in items)
+    for row, task, lo, hi in spans:
+        answer = tok.decode(ids[row, lo:hi - 1])
+        assert ids[row, hi - 1] == tok.eos_token_id
+        assert (labels[row, lo:hi] == ids[row, lo:hi]).all()
+        assert answer in {a for t, _, a in items[row].qas if t == task}
 
 
 def test_tiny_model_save_load_offline(tmp_path):

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from vtp_compile.scenes.generator import COLOURS, KINDS
 from vtp_compile.scenes.tasks import (EVAL_SEED, TASKS, Example, check_task, iter_examples,
-                                      scene_seed,
+                                      scene_seed, MAX_TASK_SALT,
                                       make_dataset, vocabulary)
 from vtp_compile.scenes.train import TaskMixer
 
@@ -97,8 +97,8 @@ def test_unknown_task_lists_valid():
 
 def test_training_seeds_never_reach_heldout_range():
     mixer = TaskMixer(seed=0)
-    batch = mixer.batch(20)
-    assert all(scene_seed(ex.task, ex.seed) < EVAL_SEED for ex in batch)
+    assert all(item.scene.seed < EVAL_SEED for item in mixer.batch(20))
+    assert scene_seed("relations", EVAL_SEED - 1 - MAX_TASK_SALT) < EVAL_SEED
     assert all(ex.scene.seed >= EVAL_SEED for ex in make_dataset("relations", 3))
     TaskMixer(seed=18)
     with pytest.raises(ValueError, match="held-out"):

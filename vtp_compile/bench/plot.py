@@ -16,7 +16,8 @@ def plot_accuracy(result: dict, path: str | Path) -> Path:
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    methods = list(dict.fromkeys(r["method"] for r in result["runs"]))
+    ok_runs = [r for r in result["runs"] if "error" not in r]
+    methods = list(dict.fromkeys(r["method"] for r in ok_runs))
 
     def value(run, panel):
         return run["mean_accuracy"] if panel == "mean" else run["accuracy"][panel]
@@ -24,7 +25,7 @@ def plot_accuracy(result: dict, path: str | Path) -> Path:
     for ax, panel in zip(axes.flat, panels):
         for m in methods:
             pts = sorted((float(r["budget"]), value(r, panel))
-                         for r in result["runs"] if r["method"] == m)
+                         for r in ok_runs if r["method"] == m)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=m)
         ax.axhline(value(result["baseline"], panel), color="k", ls="--", lw=1, label="unpruned")

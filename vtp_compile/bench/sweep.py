@@ -10,17 +10,29 @@ Retention is pruned accuracy divided by the unpruned accuracy on the same exampl
 
 from __future__ import annotations
 
+import sys
 import time
 
 from tqdm import tqdm
 
-from .compile import NONE_METHOD, compiled_copy
+from .compile import NONE_METHOD, BackendUnavailableError, compiled_copy
 from .evaluate import evaluate_model, n_batches
 
 
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
+
+
+def _short_error(e: BaseException) -> str:
+    """``Type: first line`` of an exception, followed by its root cause's when there is one."""
+    def one(x):
+        lines = [ln for ln in str(x).strip().splitlines() if ln.strip()]
+        return f"{type(x).__name__}: {lines[0] if lines else ''}".rstrip()
+    root = e
+    while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = getattr(root, "inner_exception", None) or root.__cause__
+    return one(e) if root is e else f"{one(e)} <- {one(root)}"
 
 
 def retention(accuracy: dict[str, float], baseline: dict[str, float]) -> dict[str, float | None]:
@@ -51,6 +63,8 @@ def run_sweep(base_model, processor, datasets: dict, methods: list[str], budgets
     """Evaluate the unpruned baseline and each pruned configuration; return the result dict.
 
     ``"none"`` in ``methods`` is the baseline and always runs first (once, budget-free).
+    A pruned configuration that raises is recorded as ``{"method", "budget", "error"}`` and the
+    sweep goes on; a missing backend or an invalid option stops it.
     """
     pruned = [(m, b) for m in methods if m != NONE_METHOD for b in budgets]
     per_config = n_batches(datasets, batch_size)
@@ -64,7 +78,15 @@ def run_sweep(base_model, processor, datasets: dict, methods: list[str], budgets
         runs = []
         for method, budget in pruned:
             bar.set_postfix_str(f"{method}@{budget}")
-            run = _run_one(base_model, processor, datasets, method, budget, bar=bar, **kw)
+            try:
+                run = _run_one(base_model, processor, datasets, method, budget, bar=bar, **kw)
+            except (BackendUnavailableError, ValueError):
+                raise  # configuration errors: nothing else would work either
+            except Exception as e:  # one failing configuration must not lose the others
+                msg = _short_error(e)
+                print(f"\nvtp eval: {method}@{budget} failed: {msg}", file=sys.stderr)
+                runs.append({"method": method, "budget": budget, "error": msg})
+                continue
             run["retention"] = retention(run["accuracy"], baseline["accuracy"])
             base_mean = baseline["mean_accuracy"]
             run["mean_retention"] = 100.0 * run["mean_accuracy"] / base_mean if base_mean else None
@@ -82,6 +104,9 @@ def format_table(result: dict) -> str:
             + [f"{result['baseline']['accuracy'][t]:.3f}" for t in tasks]
             + [f"{result['baseline']['mean_accuracy']:.3f}"]]
     for run in result["runs"]:
+        if "error" in run:
+            rows.append([run["method"], str(run["budget"])] + ["error"] * (len(tasks) + 1))
+            continue
         cells = []
         for t in tasks:
             r = run["retention"][t]

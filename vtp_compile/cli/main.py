@@ -93,7 +93,8 @@ def cmd_eval(args) -> int:
                        compile_unpruned=not args.eager, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompt_template=args.prompt,
                        keep_predictions=args.save_predictions)
-    result.update(model=str(args.model or "shipped scene model"), data=args.data,
+    result.update(command="vtp " + " ".join(args.argv),
+                  model=str(args.model or "shipped scene model"), data=args.data,
                   seed=None if args.data else args.seed, methods=methods, budgets=budgets)
     print(format_table(result))
     if args.out:
@@ -102,6 +103,11 @@ def cmd_eval(args) -> int:
         print(f"wrote {args.out}")
     if args.plot:
         print(f"wrote {plot_accuracy(result, args.plot)}")
+    failed = [f"{r['method']}@{r['budget']}" for r in result["runs"] if "error" in r]
+    if failed:
+        print(f"vtp eval: {len(failed)} configuration(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -135,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..bench.compile import BackendUnavailableError
     from ..bench.show import ExplainUnavailableError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return {"eval": cmd_eval, "show": cmd_show}[args.command](args)
     except (ValueError, FileNotFoundError, BackendUnavailableError,

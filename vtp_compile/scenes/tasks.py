@@ -1,9 +1,10 @@
 """Question templates over generated scenes, each with an exact-match answer.
 
-Every task is a function ``(scene_seed) -> Example | None``: it generates a scene suited to the
-task and asks an unambiguous question about it, or returns ``None`` when that seed's scene does
-not admit one (the dataset builder then moves on to the next seed). Answers are derived only from
-the :class:`~vtp_compile.scenes.generator.Scene` description.
+Every task is a question function ``(scene, rng) -> (question, answer) | None`` (see
+:func:`ask`) plus the shape-count range of its scenes; ``TASKS[task](scene_seed)`` generates a
+suited scene and asks an unambiguous question about it, or returns ``None`` when that scene does
+not admit one (the dataset builder then moves on to the next seed). Answers are derived only
+from the :class:`~vtp_compile.scenes.generator.Scene` description.
 
 Seeds: training draws example seeds from ``[TRAIN_SEED, EVAL_SEED)``; held-out evaluation
 starts at ``EVAL_SEED``, so the two never share a scene.
@@ -45,6 +46,13 @@ class Example:
     scene: Scene | None = None
 
 
+def check_task(task: str) -> str:
+    """Return ``task`` if known, else raise ``ValueError`` listing the valid task names."""
+    if task not in _SPECS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(_SPECS)}")
+    return task
+
+
 def _rng(seed: int, salt: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), salt]))
 
@@ -54,36 +62,26 @@ def _unique(shapes, key) -> list[Shape]:
     return [s for s in shapes if counts[key(s)] == 1]
 
 
-def _task_attribute(seed: int) -> Example | None:
-    image, scene = generate_scene(seed, n_shapes=(1, 6))
-    rng = _rng(seed, 1)
+def _ask_attribute(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     if rng.random() < 0.5:
         cands = _unique(scene.shapes, lambda s: s.kind)
         if not cands:
             return None
         s = cands[int(rng.integers(len(cands)))]
-        q, a = f"what colour is the {s.kind} ?", s.colour
-    else:
-        cands = _unique(scene.shapes, lambda s: s.colour)
-        if not cands:
-            return None
-        s = cands[int(rng.integers(len(cands)))]
-        q, a = f"what shape is the {s.colour} one ?", s.kind
-    return Example(image, q, a, "attribute", seed, scene)
+        return f"what colour is the {s.kind} ?", s.colour
+    cands = _unique(scene.shapes, lambda s: s.colour)
+    if not cands:
+        return None
+    s = cands[int(rng.integers(len(cands)))]
+    return f"what shape is the {s.colour} one ?", s.kind
 
 
-def _task_counting(seed: int) -> Example | None:
-    image, scene = generate_scene(seed, n_shapes=(1, 8))
-    rng = _rng(seed, 2)
+def _ask_counting(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     if rng.random() < 0.5:
         colour = str(rng.choice(list(COLOURS)))
-        n = sum(s.colour == colour for s in scene.shapes)
-        q = f"how many {colour} shapes ?"
-    else:
-        kind = str(rng.choice(KINDS))
-        n = sum(s.kind == kind for s in scene.shapes)
-        q = f"how many {kind}s ?"
-    return Example(image, q, str(n), "counting", seed, scene)
+        return f"how many {colour} shapes ?", str(sum(s.colour == colour for s in scene.shapes))
+    kind = str(rng.choice(KINDS))
+    return f"how many {kind}s ?", str(sum(s.kind == kind for s in scene.shapes))
 
 
 def _clear_of_grid(s: Shape) -> bool:
@@ -91,57 +89,80 @@ def _clear_of_grid(s: Shape) -> bool:
     return all(abs(c - l) >= _GRID_CLEARANCE for c in s.centre for l in lines)
 
 
-def _task_grounding(seed: int) -> Example | None:
-    image, scene = generate_scene(seed, n_shapes=(1, 6))
+def _ask_grounding(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     cands = [s for s in _unique(scene.shapes, lambda s: (s.colour, s.kind)) if _clear_of_grid(s)]
     if not cands:
         return None
-    s = cands[int(_rng(seed, 3).integers(len(cands)))]
+    s = cands[int(rng.integers(len(cands)))]
     row, col = s.cell
-    return Example(image, f"where is the {s.colour} {s.kind} ?", f"row {row} col {col}",
-                   "grounding", seed, scene)
+    return f"where is the {s.colour} {s.kind} ?", f"row {row} col {col}"
 
 
 def _left_to_right(scene: Scene) -> list[Shape] | None:
+    """Shapes sorted by centre x if there are 2-4 of them and all are clearly apart in x."""
+    if not 2 <= len(scene.shapes) <= 4:
+        return None
     order = sorted(scene.shapes, key=lambda s: s.centre[0])
     gaps = [b.centre[0] - a.centre[0] for a, b in zip(order, order[1:])]
     return order if all(g >= _ORDER_GAP for g in gaps) else None
 
 
-def _task_ordered(seed: int) -> Example | None:
-    image, scene = generate_scene(seed, n_shapes=(2, 4))
+def _ask_ordered(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     order = _left_to_right(scene)
     if order is None:
         return None
-    if _rng(seed, 4).random() < 0.5:
-        q, a = "list the colours from left to right .", " ".join(s.colour for s in order)
-    else:
-        q, a = "list the shapes from left to right .", " ".join(s.kind for s in order)
-    return Example(image, q, a, "ordered", seed, scene)
+    if rng.random() < 0.5:
+        return "list the colours from left to right .", " ".join(s.colour for s in order)
+    return "list the shapes from left to right .", " ".join(s.kind for s in order)
 
 
-def _task_relations(seed: int) -> Example | None:
-    image, scene = generate_scene(seed, n_shapes=(2, 4))
+def _ask_relations(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     order = _left_to_right(scene)
     if order is None:
         return None
     ids = Counter((s.colour, s.kind) for s in scene.shapes)
-    # anchor second from the left: exactly one shape is left of it (resp. mirrored for right)
-    side = "left" if _rng(seed, 5).random() < 0.5 else "right"
+    # anchor second from the left: exactly one shape is left of it (mirrored for right)
+    side = "left" if rng.random() < 0.5 else "right"
     anchor, other = (order[1], order[0]) if side == "left" else (order[-2], order[-1])
     if ids[(anchor.colour, anchor.kind)] != 1:
         return None
-    return Example(image, f"what is {side} of the {anchor.colour} {anchor.kind} ?",
-                   f"{other.colour} {other.kind}", "relations", seed, scene)
+    return (f"what is {side} of the {anchor.colour} {anchor.kind} ?",
+            f"{other.colour} {other.kind}")
 
 
-TASKS: dict[str, Callable[[int], Example | None]] = {
-    "attribute": _task_attribute,
-    "counting": _task_counting,
-    "grounding": _task_grounding,
-    "ordered": _task_ordered,
-    "relations": _task_relations,
+# task -> (question function, shape-count range of its scenes, rng salt)
+_SPECS = {
+    "attribute": (_ask_attribute, (1, 6), 1),
+    "counting": (_ask_counting, (1, 8), 2),
+    "grounding": (_ask_grounding, (1, 6), 3),
+    "ordered": (_ask_ordered, (2, 4), 4),
+    "relations": (_ask_relations, (2, 4), 5),
 }
+
+
+def ask(task: str, scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
+    """A ``(question, answer)`` of ``task`` about ``scene``, or None if none is unambiguous."""
+    return _SPECS[check_task(task)][0](scene, rng)
+
+
+def scene_shape_range(task: str) -> tuple[int, int]:
+    """The shape-count range of the scenes ``task`` draws its examples from."""
+    return _SPECS[check_task(task)][1]
+
+
+def _make_task(task: str) -> Callable[[int], Example | None]:
+    fn, n_shapes, salt = _SPECS[task]
+
+    def build(seed: int) -> Example | None:
+        image, scene = generate_scene(seed, n_shapes=n_shapes)
+        qa = fn(scene, _rng(seed, salt))
+        return None if qa is None else Example(image, qa[0], qa[1], task, seed, scene)
+
+    build.__doc__ = f"Example of task {task!r} from scene seed ``seed`` (None if unanswerable)."
+    return build
+
+
+TASKS: dict[str, Callable[[int], Example | None]] = {t: _make_task(t) for t in _SPECS}
 _TASK_SALT = {name: i * 7_919_993 for i, name in enumerate(TASKS)}
 MAX_TASK_SALT = max(_TASK_SALT.values())
 
@@ -149,13 +170,6 @@ MAX_TASK_SALT = max(_TASK_SALT.values())
 def scene_seed(task: str, example_seed: int) -> int:
     """The scene seed behind example seed ``example_seed`` of ``task`` (>= the example seed)."""
     return int(example_seed) + _TASK_SALT[check_task(task)]
-
-
-def check_task(task: str) -> str:
-    """Return ``task`` if known, else raise ``ValueError`` listing the valid task names."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    return task
 
 
 def iter_examples(task: str, seed: int):

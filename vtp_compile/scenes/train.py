@@ -1,12 +1,15 @@
 """Train the scene model from scratch on procedurally generated scenes (CPU, minutes).
 
-Multi-task: every batch mixes all tasks; examples are generated on the fly from training seeds
-(below :data:`~vtp_compile.scenes.tasks.EVAL_SEED`), so no example is ever repeated and the
-held-out range is never touched. The loss covers only the answer words and the final ``</s>``.
+Multi-task: every training sequence is one image followed by several questions of different
+tasks with their answers (packing: the image is encoded once for ~6 supervised answers).
+Scenes are generated on the fly from training seeds (below
+:data:`~vtp_compile.scenes.tasks.EVAL_SEED`), so no scene repeats and the held-out range is never
+touched. Loss: the answer words and each ``</s>``, plus an auxiliary per-patch content loss.
 
 Run::
 
-    python -m vtp_compile.scenes.train --steps 3000 --out vtp_compile/assets/scene_llava
+    python -m vtp_compile.scenes.train --steps 4000 --time-limit-min 27 --threads 1 \
+        --out vtp_compile/assets/scene_llava
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .generator import COLOURS, KINDS, label_map
+from .generator import COLOURS, KINDS, generate_scene, label_map
 from .model import (PATCH_SIZE, CLIP_MEAN, CLIP_STD, SceneModelSize, build_model, build_processor,
                     size_dict)
-from .tasks import EVAL_SEED, MAX_TASK_SALT, TASKS, TRAIN_SEED, iter_examples
+from .tasks import (EVAL_SEED, MAX_TASK_SALT, TASKS, TRAIN_SEED, ask, scene_seed,
+                    scene_shape_range)
 
 # harder tasks get more of each batch
 TASK_WEIGHTS = {"attribute": 1.0, "counting": 1.5, "grounding": 1.5, "ordered": 1.5,
@@ -42,16 +47,39 @@ def pixel_tensor(images) -> torch.Tensor:
     return (x - mean) / std
 
 
-def encode_batch(examples, tokenizer, n_image_tokens: int):
-    """Right-padded ``input_ids``, ``attention_mask`` and answer-only ``labels`` for training."""
+@dataclass
+class Packed:
+    """One training sequence: an image and several ``(task, question, answer)`` about it."""
+
+    image: object
+    scene: object
+    qas: list[tuple[str, str, str]]
+
+
+def encode_batch(items, tokenizer, n_image_tokens: int):
+    """Right-padded ``input_ids``, ``attention_mask``, answer-only ``labels`` and answer spans.
+
+    Each item is a :class:`Packed` sequence ``<s> <image>*N q1 a1 </s> q2 a2 </s> ...`` (or an
+    ``Example``, one question). The first question sits exactly where it does at inference
+    (``"<image> question"``); the later ones reuse the image's encoding for more supervision
+    per step. ``spans`` lists ``(row, task, first_label_pos, end_pos)`` for per-task accuracy.
+    """
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    rows, label_rows = [], []
-    for ex in examples:
-        q = tokenizer(ex.question, add_special_tokens=False).input_ids
-        a = tokenizer(ex.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        prompt = [tokenizer.bos_token_id] + [image_id] * n_image_tokens + q
-        rows.append(prompt + a)
-        label_rows.append([-100] * len(prompt) + a)
+    rows, label_rows, spans = [], [], []
+    for i, item in enumerate(items):
+        qas = item.qas if isinstance(item, Packed) else [(item.task, item.question, item.answer)]
+        row = [tokenizer.bos_token_id] + [image_id] * n_image_tokens
+        lab = [-100] * len(row)
+        for task, question, answer in qas:
+            q = tokenizer(question, add_special_tokens=False).input_ids
+            ans = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            row += q
+            lab += [-100] * len(q)
+            spans.append((i, task, len(row), len(row) + len(ans)))
+            row += ans
+            lab += ans
+        rows.append(row)
+        label_rows.append(lab)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -60,7 +88,7 @@ def encode_batch(examples, tokenizer, n_image_tokens: int):
         ids[i, :len(r)] = torch.tensor(r)
         labels[i, :len(r)] = torch.tensor(lab)
         mask[i, :len(r)] = 1
-    return ids, mask, labels
+    return ids, mask, labels, spans
 
 
 N_PATCH_CLASSES = 1 + len(COLOURS) * len(KINDS)
@@ -84,21 +112,54 @@ def patch_labels(examples) -> torch.Tensor:
 
 
 class TaskMixer:
-    """Endless weighted mixture of task example streams over the training seed range."""
+    """Endless stream of packed training sequences over the training seed range.
 
-    def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS):
+    Each sequence's scene comes from a task drawn by weight (so it has that task's shape-count
+    range and seed stream); then up to ``max_qa`` distinct questions of *all* tasks that the
+    scene admits are asked about it, in random order.
+    """
+
+    def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS, max_qa: int = 6):
         start = TRAIN_SEED + seed * _SEED_STRIDE
         # scene seeds of this run stay below EVAL_SEED, where held-out scene seeds begin
         if start + _SEED_STRIDE + MAX_TASK_SALT > EVAL_SEED:
             raise ValueError(f"seed {seed} would reach the held-out seed range")
-        self.streams = {t: iter_examples(t, start) for t in weights}
+        self.limit = start + _SEED_STRIDE
+        self.next_seed = {t: start for t in weights}
         self.names = list(weights)
         self.weights = [weights[t] for t in self.names]
         self.rng = random.Random(seed)
+        self.max_qa = max_qa
 
-    def batch(self, n: int):
-        """``n`` examples, each from a task drawn by weight."""
-        return [next(self.streams[t]) for t in self.rng.choices(self.names, self.weights, k=n)]
+    def _sequence(self, task: str) -> Packed | None:
+        s = self.next_seed[task]
+        if s >= self.limit:
+            raise RuntimeError("training seed range exhausted")
+        self.next_seed[task] = s + 1
+        sseed = scene_seed(task, s)
+        image, scene = generate_scene(sseed, n_shapes=scene_shape_range(task))
+        qas, seen = [], set()
+        for k, other in enumerate([task] + [t for t in TASKS for _ in range(2)]):
+            qa = ask(other, scene, np.random.default_rng([sseed, 0xA5, k]))
+            if qa is not None and qa[0] not in seen:
+                seen.add(qa[0])
+                qas.append((other, *qa))
+        if not qas:
+            return None
+        first, rest = qas[0], qas[1:]
+        self.rng.shuffle(rest)
+        qas = [first] + rest[:self.max_qa - 1]
+        self.rng.shuffle(qas)
+        return Packed(image, scene, qas)
+
+    def batch(self, n: int) -> list[Packed]:
+        """``n`` packed sequences."""
+        out: list[Packed] = []
+        while len(out) < n:
+            item = self._sequence(self.rng.choices(self.names, self.weights)[0])
+            if item is not None:
+                out.append(item)
+        return out
 
 
 def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
@@ -110,10 +171,11 @@ def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava", seed: int = 0,
+def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava", seed: int = 0,
           batch_size: int = 32, lr: float = 1.5e-3, warmup: int = 150, bf16: bool = True,
           threads: int | None = None, time_limit_min: float = 27.0,
-          size: SceneModelSize | None = None, aux_weight: float = 0.5):
+          size: SceneModelSize | None = None, aux_weight: float = 0.5,
+          aux_position: bool = False):
     """Train a scene model and save it (model + processor) to ``out``. Returns the model."""
     if threads:
         torch.set_num_threads(threads)
@@ -123,7 +185,12 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
     model = build_model(tok, size, seed=seed).train()
     n_image = model.config.image_seq_length
     # auxiliary per-patch classifier on the projected visual tokens (training only, not saved)
-    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, N_PATCH_CLASSES)
+    # and of each patch's row and column (keeps "where" readable in every visual token)
+    hidden = model.config.text_config.hidden_size
+    grid = int(math.isqrt(n_image))
+    aux_head = torch.nn.Linear(hidden, N_PATCH_CLASSES + (2 * grid if aux_position else 0))
+    pos = torch.arange(n_image)
+    pos_rows, pos_cols = pos // grid, pos % grid
     captured = {}
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("visual", out))
@@ -131,7 +198,7 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     mixer = TaskMixer(seed)
     t0 = time.time()
-    ema_loss, ema_acc = None, {t: None for t in TASKS}
+    ema_loss, ema_aux, ema_acc = None, None, {t: None for t in TASKS}
     bar = tqdm(range(steps), desc="train", dynamic_ncols=True)
     done = 0
     for step in bar:
@@ -144,7 +211,7 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
         for g in opt.param_groups:
             g["lr"] = lr_at(step, progress, lr, warmup)
         examples = mixer.batch(batch_size)
-        ids, mask, labels = encode_batch(examples, tok, n_image)
+        ids, mask, labels, spans = encode_batch(examples, tok, n_image)
         pixels = pixel_tensor([ex.image for ex in examples])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out_ = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
@@ -156,26 +223,36 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
         if aux_weight > 0:
             visual = captured.pop("visual").float().reshape(len(examples), n_image, -1)
             aux_logits = aux_head(visual)
-            aux = torch.nn.functional.cross_entropy(aux_logits.reshape(-1, N_PATCH_CLASSES),
-                                                    patch_labels(examples).reshape(-1))
+            ce = torch.nn.functional.cross_entropy
+            aux = ce(aux_logits[..., :N_PATCH_CLASSES].reshape(-1, N_PATCH_CLASSES),
+                     patch_labels(examples).reshape(-1))
+            if aux_position:
+                b = len(examples)
+                row_logits = aux_logits[..., N_PATCH_CLASSES:N_PATCH_CLASSES + grid]
+                col_logits = aux_logits[..., N_PATCH_CLASSES + grid:]
+                aux = aux + 0.5 * (ce(row_logits.reshape(-1, grid), pos_rows.repeat(b))
+                                   + ce(col_logits.reshape(-1, grid), pos_cols.repeat(b)))
             total = loss + aux_weight * aux
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         done = step + 1
-        # teacher-forced exact match per example: a cheap live accuracy signal
+        # teacher-forced exact match per answer: a cheap live accuracy signal
         with torch.no_grad():
-            ok = ((logits.argmax(-1) == target) | (target == -100)).all(-1)
-        for ex, good in zip(examples, ok.tolist()):
-            prev = ema_acc[ex.task]
-            ema_acc[ex.task] = float(good) if prev is None else 0.98 * prev + 0.02 * float(good)
+            hit = (logits.argmax(-1) == target)
+        for row, task, lo, hi in spans:
+            good = float(hit[row, lo - 1:hi - 1].all())
+            prev = ema_acc[task]
+            ema_acc[task] = good if prev is None else 0.99 * prev + 0.01 * good
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        if aux_weight > 0:
+            ema_aux = aux.item() if ema_aux is None else 0.95 * ema_aux + 0.05 * aux.item()
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{ema_loss:.3f}",
+            bar.set_postfix(loss=f"{ema_loss:.3f}", aux=f"{ema_aux or 0:.3f}",
                             **{t[:4]: f"{a:.2f}" for t, a in ema_acc.items() if a is not None})
         if step % 250 == 0 or step == steps - 1:
-            tqdm.write(f"step {step} loss {ema_loss:.4f} tf-acc "
+            tqdm.write(f"step {step} loss {ema_loss:.4f} aux {ema_aux or 0:.4f} tf-acc "
                        + json.dumps({t: round(a, 3) for t, a in ema_acc.items() if a is not None})
                        + f" {time.time() - t0:.0f}s")
     bar.close()
@@ -186,8 +263,10 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
     model.save_pretrained(out)
     processor.save_pretrained(out)
     meta = {"steps_done": done, "steps_planned": steps, "batch_size": batch_size, "lr": lr,
-            "seed": seed, "bf16_autocast": bf16, "aux_weight": aux_weight, "wall_s": round(time.time() - t0, 1),
-            "size": size_dict(size), "final_loss_ema": ema_loss,
+            "seed": seed, "bf16_autocast": bf16, "aux_weight": aux_weight,
+            "aux_position": aux_position,
+            "wall_s": round(time.time() - t0, 1), "size": size_dict(size),
+            "final_loss_ema": ema_loss, "final_teacher_forced_acc_ema": ema_acc,
             "train_seed_range": [TRAIN_SEED + seed * _SEED_STRIDE,
                                  TRAIN_SEED + (seed + 1) * _SEED_STRIDE],
             "eval_seed_start": EVAL_SEED}
@@ -198,7 +277,7 @@ def train(steps: int = 3000, out: str | Path = "vtp_compile/assets/scene_llava",
 def main(argv=None) -> None:
     """Command-line entry: ``python -m vtp_compile.scenes.train --steps N --out DIR``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--out", default="vtp_compile/assets/scene_llava")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -207,13 +286,16 @@ def main(argv=None) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in plain fp32")
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the auxiliary per-patch content loss (0 disables it)")
+    p.add_argument("--aux-position", action="store_true",
+                   help="also predict each patch's row/column from its visual token (not used "
+                        "for the shipped checkpoint)")
     p.add_argument("--time-limit-min", type=float, default=27.0,
                    help="wall-time budget: the LR schedule anneals by whichever of steps or "
                         "time runs out first, then the model is saved")
     a = p.parse_args(argv)
     train(steps=a.steps, out=a.out, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
           bf16=not a.no_bf16, threads=a.threads, time_limit_min=a.time_limit_min,
-          aux_weight=a.aux_weight)
+          aux_weight=a.aux_weight, aux_position=a.aux_position)
 
 
 if __name__ == "__main__":
