@@ -26,11 +26,6 @@ class KeepRule:
             return self.budget
         return (n_visual * self.ratio.numerator + self.ratio.denominator - 1) // self.ratio.denominator
 
-    def scaled(self, factor: Fraction) -> "KeepRule":
-        if self.budget is not None:
-            return KeepRule(budget=max(1, int(self.budget * factor)))
-        return KeepRule(ratio=self.ratio * factor)
-
     def __str__(self) -> str:
         return f"budget={self.budget}" if self.budget is not None else f"ratio={float(self.ratio):.4g}"
 

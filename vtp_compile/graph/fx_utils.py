@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Any, Iterable
+from typing import Any
 
 import networkx as nx
 import torch
@@ -108,11 +108,6 @@ def tensor_inputs(n: fx.Node) -> list[fx.Node]:
 def insert_after(graph: fx.Graph, anchor: fx.Node):
     """Context that inserts new nodes, in creation order, right after ``anchor``."""
     return graph.inserting_before(anchor.next)
-
-
-def replace_uses_in(node: fx.Node, new: fx.Node, users: Iterable[fx.Node]) -> None:
-    users = set(users)
-    node.replace_all_uses_with(new, delete_user_cb=lambda u: u in users, propagate_meta=False)
 
 
 def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:

@@ -11,7 +11,6 @@ rules do not cover makes the whole graph unsupported (never a guess).
 """
 from __future__ import annotations
 
-import dataclasses
 import operator
 
 import torch
@@ -24,13 +23,6 @@ SEQ, BATCH = ("<seq>", 0), ("<batch>", 0)
 _SHAPE_METHODS = {"view", "reshape", "expand"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "norm", "prod", "logsumexp"}
 _SAME_SHAPE_DIM = {"softmax", "log_softmax", "cumsum", "cumprod"}
-
-
-@dataclasses.dataclass
-class ShapeArgEdit:
-    """A shape argument (``view``/``reshape``/``expand``) whose entry ``index`` is the sequence."""
-    node: fx.Node
-    dims: list[int]
 
 
 class SeqDims:

@@ -40,10 +40,6 @@ class VLMGraph:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    @property
-    def hidden(self) -> fx.Node:
-        return self.splice
-
     @classmethod
     def match(cls, gm: fx.GraphModule) -> "VLMGraph":
         """Analyse ``gm``; raises :class:`Unsupported` with the reason when it is not a VLM graph."""

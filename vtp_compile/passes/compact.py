@@ -19,7 +19,7 @@ from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, op_name, sdpa_args, tensor_val
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import VLMGraph
-from ..sites import EncoderSite, LayerSite
+from ..sites import LayerSite
 
 log = logging.getLogger("vtp_compile")
 ops = torch.ops.vtp

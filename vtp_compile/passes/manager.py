@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 import logging
 
 import torch.fx as fx
@@ -55,14 +53,6 @@ class PassManager:
         self.cfg = cfg
         self.method = get_method(cfg.method)
         self.state = None  # the CompactState of the last prefill graph (for explain)
-
-    def uuid(self) -> str:
-        """Changes with the code of the passes and with the configuration."""
-        h = hashlib.sha256()
-        for mod in (compact, decode, type(self.method)):
-            h.update(inspect.getsource(mod).encode())
-        h.update(repr(self.cfg).encode())
-        return h.hexdigest()
 
     def __call__(self, gm: fx.GraphModule, example_inputs) -> tuple[fx.GraphModule, GraphReport]:
         work = _clone(gm)
