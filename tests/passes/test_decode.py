@@ -75,15 +75,28 @@ def test_right_padding_is_an_error_not_a_wrong_answer():
         _generate(model, inputs, options("fastv", budget=4, layer=1), max_new_tokens=3, do_sample=False)
 
 
-def test_no_recompile_per_prompt_length_or_step():
+@pytest.mark.parametrize("capture_scalars", [True, False])
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("method", ["fastv", "random"])
+def test_no_recompile_per_prompt_length_or_step(method, grad_mode, capture_scalars, monkeypatch):
+    """Dynamic-shape recompiles are pruned too and stay oracle-exact. inference_mode without
+    capture_scalar_outputs (what ``vtp eval`` runs) once failed re-propagating fake shapes."""
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", capture_scalars)
     spec = TinySpec()
     model = tiny_llava(spec)
     start = len(REPORTS)
-    with torch.no_grad():
+    layer = 1 if method == "fastv" else None
+    with grad_mode():
         model(**make_inputs(spec))
-        model.compile(backend="vtp", options=options("fastv", budget=4, layer=1))
+        model.compile(backend="vtp", options=options(method, budget=4, layer=layer))
         for suffix in (2, 3, 5, 7):
-            model.generate(**make_inputs(spec, suffix=suffix), max_new_tokens=4, do_sample=False)
+            inputs = make_inputs(spec, batch=2, pad=(0, 1 + suffix % 2), suffix=suffix, seed=suffix)
+            got = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            want, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
+                                            inputs["pixel_values"],
+                                            OracleSpec(method, budget=4, layer=layer or 2), 4)
+            assert_tokens_match(got[:, inputs["input_ids"].shape[1]:], want, margins)
     phases = [r.phase for r in REPORTS[start:]]
+    assert all(r.sites for r in REPORTS[start:] if r.phase == "prefill"), "a prefill went unpruned"
     # first prefill static, one dynamic recompile; decode: one static, one dynamic recompile
     assert phases.count("prefill") <= 2 and phases.count("decode") <= 2, phases

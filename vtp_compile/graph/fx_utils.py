@@ -118,7 +118,23 @@ def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
     ctx = TracingContext.try_get()
     if ctx is None or ctx.fake_mode is None:
         return
-    FakeTensorProp(gm, ctx.fake_mode).propagate(*example_inputs)
+    # Propagate from the placeholders' own symbolic values, moved into the backend's fake mode
+    # (Dynamo traces in a sibling mode sharing the shape env). Re-fakeifying the real example
+    # inputs instead loses dynamic sizes under inference_mode and fails on recompiles.
+    mode = ctx.fake_mode
+    prop = FakeTensorProp(gm, mode)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    vals = [n.meta.get("example_value", n.meta.get("val")) for n in placeholders]
+    if len(vals) != len(example_inputs) or any(v is None for v in vals):
+        prop.propagate(*example_inputs)
+    else:
+        vals = [mode.from_tensor(v) if isinstance(v, torch.Tensor) and getattr(v, "fake_mode", None)
+                is not mode else v for v in vals]
+        # the Python dispatcher gives composite ops (expand in masked_scatter's meta) their
+        # SymInt-aware paths; without it, inference_mode hits the concrete-int C++ kernels
+        from torch._dispatch.python import enable_python_dispatcher
+        with mode, enable_python_dispatcher():
+            prop.propagate_dont_convert_inputs(*vals)
     for n in gm.graph.nodes:
         if "val" in n.meta:
             n.meta["example_value"] = n.meta["val"]

@@ -193,16 +193,19 @@ def oracle_generate(model, input_ids, attention_mask, pixel_values=None, spec=Or
                     max_new_tokens=4):
     """Greedy decoding by re-running :func:`oracle_forward` on the growing sequence.
 
+    Tokens in ``model.generation_config.suppress_tokens`` are never chosen, as in ``generate``.
     Returns (tokens ``[B, new]``, per-step top-2 logit margins, for recognising near ties).
     """
     ids, mask = input_ids, attention_mask
     prompt_len = ids.shape[1]
     selection, toks, margins = None, [], []
+    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         logits, selection = oracle_forward(model, ids, mask, pixel_values, pos, spec, selection,
                                            prompt_len)
         last = logits[:, -1].float()
+        last[:, suppress] = float("-inf")     # what generate's SuppressTokensLogitsProcessor does
         top2 = last.topk(2, dim=-1).values
         margins.append(top2[:, 0] - top2[:, 1])
         nxt = last.argmax(-1)

@@ -48,6 +48,9 @@ def tiny_llava(spec: TinySpec = TinySpec()):
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     model.generation_config.pad_token_id = 0
+    # random weights may pick the image token (which would splice a phantom image position on the
+    # next step) or EOS (which ends rows early); generation never emits special tokens
+    model.generation_config.suppress_tokens = [0, 1, 2, spec.image_token_id]
     return model
 
 
