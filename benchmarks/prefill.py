@@ -28,35 +28,14 @@ import time
 
 import torch
 from tqdm import tqdm
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-IMAGE_TOKEN_ID = 1023
+from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-
-def build_model(args) -> LlavaForConditionalGeneration:
-    torch.manual_seed(args.seed)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=384, patch_size=16,
-                              projection_dim=64)
-    text = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
-                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                       num_key_value_heads=args.heads, vocab_size=1024,
-                       max_position_embeddings=2048)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,
-                      vision_feature_layer=-2, vision_feature_select_strategy="default")
-    model = LlavaForConditionalGeneration(cfg).eval()
-    model.config._attn_implementation = "sdpa"
-    return model
-
-
-def make_inputs(model, args) -> dict:
-    g = torch.Generator().manual_seed(args.seed)
-    vc = model.config.vision_config
-    n_visual = (vc.image_size // vc.patch_size) ** 2
-    ids = torch.randint(1, IMAGE_TOKEN_ID - 10, (1, args.text + n_visual + args.text), generator=g)
-    ids[:, args.text:args.text + n_visual] = IMAGE_TOKEN_ID
-    pixels = torch.randn(1, 3, vc.image_size, vc.image_size, generator=g)
-    return dict(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids))
+def model_spec(args) -> TinySpec:
+    """LLaVA-shaped: a CLIP tower on 384x384 images, 16x16 patches -> 576 visual tokens."""
+    return TinySpec(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers,
+                    heads=args.heads, kv_heads=args.heads, image_size=384, patch=16, vocab=1024,
+                    vision_hidden=64, max_positions=2048, seed=args.seed)
 
 
 def main(argv=None) -> int:
@@ -82,10 +61,11 @@ def main(argv=None) -> int:
     from vtp_compile.passes.manager import REPORTS
 
     t_start = time.perf_counter()
-    model = build_model(args)
-    inputs = make_inputs(model, args)
+    spec = model_spec(args)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, prefix=args.text, suffix=args.text, seed=args.seed)
     L = inputs["input_ids"].shape[1]
-    V = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    V = int((inputs["input_ids"] == spec.image_token_id).sum())
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 

@@ -21,36 +21,12 @@ import statistics
 import time
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-IMAGE_TOKEN_ID = 255
+from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-
-def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
-    """A small LLaVA: CLIP tower on 64x64 images with 8x8 patches -> 64 visual tokens."""
-    torch.manual_seed(seed)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=64, patch_size=8,
-                              projection_dim=64)
-    text = LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                       max_position_embeddings=512)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,
-                      vision_feature_layer=-2, vision_feature_select_strategy="default")
-    model = LlavaForConditionalGeneration(cfg).eval()
-    model.config._attn_implementation = "sdpa"
-    return model
-
-
-def make_inputs(model, seed: int = 0, pre: int = 5, post: int = 11) -> dict:
-    """A prompt with ``pre`` text tokens, one image's visual tokens, then ``post`` text tokens."""
-    g = torch.Generator().manual_seed(seed)
-    vc = model.config.vision_config
-    n_visual = (vc.image_size // vc.patch_size) ** 2
-    ids = torch.randint(1, IMAGE_TOKEN_ID - 10, (1, pre + n_visual + post), generator=g)
-    ids[:, pre:pre + n_visual] = IMAGE_TOKEN_ID
-    pixels = torch.randn(1, 3, vc.image_size, vc.image_size, generator=g)
-    return dict(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids))
+# a small LLaVA: CLIP tower on 64x64 images with 8x8 patches -> 64 visual tokens
+SPEC = TinySpec(hidden=128, intermediate=352, layers=4, heads=4, kv_heads=2, image_size=64,
+                patch=8, vocab=256, vision_hidden=64, seed=0)
 
 
 def kv_cache_bytes(cache) -> int:
@@ -88,9 +64,9 @@ def main(argv=None) -> None:
     torch._dynamo.config.capture_scalar_outputs = True   # one prefill graph, no break at .item()
     from vtp_compile.passes.manager import REPORTS
 
-    base = build_tiny_llava(seed=0)
-    inputs = make_inputs(base, seed=0)
-    n_visual = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    base = tiny_llava(SPEC)
+    inputs = make_inputs(SPEC, prefix=5, suffix=11, seed=0)
+    n_visual = int((inputs["input_ids"] == SPEC.image_token_id).sum())
     print(f"tiny LLaVA: {base.config.text_config.num_hidden_layers} decoder layers, "
           f"prompt {inputs['input_ids'].shape[1]} tokens of which {n_visual} visual")
 

@@ -7,8 +7,8 @@ from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_generate
 
 
-def options(method, budget=None, ratio=None, layer=None, inner="eager"):
-    o = {"method": method, "inner_backend": inner}
+def options(method, budget=None, ratio=None, layer=None, inner="eager", **params):
+    o = {"method": method, "inner_backend": inner, **params}
     if budget is not None:
         o["budget"] = budget
     if ratio is not None:
@@ -18,8 +18,9 @@ def options(method, budget=None, ratio=None, layer=None, inner="eager"):
     return o
 
 
-def oracle_spec(method, budget=None, ratio=None, layer=None):
-    return OracleSpec(method, budget=budget, ratio=ratio, layer=layer if layer is not None else 2)
+def oracle_spec(method, budget=None, ratio=None, layer=None, **params):
+    return OracleSpec(method, budget=budget, ratio=ratio, layer=layer if layer is not None else 2,
+                      **params)
 
 
 def valid(inputs):

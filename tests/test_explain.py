@@ -8,15 +8,17 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 def test_explain_reports_the_oracle_selection():
     spec = TinySpec()
     model = tiny_llava(spec)
-    inputs = make_inputs(spec, batch=2, pad=(0, 1))
+    inputs = make_inputs(spec, batch=2, pad=(0, 1), tiles=2)
     with torch.no_grad():
         model(**inputs)
-    for method, opts in (("fastv", {"layer": 2}), ("random", {}), ("divprune", {})):
+    for method, opts in (("fastv", {"layer": 2}), ("random", {}), ("divprune", {}),
+                         ("acgr", {"tau": 0.0}), ("acgr", {"site": "encoder"})):
         ex = vtp_compile.explain(model, inputs, {"method": method, "budget": 5, **opts})
         (site,) = ex.sites
         assert (site.visual_count, site.kept) == (spec.visual_tokens, 5)
+        assert 0 < site.flops_saved < site.flops_total and site.kv_bytes_saved > 0
         _, sel = oracle_forward(model, inputs["input_ids"], inputs["attention_mask"],
-                                inputs["pixel_values"], spec=OracleSpec(method, budget=5))
+                                inputs["pixel_values"], spec=OracleSpec(method, budget=5, **opts))
         assert site.kept_visual_index.tolist() == sel
         assert "visual tokens 16 -> 5" in str(ex)
 

@@ -10,7 +10,7 @@ from .helpers import assert_tokens_match, compiled_logits, oracle_logits, oracle
 pytestmark = pytest.mark.inductor
 
 
-@pytest.mark.parametrize("method,layer", [("fastv", 2), ("random", None)])
+@pytest.mark.parametrize("method,layer", [("fastv", 2), ("random", None), ("acgr", 2)])
 def test_forward_through_inductor_equals_oracle(method, layer):
     spec = TinySpec(layers=3)
     model = tiny_llava(spec)

@@ -11,24 +11,30 @@ from .config import KeepRule
 class LayerSite:
     """Prune between decoder layers ``layer - 1`` and ``layer``.
 
-    ``score(q, k, key_mask, scale, hidden, visual_mask) -> [B, L]`` gets layer ``layer - 1``'s
-    attention inputs (q/k after RoPE, the last query row of its mask or None, the softmax
-    scale), the hidden state entering ``layer`` and the visual-token mask; the top ``keep``
-    visual tokens by score survive. It is traced into the graph, so it must be plain torch code
-    or ``torch.ops`` calls.
+    ``score(q, k, key_mask, scale, hidden, visual_mask, n_visual, n_keep) -> [B, L]`` gets layer
+    ``layer - 1``'s attention inputs (q/k after RoPE, the last query row of its mask or None,
+    the softmax scale), the hidden state entering ``layer``, the visual-token mask, the visual
+    tokens per row and the number to keep; the top ``n_keep`` visual tokens by score survive.
+    ``merge`` (optional) runs before removal: ``merge(hidden, visual_mask, keep_mask) -> hidden``
+    may rewrite the kept tokens (e.g. fold removed tokens into them).
+    Both are traced into the graph, so they must be plain torch code or ``torch.ops`` calls.
     """
     layer: int
     keep: KeepRule
     score: Callable
     name: str = "layer"
+    merge: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSite:
     """Select visual tokens on the spliced features, before the first decoder layer.
 
-    ``score(features [B, V, D], n_keep) -> [B, V]``: the top ``n_keep`` survive.
+    ``score(features [B, V, D], n_keep, hidden [B, L, D], visual_mask [B, L]) -> [B, V]``: the
+    top ``n_keep`` survive (``hidden`` is the spliced input embedding, text included).
+    ``merge`` as for :class:`LayerSite`, on the spliced embedding.
     """
     keep: KeepRule
     score: Callable
     name: str = "encoder"
+    merge: Callable | None = None

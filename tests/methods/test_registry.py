@@ -4,12 +4,21 @@ from vtp_compile.methods.registry import get_method, method_names
 
 
 def test_registry_lists_implemented_methods():
-    assert {"fastv", "random", "divprune"} <= set(method_names())
+    assert {"fastv", "random", "divprune", "acgr"} <= set(method_names())
 
 
 def test_unknown_method_names_the_available_ones():
-    with pytest.raises(ValueError, match="available: .*divprune.*fastv"):
+    with pytest.raises(ValueError, match="unknown method 'magic'; available: .*acgr.*divprune.*fastv"):
+        get_method("magic")
+
+
+def test_planned_method_says_not_implemented_yet():
+    with pytest.raises(ValueError, match="'nuwa' is not implemented yet; available: .*fastv"):
         get_method("nuwa")
+
+
+def test_dcp_is_an_alias_of_acgr():
+    assert get_method("dcp") is get_method("acgr")
 
 
 def test_every_method_documents_its_defaults():

@@ -7,11 +7,27 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from ..helpers import compiled_logits, last_report, options, oracle_logits, oracle_spec, valid
 
-SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @st.composite
-def cases(draw, methods=("fastv", "random", "divprune")):
+def method_params(draw, method, spec):
+    """The method's own options (layer for layer-site methods, DCP's knobs)."""
+    if method == "fastv":
+        return {"layer": draw(st.integers(1, spec.layers - 1))}
+    if method == "acgr":
+        site = draw(st.sampled_from(["layer", "encoder"]))
+        p = {"site": site, "tau": draw(st.sampled_from([0.0, 0.3, 100.0])),
+             "m": draw(st.integers(1, 4)), "iters": draw(st.integers(0, 3)),
+             "merge": draw(st.booleans())}
+        if site == "layer":
+            p["layer"] = draw(st.integers(1, spec.layers - 1))
+        return p
+    return {}
+
+
+@st.composite
+def cases(draw, methods=("fastv", "random", "divprune", "acgr")):
     kv = draw(st.sampled_from([1, 2, 4]))
     heads = kv * draw(st.sampled_from([1, 2]))
     head_dim = draw(st.sampled_from([8, 16]))
@@ -22,26 +38,26 @@ def cases(draw, methods=("fastv", "random", "divprune")):
     images = draw(st.sampled_from([1, 1, 2]))
     pad = tuple(draw(st.lists(st.integers(0, 3), min_size=batch, max_size=batch)))
     inputs = dict(batch=batch, prefix=draw(st.integers(0, 5)), suffix=draw(st.integers(1, 5)),
-                  images=images, pad=pad, seed=draw(st.integers(0, 99)))
+                  images=images, pad=pad, seed=draw(st.integers(0, 99)),
+                  tiles=draw(st.sampled_from([None, 2, 3])))
     method = draw(st.sampled_from(methods))
     V = spec.visual_tokens * images
     if draw(st.booleans()):
         keep = {"budget": draw(st.sampled_from([1, 2, V // 3 + 1, V - 1, V, V + 5]))}
     else:
         keep = {"ratio": draw(st.sampled_from([0.05, 0.11, 0.25, 0.5, 1.0]))}
-    layer = draw(st.integers(1, spec.layers - 1)) if method == "fastv" else None
-    return spec, inputs, method, keep, layer
+    return spec, inputs, method, keep, draw(method_params(method, spec))
 
 
 @settings(**SETTINGS)
 @given(cases())
 def test_compiled_equals_oracle(case):
-    spec, inp_kw, method, keep, layer = case
+    spec, inp_kw, method, keep, params = case
     torch._dynamo.reset()
     model = tiny_llava(spec)
     inputs = make_inputs(spec, **inp_kw)
-    got = compiled_logits(model, inputs, options(method, layer=layer, **keep))
-    want = oracle_logits(model, inputs, oracle_spec(method, layer=layer, **keep))
+    got = compiled_logits(model, inputs, options(method, **keep, **params))
+    want = oracle_logits(model, inputs, oracle_spec(method, **keep, **params))
     assert got.shape == want.shape == (*inputs["input_ids"].shape, spec.vocab)
     torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
     rep = last_report()
@@ -51,7 +67,7 @@ def test_compiled_equals_oracle(case):
 @settings(**SETTINGS)
 @given(cases())
 def test_keep_all_is_identity(case):
-    spec, inp_kw, method, _, layer = case
+    spec, inp_kw, method, _, params = case
     torch._dynamo.reset()
     model = tiny_llava(spec)
     inputs = make_inputs(spec, **inp_kw)
@@ -61,11 +77,11 @@ def test_keep_all_is_identity(case):
     V = spec.visual_tokens * inp_kw["images"]
     for keep in ({"budget": V}, {"ratio": 1.0}):
         torch._dynamo.reset()
-        got = compiled_logits(model, inputs, options(method, layer=layer, **keep))
+        got = compiled_logits(model, inputs, options(method, **keep, **params))
         torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["fastv", "random", "divprune"])
+@pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr"])
 def test_text_only_is_untouched(method):
     spec = TinySpec()
     model = tiny_llava(spec)

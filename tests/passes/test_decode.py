@@ -21,18 +21,19 @@ def _cache_lengths(cache):
     return [layer.keys.shape[-2] for layer in cache.layers]
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-@given(method=st.sampled_from(["fastv", "random", "divprune"]), batch=st.integers(1, 3),
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(method=st.sampled_from(["fastv", "random", "divprune", "acgr"]), batch=st.integers(1, 3),
        budget=st.integers(1, 17), seed=st.integers(0, 30), data=st.data())
 def test_greedy_generate_equals_oracle(method, batch, budget, seed, data):
     torch._dynamo.reset()
     spec = TinySpec(seed=seed, layers=3)
     pad = tuple(data.draw(st.lists(st.integers(0, 3), min_size=batch, max_size=batch)))
-    inputs = make_inputs(spec, batch=batch, pad=pad, seed=seed)
+    inputs = make_inputs(spec, batch=batch, pad=pad, seed=seed, tiles=data.draw(st.sampled_from([None, 2])))
     model = tiny_llava(spec)
     want, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
                                     inputs["pixel_values"], OracleSpec(method, budget=budget, layer=1), 5)
-    out = _generate(model, inputs, options(method, budget=budget, layer=1 if method == "fastv" else None),
+    layer = 1 if method in ("fastv", "acgr") else None
+    out = _generate(model, inputs, options(method, budget=budget, layer=layer),
                     max_new_tokens=5, do_sample=False)
     got = out.sequences[:, inputs["input_ids"].shape[1]:]
     assert_tokens_match(got, want, margins)

@@ -6,6 +6,7 @@ touching the passes that insert these ops.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from . import reference
 
 _LIB = "vtp"
+_log = logging.getLogger("vtp_compile")
 
 
 @torch.library.custom_op(f"{_LIB}::attn_row_scores", mutates_args=())
@@ -80,3 +82,50 @@ def check_left_padded(mask: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
 @check_left_padded.register_fake
 def _(mask, mask4d):
     return torch.empty_like(mask4d)
+
+
+# ---- DCP-Prune ----------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_LIB}::topk_mask", mutates_args=())
+def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    return reference.topk_mask(scores, valid, k)
+
+
+@topk_mask.register_fake
+def _(scores, valid, k):
+    return torch.empty_like(valid, dtype=torch.bool)
+
+
+@torch.library.custom_op(f"{_LIB}::dist_consistency", mutates_args=())
+def dist_consistency(features: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
+                     tag: str) -> torch.Tensor:
+    kappa = reference.dist_consistency(features, valid, kept)
+    if _log.isEnabledFor(logging.DEBUG):   # per call, at run time (a sync; debug only)
+        _log.debug("vtp %s: kappa per sample %s", tag, [round(v, 4) for v in kappa.tolist()])
+    return kappa
+
+
+@dist_consistency.register_fake
+def _(features, valid, kept, tag):
+    return features.new_empty((features.shape[0],), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::cluster_select_scores", mutates_args=())
+def cluster_select_scores(features: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
+                          k: int, iters: int) -> torch.Tensor:
+    return reference.cluster_select_scores(features, scores, valid, k, iters)
+
+
+@cluster_select_scores.register_fake
+def _(features, scores, valid, k, iters):
+    return features.new_empty(features.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::anchor_merge", mutates_args=())
+def anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: torch.Tensor,
+                 m: int) -> torch.Tensor:
+    return reference.anchor_merge(hidden, visual_mask, keep_mask, m)
+
+
+@anchor_merge.register_fake
+def _(hidden, visual_mask, keep_mask, m):
+    return torch.empty_like(hidden)

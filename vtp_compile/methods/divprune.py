@@ -11,7 +11,7 @@ from .registry import register
 import torch
 
 
-def score(features, n_keep):
+def score(features, n_keep, hidden, visual_mask):
     return torch.ops.vtp.divprune_scores(features, n_keep)
 
 

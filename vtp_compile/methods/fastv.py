@@ -13,7 +13,7 @@ from .base import Method, check_int
 from .registry import register
 
 
-def score(q, k, key_mask, scale: float, hidden, visual_mask):
+def score(q, k, key_mask, scale: float, hidden, visual_mask, n_visual, n_keep):
     return torch.ops.vtp.attn_row_scores(q, k, key_mask, scale, -1)
 
 

@@ -20,7 +20,7 @@ def hash_scores(features: torch.Tensor, n_keep, seed: int = 0) -> torch.Tensor:
     return (x - torch.floor(x)).float()
 
 
-def score(features, n_keep):
+def score(features, n_keep, hidden, visual_mask):
     return hash_scores(features, n_keep, 0)
 
 
@@ -45,7 +45,7 @@ _SEEDED = {}
 
 def _seeded(seed: int):
     if seed not in _SEEDED:
-        def fn(features, n_keep):
+        def fn(features, n_keep, hidden, visual_mask):
             return hash_scores(features, n_keep, seed)
         fn.__name__ = f"random_score_seed{seed}"
         _SEEDED[seed] = fn

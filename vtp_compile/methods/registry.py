@@ -5,6 +5,8 @@ from .base import Method
 
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
+# methods on the roadmap (METHODS.md) that are not implemented yet: a clear error, not a guess
+PLANNED = ("nuwa", "alvts", "dstp", "pdrop", "sparsevlm", "visionzip", "dart")
 
 
 def register(cls):
@@ -16,7 +18,7 @@ def register(cls):
 
 
 def _load():
-    from . import fastv, random_select, divprune  # noqa: F401
+    from . import dcp, divprune, fastv, random_select  # noqa: F401
 
 
 def method_names() -> list[str]:
@@ -27,6 +29,9 @@ def method_names() -> list[str]:
 def get_method(name: str) -> Method:
     _load()
     key = _ALIASES.get(name, name)
+    if key not in _METHODS and key in PLANNED:
+        raise ValueError(f"vtp: method {name!r} is not implemented yet; available: "
+                         f"{sorted(_METHODS)}")
     if key not in _METHODS:
         raise ValueError(f"vtp: unknown method {name!r}; available: {sorted(_METHODS)}"
                          + (f" (aliases: {sorted(_ALIASES)})" if _ALIASES else ""))

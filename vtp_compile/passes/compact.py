@@ -57,6 +57,11 @@ def visual_scores_to_seq(visual_mask: torch.Tensor, scores: torch.Tensor) -> tor
     return out.masked_scatter(visual_mask, scores.float())
 
 
+def positions_mask(idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: True at the positions listed in ``idx`` ``[B, L']``."""
+    return torch.zeros_like(like, dtype=torch.bool).scatter(1, idx, True)
+
+
 def seq_len(idx: torch.Tensor):
     return idx.shape[1]
 
@@ -112,14 +117,19 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
             q, k, m = att["query"], att["key"], att["attn_mask"]
             scale = att["scale"] or tensor_val(q).shape[-1] ** -0.5
             row = g.call_function(last_query_mask_row, (m,)) if isinstance(m, fx.Node) else None
-            scores = g.call_function(site.score, (q, k, row, float(scale), entry, state.visual_mask))
+            scores = g.call_function(site.score, (q, k, row, float(scale), entry, state.visual_mask,
+                                                  state.n_visual, n_keep))
         else:
             feats = g.call_function(features_per_row, (vlm.features, entry))
-            vscores = g.call_function(site.score, (feats, n_keep))
+            vscores = g.call_function(site.score, (feats, n_keep, entry, state.visual_mask))
             scores = g.call_function(visual_scores_to_seq, (state.visual_mask, vscores))
         idx = g.call_function(ops.select_keep.default, (scores, state.visual_mask, state.n_visual, n_keep))
         new_len = g.call_function(seq_len, (idx,))
-        h = g.call_function(ops.gather_seq.default, (entry, idx, 1, 0))
+        src = entry
+        if site.merge is not None:
+            kept = g.call_function(positions_mask, (idx, state.visual_mask))
+            src = g.call_function(site.merge, (entry, state.visual_mask, kept))
+        h = g.call_function(ops.gather_seq.default, (src, idx, 1, 0))
         vis = g.call_function(ops.gather_seq.default, (state.visual_mask, idx, 1, 0))
         n_vis = g.call_function(torch.sym_min, (n_keep, state.n_visual))
 

@@ -12,15 +12,25 @@ from fractions import Fraction
 
 import torch
 
+from . import oracle_dcp
+
 
 @dataclasses.dataclass(frozen=True)
 class OracleSpec:
-    """What to keep: ``method`` in {"none", "fastv", "random", "divprune"}."""
+    """What to keep: ``method`` in {"none", "fastv", "random", "divprune", "acgr"}.
+
+    ``site``, ``tau``, ``m``, ``iters``, ``merge``: DCP-Prune's options (``acgr``).
+    """
     method: str = "none"
     budget: int | None = None
     ratio: float | None = None
     layer: int = 2
     seed: int = 0
+    site: str = "layer"
+    tau: float = 0.3
+    m: int = 3
+    iters: int = 5
+    merge: bool = True
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -30,7 +40,8 @@ class OracleSpec:
 
     @property
     def prune_layer(self) -> int:
-        return self.layer if self.method == "fastv" else 0
+        layer_site = self.method == "fastv" or (self.method == "acgr" and self.site == "layer")
+        return self.layer if layer_site else 0
 
 
 def _rotate_half(x):
@@ -115,8 +126,18 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
     if pruning and selection is None and K == 0:
         feats_bvd = h[vis].reshape(B, V, -1)
         k = spec.n_keep(V)
-        selection = (_select_top(_hash_scores(B, V, spec.seed), k) if spec.method == "random"
-                     else _divprune(feats_bvd, k))
+        if spec.method == "random":
+            selection = _select_top(_hash_scores(B, V, spec.seed), k)
+        elif spec.method == "divprune":
+            selection = _divprune(feats_bvd, k)
+        else:  # acgr at the encoder: last prompt token's embedding against each visual feature
+            D = feats_bvd.shape[-1]
+            probs = [(feats_bvd[b].float() @ h[b, -1].float() / math.sqrt(D)).softmax(0).tolist()
+                     for b in range(B)]
+            selection = [oracle_dcp.dcp_select(feats_bvd[b], probs[b], k, spec.tau, spec.iters)
+                         for b in range(B)]
+    if pruning and K == 0 and spec.method == "acgr":
+        h = _acgr(h, vis_pos, selection, spec)
     keep = None
     if pruning and selection is not None:
         keep = _keep_positions(vis, vis_pos, selection, L)
@@ -127,11 +148,19 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
     layers = list(lm.layers)
     for i, layer in enumerate(layers):
         if pruning and i == K:
-            if selection is None:  # FastV: score with layer K-1's q/k, last token, head-mean
-                selection = _fastv_select(layers[K - 1], prev_h, prev_pos, prev_allowed, lm, vis_pos, spec.n_keep(V))
+            if selection is None:  # score with layer K-1's q/k, last token, head-mean
+                probs = _fastv_probs(layers[K - 1], prev_h, prev_pos, prev_allowed, lm, vis_pos)
+                k = spec.n_keep(V)
+                if spec.method == "acgr":
+                    selection = [oracle_dcp.dcp_select(h[b, vis_pos[b]], probs[b], k, spec.tau,
+                                                       spec.iters) for b in range(B)]
+                else:
+                    selection = _select_top(probs, k)
                 keep = _keep_positions(vis, vis_pos, selection, L)
                 allowed = _evict_for_generated(allowed, keep, prompt_len)
             entry = h
+            if spec.method == "acgr" and K > 0:   # (the encoder site merged before layer 0)
+                h = _acgr(h, vis_pos, selection, spec)
             h = torch.stack([h[b, keep[b]] for b in range(B)])
             cur_pos = torch.stack([position_ids[b, keep[b]] for b in range(B)])
             allowed = torch.stack([allowed[b][keep[b]][:, keep[b]] for b in range(B)])
@@ -168,7 +197,18 @@ def _evict_for_generated(allowed, keep, prompt_len):
     return allowed
 
 
-def _fastv_select(layer, h, pos, allowed, lm, vis_pos, k):
+def _acgr(h, vis_pos, selection, spec):
+    """ACGR merge of the removed visual tokens into the kept ones (no-op with merge=False)."""
+    if not spec.merge:
+        return h
+    h = h.clone()
+    for b, pos in enumerate(vis_pos):
+        h[b, pos] = oracle_dcp.acgr_merge(h[b, pos], selection[b], spec.m).to(h.dtype)
+    return h
+
+
+def _fastv_probs(layer, h, pos, allowed, lm, vis_pos):
+    """Per row, the head-mean attention the last token pays each visual token (a list)."""
     attn = layer.self_attn
     x = layer.input_layernorm(h)
     B, L, _ = x.shape
@@ -184,8 +224,7 @@ def _fastv_select(layer, h, pos, allowed, lm, vis_pos, k):
     logits = (q[:, :, last:last + 1] @ kk.transpose(-1, -2))[:, :, 0] * attn.scaling
     logits = logits.masked_fill(~allowed[:, None, last, :], float("-inf"))
     probs = logits.softmax(-1).mean(1)                        # [B, L]
-    scores = [[float(probs[b, p]) for p in vis_pos[b]] for b in range(B)]
-    return _select_top(scores, k)
+    return [[float(probs[b, p]) for p in vis_pos[b]] for b in range(B)]
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ class TinySpec:
     patch: int = 8
     vocab: int = 128
     vision_hidden: int = 32
+    vision_layers: int = 2
+    max_positions: int = 1024
     seed: int = 0
 
     @property
@@ -34,12 +36,13 @@ def tiny_llava(spec: TinySpec = TinySpec()):
 
     torch.manual_seed(spec.seed)
     vc = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-                          num_hidden_layers=2, num_attention_heads=2, image_size=spec.image_size,
+                          num_hidden_layers=spec.vision_layers, num_attention_heads=2,
+                          image_size=spec.image_size,
                           patch_size=spec.patch, projection_dim=spec.vision_hidden)
     tc = LlamaConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate,
                      num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
                      num_key_value_heads=spec.kv_heads, vocab_size=spec.vocab,
-                     max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                     max_position_embeddings=spec.max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=spec.image_token_id,
                       vision_feature_layer=-2, vision_feature_select_strategy="default")
     cfg._attn_implementation = "sdpa"
@@ -56,10 +59,12 @@ def tiny_llava(spec: TinySpec = TinySpec()):
 
 def make_inputs(spec: TinySpec, batch: int = 1, prefix: int = 3, suffix: int = 4,
                 images: int = 1, pad: tuple[int, ...] | None = None, seed: int = 0,
-                text_only: bool = False) -> dict:
+                text_only: bool = False, tiles: int | None = None) -> dict:
     """``input_ids`` = [pad][prefix text][<image> x V per image, text between images][suffix].
 
     ``pad[b]`` left-pads row b (attention_mask 0) so rows of different length share a batch.
+    ``tiles``: build each image from patch-sized tiles drawn from that many random prototypes
+    (redundant visual tokens, like a mostly uniform background); default: i.i.d. noise.
     """
     g = torch.Generator().manual_seed(seed)
     V = spec.visual_tokens
@@ -80,6 +85,13 @@ def make_inputs(spec: TinySpec, batch: int = 1, prefix: int = 3, suffix: int = 4
         masks.append([0] * p + [1] * len(toks))
     out = {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(masks)}
     if not text_only:
-        out["pixel_values"] = torch.randn(batch * images, 3, spec.image_size, spec.image_size,
-                                          generator=g)
+        n, side = batch * images, spec.image_size // spec.patch
+        if tiles:
+            protos = torch.randn(tiles, 3, spec.patch, spec.patch, generator=g)
+            pick = torch.randint(0, tiles, (n, side, side), generator=g)
+            px = protos[pick]                                   # [n, side, side, 3, p, p]
+            out["pixel_values"] = px.permute(0, 3, 1, 4, 2, 5).reshape(
+                n, 3, side * spec.patch, side * spec.patch)
+        else:
+            out["pixel_values"] = torch.randn(n, 3, spec.image_size, spec.image_size, generator=g)
     return out

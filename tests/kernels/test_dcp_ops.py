@@ -1,0 +1,101 @@
+"""DCP-Prune ops (topk_mask, dist_consistency, cluster_select_scores, anchor_merge) against the
+per-sample loop oracle in ``vtp_compile.testing.oracle_dcp``."""
+import logging
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+import vtp_compile.kernels  # noqa: F401
+from vtp_compile.testing import oracle_dcp
+
+ops = torch.ops.vtp
+
+
+@st.composite
+def clustered(draw):
+    """[B, L, D] features from a few prototypes plus noise, a visual mask and scores."""
+    B, D = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16]))
+    L = draw(st.integers(2, 24))
+    V = draw(st.integers(1, L))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
+    protos = torch.randn(draw(st.integers(1, 4)), D, generator=g)
+    x = protos[torch.randint(0, protos.shape[0], (B, L), generator=g)]
+    # noise keeps similarities apart by more than float32 rounding (exact duplicates make ties
+    # whose order depends on the BLAS kernel; the tie rule itself is tested on exact inputs)
+    x = x + draw(st.sampled_from([0.01, 0.1, 1.0])) * torch.randn(B, L, D, generator=g)
+    vis = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        vis[b, torch.randperm(L, generator=g)[:V]] = True
+    scores = torch.rand(B, L, generator=g).softmax(-1)
+    return x, vis, scores, V, draw(st.integers(1, V + 2))
+
+
+def _rows(t, vis, b):
+    return t[b][vis[b]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered())
+def test_topk_mask_and_kappa(case):
+    x, vis, scores, V, k = case
+    mask = ops.topk_mask(scores, vis, k)
+    kappa = ops.dist_consistency(x, vis, mask, "test")
+    for b in range(x.shape[0]):
+        s = _rows(scores, vis, b).tolist()
+        base = oracle_dcp._top(s, k)
+        assert sorted(torch.nonzero(mask[b][vis[b]]).flatten().tolist()) == sorted(base)
+        assert not (mask[b] & ~vis[b]).any()
+        assert abs(float(kappa[b]) - oracle_dcp.kappa(_rows(x, vis, b), base)) < 1e-4
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered(), st.integers(0, 4))
+def test_cluster_selection_equals_oracle(case, iters):
+    x, vis, scores, V, k = case
+    k = min(k, V)
+    out = ops.cluster_select_scores(x, scores, vis, k, iters)
+    assert torch.isinf(out[~vis]).all()
+    for b in range(x.shape[0]):
+        s = _rows(scores, vis, b).tolist()
+        got = oracle_dcp._top(_rows(out, vis, b).tolist(), k)
+        assert sorted(got) == sorted(oracle_dcp.tatcs(_rows(x, vis, b), s, k, iters))
+
+
+def test_cluster_selection_spreads_over_redundant_tokens():
+    """Two identical top tokens: the base top-2 keeps both, TATCS keeps one of each kind."""
+    x = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    scores = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    vis = torch.ones(1, 4, dtype=torch.bool)
+    assert ops.topk_mask(scores, vis, 2).tolist() == [[True, True, False, False]]
+    picks = ops.cluster_select_scores(x, scores, vis, 2, 3).topk(2).indices.sort().values
+    assert picks.tolist() == [[0, 2]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered(), st.integers(1, 4))
+def test_anchor_merge_equals_oracle(case, m):
+    x, vis, scores, V, k = case
+    keep = ops.topk_mask(scores, vis, k) | ~vis
+    out = ops.anchor_merge(x, vis, keep, m)
+    assert torch.equal(out[~vis], x[~vis])          # text untouched
+    for b in range(x.shape[0]):
+        kept = torch.nonzero(keep[b][vis[b]]).flatten().tolist()
+        want = oracle_dcp.acgr_merge(_rows(x, vis, b), kept, m).float()
+        torch.testing.assert_close(_rows(out, vis, b)[kept], want[kept], atol=1e-5, rtol=1e-5)
+
+
+def test_kappa_is_logged_at_debug(caplog):
+    x = torch.randn(2, 6, 4)
+    vis = torch.ones(2, 6, dtype=torch.bool)
+    with caplog.at_level(logging.DEBUG, logger="vtp_compile"):
+        ops.dist_consistency(x, vis, ops.topk_mask(x[..., 0], vis, 2), "acgr@layer")
+    assert any("acgr@layer: kappa per sample" in r.getMessage() for r in caplog.records)
+
+
+def test_anchor_merge_ties_go_to_the_lower_position():
+    x = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 1.0]]])
+    vis = torch.ones(1, 4, dtype=torch.bool)
+    keep = torch.tensor([[True, True, False, True]])
+    out = ops.anchor_merge(x, vis, keep, 1)
+    # the context (row 2) is equally similar to rows 0 and 1: it joins row 0 with weight 1
+    assert out[0].tolist() == [[2.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 1.0]]

@@ -1,0 +1,93 @@
+"""DCP-Prune (arXiv 2606.16633): distribution-consistent pruning for ultra-low budgets.
+
+Four steps at one site (``site="layer"``, default before decoder layer 2, or ``site="encoder"``
+on the spliced visual features):
+
+1. **Base selection** — text-aware scores: at a layer site the attention the last token pays
+   each visual token in the previous layer (FastV's score); at the encoder site the softmax over
+   visual tokens of ``x_last · f_v / sqrt(D)`` (the last prompt token's embedding against each
+   projected visual feature). Top-k.
+2. **κ** — distribution consistency of the kept set against all visual tokens (mean distance
+   plus std-norm gap, see :func:`vtp_compile.kernels.reference.dist_consistency`); logged per
+   call at debug level (``VTP_LOG=debug``).
+3. **TATCS** — when κ > ``tau`` the sample re-selects: spherical k-means of all visual tokens
+   into k clusters (``iters`` rounds, initialised from the base top-k in score order), and the
+   most text-relevant token of each cluster. Both selections are computed and one is picked
+   per sample with ``torch.where``: no branch in the graph.
+4. **ACGR** — before removal each removed token folds its features into its ``m`` most
+   similar kept tokens (softmax-normalised cosine weights).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sites import EncoderSite, LayerSite
+from .base import Method, check_int
+from .registry import register
+
+ops = torch.ops.vtp
+SITES = ("layer", "encoder")
+
+
+def _reselect(features, base, valid, n_keep, tau: float, iters: int, tag: str):
+    """Base scores, or TATCS cluster scores where κ(base top-k) > tau; ``[B, N]`` float32."""
+    base_kept = ops.topk_mask(base, valid, n_keep)
+    kappa = ops.dist_consistency(features, valid, base_kept, tag)
+    cluster = ops.cluster_select_scores(features, base, valid, n_keep, iters)
+    base = base.float().masked_fill(~valid, float("-inf"))
+    return torch.where((kappa > tau)[:, None], cluster, base)
+
+
+def layer_scorer(tau: float, iters: int):
+    def score(q, k, key_mask, scale, hidden, visual_mask, n_visual, n_keep):
+        base = ops.attn_row_scores(q, k, key_mask, scale, -1)
+        return _reselect(hidden, base, visual_mask, torch.sym_min(n_keep, n_visual), tau, iters,
+                         "acgr@layer")
+    return score
+
+
+def encoder_scorer(tau: float, iters: int):
+    def score(features, n_keep, hidden, visual_mask):
+        last = hidden[:, -1:, :].float()                                  # [B, 1, D]
+        logits = (features.float() @ last.transpose(1, 2))[..., 0] * features.shape[-1] ** -0.5
+        base = logits.softmax(-1)                                         # [B, V]
+        valid = torch.ones_like(base, dtype=torch.bool)
+        return _reselect(features, base, valid, torch.sym_min(n_keep, features.shape[1]), tau,
+                         iters, "acgr@encoder")
+    return score
+
+
+def merger(m: int):
+    def merge(hidden, visual_mask, keep_mask):
+        return ops.anchor_merge(hidden, visual_mask, keep_mask, m)
+    return merge
+
+
+@register
+class DCPPrune(Method):
+    """DCP-Prune: text-aware top-k, κ-triggered cluster re-selection (TATCS), ACGR merging."""
+    name = "acgr"
+    aliases = ("dcp",)
+    paper = "arXiv 2606.16633"
+    defaults = {"site": "layer", "layer": 2, "tau": 0.3, "m": 3, "iters": 5, "merge": True}
+
+    def validate(self, params):
+        if params["site"] not in SITES:
+            raise ValueError(f"vtp: option 'site' must be one of {SITES}, got {params['site']!r}")
+        check_int(params, "layer", lo=1)
+        check_int(params, "m", lo=1)
+        check_int(params, "iters", lo=0)
+        tau = params["tau"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
+            raise ValueError(f"vtp: option 'tau' must be a number >= 0, got {tau!r}")
+        if not isinstance(params["merge"], bool):
+            raise ValueError(f"vtp: option 'merge' must be True or False, got {params['merge']!r}")
+
+    def sites(self, cfg, num_layers):
+        p = cfg.params
+        merge = merger(p["m"]) if p["merge"] else None
+        if p["site"] == "encoder":
+            return [EncoderSite(keep=cfg.keep, score=encoder_scorer(float(p["tau"]), p["iters"]),
+                                name="acgr", merge=merge)]
+        return [LayerSite(layer=p["layer"], keep=cfg.keep, name="acgr", merge=merge,
+                          score=layer_scorer(float(p["tau"]), p["iters"]))]
