@@ -31,3 +31,20 @@ def test_generate_through_inductor_equals_oracle():
         model.compile(backend="vtp", options={"method": "fastv", "budget": 4, "layer": 1})
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+
+
+def test_dstp_generate_through_inductor_equals_oracle():
+    """DSTP's decode ops read and update runtime state; Inductor must call them every step."""
+    from vtp_compile.testing.oracle_dstp import dstp_generate
+
+    spec = TinySpec(layers=3, seed=1)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 2), tiles=2)
+    want, margins, hist = dstp_generate(model, inputs["input_ids"], inputs["attention_mask"],
+                                        inputs["pixel_values"], 3, None, 1, 0.0, 5)
+    assert hist[1] != hist[0], "this case should swap the active set"
+    with torch.no_grad():
+        model(**inputs)
+        model.compile(backend="vtp", options={"method": "dstp", "budget": 3, "layer": 1, "tau": 0.0})
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)

@@ -38,3 +38,18 @@ class EncoderSite:
     score: Callable
     name: str = "encoder"
     merge: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReserveSite(LayerSite):
+    """A :class:`LayerSite` that also carries a reserve through the later layers (DSTP).
+
+    The top ``keep`` visual tokens are *active*; the next ``reserve`` by score (None: as many as
+    active) are computed in every later layer so their keys/values exist, but no non-reserve
+    token attends to them during prefill. At each decode step the current query re-scores
+    active ∪ reserve at layer ``layer - 1``; when the shift
+    ``1 - mass(active) / mass(best keep)`` exceeds ``tau`` the active set becomes the best
+    ``keep``. Decode steps attend to the active set plus every non-visual entry only.
+    """
+    reserve: int | None = None
+    tau: float = 0.2

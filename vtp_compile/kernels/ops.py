@@ -129,3 +129,45 @@ def anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: tor
 @anchor_merge.register_fake
 def _(hidden, visual_mask, keep_mask, m):
     return torch.empty_like(hidden)
+
+
+# ---- DSTP (runtime state in vtp_compile.shift_state) --------------------------------------------
+@torch.library.custom_op(f"{_LIB}::dstp_begin", mutates_args=())
+def dstp_begin(active: torch.Tensor, visual: torch.Tensor, keys0: torch.Tensor, k: int,
+               tau: float, key: str) -> torch.Tensor:
+    """Record a DSTP prefill's layout; returns the reserve mask ``visual & ~active``."""
+    from .. import shift_state
+    shift_state.begin(key, visual, active, keys0, k, tau)
+    return visual & ~active
+
+
+@dstp_begin.register_fake
+def _(active, visual, keys0, k, tau, key):
+    return torch.empty_like(visual)
+
+
+@torch.library.custom_op(f"{_LIB}::dstp_columns", mutates_args=())
+def dstp_columns(keys0: torch.Tensor, key: str) -> torch.Tensor:
+    """``[B or 1, S]`` bool: the cache columns this decode step attends to before the site."""
+    from .. import shift_state
+    st = shift_state.lookup(key, keys0)
+    return reference.shift_columns(st, keys0.shape[2], keys0.device).expand(keys0.shape[0], -1).clone()
+
+
+@dstp_columns.register_fake
+def _(keys0, key):
+    return keys0.new_empty((keys0.shape[0], keys0.shape[2]), dtype=torch.bool)
+
+
+@torch.library.custom_op(f"{_LIB}::dstp_update", mutates_args=())
+def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tensor], scale: float,
+                cols: torch.Tensor, keys0: torch.Tensor, key: str) -> torch.Tensor:
+    """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on."""
+    from .. import shift_state
+    st = shift_state.lookup(key, keys0)
+    return reference.shift_update(st, q, k, mask_row, scale, cols)
+
+
+@dstp_update.register_fake
+def _(q, k, mask_row, scale, cols, keys0, key):
+    return torch.empty_like(cols)

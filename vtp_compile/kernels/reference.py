@@ -238,3 +238,48 @@ def anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: tor
     num = x + W.transpose(1, 2) @ x
     den = 1.0 + W.sum(1)[..., None]
     return torch.where(anchors[..., None], num / den, x).to(hidden.dtype)
+
+
+# ---- DSTP ---------------------------------------------------------------------------------------
+def shift_columns(state, S: int, device) -> torch.Tensor:
+    """``[B, S]`` bool: the cache columns a decode step may attend to (non-visual or active;
+    every column after the prompt). ``state`` None: all of them."""
+    if state is None:
+        return torch.ones(1, S, dtype=torch.bool, device=device)
+    B, P = state.visual.shape
+    cols = torch.ones(B, S, dtype=torch.bool, device=device)
+    cols[:, :P] = (~state.visual | state.active).to(device)
+    return cols
+
+
+def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: torch.Tensor | None,
+                 scale: float, cols: torch.Tensor) -> torch.Tensor:
+    """Re-score active ∪ reserve with the current query; swap the active set on a large shift.
+
+    Scores: head-mean softmax of ``q_last · k`` over the columns this step may see plus the
+    reserve. ``shift = 1 - mass(active) / mass(best k)``; rows with shift > tau take the best k
+    as their active set (``state`` is updated). Returns the columns the layers from the site on
+    attend to, ``[B, S]``.
+    """
+    if state is None:
+        return cols.clone()
+    B, P = state.visual.shape
+    S = k.shape[2]
+    vis = torch.zeros(B, S, dtype=torch.bool, device=q.device)
+    vis[:, :P] = state.visual.to(q.device)
+    active = cols.expand(B, S) & vis
+    allowed = cols.expand(B, S) | vis
+    if mask_row is not None:
+        mr = mask_row.expand(B, S)
+        allowed = allowed & (mr if mr.dtype == torch.bool else mr > float("-inf"))
+    probs = attn_row_scores(q, k, allowed, scale, -1)                  # [B, S]
+    best = topk_mask(probs, vis, state.k)
+    mass_active = (probs * active).sum(-1)
+    mass_best = (probs * best).sum(-1)
+    shift = 1.0 - mass_active / mass_best.clamp(min=1e-30)
+    swap = shift > state.tau
+    new_active = torch.where(swap[:, None], best, active)
+    state.active = new_active[:, :P].clone()
+    state.steps += 1
+    state.swaps += int(swap.sum())
+    return ~vis | new_active | (torch.arange(S, device=q.device) >= P)

@@ -19,7 +19,7 @@ from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, op_name, sdpa_args, tensor_val
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import VLMGraph
-from ..sites import LayerSite
+from ..sites import LayerSite, ReserveSite
 
 log = logging.getLogger("vtp_compile")
 ops = torch.ops.vtp
@@ -72,6 +72,11 @@ def keep_count(n_visual, budget: int, num: int, den: int):
     return (n_visual * num + den - 1) // den
 
 
+def with_reserve(n_keep, reserve: int | None):
+    """Tokens a :class:`ReserveSite` carries: the active ones plus the reserve."""
+    return n_keep + (n_keep if reserve is None else reserve)
+
+
 # ---- state carried from one site to the next ------------------------------------------------
 @dataclasses.dataclass
 class CompactState:
@@ -80,6 +85,18 @@ class CompactState:
     n_visual: fx.Node
     keep_nodes: list = dataclasses.field(default_factory=list)  # (site, idx node, n_keep node)
     cache_outputs: dict = dataclasses.field(default_factory=dict)  # cache `cat` -> current output
+
+
+@dataclasses.dataclass
+class SiteNodes:
+    """What :func:`apply_site` inserted, for passes that build on a compaction (DSTP)."""
+    scores: fx.Node          # [B, L] scores the selection used
+    visual_mask: fx.Node     # [B, L] visual mask before the site
+    idx: fx.Node             # [B, L'] kept positions
+    n_keep: fx.Node          # the site's keep count (without a reserve)
+    entry: fx.Node           # hidden state entering the site's layer (full length)
+    exits: list              # scatter_seq nodes that reintegrate outputs to full length
+    anchor: fx.Node          # insert new shared nodes after this one
 
 
 def init_state(vlm: VLMGraph) -> CompactState:
@@ -123,7 +140,10 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
             feats = g.call_function(features_per_row, (vlm.features, entry))
             vscores = g.call_function(site.score, (feats, n_keep, entry, state.visual_mask))
             scores = g.call_function(visual_scores_to_seq, (state.visual_mask, vscores))
-        idx = g.call_function(ops.select_keep.default, (scores, state.visual_mask, state.n_visual, n_keep))
+        n_sel = n_keep
+        if isinstance(site, ReserveSite):
+            n_sel = g.call_function(with_reserve, (n_keep, site.reserve))
+        idx = g.call_function(ops.select_keep.default, (scores, state.visual_mask, state.n_visual, n_sel))
         new_len = g.call_function(seq_len, (idx,))
         src = entry
         if site.merge is not None:
@@ -131,7 +151,7 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
             src = g.call_function(site.merge, (entry, state.visual_mask, kept))
         h = g.call_function(ops.gather_seq.default, (src, idx, 1, 0))
         vis = g.call_function(ops.gather_seq.default, (state.visual_mask, idx, 1, 0))
-        n_vis = g.call_function(torch.sym_min, (n_keep, state.n_visual))
+        n_vis = g.call_function(torch.sym_min, (n_sel, state.n_visual))
 
     externals = _externals(region, region_set)
     for ext in externals:
@@ -152,6 +172,7 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
     for n in sd.shape_edits:
         _edit_shape_args(n, [d for d in range(tensor_val(n).dim()) if sd.is_seq(n, d)], new_len)
 
+    exits = []
     for n in region:
         outside = [u for u in n.users if u not in region_set]
         if not outside:
@@ -166,11 +187,14 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
         with insert_after(g, n):
             full = g.call_function(ops.scatter_seq.default, (entry, n, idx))
         _replace_in(n, full, set(outside))
+        exits.append(full)
 
     _evict_early_cache(vlm, K, idx, state)
     state.keep_nodes.append((site, idx, n_keep))
+    result = SiteNodes(scores, state.visual_mask, idx, n_keep, entry, exits, n_vis)
     state.visual_mask, state.n_visual = vis, n_vis
     g.lint()
+    return result
 
 
 def _is_cache_update(n: fx.Node) -> bool:

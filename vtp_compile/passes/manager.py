@@ -10,8 +10,8 @@ from ..config import PruneConfig
 from ..graph.fx_utils import hint, refresh_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
-from ..sites import LayerSite
-from . import compact, decode, flops
+from ..sites import LayerSite, ReserveSite
+from . import compact, decode, flops, shift
 
 log = logging.getLogger("vtp_compile")
 
@@ -26,11 +26,13 @@ class SiteReport:
     flops_saved: int
     flops_total: int
     kv_bytes_saved: int
+    reserve: int = 0           # DSTP: tokens carried (keys/values kept) but not attended to
 
     def line(self) -> str:
         where = "encoder (before layer 0)" if self.layer is None else f"layer {self.layer}"
         pct = 100.0 * self.flops_saved / max(1, self.flops_total)
-        return (f"vtp: {self.name} at {where}: visual tokens {self.visual_count} -> {self.kept}, "
+        res = f" (+{self.reserve} reserve)" if self.reserve else ""
+        return (f"vtp: {self.name} at {where}: visual tokens {self.visual_count} -> {self.kept}{res}, "
                 f"~{self.flops_saved / 1e9:.3g} GFLOPs saved ({pct:.1f}% of the decoder), "
                 f"KV cache -{self.kv_bytes_saved / 1024:.1f} KiB")
 
@@ -53,6 +55,8 @@ class PassManager:
         self.cfg = cfg
         self.method = get_method(cfg.method)
         self.state = None  # the CompactState of the last prefill graph (for explain)
+        # runtime state (DSTP) is keyed by the configuration
+        self.key = f"{cfg.method}|{cfg.keep}|{sorted(cfg.params.items())}"
 
     def __call__(self, gm: fx.GraphModule, example_inputs) -> tuple[fx.GraphModule, GraphReport]:
         work = _clone(gm)
@@ -64,10 +68,15 @@ class PassManager:
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
             for site in sites:
-                compact.apply_site(vlm, site, state)
+                nodes = compact.apply_site(vlm, site, state)
+                if isinstance(site, ReserveSite):
+                    shift.apply_reserve(vlm, site, nodes, self.key)
                 report.sites.append(_site_report(site, vlm, costs, lengths, elem))
         else:
             report.padding_checks = decode.apply_decode(vlm)
+            for site in self.method.sites(self.cfg, vlm.num_layers):
+                if isinstance(site, ReserveSite):
+                    shift.apply_shift(vlm, site, self.key)
         work.recompile()
         refresh_meta(work, example_inputs)
         for s in report.sites:
@@ -96,16 +105,20 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
     K = site.layer if isinstance(site, LayerSite) else 0
     V = sizes["cur_V"]
     kept = min(int(site.keep.count(V)), V)
+    reserve = 0
+    if isinstance(site, ReserveSite):
+        reserve = min(kept if site.reserve is None else site.reserve, V - kept)
     before = list(sizes["layer_len"])
-    removed = V - kept
+    removed = V - kept - reserve
     for i in range(K, len(before)):
         sizes["layer_len"][i] -= removed
-    sizes["cur_V"] = kept
+    sizes["cur_V"] = kept + reserve
     B = sizes["B"]
     total = flops.stack_flops(costs, [sizes["L"]] * len(costs)) * B
     saved = (flops.stack_flops(costs, before) - flops.stack_flops(costs, sizes["layer_len"])) * B
     kv = sum(c.kv_width for c in costs) * removed * elem * B  # every layer evicts
-    return SiteReport(site.name, K if isinstance(site, LayerSite) else None, V, kept, saved, total, kv)
+    return SiteReport(site.name, K if isinstance(site, LayerSite) else None, V, kept, saved, total, kv,
+                      reserve)
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):

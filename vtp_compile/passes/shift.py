@@ -1,0 +1,142 @@
+"""DSTP's mechanism: a reserve carried through prefill, and shift-aware masks in decode graphs.
+
+Prefill (after :func:`compact.apply_site` kept active + reserve tokens): every attention from
+the site on gets a mask under which no non-reserve query sees a reserve key, the reserve's
+outputs are reintegrated with the hidden state they had at the site (so prefill logits equal
+the base method's exactly), and the cache layout is recorded in :mod:`vtp_compile.shift_state`.
+
+Decode: every layer's attention is restricted to non-visual and active cache columns; at layer
+``K - 1`` the current query re-scores active ∪ reserve and may swap the active set, which the
+layers from ``K`` on use at once and every layer uses from the next step on.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, tensor_val
+from ..graph.vlm_graph import VLMGraph
+from ..sites import ReserveSite
+from .compact import SiteNodes, last_query_mask_row, positions_mask
+
+ops = torch.ops.vtp
+
+
+# ---- helpers traced into the graph -----------------------------------------------------------
+def active_count(n_keep, n_visual):
+    return torch.sym_min(n_keep, n_visual)
+
+
+def reserve_positions(visual_mask, active, idx):
+    """``[B, L]`` bool: kept visual positions that are not active (the reserve)."""
+    return visual_mask & ~active & positions_mask(idx, visual_mask)
+
+
+def reserve_mask(mask, reserve, causal: bool):
+    """The prefill mask from the site on: nobody outside the reserve attends to the reserve."""
+    L = reserve.shape[1]
+    allow = ~(reserve[:, None, :] & ~reserve[:, :, None])               # [B, Lq, Lk]
+    if mask is None:
+        base = torch.ones(L, L, dtype=torch.bool, device=reserve.device)
+        base = base.tril() if causal else base
+        return allow[:, None] & base
+    if mask.dtype == torch.bool:
+        return mask & allow[:, None]
+    return mask.masked_fill(~allow[:, None], float("-inf"))
+
+
+def keep_reserve_out(full, entry, reserve_full):
+    """Reserve positions leave with the hidden state they had at the site (as if pruned)."""
+    return torch.where(reserve_full[..., None], entry.to(full.dtype), full)
+
+
+def column_mask(mask, cols):
+    """A decode step's mask restricted to ``cols`` ``[B, S]``."""
+    c = cols[:, None, None, :]
+    if mask is None:
+        return c
+    if mask.dtype == torch.bool:
+        return mask & c
+    return mask.masked_fill(~c, float("-inf"))
+
+
+def _set_mask(sdpa: fx.Node, new: fx.Node) -> None:
+    """Point an SDPA call at ``new`` as its mask, with ``is_causal=False`` (the mask says it)."""
+    args, kwargs = list(sdpa.args), dict(sdpa.kwargs)
+    if len(args) > 3:
+        args[3] = new
+    else:
+        kwargs["attn_mask"] = new
+    if len(args) > 5:
+        args[5] = False
+    else:
+        kwargs["is_causal"] = False
+    sdpa.args, sdpa.kwargs = tuple(args), kwargs
+
+
+def _remask(g: fx.Graph, sdpas: list, fn, extra) -> None:
+    """Give each SDPA call ``fn(its mask, *extra)``; calls sharing a mask share the new one."""
+    made = {}
+    for sdpa in sdpas:
+        a = sdpa_args(sdpa)
+        m = a["attn_mask"]
+        k = (m, bool(a["is_causal"]), extra)
+        if k not in made:
+            with g.inserting_before(sdpa):
+                made[k] = g.call_function(fn, (m, *extra))
+        _set_mask(sdpa, made[k])
+
+
+# ---- prefill ------------------------------------------------------------------------------------
+def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) -> None:
+    g = vlm.gm.graph
+    K = site.layer
+    k0 = sdpa_args(vlm.layers[0].sdpa)["key"]
+    with insert_after(g, nodes.anchor):
+        n_act = g.call_function(active_count, (nodes.n_keep, _n_visual(nodes)))
+        active = g.call_function(ops.topk_mask.default, (nodes.scores, nodes.visual_mask, n_act))
+        active_c = g.call_function(ops.gather_seq.default, (active, nodes.idx, 1, 0))
+        visual_c = g.call_function(ops.gather_seq.default, (nodes.visual_mask, nodes.idx, 1, 0))
+        keys_c = g.call_function(ops.gather_seq.default, (k0, nodes.idx, 2, 0))
+        reserve_c = g.call_function(ops.dstp_begin.default,
+                                    (active_c, visual_c, keys_c, n_act, float(site.tau), key))
+        reserve_full = g.call_function(reserve_positions, (nodes.visual_mask, active, nodes.idx))
+    causal = {bool(sdpa_args(lv.sdpa)["is_causal"]) for lv in vlm.layers[K:]}
+    if len(causal) != 1:
+        raise Unsupported("layers disagree on is_causal")
+    _remask(g, [lv.sdpa for lv in vlm.layers[K:]], reserve_mask, (reserve_c, causal.pop()))
+    for full in nodes.exits:
+        with insert_after(g, full):
+            out = g.call_function(keep_reserve_out, (full, nodes.entry, reserve_full))
+        for u in list(full.users):
+            if u is not out:
+                u.replace_input_with(full, out)
+    g.lint()
+
+
+def _n_visual(nodes: SiteNodes):
+    # the visual count before the site is select_keep's third argument
+    return nodes.idx.args[2]
+
+
+# ---- decode -------------------------------------------------------------------------------------
+def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
+    g = vlm.gm.graph
+    K = site.layer
+    if not 1 <= K < vlm.num_layers:
+        return
+    first = vlm.layers[0].sdpa
+    k0 = sdpa_args(first)["key"]
+    with g.inserting_before(first):
+        cols = g.call_function(ops.dstp_columns.default, (k0, key))
+    score_layer = vlm.layers[K - 1].sdpa
+    a = sdpa_args(score_layer)
+    with g.inserting_before(score_layer):
+        m = a["attn_mask"]
+        row = g.call_function(last_query_mask_row, (m,)) if isinstance(m, fx.Node) else None
+        scale = a["scale"] or tensor_val(a["query"]).shape[-1] ** -0.5
+        new_cols = g.call_function(ops.dstp_update.default,
+                                   (a["query"], a["key"], row, float(scale), cols, k0, key))
+    _remask(g, [lv.sdpa for lv in vlm.layers[:K]], column_mask, (cols,))
+    _remask(g, [lv.sdpa for lv in vlm.layers[K:]], column_mask, (new_cols,))
+    g.lint()
