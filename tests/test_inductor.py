@@ -48,3 +48,21 @@ def test_dstp_generate_through_inductor_equals_oracle():
         model.compile(backend="vtp", options={"method": "dstp", "budget": 3, "layer": 1, "tau": 0.0})
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+
+
+def test_alvts_through_inductor_equals_oracle():
+    """Per-layer routing with selector constants (get_attr buffers) through Inductor; the
+    default rank="auto" calibrates on the example inputs while compiling."""
+    from vtp_compile.passes.manager import REPORTS
+    from vtp_compile.testing.oracle_alvts import alvts_forward
+
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    got = compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1, "rank": 3})
+    want, _ = alvts_forward(model, inputs["input_ids"], inputs["attention_mask"],
+                            inputs["pixel_values"], OracleSpec("alvts", budget=5, layer=1), 3)
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
+    torch._dynamo.reset()
+    compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1})
+    assert any(r.phase == "prefill" and len(r.sites) == 2 for r in REPORTS[-3:])

@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from .config import PruneConfig
+from .sites import RouteSite
 from .passes.manager import PassManager, SiteReport
 
 
@@ -83,10 +84,12 @@ def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
     gm = fx.GraphModule(out.graph.owning_module, g)
     with torch.no_grad():
         vis, *idxs = gm(*example_inputs)
-    results, pos = [], None
+    results, base = [], None
     rank = vis.long().cumsum(1) - 1          # visual index of each original position
-    for idx in idxs:
-        pos = idx if pos is None else torch.gather(pos, 1, idx)
+    for (site, _, _), idx in zip(state.keep_nodes, idxs):
+        pos = idx if base is None else torch.gather(base, 1, idx)
+        if not isinstance(site, RouteSite):  # later sites index into this compacted sequence
+            base = pos
         is_vis = torch.gather(vis, 1, pos)
         vi = torch.gather(rank, 1, pos)
         results.append(torch.stack([vi[b][is_vis[b]] for b in range(vi.shape[0])]))

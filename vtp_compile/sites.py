@@ -53,3 +53,20 @@ class ReserveSite(LayerSite):
     """
     reserve: int | None = None
     tau: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteSite:
+    """Inside decoder layer ``layer``: the top ``keep`` visual tokens go through the layer, the
+    others skip it unchanged; both streams are reintegrated before the next layer (ALVTS).
+
+    ``build(wq, wk, w_norm, heads, kv_heads, calib) -> selector`` runs once at compile time on
+    the layer's own weights (``calib``: a list of ``(hidden [B, L, D], visual_mask, n_keep)``
+    from the example inputs, possibly empty) and returns a tuple of tensors;
+    ``score(hidden, visual_mask, *selector) -> [B, L]`` is traced into the graph.
+    """
+    layer: int
+    keep: KeepRule
+    build: Callable
+    score: Callable
+    name: str = "route"

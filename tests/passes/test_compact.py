@@ -81,7 +81,7 @@ def test_keep_all_is_identity(case):
         torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr"])
+@pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr", "dstp", "alvts"])
 def test_text_only_is_untouched(method):
     spec = TinySpec()
     model = tiny_llava(spec)

@@ -133,8 +133,14 @@ def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
         # the Python dispatcher gives composite ops (expand in masked_scatter's meta) their
         # SymInt-aware paths; without it, inference_mode hits the concrete-int C++ kernels
         from torch._dispatch.python import enable_python_dispatcher
-        with mode, enable_python_dispatcher():
-            prop.propagate_dont_convert_inputs(*vals)
+        # constants a pass attached with get_attr (e.g. ALVTS selectors) are real tensors
+        old = mode.allow_non_fake_inputs
+        mode.allow_non_fake_inputs = True
+        try:
+            with mode, enable_python_dispatcher():
+                prop.propagate_dont_convert_inputs(*vals)
+        finally:
+            mode.allow_non_fake_inputs = old
     for n in gm.graph.nodes:
         if "val" in n.meta:
             n.meta["example_value"] = n.meta["val"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Callable
 
 import torch
 import torch.fx as fx
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
-from ..graph.fx_utils import Unsupported, insert_after, is_one, op_name, sdpa_args, tensor_val
+from ..graph.fx_utils import Unsupported, insert_after, is_one, op_name, sdpa_args, tensor_val, val
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import VLMGraph
 from ..sites import LayerSite, ReserveSite
@@ -85,6 +86,7 @@ class CompactState:
     n_visual: fx.Node
     keep_nodes: list = dataclasses.field(default_factory=list)  # (site, idx node, n_keep node)
     cache_outputs: dict = dataclasses.field(default_factory=dict)  # cache `cat` -> current output
+    fixed: set = dataclasses.field(default_factory=set)  # layers whose cache holds its final set
 
 
 @dataclasses.dataclass
@@ -107,7 +109,13 @@ def init_state(vlm: VLMGraph) -> CompactState:
     return CompactState(vis, nv)
 
 
-def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
+def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
+               scores: Callable | None = None) -> SiteNodes:
+    """Compact layers ``[K, end)`` (default: to the last layer) to the kept tokens.
+
+    ``scores``, if given, builds the ``[B, L]`` score node instead of the site's own scoring:
+    ``scores(graph, entry) -> fx.Node`` (RouteSite selectors, built by their pass).
+    """
     g = vlm.gm.graph
     if isinstance(site, LayerSite):
         K = site.layer
@@ -115,10 +123,11 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
             raise ValueError(f"vtp: layer {K} is out of range; this model has {vlm.num_layers} "
                              f"decoder layers, so the layer must be in [1, {vlm.num_layers - 1}]")
     else:
-        K = 0
+        K = getattr(site, "layer", 0)
+    end = vlm.num_layers if end is None else end
     entry = vlm.layers[K].entry
     region_set = set()
-    for lv in vlm.layers[K:]:
+    for lv in vlm.layers[K:end]:
         region_set.update(lv.nodes)
     region = [n for n in g.nodes if n in region_set]
     sd = SeqDims(region, entry)
@@ -129,7 +138,9 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
 
     with g.inserting_before(first):
         n_keep = g.call_function(keep_count, (state.n_visual, budget, num, den))
-        if isinstance(site, LayerSite):
+        if scores is not None:
+            scores = scores(g, entry, state.visual_mask, state.n_visual, n_keep)
+        elif isinstance(site, LayerSite):
             att = sdpa_args(vlm.layers[K - 1].sdpa)
             q, k, m = att["query"], att["key"], att["attn_mask"]
             scale = att["scale"] or tensor_val(q).shape[-1] ** -0.5
@@ -146,7 +157,7 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
         idx = g.call_function(ops.select_keep.default, (scores, state.visual_mask, state.n_visual, n_sel))
         new_len = g.call_function(seq_len, (idx,))
         src = entry
-        if site.merge is not None:
+        if getattr(site, "merge", None) is not None:
             kept = g.call_function(positions_mask, (idx, state.visual_mask))
             src = g.call_function(site.merge, (entry, state.visual_mask, kept))
         h = g.call_function(ops.gather_seq.default, (src, idx, 1, 0))
@@ -186,13 +197,16 @@ def apply_site(vlm: VLMGraph, site, state: CompactState) -> None:
             raise Unsupported(f"{n.name} leaves the pruned region with sequence dims {dims}")
         with insert_after(g, n):
             full = g.call_function(ops.scatter_seq.default, (entry, n, idx))
+        full.meta["example_value"] = val(n)   # full length again: the shape the users saw
         _replace_in(n, full, set(outside))
         exits.append(full)
 
     _evict_early_cache(vlm, K, idx, state)
+    state.fixed.update(range(K, end))
     state.keep_nodes.append((site, idx, n_keep))
     result = SiteNodes(scores, state.visual_mask, idx, n_keep, entry, exits, n_vis)
-    state.visual_mask, state.n_visual = vis, n_vis
+    if end == vlm.num_layers:   # the rest of the stack runs on the kept tokens
+        state.visual_mask, state.n_visual = vis, n_vis
     g.lint()
     return result
 
@@ -215,6 +229,9 @@ def _evict_early_cache(vlm: VLMGraph, K: int, idx: fx.Node, state: CompactState)
     g = vlm.gm.graph
     out = next(n for n in reversed(g.nodes) if n.op == "output")
     for lv in vlm.layers[:K]:
+        if lv.index in state.fixed:
+            continue   # an earlier site already decided what this layer caches
+        state.fixed.add(lv.index)
         for n in lv.nodes:
             if not _is_cache_update(n):
                 continue

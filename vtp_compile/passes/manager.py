@@ -10,8 +10,8 @@ from ..config import PruneConfig
 from ..graph.fx_utils import hint, refresh_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
-from ..sites import LayerSite, ReserveSite
-from . import compact, decode, flops, shift
+from ..sites import EncoderSite, ReserveSite, RouteSite
+from . import compact, decode, flops, route, shift
 
 log = logging.getLogger("vtp_compile")
 
@@ -67,11 +67,18 @@ class PassManager:
             sites = self.method.sites(self.cfg, vlm.num_layers)
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
+            routes = [s for s in sites if isinstance(s, RouteSite)]
             for site in sites:
+                if isinstance(site, RouteSite):
+                    continue
                 nodes = compact.apply_site(vlm, site, state)
                 if isinstance(site, ReserveSite):
                     shift.apply_reserve(vlm, site, nodes, self.key)
                 report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+            if routes:
+                route.apply_routes(vlm, routes, state, example_inputs)
+                for site in routes:
+                    report.sites.append(_site_report(site, vlm, costs, lengths, elem))
         else:
             report.padding_checks = decode.apply_decode(vlm)
             for site in self.method.sites(self.cfg, vlm.num_layers):
@@ -102,7 +109,7 @@ def _sizes(vlm: VLMGraph):
 
 
 def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
-    K = site.layer if isinstance(site, LayerSite) else 0
+    K = getattr(site, "layer", 0)
     V = sizes["cur_V"]
     kept = min(int(site.keep.count(V)), V)
     reserve = 0
@@ -110,15 +117,20 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
         reserve = min(kept if site.reserve is None else site.reserve, V - kept)
     before = list(sizes["layer_len"])
     removed = V - kept - reserve
-    for i in range(K, len(before)):
+    routed = isinstance(site, RouteSite)
+    for i in range(K, K + 1 if routed else len(before)):
         sizes["layer_len"][i] -= removed
-    sizes["cur_V"] = kept + reserve
+    if not routed:          # a routed layer hands the full stream to the next one
+        sizes["cur_V"] = kept + reserve
     B = sizes["B"]
     total = flops.stack_flops(costs, [sizes["L"]] * len(costs)) * B
     saved = (flops.stack_flops(costs, before) - flops.stack_flops(costs, sizes["layer_len"])) * B
-    kv = sum(c.kv_width for c in costs) * removed * elem * B  # every layer evicts
-    return SiteReport(site.name, K if isinstance(site, LayerSite) else None, V, kept, saved, total, kv,
-                      reserve)
+    # caches: this site's layers, plus earlier layers whose cache it evicts (not yet counted)
+    layers = set(range(K + 1 if routed else len(costs))) - sizes.setdefault("kv_counted", set())
+    sizes["kv_counted"].update(layers)
+    kv = sum(costs[i].kv_width for i in layers) * removed * elem * B
+    return SiteReport(site.name, None if isinstance(site, EncoderSite) else K, V, kept, saved,
+                      total, kv, reserve)
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):

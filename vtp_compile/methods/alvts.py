@@ -1,0 +1,119 @@
+"""ALVTS (arXiv 2606.14277): adaptive layer-wise visual token selection with skip and reintegration.
+
+From layer ``layer`` (L0) on, every decoder layer routes: a low-rank selector scores the visual
+tokens, the top k go through the layer, the others skip it unchanged, and both streams are
+reintegrated in position order before the next layer. No visual token is dropped for good.
+
+Selector, our reading of "importance-consistency constrained low-rank approximation": per head
+``h`` the bilinear form of the layer's attention logits without RoPE,
+``M_h = (W_q^h diag(w_norm))^T (W_k^g diag(w_norm))``, truncated to rank ``r`` by SVD at compile
+time; scores are the head-mean softmax over visual tokens of
+``scale * (x_last A_h) . (x_v B_h)`` with ``x = h / rms(h)``. ``rank="auto"`` picks the smallest
+``r <= rank_cap`` whose top-k agrees with the full-rank selector on >= ``consistency`` of the
+tokens, on the example inputs' hidden states at that layer.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..sites import RouteSite
+from .base import Method, check_int
+from .registry import register
+
+log = logging.getLogger("vtp_compile")
+EPS = 1e-6
+
+
+def bilinear_factors(wq, wk, w_norm, heads: int, kv_heads: int):
+    """Exact per-head factors ``(A, B, S)``: ``M_h = A_h diag(S_h) B_h^T``, sorted by S."""
+    D = wq.shape[1]
+    hd = wq.shape[0] // heads
+    wqn = (wq.double() * w_norm.double()).view(heads, hd, D)
+    wkn = (wk.double() * w_norm.double()).view(kv_heads, hd, D)
+    wkn = wkn.repeat_interleave(heads // kv_heads, dim=0)
+    qp, rp = torch.linalg.qr(wqn.transpose(1, 2))            # [H, D, hd], [H, hd, hd]
+    qq, rq = torch.linalg.qr(wkn.transpose(1, 2))
+    u, s, vh = torch.linalg.svd(rp @ rq.transpose(1, 2))      # core [H, hd, hd]
+    return qp @ u, qq @ vh.transpose(1, 2), s
+
+
+def truncate(A, B, S, r: int, scale: float):
+    """Rank-``r`` factors ``[H, D, r]`` (float32): singular values split evenly, the softmax
+    scale folded into ``A``."""
+    root = S[:, :r].sqrt()[:, None, :]
+    return (A[..., :r] * root * scale).float(), (B[..., :r] * root).float()
+
+
+def selector_scores(hidden, visual_mask, A, B):
+    """Head-mean softmax over visual tokens of the low-rank logits of the last token, ``[B, L]``."""
+    x = hidden.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
+    qa = torch.einsum("bd,hdr->bhr", x[:, -1], A)             # [B, H, r]
+    kb = torch.einsum("bld,hdr->bhlr", x, B)                  # [B, H, L, r]
+    logits = torch.einsum("bhr,bhlr->bhl", qa, kb)
+    logits = logits.masked_fill(~visual_mask[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(1)
+
+
+def choose_rank(A, B, S, scale, calib, cap: int, consistency: float) -> int:
+    """Smallest rank whose top-k matches the full-rank selector's on >= ``consistency`` of the
+    tokens of every calibration sample; ``cap`` when none does or there is no sample."""
+    full = S.shape[1]
+    cap = min(cap, full)
+    if not calib:
+        return cap
+    Af, Bf = truncate(A, B, S, full, scale)
+    exact = [selector_scores(h, m, Af, Bf) for h, m, _ in calib]
+    for r in range(1, cap + 1):
+        Ar, Br = truncate(A, B, S, r, scale)
+        if all(top_overlap(selector_scores(h, m, Ar, Br), ref, m, k) >= consistency
+               for (h, m, k), ref in zip(calib, exact)):
+            return r
+    return cap
+
+
+def top_overlap(a, b, mask, k: int) -> float:
+    """Fraction of the top-``k`` visual tokens (per row) that ``a`` and ``b`` share."""
+    k = max(1, min(int(k), int(mask.sum(-1).min())))
+    ta = torch.topk(a.masked_fill(~mask, -1.0), k, dim=-1).indices
+    tb = torch.topk(b.masked_fill(~mask, -1.0), k, dim=-1).indices
+    inter = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ta, tb))
+    return inter / (k * a.shape[0])
+
+
+def builder(rank, cap: int, consistency: float):
+    def build(wq, wk, w_norm, heads, kv_heads, calib):
+        A, B, S = bilinear_factors(wq, wk, w_norm, heads, kv_heads)
+        scale = (wq.shape[0] // heads) ** -0.5
+        r = rank if rank != "auto" else choose_rank(A, B, S, scale, calib, cap, consistency)
+        return truncate(A, B, S, min(r, S.shape[1]), scale)
+    return build
+
+
+@register
+class ALVTS(Method):
+    """ALVTS: per-layer routing of the top-k visual tokens by a low-rank selector."""
+    name = "alvts"
+    paper = "arXiv 2606.14277"
+    defaults = {"layer": 2, "rank": "auto", "rank_cap": 16, "consistency": 0.9}
+
+    def validate(self, params):
+        check_int(params, "layer", lo=0)
+        check_int(params, "rank_cap", lo=1)
+        if params["rank"] != "auto":
+            check_int(params, "rank", lo=1)
+        c = params["consistency"]
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise ValueError(f"vtp: option 'consistency' must be in (0, 1], got {c!r}")
+
+    def sites(self, cfg, num_layers):
+        p = cfg.params
+        if not 0 <= p["layer"] < num_layers:
+            raise ValueError(f"vtp: layer {p['layer']} is out of range; this model has "
+                             f"{num_layers} decoder layers, so the layer must be in "
+                             f"[0, {num_layers - 1}]")
+        build = builder(p["rank"], p["rank_cap"], float(p["consistency"]))
+        return [RouteSite(layer=l, keep=cfg.keep, build=build, score=selector_scores, name="alvts")
+                for l in range(p["layer"], num_layers)]

@@ -1,0 +1,133 @@
+"""Per-layer routing: the mechanism behind ``RouteSite`` (ALVTS).
+
+Each routed layer is its own compaction region: the selector picks the visual tokens that go
+through the layer, :func:`compact.apply_site` gathers them (and the layer's rotary tables and
+mask), and the layer's output is scattered back into its full-length input, so skipped tokens
+pass through unchanged. Each layer's KV cache keeps what that layer processed; with the same
+kept count in every routed layer all caches have the same length, which decode graphs need
+(see the README's design decisions).
+
+The selector is built once, here, from the layer's own q/k projection weights and input-norm
+weight (real tensors from the example inputs), calibrated on the hidden states the example
+inputs produce at that layer.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor
+
+from ..graph.fx_utils import Unsupported, sdpa_args, tensor_val
+from ..graph.vlm_graph import VLMGraph
+from ..sites import RouteSite
+from . import compact
+
+log = logging.getLogger("vtp_compile")
+LINEARS = (torch._C._nn.linear, torch.nn.functional.linear)
+
+
+def apply_routes(vlm: VLMGraph, sites: list[RouteSite], state, example_inputs) -> list:
+    gm, g = vlm.gm, vlm.gm.graph
+    real = _placeholder_values(gm, example_inputs)
+    calib = _calibration(gm, vlm, sites, state, example_inputs)
+    results = []
+    for site in sorted(sites, key=lambda s: s.layer):
+        lv = vlm.layers[site.layer]
+        wq, wk, w_norm = _weights(lv, real)
+        att = sdpa_args(lv.sdpa)
+        heads = int(tensor_val(att["query"]).shape[1])
+        hd = int(tensor_val(att["query"]).shape[-1])
+        kv_heads = wk.shape[0] // hd
+        selector = site.build(wq, wk, w_norm, heads, kv_heads, calib.get(site.layer, []))
+        log.info("vtp %s: layer %d selector %s (%s)", site.name, site.layer,
+                 "x".join(str(d) for d in selector[0].shape),
+                 "calibrated on the example inputs" if site.layer in calib else "no calibration")
+        attrs = []
+        for i, t in enumerate(selector):
+            name = f"vtp_route_{site.layer}_{i}"
+            gm.register_buffer(name, t.detach().contiguous())
+            attrs.append(name)
+
+        def scores(graph, entry, visual_mask, n_visual, n_keep, attrs=attrs, site=site):
+            nodes = [graph.get_attr(a) for a in attrs]
+            return graph.call_function(site.score, (entry, visual_mask, *nodes))
+
+        res = compact.apply_site(vlm, site, state, end=site.layer + 1, scores=scores)
+        results.append(res)
+        if site.layer + 1 < vlm.num_layers:   # the next layer reads the reintegrated stream
+            nxt = vlm.layers[site.layer + 1]
+            full = [f for f in res.exits if f.args[1] is nxt.entry]
+            if len(full) != 1:
+                raise Unsupported(f"layer {site.layer + 1} does not read layer {site.layer}'s output")
+            nxt.entry = full[0]
+    return results
+
+
+def _placeholder_values(gm: fx.GraphModule, example_inputs) -> dict:
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return dict(zip(phs, example_inputs)) if len(phs) == len(example_inputs) else {}
+
+
+def _back_to_linear(n: fx.Node, stop: set) -> fx.Node | None:
+    """The nearest linear call upstream of ``n`` (breadth first), within the layer's nodes."""
+    seen, frontier = set(), [n]
+    while frontier:
+        nxt = []
+        for x in frontier:
+            if x in seen or x not in stop:
+                continue
+            seen.add(x)
+            if x.op == "call_function" and x.target in LINEARS:
+                return x
+            nxt.extend(x.all_input_nodes)
+        frontier = nxt
+    return None
+
+
+def _weights(lv, real: dict):
+    nodes = set(lv.nodes)
+    att = sdpa_args(lv.sdpa)
+    q_lin, k_lin = _back_to_linear(att["query"], nodes), _back_to_linear(att["key"], nodes)
+    if q_lin is None or k_lin is None:
+        raise Unsupported(f"layer {lv.index}: cannot find the q/k projections")
+    x = q_lin.args[0]
+    norm_w = [a for a in getattr(x, "all_input_nodes", []) if a in real and tensor_val(a) is not None
+              and tensor_val(a).dim() == 1]
+    if x is not k_lin.args[0] or len(norm_w) != 1 or q_lin.args[1] not in real or k_lin.args[1] not in real:
+        raise Unsupported(f"layer {lv.index}: q/k projections do not read one RMS-normed input")
+    if len(q_lin.args) > 2 and q_lin.args[2] is not None:
+        raise Unsupported(f"layer {lv.index}: biased q projection (not covered by the selector)")
+    return real[q_lin.args[1]], real[k_lin.args[1]], real[norm_w[0]]
+
+
+def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
+    """``{layer: [(hidden, visual_mask, n_keep)]}`` from one eager run on the example inputs."""
+    if any(isinstance(t, FakeTensor) for t in example_inputs) or not sites:
+        return {}
+    want = {vlm.layers[s.layer].entry: s.layer for s in sites}
+    got: dict = {}
+
+    class Capture(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in want or n is state.visual_mask or n is state.n_visual:
+                got[n] = out
+            return out
+
+    try:
+        with torch.no_grad():
+            Capture(gm).run(*example_inputs)
+    except Exception as e:  # calibration is best effort: the rank cap is used instead
+        log.info("vtp alvts: calibration run failed (%s); using the rank cap", e)
+        return {}
+    vm, nv = got.get(state.visual_mask), got.get(state.n_visual)
+    if vm is None or nv is None:
+        return {}
+    out = {}
+    for s in sites:
+        h = got.get(vlm.layers[s.layer].entry)
+        if h is not None:
+            out[s.layer] = [(h, vm, min(int(s.keep.count(int(nv))), int(nv)))]
+    return out
