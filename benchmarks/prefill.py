@@ -40,7 +40,7 @@ def model_spec(args) -> TinySpec:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="prefill time, vtp vs unpruned Inductor (CPU)")
-    ap.add_argument("--methods", default="fastv,random")
+    ap.add_argument("--methods", default="fastv,random,acgr,dstp,alvts")
     ap.add_argument("--budgets", default="64,144,288", help="visual tokens kept (of 576)")
     ap.add_argument("--layer", type=int, default=2, help="FastV pruning layer")
     ap.add_argument("--runs", type=int, default=7, help="timed rounds (median over them)")
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
             total = s.flops_total
             saved = sum(x.flops_saved for x in sites)
             row.update(site="encoder" if s.layer is None else f"layer {s.layer}",
-                       visual=s.visual_count, kept=sites[-1].kept, flops_total=total,
+                       visual=s.visual_count, kept=sites[-1].kept, reserve=s.reserve,
+                       sites=len(sites), flops_total=total,
                        flops_saved=saved, flop_limit=total / (total - saved),
                        kv_bytes_saved=sum(x.kv_bytes_saved for x in sites))
         compiled[key] = fn
@@ -156,7 +157,9 @@ def main(argv=None) -> int:
             print(f"| unpruned (inductor) | - | - | {V} / {V} | {row['median_ms']:.1f} | 1.00 | "
                   f"1.00 | 1.00 | - |")
             continue
-        print(f"| {row['method']} | {row['budget']} | {row['site']} | {row['kept']} / "
+        kept = f"{row['kept']}+{row['reserve']} reserve" if row.get("reserve") else row["kept"]
+        where = row["site"] + (f" (+{row['sites'] - 1} more)" if row.get("sites", 1) > 1 else "")
+        print(f"| {row['method']} | {row['budget']} | {where} | {kept} / "
               f"{row['visual']} | {row['median_ms']:.1f} | {row['speedup']:.2f} | "
               f"{row['speedup_paired']:.2f} | {row['flop_limit']:.2f} | "
               f"{'yes' if row['top1_agrees'] else 'no'} |")
