@@ -23,6 +23,19 @@ def test_explain_reports_the_oracle_selection():
         assert "visual tokens 16 -> 5" in str(ex)
 
 
+def test_explain_dstp_lists_active_and_reserve():
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 1))
+    with torch.no_grad():
+        model(**inputs)
+    (site,) = vtp_compile.explain(model, inputs, {"method": "dstp", "budget": 3, "layer": 1}).sites
+    assert (site.kept, site.reserve) == (3, 3)
+    _, sel = oracle_forward(model, inputs["input_ids"], inputs["attention_mask"],
+                            inputs["pixel_values"], spec=OracleSpec("fastv", budget=6, layer=1))
+    assert site.kept_visual_index.tolist() == sel     # the best 6 by FastV's score
+
+
 def test_explain_text_only_says_why():
     spec = TinySpec()
     model = tiny_llava(spec)

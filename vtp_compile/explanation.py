@@ -23,6 +23,7 @@ class ExplainedSite:
     flops_total: int
     kv_bytes_saved: int
     kept_visual_index: torch.Tensor   # [B, kept]: indices into each sample's visual tokens
+    reserve: int = 0                  # DSTP: kept_visual_index also lists the reserve (sorted)
 
 
 @dataclasses.dataclass
@@ -71,7 +72,7 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     idx = _run_selection(manager, ex)
     return Explanation([
         ExplainedSite(r.name, r.layer, r.visual_count, r.kept, r.flops_saved, r.flops_total,
-                      r.kv_bytes_saved, vi) for r, vi in zip(report.sites, idx)])
+                      r.kv_bytes_saved, vi, r.reserve) for r, vi in zip(report.sites, idx)])
 
 
 def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
