@@ -35,7 +35,20 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
         log.info("vtp: graph left unpruned: %s", why)
         report = GraphReport("unrecognised", skipped=str(why))
     REPORTS.append(report)
+    _warn_recompile_limit()
     return lower(gm, example_inputs, cfg)
+
+
+_WARNED_LIMIT = []
+
+
+def _warn_recompile_limit() -> None:
+    limit = torch._dynamo.config.recompile_limit
+    if limit < 32 and not _WARNED_LIMIT:
+        _WARNED_LIMIT.append(limit)
+        log.warning("vtp: torch._dynamo.config.recompile_limit is %d; prefill/decode x padded/"
+                    "unpadded x static/dynamic graphs can exceed it, after which Dynamo runs "
+                    "the model eagerly and unpruned. Set it to 64.", limit)
 
 
 def register_if_needed() -> None:
