@@ -79,3 +79,49 @@ def test_label_map_marks_each_shape():
     assert (lm == 0).mean() > 0.3  # mostly background
     labels = patch_labels(make_dataset("counting", 3, seed=0))
     assert labels.shape == (3, 196) and 0 <= labels.min() and labels.max() < N_PATCH_CLASSES
+
+
+def test_patch_targets_describe_each_shape():
+    import torch
+    from vtp_compile.scenes.train import (AUX_TARGETS, _patch_shape_index, patch_labels,
+                                          patch_targets)
+    from vtp_compile.scenes.tasks import make_dataset
+    exs = make_dataset("ordered", 4, seed=0)
+    t = patch_targets(exs)
+    assert set(t) == set(AUX_TARGETS)
+    assert (t["class"] == patch_labels(exs)).all()
+    for i, ex in enumerate(exs):
+        shapes = ex.scene.shapes
+        order = sorted(shapes, key=lambda s: s.centre[0])
+        bg = t["class"][i] == 0
+        for name in AUX_TARGETS:
+            if name != "class":
+                assert (t[name][i][bg] == -100).all()
+            assert t[name][i].max() < AUX_TARGETS[name]
+        idx = _patch_shape_index(ex.scene)
+        for k, s in enumerate(shapes):  # every patch on a shape carries that shape's facts
+            on = torch.from_numpy(idx == k + 1)
+            assert on.any()
+            assert (t["cell_row"][i][on] == s.cell[0] - 1).all()
+            assert (t["cell_col"][i][on] == s.cell[1] - 1).all()
+            assert (t["x_rank"][i][on] == order.index(s)).all()
+            n_colour = sum(o.colour == s.colour for o in shapes)
+            n_kind = sum(o.kind == s.kind for o in shapes)
+            assert (t["same_colour"][i][on] == n_colour - 1).all()
+            assert (t["same_kind"][i][on] == n_kind - 1).all()
+
+
+def test_sincos_position_init():
+    import torch
+    from vtp_compile.scenes.model import build_model, build_processor
+    from vtp_compile.scenes.train import init_sincos_positions
+    model = build_model(build_processor().tokenizer)
+    init_sincos_positions(model)
+    emb = model.model.vision_tower.embeddings.position_embedding.weight.detach()[1:]
+    assert emb.shape == (196, 128)
+    # patches in the same row share the row half of the table, and differ in the column half
+    row, col = slice(0, 64), slice(64, 128)
+    assert torch.allclose(emb[0, row], emb[13, row])
+    assert not torch.allclose(emb[0, col], emb[13, col])
+    assert torch.allclose(emb[0, col], emb[14, col])
+    assert not torch.allclose(emb[0, row], emb[14, row])

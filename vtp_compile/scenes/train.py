@@ -4,7 +4,10 @@ Multi-task: every training sequence is one image followed by several questions o
 tasks with their answers (packing: the image is encoded once for ~6 supervised answers).
 Scenes are generated on the fly from training seeds (below
 :data:`~vtp_compile.scenes.tasks.EVAL_SEED`), so no scene repeats and the held-out range is never
-touched. Loss: the answer words and each ``</s>``, plus an auxiliary per-patch content loss.
+touched. Loss: the answer words and each ``</s>``, plus auxiliary per-patch losses on the
+projected visual tokens (content, and the grid cell / left-to-right rank / colour and kind counts
+of the shape under the patch). The vision tower's position embeddings start from a 2-D sin-cos
+table.
 
 Run::
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .generator import COLOURS, KINDS, generate_scene, label_map
+from .generator import COLOURS, GRID, KINDS, generate_scene, label_map
 from .model import (PATCH_SIZE, CLIP_MEAN, CLIP_STD, SceneModelSize, build_model, build_processor,
                     size_dict)
 from .tasks import (EVAL_SEED, MAX_TASK_SALT, TASKS, TRAIN_SEED, ask, scene_seed,
@@ -92,6 +95,24 @@ def encode_batch(items, tokenizer, n_image_tokens: int):
 
 
 N_PATCH_CLASSES = 1 + len(COLOURS) * len(KINDS)
+MAX_SHAPES = 8
+# auxiliary per-patch targets -> number of classes. "class" is every patch's content
+# (background or one of the 12 (colour, kind) pairs); the others describe the *scene* from the
+# point of view of the shape a patch belongs to (ignored on background patches).
+AUX_TARGETS = {
+    "class": N_PATCH_CLASSES,
+    "cell_row": GRID,  # 3x3-grid row / column of the shape's centre (grounding)
+    "cell_col": GRID,
+    "x_rank": MAX_SHAPES,  # left-to-right rank of the shape's centre (ordered / relations)
+    "same_colour": MAX_SHAPES,  # how many shapes share its colour, minus 1 (counting)
+    "same_kind": MAX_SHAPES,  # how many shapes share its kind, minus 1 (counting)
+}
+
+
+def _patch_shape_index(scene) -> np.ndarray:
+    """``[196]`` index of the shape under each patch's centre pixel (0 = background)."""
+    half = PATCH_SIZE // 2
+    return label_map(scene)[half::PATCH_SIZE, half::PATCH_SIZE].reshape(-1)
 
 
 def patch_labels(examples) -> torch.Tensor:
@@ -100,15 +121,57 @@ def patch_labels(examples) -> torch.Tensor:
     Target of the auxiliary training head (dense supervision that teaches the vision tower
     what each patch shows far faster than the few answer tokens alone).
     """
-    colours, half = list(COLOURS), PATCH_SIZE // 2
-    rows = []
+    return patch_targets(examples, ("class",))["class"]
+
+
+def patch_targets(examples, names=tuple(AUX_TARGETS)) -> dict[str, torch.Tensor]:
+    """Per-patch auxiliary targets ``{name: [B, 196] int64}`` (see :data:`AUX_TARGETS`).
+
+    Every target is read from the scene description through the patch's centre pixel; all but
+    ``"class"`` are ``-100`` (ignored) on background patches.
+    """
+    colours = list(COLOURS)
+    out = {n: [] for n in names}
     for ex in examples:
-        shape_idx = label_map(ex.scene)[half::PATCH_SIZE, half::PATCH_SIZE].reshape(-1)
-        table = np.zeros(len(ex.scene.shapes) + 1, dtype=np.int64)
-        for i, sh in enumerate(ex.scene.shapes):
-            table[i + 1] = 1 + colours.index(sh.colour) * len(KINDS) + KINDS.index(sh.kind)
-        rows.append(table[shape_idx])
-    return torch.from_numpy(np.stack(rows))
+        shapes = ex.scene.shapes
+        idx = _patch_shape_index(ex.scene)
+        order = sorted(range(len(shapes)), key=lambda i: shapes[i].centre[0])
+        rank = {i: r for r, i in enumerate(order)}
+        per_shape = {
+            "class": [1 + colours.index(s.colour) * len(KINDS) + KINDS.index(s.kind)
+                      for s in shapes],
+            "cell_row": [s.cell[0] - 1 for s in shapes],
+            "cell_col": [s.cell[1] - 1 for s in shapes],
+            "x_rank": [rank[i] for i in range(len(shapes))],
+            "same_colour": [sum(o.colour == s.colour for o in shapes) - 1 for s in shapes],
+            "same_kind": [sum(o.kind == s.kind for o in shapes) - 1 for s in shapes],
+        }
+        for n in names:
+            table = np.array([0 if n == "class" else -100] + per_shape[n], dtype=np.int64)
+            out[n].append(table[idx])
+    return {n: torch.from_numpy(np.stack(rows)) for n, rows in out.items()}
+
+
+def init_sincos_positions(model, scale: float = 0.4, temperature: float = 100.0) -> None:
+    """Initialise the vision tower's (learned) patch position embeddings with a 2-D sin-cos
+    table (half the channels encode the row, half the column), so "where" is readable in every
+    patch from step 0 instead of being learned from a 0.02-std random start. The CLS position
+    keeps its random init; the table stays trainable."""
+    emb = model.model.vision_tower.embeddings.position_embedding.weight
+    n, dim = emb.shape[0] - 1, emb.shape[1]
+    grid, quarter = math.isqrt(n), emb.shape[1] // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
+                            torch.arange(grid, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        ang = coord[:, None] * omega[None, :]
+        parts += [torch.sin(ang), torch.cos(ang)]
+    table = torch.cat(parts, dim=1)
+    with torch.no_grad():
+        emb[1:, :table.shape[1]] = scale * table
+        if table.shape[1] < dim:
+            emb[1:, table.shape[1]:] = 0.0
 
 
 class TaskMixer:
@@ -119,7 +182,8 @@ class TaskMixer:
     scene admits are asked about it, in random order.
     """
 
-    def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS, max_qa: int = 6):
+    def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS, max_qa: int = 6,
+                 tries: int = 2):
         start = TRAIN_SEED + seed * _SEED_STRIDE
         # scene seeds of this run stay below EVAL_SEED, where held-out scene seeds begin
         if start + _SEED_STRIDE + MAX_TASK_SALT > EVAL_SEED:
@@ -130,6 +194,7 @@ class TaskMixer:
         self.weights = [weights[t] for t in self.names]
         self.rng = random.Random(seed)
         self.max_qa = max_qa
+        self.tries = tries
 
     def _sequence(self, task: str) -> Packed | None:
         s = self.next_seed[task]
@@ -139,7 +204,7 @@ class TaskMixer:
         sseed = scene_seed(task, s)
         image, scene = generate_scene(sseed, n_shapes=scene_shape_range(task))
         qas, seen = [], set()
-        for k, other in enumerate([task] + [t for t in TASKS for _ in range(2)]):
+        for k, other in enumerate([task] + [t for t in TASKS for _ in range(self.tries)]):
             qa = ask(other, scene, np.random.default_rng([sseed, 0xA5, k]))
             if qa is not None and qa[0] not in seen:
                 seen.add(qa[0])
@@ -175,32 +240,43 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
           batch_size: int = 32, lr: float = 1.5e-3, warmup: int = 150, bf16: bool = True,
           threads: int | None = None, time_limit_min: float = 27.0,
           size: SceneModelSize | None = None, aux_weight: float = 0.5,
-          aux_position: bool = False):
-    """Train a scene model and save it (model + processor) to ``out``. Returns the model."""
+          aux_targets: str = "scene", sincos_pos: bool = True, max_qa: int = 6,
+          train_attn: str = "eager", log_every: int = 250, scene_aux_scale: float = 0.2,
+          qa_tries: int = 3):
+    """Train a scene model and save it (model + processor) to ``out``. Returns the model.
+
+    ``aux_targets``: ``"scene"`` supervises every target of :data:`AUX_TARGETS`, ``"class"``
+    only the patch content; the scene targets' losses are scaled by ``scene_aux_scale``
+    relative to the content loss. ``train_attn``: attention kernel used while training (``"eager"``
+    is faster than SDPA for these short sequences on CPU); the saved config uses SDPA.
+    """
     if threads:
         torch.set_num_threads(threads)
     size = size or SceneModelSize()
     processor = build_processor()
     tok = processor.tokenizer
-    model = build_model(tok, size, seed=seed).train()
+    model = build_model(tok, size, seed=seed)
+    if sincos_pos:
+        init_sincos_positions(model)
+    model.set_attn_implementation(train_attn)
+    model.train()
     n_image = model.config.image_seq_length
-    # auxiliary per-patch classifier on the projected visual tokens (training only, not saved)
-    # and of each patch's row and column (keeps "where" readable in every visual token)
+    # auxiliary per-patch classifiers on the projected visual tokens (training only, not saved)
     hidden = model.config.text_config.hidden_size
-    grid = int(math.isqrt(n_image))
-    aux_head = torch.nn.Linear(hidden, N_PATCH_CLASSES + (2 * grid if aux_position else 0))
-    pos = torch.arange(n_image)
-    pos_rows, pos_cols = pos // grid, pos % grid
+    names = list(AUX_TARGETS) if aux_targets == "scene" else ["class"]
+    widths = [AUX_TARGETS[n] for n in names]
+    aux_head = torch.nn.Linear(hidden, sum(widths))
     captured = {}
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("visual", out))
     params = list(model.parameters()) + list(aux_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    mixer = TaskMixer(seed)
+    mixer = TaskMixer(seed, max_qa=max_qa, tries=qa_tries)
     t0 = time.time()
     ema_loss, ema_aux, ema_acc = None, None, {t: None for t in TASKS}
-    bar = tqdm(range(steps), desc="train", dynamic_ncols=True)
+    bar = tqdm(range(steps), desc="train", dynamic_ncols=True, mininterval=10)
     done = 0
+    history = []
     for step in bar:
         # progress is whichever runs out first, steps or wall time, so the schedule always
         # completes inside the time budget (a busy CPU gives fewer, fully-annealed steps)
@@ -222,16 +298,12 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
         total = loss
         if aux_weight > 0:
             visual = captured.pop("visual").float().reshape(len(examples), n_image, -1)
-            aux_logits = aux_head(visual)
-            ce = torch.nn.functional.cross_entropy
-            aux = ce(aux_logits[..., :N_PATCH_CLASSES].reshape(-1, N_PATCH_CLASSES),
-                     patch_labels(examples).reshape(-1))
-            if aux_position:
-                b = len(examples)
-                row_logits = aux_logits[..., N_PATCH_CLASSES:N_PATCH_CLASSES + grid]
-                col_logits = aux_logits[..., N_PATCH_CLASSES + grid:]
-                aux = aux + 0.5 * (ce(row_logits.reshape(-1, grid), pos_rows.repeat(b))
-                                   + ce(col_logits.reshape(-1, grid), pos_cols.repeat(b)))
+            aux_logits = aux_head(visual).split(widths, dim=-1)
+            targets = patch_targets(examples, names)
+            aux = sum(torch.nn.functional.cross_entropy(
+                lg.reshape(-1, w), targets[n].reshape(-1), ignore_index=-100)
+                * (1.0 if n == "class" else scene_aux_scale)
+                for n, w, lg in zip(names, widths, aux_logits))
             total = loss + aux_weight * aux
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -244,29 +316,38 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
         for row, task, lo, hi in spans:
             good = float(hit[row, lo - 1:hi - 1].all())
             prev = ema_acc[task]
-            ema_acc[task] = good if prev is None else 0.99 * prev + 0.01 * good
+            ema_acc[task] = good if prev is None else 0.98 * prev + 0.02 * good
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         if aux_weight > 0:
             ema_aux = aux.item() if ema_aux is None else 0.95 * ema_aux + 0.05 * aux.item()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{ema_loss:.3f}", aux=f"{ema_aux or 0:.3f}",
                             **{t[:4]: f"{a:.2f}" for t, a in ema_acc.items() if a is not None})
-        if step % 250 == 0 or step == steps - 1:
+        if step % log_every == 0 or step == steps - 1:
+            accs = {t: round(a, 3) for t, a in ema_acc.items() if a is not None}
+            history.append({"step": step, "s": round(time.time() - t0), "loss": round(ema_loss, 4),
+                            "aux": round(ema_aux or 0, 4), "tf_acc": accs})
             tqdm.write(f"step {step} loss {ema_loss:.4f} aux {ema_aux or 0:.4f} tf-acc "
-                       + json.dumps({t: round(a, 3) for t, a in ema_acc.items() if a is not None})
-                       + f" {time.time() - t0:.0f}s")
+                       + json.dumps(accs) + f" {time.time() - t0:.0f}s")
     bar.close()
     hook.remove()
+    model.set_attn_implementation("sdpa")
     model.eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    wall = time.time() - t0
     meta = {"steps_done": done, "steps_planned": steps, "batch_size": batch_size, "lr": lr,
-            "seed": seed, "bf16_autocast": bf16, "aux_weight": aux_weight,
-            "aux_position": aux_position,
-            "wall_s": round(time.time() - t0, 1), "size": size_dict(size),
+            "warmup": warmup, "seed": seed, "bf16_autocast": bf16, "train_attn": train_attn,
+            "aux_weight": aux_weight, "aux_targets": names, "scene_aux_scale": scene_aux_scale,
+            "sincos_pos_init": sincos_pos,
+            "max_qa": max_qa, "qa_tries": qa_tries, "time_limit_min": time_limit_min,
+            "threads": threads,
+            "wall_s": round(wall, 1), "steps_per_s": round(done / wall, 3),
+            "size": size_dict(size),
             "final_loss_ema": ema_loss, "final_teacher_forced_acc_ema": ema_acc,
+            "history": history,
             "train_seed_range": [TRAIN_SEED + seed * _SEED_STRIDE,
                                  TRAIN_SEED + (seed + 1) * _SEED_STRIDE],
             "eval_seed_start": EVAL_SEED}
@@ -282,20 +363,32 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-bf16", action="store_true", help="train in plain fp32")
     p.add_argument("--aux-weight", type=float, default=0.5,
-                   help="weight of the auxiliary per-patch content loss (0 disables it)")
-    p.add_argument("--aux-position", action="store_true",
-                   help="also predict each patch's row/column from its visual token (not used "
-                        "for the shipped checkpoint)")
+                   help="weight of the auxiliary per-patch losses (0 disables them)")
+    p.add_argument("--aux-targets", choices=["scene", "class"], default="scene",
+                   help="per-patch targets: 'scene' = content + the shape's grid cell, "
+                        "left-to-right rank and colour/kind counts; 'class' = content only")
+    p.add_argument("--scene-aux-scale", type=float, default=0.2,
+                   help="weight of each scene target's loss relative to the content loss")
+    p.add_argument("--no-sincos-pos", action="store_true",
+                   help="keep the random init of the vision position embeddings")
+    p.add_argument("--max-qa", type=int, default=6, help="questions packed per image")
+    p.add_argument("--qa-tries", type=int, default=3,
+                   help="candidate questions drawn per task for each image (before the max-qa cut)")
+    p.add_argument("--train-attn", choices=["eager", "sdpa"], default="eager",
+                   help="attention kernel while training (the saved model uses SDPA)")
     p.add_argument("--time-limit-min", type=float, default=27.0,
                    help="wall-time budget: the LR schedule anneals by whichever of steps or "
                         "time runs out first, then the model is saved")
     a = p.parse_args(argv)
     train(steps=a.steps, out=a.out, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
-          bf16=not a.no_bf16, threads=a.threads, time_limit_min=a.time_limit_min,
-          aux_weight=a.aux_weight, aux_position=a.aux_position)
+          warmup=a.warmup, bf16=not a.no_bf16, threads=a.threads,
+          time_limit_min=a.time_limit_min, aux_weight=a.aux_weight, aux_targets=a.aux_targets,
+          sincos_pos=not a.no_sincos_pos, max_qa=a.max_qa, train_attn=a.train_attn,
+          scene_aux_scale=a.scene_aux_scale, qa_tries=a.qa_tries)
 
 
 if __name__ == "__main__":
