@@ -108,3 +108,16 @@ def test_explain_reports_every_routed_layer():
     _, routes = oracle_alvts.alvts_forward(model, inputs["input_ids"], inputs["attention_mask"],
                                            inputs["pixel_values"], OracleSpec("alvts", budget=4, layer=1), 3)
     assert [s.kept_visual_index.tolist() for s in ex.sites] == [routes[i] for i in (1, 2, 3)]
+
+
+def test_keep_all_is_identity():
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    with torch.no_grad():
+        model(**inputs)
+        ref = model(**inputs).logits
+    for keep in ({"budget": spec.visual_tokens}, {"ratio": 1.0}):
+        torch._dynamo.reset()
+        got = compiled_logits(model, inputs, options("alvts", layer=0, **keep))
+        torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)

@@ -85,3 +85,15 @@ def test_text_only_decode_attends_to_the_whole_cache(caplog):
         got = model.generate(**txt, max_new_tokens=4, do_sample=False)
     assert torch.equal(got, ref)
     assert any("does not come from the last DSTP prefill" in r.getMessage() for r in caplog.records)
+
+
+def test_keep_all_is_identity():
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    with torch.no_grad():
+        model(**inputs)
+        ref = model(**inputs).logits
+    torch._dynamo.reset()
+    got = compiled_logits(model, inputs, options("dstp", budget=spec.visual_tokens, layer=1))
+    torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
