@@ -29,7 +29,7 @@ LINEARS = (torch._C._nn.linear, torch.nn.functional.linear)
 
 
 def apply_routes(vlm: VLMGraph, sites: list[RouteSite], state, example_inputs) -> list:
-    gm, g = vlm.gm, vlm.gm.graph
+    gm = vlm.gm
     real = _placeholder_values(gm, example_inputs)
     calib = _calibration(gm, vlm, sites, state, example_inputs)
     results = []
