@@ -40,6 +40,17 @@ def oracle_logits(model, inputs, spec):
                           inputs.get("pixel_values"), spec=spec)[0]
 
 
+def assert_keep_all_is_identity(model, inputs, method, n_visual, **params):
+    """Keeping every visual token (by budget and by ratio) gives the unpruned logits."""
+    with torch.no_grad():
+        model(**inputs)
+        ref = model(**inputs).logits
+    for keep in ({"budget": n_visual}, {"ratio": 1.0}):
+        torch._dynamo.reset()
+        got = compiled_logits(model, inputs, options(method, **keep, **params))
+        torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+
+
 def assert_tokens_match(got, want, margins, tol=1e-3):
     """Greedy tokens must agree up to the first step where the oracle had a near tie."""
     for b in range(want.shape[0]):
@@ -54,5 +65,5 @@ def last_report():
     return REPORTS[-1]
 
 
-__all__ = ["options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+__all__ = ["assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
            "assert_tokens_match", "valid", "last_report"]

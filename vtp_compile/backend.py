@@ -39,13 +39,14 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
     return lower(gm, example_inputs, cfg)
 
 
-_WARNED_LIMIT = []
+_warned_limit = False
 
 
 def _warn_recompile_limit() -> None:
+    global _warned_limit
     limit = torch._dynamo.config.recompile_limit
-    if limit < 32 and not _WARNED_LIMIT:
-        _WARNED_LIMIT.append(limit)
+    if limit < 32 and not _warned_limit:
+        _warned_limit = True
         log.warning("vtp: torch._dynamo.config.recompile_limit is %d; prefill/decode x padded/"
                     "unpadded x static/dynamic graphs can exceed it, after which Dynamo runs "
                     "the model eagerly and unpruned. Set it to 64.", limit)

@@ -39,6 +39,7 @@ class ShiftState:
 
 
 _STATES: dict[str, ShiftState] = {}
+_STEP: dict[str, ShiftState | None] = {}   # what this decode step's lookup found, per key
 _WARNED: set = set()
 
 
@@ -54,12 +55,21 @@ def begin(key: str, visual: torch.Tensor, active: torch.Tensor, keys0: torch.Ten
     _WARNED.discard(key)
 
 
-def get(key: str) -> ShiftState | None:
-    return _STATES.get(key)
+def current(key: str) -> ShiftState | None:
+    """What the last :func:`lookup` of ``key`` found (the same step's validated state)."""
+    return _STEP.get(key)
 
 
 def lookup(key: str, keys0: torch.Tensor) -> ShiftState | None:
-    """The state for this decode step, or None if the cache is not from a DSTP prefill."""
+    """The state for this decode step, or None if the cache is not from a DSTP prefill.
+
+    Validates once per step (a fingerprint of the cache); :func:`current` returns the result
+    to the step's later ops."""
+    _STEP[key] = found = _lookup(key, keys0)
+    return found
+
+
+def _lookup(key: str, keys0: torch.Tensor) -> ShiftState | None:
     st = _STATES.get(key)
     S = keys0.shape[2]
     if st is not None and S >= st.prompt_len:

@@ -5,7 +5,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import compiled_logits, last_report, options, oracle_logits, oracle_spec, valid
+from ..helpers import (assert_keep_all_is_identity, compiled_logits, last_report,
+                       options, oracle_logits, oracle_spec, valid)
 
 SETTINGS = dict(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -71,14 +72,7 @@ def test_keep_all_is_identity(case):
     torch._dynamo.reset()
     model = tiny_llava(spec)
     inputs = make_inputs(spec, **inp_kw)
-    with torch.no_grad():
-        model(**inputs)
-        ref = model(**inputs).logits
-    V = spec.visual_tokens * inp_kw["images"]
-    for keep in ({"budget": V}, {"ratio": 1.0}):
-        torch._dynamo.reset()
-        got = compiled_logits(model, inputs, options(method, **keep, **params))
-        torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+    assert_keep_all_is_identity(model, inputs, method, spec.visual_tokens * inp_kw["images"], **params)
 
 
 @pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr", "dstp", "alvts"])

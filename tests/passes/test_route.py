@@ -9,7 +9,8 @@ from vtp_compile.testing import oracle_alvts
 from vtp_compile.testing.oracle import OracleSpec
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import assert_tokens_match, compiled_logits, options, valid
+from ..helpers import (assert_keep_all_is_identity, assert_tokens_match, compiled_logits,
+                       options, valid)
 
 SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -114,10 +115,4 @@ def test_keep_all_is_identity():
     spec = TinySpec(layers=3)
     model = tiny_llava(spec)
     inputs = make_inputs(spec, batch=2, pad=(0, 2))
-    with torch.no_grad():
-        model(**inputs)
-        ref = model(**inputs).logits
-    for keep in ({"budget": spec.visual_tokens}, {"ratio": 1.0}):
-        torch._dynamo.reset()
-        got = compiled_logits(model, inputs, options("alvts", layer=0, **keep))
-        torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+    assert_keep_all_is_identity(model, inputs, "alvts", spec.visual_tokens, layer=0)

@@ -161,13 +161,15 @@ def _(keys0, key):
 
 @torch.library.custom_op(f"{_LIB}::dstp_update", mutates_args=())
 def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tensor], scale: float,
-                cols: torch.Tensor, keys0: torch.Tensor, key: str) -> torch.Tensor:
-    """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on."""
+                cols: torch.Tensor, key: str) -> torch.Tensor:
+    """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on.
+
+    ``cols`` is :func:`dstp_columns`' output: the data dependency orders this op after the
+    step's validation, whose result it reuses."""
     from .. import shift_state
-    st = shift_state.lookup(key, keys0)
-    return reference.shift_update(st, q, k, mask_row, scale, cols)
+    return reference.shift_update(shift_state.current(key), q, k, mask_row, scale, cols)
 
 
 @dstp_update.register_fake
-def _(q, k, mask_row, scale, cols, keys0, key):
+def _(q, k, mask_row, scale, cols, key):
     return torch.empty_like(cols)

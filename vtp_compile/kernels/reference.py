@@ -196,10 +196,10 @@ def cluster_select_scores(features: torch.Tensor, scores: torch.Tensor, valid: t
     init = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]      # [B, k]
     cent = torch.gather(f, 1, init[..., None].expand(B, k, f.shape[-1]))           # [B, k, D]
     vmask = valid[..., None].float()
-    for _ in range(iters + 1):
+    for it in range(iters + 1):
         assign = torch.einsum("bnd,bkd->bnk", f, cent).argmax(-1)                 # [B, N]
         onehot = torch.nn.functional.one_hot(assign, k).float() * vmask           # [B, N, k]
-        if _ == iters:
+        if it == iters:
             break
         sums = torch.einsum("bnk,bnd->bkd", onehot, f)
         count = onehot.sum(1)[..., None]

@@ -94,6 +94,7 @@ class SiteNodes:
     """What :func:`apply_site` inserted, for passes that build on a compaction (DSTP)."""
     scores: fx.Node          # [B, L] scores the selection used
     visual_mask: fx.Node     # [B, L] visual mask before the site
+    n_visual: fx.Node        # visual tokens per row before the site
     idx: fx.Node             # [B, L'] kept positions
     n_keep: fx.Node          # the site's keep count (without a reserve)
     entry: fx.Node           # hidden state entering the site's layer (full length)
@@ -114,7 +115,8 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
     """Compact layers ``[K, end)`` (default: to the last layer) to the kept tokens.
 
     ``scores``, if given, builds the ``[B, L]`` score node instead of the site's own scoring:
-    ``scores(graph, entry) -> fx.Node`` (RouteSite selectors, built by their pass).
+    ``scores(graph, entry, visual_mask, n_visual, n_keep) -> fx.Node`` (RouteSite selectors,
+    built by their pass).
     """
     g = vlm.gm.graph
     if isinstance(site, LayerSite):
@@ -204,7 +206,7 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
     _evict_early_cache(vlm, K, idx, state)
     state.fixed.update(range(K, end))
     state.keep_nodes.append((site, idx, n_keep))
-    result = SiteNodes(scores, state.visual_mask, idx, n_keep, entry, exits, n_vis)
+    result = SiteNodes(scores, state.visual_mask, state.n_visual, idx, n_keep, entry, exits, n_vis)
     if end == vlm.num_layers:   # the rest of the stack runs on the kept tokens
         state.visual_mask, state.n_visual = vis, n_vis
     g.lint()

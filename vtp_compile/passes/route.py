@@ -106,7 +106,7 @@ def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
     """``{layer: [(hidden, visual_mask, n_keep)]}`` from one eager run on the example inputs."""
     if any(isinstance(t, FakeTensor) for t in example_inputs) or not sites:
         return {}
-    want = {vlm.layers[s.layer].entry: s.layer for s in sites}
+    want = {vlm.layers[s.layer].entry for s in sites}
     got: dict = {}
 
     class Capture(fx.Interpreter):

@@ -93,7 +93,7 @@ def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) 
     K = site.layer
     k0 = sdpa_args(vlm.layers[0].sdpa)["key"]
     with insert_after(g, nodes.anchor):
-        n_act = g.call_function(active_count, (nodes.n_keep, _n_visual(nodes)))
+        n_act = g.call_function(active_count, (nodes.n_keep, nodes.n_visual))
         active = g.call_function(ops.topk_mask.default, (nodes.scores, nodes.visual_mask, n_act))
         active_c = g.call_function(ops.gather_seq.default, (active, nodes.idx, 1, 0))
         visual_c = g.call_function(ops.gather_seq.default, (nodes.visual_mask, nodes.idx, 1, 0))
@@ -114,11 +114,6 @@ def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) 
     g.lint()
 
 
-def _n_visual(nodes: SiteNodes):
-    # the visual count before the site is select_keep's third argument
-    return nodes.idx.args[2]
-
-
 # ---- decode -------------------------------------------------------------------------------------
 def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     g = vlm.gm.graph
@@ -136,7 +131,7 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
         row = g.call_function(last_query_mask_row, (m,)) if isinstance(m, fx.Node) else None
         scale = a["scale"] or tensor_val(a["query"]).shape[-1] ** -0.5
         new_cols = g.call_function(ops.dstp_update.default,
-                                   (a["query"], a["key"], row, float(scale), cols, k0, key))
+                                   (a["query"], a["key"], row, float(scale), cols, key))
     _remask(g, [lv.sdpa for lv in vlm.layers[:K]], column_mask, (cols,))
     _remask(g, [lv.sdpa for lv in vlm.layers[K:]], column_mask, (new_cols,))
     g.lint()

@@ -227,6 +227,19 @@ def _fastv_probs(layer, h, pos, allowed, lm, vis_pos):
     return [[float(probs[b, p]) for p in vis_pos[b]] for b in range(B)]
 
 
+def greedy_step(model, last_logits, ids, mask):
+    """One greedy decoding step as ``generate`` takes it: suppressed tokens
+    (``generation_config.suppress_tokens``) never win. Returns (next tokens ``[B]``, top-2 logit
+    margin ``[B]``, ``ids`` and ``mask`` extended by the new tokens)."""
+    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
+    last = last_logits.float().clone()
+    last[:, suppress] = float("-inf")     # what generate's SuppressTokensLogitsProcessor does
+    top2 = last.topk(2, dim=-1).values
+    nxt = last.argmax(-1)
+    return (nxt, top2[:, 0] - top2[:, 1], torch.cat([ids, nxt[:, None]], 1),
+            torch.cat([mask, torch.ones_like(mask[:, :1])], 1))
+
+
 @torch.no_grad()
 def oracle_generate(model, input_ids, attention_mask, pixel_values=None, spec=OracleSpec(),
                     max_new_tokens=4):
@@ -238,17 +251,11 @@ def oracle_generate(model, input_ids, attention_mask, pixel_values=None, spec=Or
     ids, mask = input_ids, attention_mask
     prompt_len = ids.shape[1]
     selection, toks, margins = None, [], []
-    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         logits, selection = oracle_forward(model, ids, mask, pixel_values, pos, spec, selection,
                                            prompt_len)
-        last = logits[:, -1].float()
-        last[:, suppress] = float("-inf")     # what generate's SuppressTokensLogitsProcessor does
-        top2 = last.topk(2, dim=-1).values
-        margins.append(top2[:, 0] - top2[:, 1])
-        nxt = last.argmax(-1)
+        nxt, margin, ids, mask = greedy_step(model, logits[:, -1], ids, mask)
         toks.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        margins.append(margin)
     return torch.stack(toks, 1), torch.stack(margins, 1)

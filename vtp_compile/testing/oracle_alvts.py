@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import OracleSpec, _image_features
+from .oracle import OracleSpec, _image_features, greedy_step
 
 
 def lowrank(layer, heads: int, kv_heads: int, rank: int):
@@ -93,17 +93,11 @@ def alvts_forward(model, ids, mask, pixel_values, spec: OracleSpec, rank: int, r
 @torch.no_grad()
 def alvts_generate(model, ids, mask, pixel_values, spec: OracleSpec, rank: int, max_new_tokens=4):
     """Greedy tokens, top-2 margins and the prefill's routes; routing is fixed at prefill."""
-    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     P0 = ids.shape[1]
     routes, toks, margins = None, [], []
     for _ in range(max_new_tokens):
         logits, routes = alvts_forward(model, ids, mask, pixel_values, spec, rank, routes, P0)
-        last = logits[:, -1].float()
-        last[:, suppress] = float("-inf")
-        top2 = last.topk(2, dim=-1).values
-        margins.append(top2[:, 0] - top2[:, 1])
-        nxt = last.argmax(-1)
+        nxt, margin, ids, mask = greedy_step(model, logits[:, -1], ids, mask)
         toks.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        margins.append(margin)
     return torch.stack(toks, 1), torch.stack(margins, 1), routes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import _fastv_probs, _image_features
+from .oracle import _fastv_probs, _image_features, greedy_step
 
 
 def _top(scores, cand, k):
@@ -24,7 +24,6 @@ def dstp_generate(model, input_ids, attention_mask, pixel_values, budget, reserv
     lm = model.model.language_model
     layers = list(lm.layers)
     K = layer
-    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     ids, mask = input_ids, attention_mask
     B, P0 = ids.shape
     vis = ids == model.config.image_token_id
@@ -96,12 +95,7 @@ def dstp_generate(model, input_ids, attention_mask, pixel_values, budget, reserv
             cos, sin = lm.rotary_emb(x, pos)
             out = lyr(x, attention_mask=a[:, None], position_ids=pos, position_embeddings=(cos, sin))
             x = out[0] if isinstance(out, tuple) else out
-        last = model.lm_head(lm.norm(x[:, -1])).float()
-        last[:, suppress] = float("-inf")
-        top2 = last.topk(2, dim=-1).values
-        margins.append(top2[:, 0] - top2[:, 1])
-        nxt = last.argmax(-1)
+        nxt, margin, ids, mask = greedy_step(model, model.lm_head(lm.norm(x[:, -1])), ids, mask)
         toks.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        margins.append(margin)
     return torch.stack(toks, 1), torch.stack(margins, 1), hist
