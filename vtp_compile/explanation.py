@@ -60,12 +60,20 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
             reasons.append(str(why))
         return gm.forward  # the capture itself runs unpruned
 
+    from . import vision_context
+    from .methods.registry import get_method
+    temporary = get_method(cfg.method).vision_internals and getattr(model, vision_context._ATTR, None) is None
+    if temporary:   # the method reads the vision tower's internals: attach for this capture
+        vision_context.attach(model)
     with torch.no_grad():
+        model(**inputs)   # transformers installs its output hooks on a first call, untraceably
         torch._dynamo.reset()
         try:
             torch.compile(model, backend=plan_only)(**inputs)
         finally:
             torch._dynamo.reset()
+            if temporary:
+                vision_context.detach(model)
     if not planned:
         return Explanation([], "; ".join(reasons) or "no prefill graph with a visual splice")
     manager, report, ex = planned[0]

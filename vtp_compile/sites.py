@@ -33,11 +33,18 @@ class EncoderSite:
     ``score(features [B, V, D], n_keep, hidden [B, L, D], visual_mask [B, L]) -> [B, V]``: the
     top ``n_keep`` survive (``hidden`` is the spliced input embedding, text included).
     ``merge`` as for :class:`LayerSite`, on the spliced embedding.
+
+    ``context=True``: the site reads the vision tower's internals (see
+    :mod:`vtp_compile.vision_context`); both callables get one more argument,
+    ``ctx = (cls_attn [n_img, N], key_norm [n_img, N], upper [n_img, N, Dv], grid_h, grid_w)``,
+    and ``merge`` also gets the ``[B, L]`` selection scores:
+    ``merge(hidden, visual_mask, keep_mask, scores, ctx)``.
     """
     keep: KeepRule
     score: Callable
     name: str = "encoder"
     merge: Callable | None = None
+    context: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

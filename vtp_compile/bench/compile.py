@@ -111,5 +111,9 @@ def compiled_copy(base_model, method: str, budget: int | float | None = None,
         return model
     if budget is None:
         raise ValueError(f"method {method!r} needs a budget")
+    from ..methods.registry import get_method
+    if get_method(method).vision_internals:
+        from ..vision_context import attach
+        attach(model)
     model.compile(backend=vtp_backend(), options=prune_options(method, budget))
     return model

@@ -5,6 +5,7 @@ import dataclasses
 from collections import defaultdict
 
 import networkx as nx
+import torch
 import torch.fx as fx
 
 from .fx_utils import (Unsupported, is_masked_scatter, is_param_like, is_sdpa, layer_path,
@@ -35,6 +36,7 @@ class VLMGraph:
     splice: fx.Node | None = None  # embeds.masked_scatter(mask, features)
     features: fx.Node | None = None
     visual_mask: fx.Node | None = None  # the mask argument of the splice ([B, L, 1] or [B, L, D])
+    vision_context: fx.Node | None = None  # torch.ops.vtp.vision_context (vtp_compile.attach)
 
     @property
     def num_layers(self) -> int:
@@ -67,6 +69,11 @@ class VLMGraph:
             raise Unsupported("no visual splice and no cache input (text-only prefill or a "
                               "vision-encoder fragment): nothing to prune")
         self = cls(gm=gm, phase=phase, layers=layers)
+        carrier = (torch.ops.vtp.vision_context, torch.ops.vtp.vision_context.default)
+        tags = [n for n in graph.nodes if n.op == "call_function" and n.target in carrier]
+        if len(tags) > 1:
+            raise Unsupported(f"{len(tags)} vision_context nodes in one graph")
+        self.vision_context = tags[0] if tags else None
         if splice is not None:
             self.splice = splice
             _, mask, feats = (list(splice.args) + [None, None, None])[:3]

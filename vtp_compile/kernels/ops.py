@@ -173,3 +173,68 @@ def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tenso
 @dstp_update.register_fake
 def _(q, k, mask_row, scale, cols, key):
     return torch.empty_like(cols)
+
+
+# ---- vision-encoder internals (vtp_compile.vision_context) -------------------------------------
+@torch.library.custom_op(f"{_LIB}::vision_context", mutates_args=())
+def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, key_norm: torch.Tensor,
+                   upper: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """A carrier: returns ``features`` (a copy) and brings the vision tower's internals into the
+    graph, where the passes read them from this node's arguments and then remove it."""
+    return features.clone()
+
+
+@vision_context.register_fake
+def _(features, cls_attn, key_norm, upper, grid_h, grid_w):
+    return torch.empty_like(features)
+
+
+@torch.library.custom_op(f"{_LIB}::vision_lookup", mutates_args=())
+def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
+                  dv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
+    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], key_norm, upper)``."""
+    from .. import vision_context
+    rec = vision_context.last_record()
+    if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w) \
+            or not torch.equal(rec.features.to(features.device, features.dtype), features):
+        raise ValueError("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
+                         "to the images of this call (features differ); call attach(model) before "
+                         "generate and do not pass mm_encoder_outputs computed elsewhere")
+    dev = features.device
+    return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
+                 for t in (rec.cls_attn, rec.key_norm, rec.upper))
+
+
+@vision_lookup.register_fake
+def _(features, grid_h, grid_w, dv):
+    n = features.shape[0] // (grid_h * grid_w)
+    N = grid_h * grid_w
+    return (features.new_empty((n, N), dtype=torch.float32),
+            features.new_empty((n, N), dtype=torch.float32),
+            features.new_empty((n, N, dv), dtype=torch.float32))
+
+
+# ---- Nüwa ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_LIB}::nuwa_anchor_scores", mutates_args=())
+def nuwa_anchor_scores(cls_attn: torch.Tensor, n_keep: int, grid_h: int, grid_w: int,
+                       region: int) -> torch.Tensor:
+    return reference.nuwa_anchor_scores(cls_attn, n_keep, grid_h, grid_w, region)
+
+
+@nuwa_anchor_scores.register_fake
+def _(cls_attn, n_keep, grid_h, grid_w, region):
+    return torch.empty_like(cls_attn, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::nuwa_aggregate", mutates_args=())
+def nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: torch.Tensor,
+                   scores: torch.Tensor, upper: torch.Tensor, grid_h: int, grid_w: int,
+                   distance: float, pillars: float) -> torch.Tensor:
+    return reference.nuwa_aggregate(hidden, visual_mask, keep_mask, scores, upper, grid_h, grid_w,
+                                    distance, pillars)
+
+
+@nuwa_aggregate.register_fake
+def _(hidden, visual_mask, keep_mask, scores, upper, grid_h, grid_w, distance, pillars):
+    return torch.empty_like(hidden)

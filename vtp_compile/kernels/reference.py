@@ -5,6 +5,8 @@ implementation used on CPU.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -283,3 +285,84 @@ def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: torch.Tensor
     state.steps += 1
     state.swaps += int(swap.sum())
     return ~vis | new_active | (torch.arange(S, device=q.device) >= P)
+
+
+# ---- Nüwa ---------------------------------------------------------------------------------------
+def _grid_coords(V: int, grid_h: int, grid_w: int, device):
+    """Per visual index of a row (images of ``grid_h*grid_w`` tokens back to back): image, row, col."""
+    N = grid_h * grid_w
+    i = torch.arange(V, device=device)
+    local = i % N
+    return i // N, local // grid_w, local % grid_w
+
+
+def nuwa_anchor_scores(cls_attn: torch.Tensor, n_keep: int, grid_h: int, grid_w: int,
+                       region: int) -> torch.Tensor:
+    """Nüwa separation: ``[B, V]`` scores whose top ``n_keep`` are the anchors.
+
+    Each image's patch grid is cut into ``region x region`` blocks; the top
+    ``n = ceil(n_keep / blocks per row)`` tokens of each block by CLS attention (ties: lower
+    index) are candidates. The score is minus the rank in the order (candidate first, CLS
+    attention descending, index ascending), exact in float32, so the top ``n_keep`` are the
+    best candidates (then, only if blocks are too small to supply them, the best others).
+    """
+    B, V = cls_attn.shape
+    s = cls_attn.float()
+    img, r, c = _grid_coords(V, grid_h, grid_w, s.device)
+    per_row = -(-grid_w // region)
+    block = (img * (-(-grid_h // region)) + r // region) * per_row + c // region     # [V]
+    n_blocks = int(block.max()) + 1 if V else 1
+    n = -(-int(n_keep) // n_blocks)
+    idx = torch.arange(V, device=s.device)
+    sj, si = s[:, None, :], s[:, :, None]                                            # [B, i, j]
+    better = (sj > si) | ((sj == si) & (idx[None, :] < idx[:, None]))               # j before i
+    cand = ((better & (block[None, :] == block[:, None])).sum(-1)) < n              # [B, V]
+    cj, ci = cand[:, None, :], cand[:, :, None]
+    before = (cj & ~ci) | ((cj == ci) & better)
+    return -before.sum(-1).float()
+
+
+def nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: torch.Tensor,
+                   scores: torch.Tensor, upper: torch.Tensor, grid_h: int, grid_w: int,
+                   distance: float, pillars: float) -> torch.Tensor:
+    """Nüwa aggregation on the spliced embedding ``hidden`` ``[B, L, D]``.
+
+    Anchors (visual and kept) are ranked by ``scores`` ``[B, L]``; the top
+    ``ceil(pillars * anchors)`` are pillars and stay as they are. Every other anchor ``i`` becomes
+    ``Σ_j W_ij x_j / Σ_j W_ij`` over the visual tokens ``j`` of its own image, with
+    ``W_ij = ReLU(cos(u_i, u_j)) * (1 - min(d_ij / d_max, 1))``: ``u`` the vision tower's
+    upper-layer features ``[B, V, Dv]``, ``d`` the patch-grid distance and
+    ``d_max = sqrt(distance * ((grid_h-1)^2 + (grid_w-1)^2))`` (``W_ii = 1``). A row whose
+    visual tokens are all anchors is returned unchanged.
+    """
+    B, L, D = hidden.shape
+    out = hidden.clone()
+    V = upper.shape[1]
+    if V == 0:
+        return out
+    img, r, c = _grid_coords(V, grid_h, grid_w, hidden.device)
+    d = ((r[:, None] - r[None, :]).float() ** 2 + (c[:, None] - c[None, :]).float() ** 2).sqrt()
+    d_max = math.sqrt(distance * ((grid_h - 1) ** 2 + (grid_w - 1) ** 2))
+    prox = 1.0 - (d / d_max).clamp(max=1.0) if d_max > 0 else (d == 0).float()
+    prox = prox * (img[:, None] == img[None, :]).float()                         # [V, V]
+    u = torch.nn.functional.normalize(upper.float(), dim=-1)
+    for b in range(B):
+        pos = torch.nonzero(visual_mask[b]).flatten()
+        if pos.numel() != V:
+            raise ValueError(f"vtp nuwa: row {b} has {pos.numel()} visual tokens, the vision "
+                             f"internals {V}")
+        kept = keep_mask[b, pos]
+        anchors = torch.nonzero(kept).flatten()
+        if anchors.numel() in (0, V):
+            continue        # nothing removed: nothing to recover (keep-all is the identity)
+        s = scores[b, pos[anchors]].float()
+        order = sorted(range(anchors.numel()), key=lambda i: (-float(s[i]), int(anchors[i])))
+        n_pillar = math.ceil(pillars * anchors.numel())
+        collectors = anchors[torch.tensor(order[n_pillar:], dtype=torch.long, device=hidden.device)]
+        if collectors.numel() == 0:
+            continue
+        W = torch.relu(u[b, collectors] @ u[b].T) * prox[collectors]             # [C, V]
+        W[torch.arange(collectors.numel(), device=W.device), collectors] = 1.0   # self-weight 1
+        x = hidden[b, pos].float()
+        out[b, pos[collectors]] = ((W @ x) / W.sum(-1, keepdim=True)).to(hidden.dtype)
+    return out

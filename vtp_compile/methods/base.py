@@ -16,6 +16,8 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     defaults: ClassVar[Mapping[str, Any]] = {}
+    # reads the vision tower's internals: needs vtp_compile.attach(model) (see vision_context)
+    vision_internals: ClassVar[bool] = False
 
     def validate(self, params: Mapping[str, Any]) -> None:
         pass

@@ -6,7 +6,7 @@ from .base import Method
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 # methods on the roadmap (METHODS.md) that are not implemented yet: a clear error, not a guess
-PLANNED = ("nuwa", "pdrop", "sparsevlm", "visionzip", "dart")
+PLANNED = ("pdrop", "sparsevlm", "visionzip", "dart")
 
 
 def register(cls):
@@ -18,7 +18,7 @@ def register(cls):
 
 
 def _load():
-    from . import alvts, dcp, divprune, dstp, fastv, random_select  # noqa: F401
+    from . import alvts, dcp, divprune, dstp, fastv, nuwa, random_select  # noqa: F401
 
 
 def method_names() -> list[str]:

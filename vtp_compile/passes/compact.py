@@ -20,7 +20,7 @@ from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, op_name, sdpa_args, tensor_val, val
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import VLMGraph
-from ..sites import LayerSite, ReserveSite
+from ..sites import LayerSite, ReserveSite, RouteSite
 
 log = logging.getLogger("vtp_compile")
 ops = torch.ops.vtp
@@ -151,7 +151,8 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
                                                   state.n_visual, n_keep))
         else:
             feats = g.call_function(features_per_row, (vlm.features, entry))
-            vscores = g.call_function(site.score, (feats, n_keep, entry, state.visual_mask))
+            ctx = (vision_context_args(vlm, site),) if getattr(site, "context", False) else ()
+            vscores = g.call_function(site.score, (feats, n_keep, entry, state.visual_mask, *ctx))
             scores = g.call_function(visual_scores_to_seq, (state.visual_mask, vscores))
         n_sel = n_keep
         if isinstance(site, ReserveSite):
@@ -161,7 +162,8 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         src = entry
         if getattr(site, "merge", None) is not None:
             kept = g.call_function(positions_mask, (idx, state.visual_mask))
-            src = g.call_function(site.merge, (entry, state.visual_mask, kept))
+            extra = (scores, *ctx) if getattr(site, "context", False) else ()
+            src = g.call_function(site.merge, (entry, state.visual_mask, kept, *extra))
         h = g.call_function(ops.gather_seq.default, (src, idx, 1, 0))
         vis = g.call_function(ops.gather_seq.default, (state.visual_mask, idx, 1, 0))
         n_vis = g.call_function(torch.sym_min, (n_sel, state.n_visual))
@@ -203,14 +205,63 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         _replace_in(n, full, set(outside))
         exits.append(full)
 
-    _evict_early_cache(vlm, K, idx, state)
-    state.fixed.update(range(K, end))
+    # a routed (single-layer) compaction fixes what its layers cache; a full-stack site leaves
+    # them to later sites, which evict earlier layers further (Nüwa: encoder, then layer K)
+    final = end < vlm.num_layers or isinstance(site, RouteSite)
+    _evict_early_cache(vlm, K, idx, state, final)
+    if final:
+        state.fixed.update(range(K, end))
     state.keep_nodes.append((site, idx, n_keep))
     result = SiteNodes(scores, state.visual_mask, state.n_visual, idx, n_keep, entry, exits, n_vis)
     if end == vlm.num_layers:   # the rest of the stack runs on the kept tokens
         state.visual_mask, state.n_visual = vis, n_vis
     g.lint()
     return result
+
+
+def vision_context_args(vlm: VLMGraph, site) -> tuple:
+    """``(cls_attn, key_norm, upper, grid_h, grid_w)`` for a ``context`` site: from the
+    ``vision_context`` node (direct forward), or a ``vision_lookup`` of the record
+    ``generate``'s eager encoding left (see :mod:`vtp_compile.vision_context`)."""
+    from .. import vision_context
+    tag = vlm.vision_context
+    if tag is not None:
+        return tuple(tag.args[1:6])
+    rec = vision_context.last_record()
+    if rec is None:
+        raise ValueError(
+            f"vtp: method {site.name!r} reads the vision tower's internals (CLS attention, upper "
+            "layers), which are not in this graph; call vtp_compile.attach(model) once before "
+            "model.compile(...) so that they reach it (README: Nüwa)")
+    g = vlm.gm.graph
+    gh, gw = rec.grid
+    with insert_after(g, vlm.features):
+        out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1])))
+    with insert_after(g, out):
+        parts = [g.call_function(_item, (out, i)) for i in range(3)]
+    return (*parts, gh, gw)
+
+
+def _item(t, i: int):
+    return t[i]
+
+
+def strip_vision_context(vlm: VLMGraph) -> None:
+    """Replace the ``vision_context`` carrier by its input and drop what only it used."""
+    tag = vlm.vision_context
+    if tag is None:
+        return
+    g = vlm.gm.graph
+    tag.replace_all_uses_with(tag.args[0])
+    work = [a for a in tag.all_input_nodes if a is not tag.args[0]]
+    g.erase_node(tag)
+    vlm.vision_context = None
+    while work:
+        n = work.pop()
+        if n.users or n.op not in ("call_function", "call_method", "call_module"):
+            continue
+        work.extend(n.all_input_nodes)
+        g.erase_node(n)
 
 
 def _is_cache_update(n: fx.Node) -> bool:
@@ -221,7 +272,8 @@ def _is_cache_update(n: fx.Node) -> bool:
     return v is not None and v.dim() == 4 and dim % 4 == 2
 
 
-def _evict_early_cache(vlm: VLMGraph, K: int, idx: fx.Node, state: CompactState) -> None:
+def _evict_early_cache(vlm: VLMGraph, K: int, idx: fx.Node, state: CompactState,
+                       final: bool) -> None:
     """Layers before the site cache only the kept tokens too (see docs/design-notes.md).
 
     transformers builds one decode mask for all layers from layer 0's cache length; caches of
@@ -233,7 +285,8 @@ def _evict_early_cache(vlm: VLMGraph, K: int, idx: fx.Node, state: CompactState)
     for lv in vlm.layers[:K]:
         if lv.index in state.fixed:
             continue   # an earlier site already decided what this layer caches
-        state.fixed.add(lv.index)
+        if final:
+            state.fixed.add(lv.index)
         for n in lv.nodes:
             if not _is_cache_update(n):
                 continue

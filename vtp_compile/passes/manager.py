@@ -68,9 +68,12 @@ class PassManager:
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
             routes = [s for s in sites if isinstance(s, RouteSite)]
-            for site in sites:
+            for i, site in enumerate(sites):
                 if isinstance(site, RouteSite):
                     continue
+                if i:   # a later site reads shapes of nodes the earlier one inserted
+                    work.recompile()
+                    refresh_meta(work, example_inputs)
                 nodes = compact.apply_site(vlm, site, state)
                 if isinstance(site, ReserveSite):
                     shift.apply_reserve(vlm, site, nodes, self.key)
@@ -79,6 +82,7 @@ class PassManager:
                 route.apply_routes(vlm, routes, state, example_inputs)
                 for site in routes:
                     report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+            compact.strip_vision_context(vlm)
         else:
             report.padding_checks = decode.apply_decode(vlm)
             for site in self.method.sites(self.cfg, vlm.num_layers):
@@ -125,9 +129,12 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
     B = sizes["B"]
     total = flops.stack_flops(costs, [sizes["L"]] * len(costs)) * B
     saved = (flops.stack_flops(costs, before) - flops.stack_flops(costs, sizes["layer_len"])) * B
-    # caches: this site's layers, plus earlier layers whose cache it evicts (not yet counted)
-    layers = set(range(K + 1 if routed else len(costs))) - sizes.setdefault("kv_counted", set())
-    sizes["kv_counted"].update(layers)
+    # caches: a full-stack site evicts its tokens from every layer's cache (earlier layers
+    # included); a routed layer from its own and the not yet counted earlier ones
+    layers = set(range(len(costs)))
+    if routed:
+        layers = set(range(K + 1)) - sizes.setdefault("kv_counted", set())
+        sizes["kv_counted"].update(layers)
     kv = sum(costs[i].kv_width for i in layers) * removed * elem * B
     return SiteReport(site.name, None if isinstance(site, EncoderSite) else K, V, kept, saved,
                       total, kv, reserve)

@@ -170,12 +170,29 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
                   position_embeddings=(cos, sin))
         h = h[0] if isinstance(h, tuple) else h
     if entry is not None:
-        full = entry.clone()
-        for b in range(B):
-            full[b, keep[b]] = h[b]
-        h = full
+        h = restore(entry, h, keep)
     logits = model.lm_head(lm.norm(h))
     return logits, selection
+
+
+def compact(keep, *rows):
+    """Each ``[B, L, ...]`` tensor of ``rows`` at the positions ``keep[b]`` of its row ``b``
+    (an ``[B, L, L]`` mask is cut along both sequence dims)."""
+    out = []
+    for t in rows:
+        if t.dim() == 3 and t.dtype == torch.bool:
+            out.append(torch.stack([t[b][keep[b]][:, keep[b]] for b in range(t.shape[0])]))
+        else:
+            out.append(torch.stack([t[b, keep[b]] for b in range(t.shape[0])]))
+    return out
+
+
+def restore(entry, h, keep):
+    """``entry`` with row ``b``'s positions ``keep[b]`` overwritten by ``h[b]``."""
+    full = entry.clone()
+    for b in range(entry.shape[0]):
+        full[b, keep[b]] = h[b]
+    return full
 
 
 def _keep_positions(vis, vis_pos, selection, L):

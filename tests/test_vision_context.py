@@ -1,0 +1,72 @@
+"""vtp_compile.attach: vision internals reach the graph on both paths; eager is unchanged;
+stale or missing internals are errors."""
+import pytest
+import torch
+
+import vtp_compile
+from vtp_compile import vision_context
+from vtp_compile.testing import oracle_nuwa
+from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
+
+from .helpers import compiled_logits, options, valid
+
+
+def test_attach_is_idempotent_detachable_and_leaves_eager_alone():
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=2, pad=(0, 1))
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        assert vtp_compile.attach(vtp_compile.attach(model)) is model
+        assert len(model._forward_pre_hooks) == 1
+        torch.testing.assert_close(model(**inputs).logits, ref, atol=0, rtol=0)
+        vtp_compile.detach(model)
+        assert not model._forward_pre_hooks and not model.model.vision_tower._forward_hooks
+
+
+def test_internals_match_the_towers_own_attentions():
+    spec = TinySpec(vision_layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec)
+    layers = model.model.vision_tower.encoder.layers
+    with torch.no_grad():
+        hidden = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        cls, _, upper = vision_context.vision_internals(layers, hidden)
+    want_cls, want_upper = oracle_nuwa.internals(model, inputs["pixel_values"])
+    torch.testing.assert_close(cls, want_cls, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(upper, want_upper, atol=1e-6, rtol=1e-5)
+
+
+def test_attached_other_methods_are_unchanged():
+    """The carrier node is removed and what only it used is dropped: FastV is FastV."""
+    spec = TinySpec()
+    plain, attached = tiny_llava(spec), vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    a = compiled_logits(plain, inputs, options("fastv", budget=3, layer=1))
+    torch._dynamo.reset()
+    b = compiled_logits(attached, inputs, options("fastv", budget=3, layer=1))
+    torch.testing.assert_close(a[valid(inputs)], b[valid(inputs)], atol=0, rtol=0)
+
+
+def test_generate_records_and_the_lookup_checks_the_features(monkeypatch):
+    spec = TinySpec()
+    model = vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, batch=2)
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)      # eager: records
+    rec = vision_context.last_record()
+    assert rec is not None and rec.cls_attn.shape == (2, spec.visual_tokens)
+    ok = torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1])
+    torch.testing.assert_close(ok[2], rec.upper)
+    with pytest.raises(ValueError, match="do not belong to the images of this call"):
+        torch.ops.vtp.vision_lookup(rec.features + 1, *rec.grid, rec.upper.shape[-1])
+    monkeypatch.setattr(vision_context, "_RECORD", None)
+    with pytest.raises(ValueError, match="do not belong"):
+        torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1])
+
+
+def test_unsupported_models_are_clear_errors():
+    model = tiny_llava(TinySpec())
+    model.config.vision_feature_select_strategy = "full"
+    with pytest.raises(ValueError, match="vision_feature_select_strategy='default'"):
+        vtp_compile.attach(model)

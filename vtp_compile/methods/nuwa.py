@@ -1,0 +1,95 @@
+"""Nüwa (arXiv 2602.02951, ICLR 2026): spatial anchors in the encoder, then text-aware pruning.
+
+Stage 1, an :class:`~vtp_compile.sites.EncoderSite` on the spliced features, reading the vision
+tower's internals (:func:`vtp_compile.attach`):
+
+- **separation**: each image's patch grid is cut into ``region x region`` blocks; the best
+  ``ceil(anchors / blocks)`` tokens of every block by CLS attention at vision layer -2 (summed
+  over heads) are candidates, and the top ``anchors`` candidates are kept;
+- **alignment**: ``W_ij = ReLU(cos(u_i, u_j)) * (1 - min(d_ij / d_max, 1))`` with ``u`` the mean
+  of the upper half of the vision layers' hidden states and ``d`` the patch-grid distance;
+  ``d_max² = distance * max d²`` (``distance=0.265``: the paper's 280 on a 24x24 grid, scaled
+  to the actual grid);
+- **aggregation**: the top ``pillars`` fraction of anchors by score stay as they are; every
+  other anchor becomes the ``W``-weighted mean of its image's visual tokens (self-weight 1).
+  Kept tokens keep their positions, so RoPE still sees the whole image layout.
+
+Stage 2, a :class:`~vtp_compile.sites.LayerSite` at ``layer`` (default: the middle decoder
+layer): the top ``budget`` anchors by the attention the last token pays them (FastV's score).
+``anchors`` defaults to ``ceil(1.75 * budget)`` (112/224/336 for budgets 64/128/192).
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+
+from ..config import KeepRule
+from ..sites import EncoderSite, LayerSite
+from .base import Method, check_int
+from .fastv import score as fastv_score
+from .registry import register
+
+ops = torch.ops.vtp
+ANCHOR_FACTOR = Fraction(7, 4)
+
+
+def anchor_scorer(region: int):
+    def score(features, n_keep, hidden, visual_mask, ctx):
+        cls, _, _, gh, gw = ctx
+        B = features.shape[0]
+        return ops.nuwa_anchor_scores(cls.reshape(B, -1), n_keep, gh, gw, region)
+    return score
+
+
+def aggregator(distance: float, pillars: float):
+    def merge(hidden, visual_mask, keep_mask, scores, ctx):
+        _, _, upper, gh, gw = ctx
+        up = upper.reshape(hidden.shape[0], -1, upper.shape[-1])
+        return ops.nuwa_aggregate(hidden, visual_mask, keep_mask, scores, up, gh, gw, distance,
+                                  pillars)
+    return merge
+
+
+def anchor_rule(keep: KeepRule, anchors: int | None) -> KeepRule:
+    if anchors is not None:
+        return KeepRule(budget=anchors)
+    if keep.budget is not None:
+        return KeepRule(budget=math.ceil(keep.budget * ANCHOR_FACTOR))
+    return KeepRule(ratio=min(Fraction(1), keep.ratio * ANCHOR_FACTOR))
+
+
+def _check_fraction(params, key, closed_low=False):
+    v = params[key]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v if closed_low else 0 < v) and v <= 1
+    if not ok:
+        raise ValueError(f"vtp: option {key!r} must be a number in {'[' if closed_low else '('}0, 1], "
+                         f"got {v!r}")
+
+
+@register
+class Nuwa(Method):
+    """Nüwa: region-separated spatial anchors aggregated in the encoder, FastV at mid-depth."""
+    name = "nuwa"
+    paper = "arXiv 2602.02951"
+    vision_internals = True
+    defaults = {"layer": None, "anchors": None, "region": 2, "distance": 0.265, "pillars": 0.45}
+
+    def validate(self, params):
+        if params["layer"] is not None:
+            check_int(params, "layer", lo=1)
+        if params["anchors"] is not None:
+            check_int(params, "anchors", lo=1)
+        check_int(params, "region", lo=1)
+        _check_fraction(params, "distance")
+        _check_fraction(params, "pillars", closed_low=True)
+
+    def sites(self, cfg, num_layers):
+        p = cfg.params
+        layer = p["layer"] if p["layer"] is not None else max(1, num_layers // 2)
+        stage1 = EncoderSite(keep=anchor_rule(cfg.keep, p["anchors"]), name="nuwa-anchors",
+                             score=anchor_scorer(p["region"]), context=True,
+                             merge=aggregator(float(p["distance"]), float(p["pillars"])))
+        stage2 = LayerSite(layer=layer, keep=cfg.keep, score=fastv_score, name="nuwa")
+        return [stage1, stage2]

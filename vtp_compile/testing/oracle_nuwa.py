@@ -1,0 +1,170 @@
+"""Oracle for Nüwa, written from METHODS.md: per-sample loops over lists, two compactions.
+
+The vision internals come from the vision tower run with eager attention and
+``output_attentions=True`` (the probabilities of vision layer -2, CLS row), not from
+:mod:`vtp_compile.vision_context`; anchors, pillars and the aggregation are plain loops.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .oracle import (_fastv_probs, _image_features, _keep_positions, _select_top, compact,
+                     greedy_step, restore)
+
+
+@torch.no_grad()
+def internals(model, pixel_values):
+    """``(cls [n, N], upper [n, N, Dv])`` from the vision tower's returned attentions."""
+    tower = model.model.vision_tower
+    old = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = old
+    L = len(out.attentions)
+    cls = out.attentions[L - 2][:, :, 0, 1:].float().sum(1)
+    upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)[:, 1:]
+    return cls, upper
+
+
+def candidates(cls_row: list[float], k: int, grid: int, region: int) -> set[int]:
+    """The top ``ceil(k / blocks)`` tokens of every ``region x region`` block of each image."""
+    V, N = len(cls_row), grid * grid
+    blocks: dict[tuple, list[int]] = {}
+    for i in range(V):
+        r, c = (i % N) // grid, (i % N) % grid
+        blocks.setdefault((i // N, r // region, c // region), []).append(i)
+    n = math.ceil(k / len(blocks))
+    cand = set()
+    for members in blocks.values():
+        cand.update(sorted(members, key=lambda i: (-cls_row[i], i))[:n])
+    return cand
+
+
+def anchor_order(cls_row: list[float], k: int, grid: int, region: int):
+    """Sort key: candidates first, then CLS attention descending, then index."""
+    cand = candidates(cls_row, k, grid, region)
+    return lambda i: (i not in cand, -cls_row[i], i)
+
+
+def anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
+    """The first ``k`` tokens in :func:`anchor_order`, sorted by index."""
+    return sorted(sorted(range(len(cls_row)), key=anchor_order(cls_row, k, grid, region))[:k])
+
+
+def aggregate(x: torch.Tensor, upper: torch.Tensor, chosen: list[int], cls_row: list[float],
+              grid: int, distance: float, pillars: float, k_rank) -> torch.Tensor:
+    """Collectors (anchors below the top ``pillars`` fraction) become weighted means."""
+    V, N = x.shape[0], grid * grid
+    d_max = math.sqrt(distance * 2 * (grid - 1) ** 2)
+    ranked = sorted(chosen, key=k_rank)
+    collectors = ranked[math.ceil(pillars * len(chosen)):]
+    u = torch.nn.functional.normalize(upper.float(), dim=-1)
+    out = x.clone()
+    for i in collectors:
+        num, den = torch.zeros(x.shape[1]), 0.0
+        for j in range(V):
+            if i // N != j // N:
+                continue
+            ri, ci, rj, cj = (i % N) // grid, (i % N) % grid, (j % N) // grid, (j % N) % grid
+            d = math.hypot(ri - rj, ci - cj)
+            prox = 1.0 - min(d / d_max, 1.0) if d_max > 0 else float(d == 0)
+            w = 1.0 if i == j else max(float(u[i] @ u[j]), 0.0) * prox
+            num += w * x[j].float()
+            den += w
+        out[i] = (num / den).to(x.dtype)
+    return out
+
+
+@torch.no_grad()
+def nuwa_forward(model, input_ids, attention_mask, pixel_values, budget: int, layer: int | None = None,
+                 n_anchors: int | None = None, region: int = 2, distance: float = 0.265,
+                 pillars: float = 0.45, position_ids=None, selection=None, prompt_len=None):
+    """Logits ``[B, L, vocab]`` and ``(anchors, kept)`` per row (indices into the visual tokens
+    and into the anchors). ``selection`` fixes both, as a decode step does."""
+    lm = model.model.language_model
+    layers = list(lm.layers)
+    K = layer if layer is not None else max(1, len(layers) // 2)
+    B, L = input_ids.shape
+    if position_ids is None:
+        position_ids = torch.arange(L)[None].expand(B, L)
+    prompt_len = L if prompt_len is None else prompt_len
+    h = lm.embed_tokens(input_ids)
+    vis = input_ids == model.config.image_token_id
+    V = int(vis[0].sum())
+    allowed = torch.tril(torch.ones(L, L, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
+    vis_pos = [torch.nonzero(vis[b]).flatten().tolist() for b in range(B)]
+    if V == 0:
+        sel1, keep1 = None, None
+    else:
+        h = h.clone()
+        h[vis] = _image_features(model, pixel_values).to(h.dtype)
+        tower_cfg = model.config.vision_config
+        grid = tower_cfg.image_size // tower_cfg.patch_size
+        cls, upper = internals(model, pixel_values)
+        cls, upper = cls.reshape(B, V), upper.reshape(B, V, -1)
+        k1 = min(V, n_anchors if n_anchors is not None else math.ceil(budget * 7 / 4))
+        sel1 = selection[0] if selection else [anchors(cls[b].tolist(), k1, grid, region) for b in range(B)]
+        for b in range(B):
+            if len(sel1[b]) == V:
+                continue        # all anchors: nothing removed, nothing aggregated
+            row = cls[b].tolist()
+            h[b, vis_pos[b]] = aggregate(h[b, vis_pos[b]], upper[b], sel1[b], row, grid, distance,
+                                         pillars, anchor_order(row, k1, grid, region))
+        keep1 = _keep_positions(vis, vis_pos, sel1, L)
+    entry0 = h
+    sel2 = selection[1] if selection else None
+    if keep1 is not None:
+        h, pos, allowed, vis1 = compact(keep1, h, position_ids, allowed, vis)
+    else:
+        pos, vis1 = position_ids, vis
+    entryK = keep2 = None
+    if keep1 is not None and sel2 is not None and prompt_len < L:
+        # decode: generated tokens see only the finally kept prompt tokens, in every layer
+        allowed = allowed.clone()
+        n_gen = L - prompt_len
+        for b in range(B):
+            vpos1 = torch.nonzero(vis1[b]).flatten().tolist()
+            dropped = [p for j, p in enumerate(vpos1) if j not in set(sel2[b])]
+            allowed[b, allowed.shape[1] - n_gen:, dropped] = False
+    for i, lay in enumerate(layers):
+        if i == K and keep1 is not None:
+            vpos1 = [torch.nonzero(vis1[b]).flatten().tolist() for b in range(B)]
+            if sel2 is None:
+                probs = _fastv_probs(layers[K - 1], prev_h, prev_pos, prev_allowed, lm, vpos1)
+                sel2 = _select_top(probs, min(budget, len(vpos1[0])))
+            keep2 = _keep_positions(vis1, vpos1, sel2, h.shape[1])
+            entryK = h
+            h, pos, allowed = compact(keep2, h, pos, allowed)
+        prev_h, prev_pos, prev_allowed = h, pos, allowed
+        cos, sin = lm.rotary_emb(h, pos)
+        h = lay(h, attention_mask=allowed[:, None], position_ids=pos, position_embeddings=(cos, sin))
+        h = h[0] if isinstance(h, tuple) else h
+    if keep2 is not None:
+        h = restore(entryK, h, keep2)
+    if keep1 is not None:
+        h = restore(entry0, h, keep1)
+    return model.lm_head(lm.norm(h)), (sel1, sel2)
+
+
+@torch.no_grad()
+def nuwa_generate(model, input_ids, attention_mask, pixel_values, budget: int, max_new_tokens=4,
+                  **opts):
+    """Greedy tokens ``[B, new]`` and per-step top-2 margins, re-running :func:`nuwa_forward`
+    on the growing sequence with the prefill's selections fixed."""
+    ids, mask = input_ids, attention_mask
+    prompt_len = ids.shape[1]
+    selection, toks, margins = None, [], []
+    for _ in range(max_new_tokens):
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        logits, selection = nuwa_forward(model, ids, mask, pixel_values, budget, position_ids=pos,
+                                         selection=selection, prompt_len=prompt_len, **opts)
+        if selection[0] is None:
+            selection = None
+        nxt, margin, ids, mask = greedy_step(model, logits[:, -1], ids, mask)
+        toks.append(nxt)
+        margins.append(margin)
+    return torch.stack(toks, 1), torch.stack(margins, 1)
