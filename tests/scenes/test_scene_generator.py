@@ -102,6 +102,7 @@ def test_patch_targets_describe_each_shape():
         for k, s in enumerate(shapes):  # every patch on a shape carries that shape's facts
             on = torch.from_numpy(idx == k + 1)
             assert on.any()
+            assert (t["kind"][i][on] == KINDS.index(s.kind)).all()
             assert (t["cell_row"][i][on] == s.cell[0] - 1).all()
             assert (t["cell_col"][i][on] == s.cell[1] - 1).all()
             assert (t["x_rank"][i][on] == order.index(s)).all()

@@ -7,9 +7,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vtp_compile.scenes import SCENE_MODEL_PATH, load_scene_model, make_dataset
 from vtp_compile.scenes.model import (PATCH_SIZE, SceneModelSize, build_model, build_processor,
-                                      build_tokenizer)
+                                      build_tokenizer, size_dict)
 from vtp_compile.scenes.tasks import TASKS, vocabulary
-from vtp_compile.scenes.train import TaskMixer, encode_batch, pixel_tensor, train
+from vtp_compile.scenes.train import (TaskMixer, encode_batch, parse_task_weights, pixel_tensor,
+                                      train)
 
 TINY = SceneModelSize(vision_hidden=32, vision_layers=2, vision_heads=2, vision_mlp=64,
                       text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=64)
@@ -77,7 +78,7 @@ def test_packed_training_sequences():
 def test_tiny_model_save_load_offline(tmp_path):
     proc = build_processor()
     model = build_model(proc.tokenizer, TINY)
-    assert model.config.vision_feature_layer == -2
+    assert model.config.vision_feature_layer == TINY.vision_feature_layer
     assert model.config.vision_feature_select_strategy == "default"
     model.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
@@ -97,10 +98,40 @@ def test_tiny_model_save_load_offline(tmp_path):
     assert out.shape[0] == 2 and out.shape[1] <= inputs.input_ids.shape[1] + 3
 
 
-def test_train_smoke(tmp_path):
-    train(steps=2, out=tmp_path, batch_size=4, size=TINY, warmup=1, threads=1)
+def test_feature_layer_option():
+    tok = build_tokenizer()
+    default = SceneModelSize()
+    # the scene model keeps CLS and >= 3 vision layers (Nüwa reads CLS attention at layer -2)
+    assert default.vision_layers >= 3 and default.vision_feature_layer in (-1, -2)
+    assert build_model(tok, TINY).config.vision_feature_layer == default.vision_feature_layer
+    small = SceneModelSize(**{**size_dict(TINY), "vision_feature_layer": -2})
+    assert build_model(tok, small).config.vision_feature_layer == -2
+
+
+def test_train_vision_warmup_smoke(tmp_path):
+    train(steps=2, out=tmp_path, batch_size=4, size=TINY, warmup=1, threads=1,
+          vision_warmup_min=5, vision_warmup_steps=3, vision_batch_size=2, log_every=1)
     meta = json.loads((tmp_path / "training_meta.json").read_text())
     assert meta["steps_done"] == 2
+    warm = meta["vision_warmup"]
+    assert warm["steps_done"] == 3 and warm["batch_size"] == 2 and len(warm["history"]) == 3
+    assert {"class", "cell_row", "fg_acc"} <= set(warm["history"][-1])
+
+
+def test_parse_task_weights():
+    assert parse_task_weights("") is None
+    assert parse_task_weights("grounding=2, counting=1.5") == {"grounding": 2.0,
+                                                                "counting": 1.5}
+    with pytest.raises(ValueError, match="bad task weight"):
+        parse_task_weights("colour=2")
+
+
+def test_train_smoke(tmp_path):
+    train(steps=2, out=tmp_path, batch_size=4, size=TINY, warmup=1, threads=1,
+          vision_warmup_min=0, task_loss_weights={"grounding": 2.0})
+    meta = json.loads((tmp_path / "training_meta.json").read_text())
+    assert meta["steps_done"] == 2
+    assert meta["vision_warmup"] is None and meta["task_loss_weights"] == {"grounding": 2.0}
     model, proc = load_scene_model(tmp_path)
     assert model.config.text_config.hidden_size == TINY.text_hidden
 

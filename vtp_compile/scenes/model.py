@@ -1,10 +1,11 @@
 """The scene model: a small, real ``LlavaForConditionalGeneration`` with its processor.
 
 Vision tower: ``CLIPVisionConfig`` (CLS token, 112×112 input, patch 8 -> 14×14 = 196 visual
-tokens), features from layer -2, strategy "default" (CLS dropped). Language model: ``LlamaConfig``
-with SDPA attention. Tokenizer: a word-level ``tokenizers`` model wrapped in
-``PreTrainedTokenizerFast`` (``<image>``, ``<pad>``, ``<s>``, ``</s>``, ``<unk>`` + the task
-vocabulary). Image processor: ``CLIPImageProcessorPil`` (PIL/numpy path; no torchvision).
+tokens), features from the last layer (``SceneModelSize.vision_feature_layer = -1``), strategy
+"default" (CLS dropped). Language model: ``LlamaConfig`` with SDPA attention. Tokenizer: a
+word-level ``tokenizers`` model wrapped in ``PreTrainedTokenizerFast`` (``<image>``, ``<pad>``,
+``<s>``, ``</s>``, ``<unk>`` + the task vocabulary). Image processor: ``CLIPImageProcessorPil``
+(PIL/numpy path; no torchvision).
 
 Prompt format: ``"<image> {question}"``; the processor expands ``<image>`` to 196 tokens and
 prepends ``<s>``; the model generates the answer words followed by ``</s>``.
@@ -48,6 +49,9 @@ class SceneModelSize:
     text_heads: int = 4
     text_kv_heads: int = 4
     text_mlp: int = 448
+    # hidden state of the vision tower that the projector reads (-1: last layer, -2: the one
+    # before it, LLaVA's default). Keep >= 3 vision layers: Nüwa reads CLS attention at -2.
+    vision_feature_layer: int = -1
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -98,7 +102,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: SceneModelSize | None 
     config = LlavaConfig(
         vision_config=vision, text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        vision_feature_layer=size.vision_feature_layer, vision_feature_select_strategy="default",
         projector_hidden_act="gelu", image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
