@@ -65,12 +65,16 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     temporary = get_method(cfg.method).vision_internals and getattr(model, vision_context._ATTR, None) is None
     if temporary:   # the method reads the vision tower's internals: attach for this capture
         vision_context.attach(model)
+    scalars = torch._dynamo.config.capture_scalar_outputs
     with torch.no_grad():
         model(**inputs)   # transformers installs its output hooks on a first call, untraceably
         torch._dynamo.reset()
         try:
+            # one prefill graph: without it the placeholder-count check splits the prefill
+            torch._dynamo.config.capture_scalar_outputs = True
             torch.compile(model, backend=plan_only)(**inputs)
         finally:
+            torch._dynamo.config.capture_scalar_outputs = scalars
             torch._dynamo.reset()
             if temporary:
                 vision_context.detach(model)

@@ -122,3 +122,22 @@ def test_eval_inductor_and_pruned(tmp_path):
     result = json.loads(out.read_text())
     assert result["compile_unpruned"] == "inductor"
     assert result["runs"][0]["method"] == "random" and result["runs"][0]["budget"] == 49
+
+
+def test_show_lays_a_later_sites_tokens_on_the_image_grid(tmp_path, tiny_ckpt, monkeypatch):
+    """Nüwa's stage 2 sees 21 tokens, but its kept indices are into the image's 196."""
+    import vtp_compile.bench.show as show
+
+    def fake_explain(model, inputs, options):
+        first = torch.arange(21).unsqueeze(0) * 9
+        return SimpleNamespace(sites=[
+            SimpleNamespace(name="nuwa-anchors", layer=None, visual_count=196, kept=21,
+                            kept_visual_index=first),
+            SimpleNamespace(name="nuwa", layer=2, visual_count=21, kept=12,
+                            kept_visual_index=first[:, :12])])
+
+    monkeypatch.setattr(show, "get_explain", lambda: fake_explain)
+    out = tmp_path / "kept.png"
+    rc = main(["show", "--model", str(tiny_ckpt), "--task", "grounding", "--index", "1",
+               "--method", "nuwa", "--budget", "12", "--out", str(out)])
+    assert rc == 0 and Image.open(out).width > 3 * 112 * 3

@@ -67,9 +67,10 @@ def explain_image(model, processor, image: Image.Image, question: str, options: 
     if not report.sites:
         raise RuntimeError(f"explain found no pruning site for options {options}")
     view = model_view(inputs["pixel_values"], processor)
-    panels, grid = [], None
+    panels = []
+    # kept indices are into the image's tokens; a later site (Nüwa's stage 2) sees fewer
+    grid = patch_grid(model, inputs["pixel_values"], int(report.sites[0].visual_count))
     for site in report.sites:
-        grid = patch_grid(model, inputs["pixel_values"], int(site.visual_count))
         kept = site.kept_visual_index[sample].tolist()
         where = f"L{site.layer}" if site.layer is not None else "encoder"
         panels.append((f"{site.name} {where}: {site.kept}/{site.visual_count}", kept))

@@ -200,7 +200,9 @@ def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
             or not torch.equal(rec.features.to(features.device, features.dtype), features):
         raise ValueError("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
                          "to the images of this call (features differ); call attach(model) before "
-                         "generate and do not pass mm_encoder_outputs computed elsewhere")
+                         "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
+                         "direct forward splits the vision tower from the decoder), and do not pass "
+                         "mm_encoder_outputs computed elsewhere")
     dev = features.device
     return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
                  for t in (rec.cls_attn, rec.key_norm, rec.upper))

@@ -232,7 +232,9 @@ def vision_context_args(vlm: VLMGraph, site) -> tuple:
         raise ValueError(
             f"vtp: method {site.name!r} reads the vision tower's internals (CLS attention, upper "
             "layers), which are not in this graph; call vtp_compile.attach(model) once before "
-            "model.compile(...) so that they reach it (README: Nüwa)")
+            "model.compile(...) so that they reach it, and set "
+            "torch._dynamo.config.capture_scalar_outputs = True (without it Dynamo splits the "
+            "vision tower and the decoder into separate graphs) (README: Nüwa)")
     g = vlm.gm.graph
     gh, gw = rec.grid
     with insert_after(g, vlm.features):
