@@ -36,7 +36,7 @@ class EncoderSite:
 
     ``context=True``: the site reads the vision tower's internals (see
     :mod:`vtp_compile.vision_context`); both callables get one more argument,
-    ``ctx = (cls_attn [n_img, N], key_norm [n_img, N], upper [n_img, N, Dv], grid_h, grid_w)``,
+    ``ctx = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w)``,
     and ``merge`` also gets the ``[B, L]`` selection scores:
     ``merge(hidden, visual_mask, keep_mask, scores, ctx)``.
     """

@@ -43,7 +43,6 @@ class Record:
     """The internals of the images of one ``generate`` call, with their projected features."""
     features: torch.Tensor      # [n_img * N, D] as the prefill splices them
     cls_attn: torch.Tensor      # [n_img, N]
-    key_norm: torch.Tensor      # [n_img, N]
     upper: torch.Tensor         # [n_img, N, Dv]
     grid: tuple[int, int]
 
@@ -102,8 +101,8 @@ def attach(model):
         if not torch.compiler.is_compiling() or getattr(output, "hidden_states", None) is None:
             return None
         hidden = list(output.hidden_states)
-        cls, knorm, upper = vision_internals(layers, hidden)
-        hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], cls, knorm, upper, *grid)
+        cls, upper = vision_internals(layers, hidden)
+        hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], cls, upper, *grid)
         output.hidden_states = tuple(hidden)
         return output
 
@@ -115,9 +114,9 @@ def attach(model):
         if hidden is None or any(h is None for h in hidden):
             return None
         with torch.no_grad():
-            cls, knorm, upper = vision_internals(layers, hidden)
+            cls, upper = vision_internals(layers, hidden)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
-        _RECORD = Record(feats, cls, knorm, upper, grid)
+        _RECORD = Record(feats, cls, upper, grid)
         return None
 
     handles = (tower.register_forward_pre_hook(keep_all_hidden, with_kwargs=True),
@@ -125,6 +124,11 @@ def attach(model):
                model.register_forward_pre_hook(record_for_generate, with_kwargs=True))
     setattr(model, _ATTR, handles)
     return model
+
+
+def is_attached(model) -> bool:
+    """Whether :func:`attach` hooks are installed on ``model``."""
+    return getattr(model, _ATTR, None) is not None
 
 
 def detach(model):
@@ -138,12 +142,11 @@ def detach(model):
 
 
 def vision_internals(layers, hidden_states):
-    """``(cls_attn [n, N], key_norm [n, N], upper [n, N, Dv])`` in float32, CLS column dropped.
+    """``(cls_attn [n, N], upper [n, N, Dv])`` in float32, CLS column dropped.
 
     ``cls_attn``: the attention the CLS query pays each patch in vision layer -2, summed over
     heads, recomputed from that layer's input (``hidden_states[-3]``) and its own
-    ``layer_norm1``/``q_proj``/``k_proj``. ``key_norm``: the L2 norm of each patch's key there
-    (all heads). ``upper``: the mean of the hidden states the upper half of the layers output.
+    ``layer_norm1``/``q_proj``/``k_proj``. ``upper``: the mean of the hidden states the upper half of the layers output.
     """
     n_layers = len(layers)
     layer = layers[n_layers - 2]
@@ -155,6 +158,5 @@ def vision_internals(layers, hidden_states):
     k = attn.k_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)[:, :, 0]       # [n, H, T]
     cls = att.sum(1)[:, 1:]
-    knorm = k.transpose(1, 2).reshape(n, T, H * hd).norm(dim=-1)[:, 1:]
     upper = torch.stack([hidden_states[i].float() for i in range(n_layers // 2 + 1, n_layers + 1)])
-    return cls, knorm, upper.mean(0)[:, 1:]
+    return cls, upper.mean(0)[:, 1:]

@@ -73,7 +73,7 @@ def test_aggregate_equals_the_oracle(case, distance, pillars):
         chosen = oracle_nuwa.anchors(row, k, grid, region)
         want = hidden[b, pre:pre + V]
         if len(chosen) < V:
-            want = oracle_nuwa.aggregate(want, upper[b], chosen, row, grid, distance, pillars,
+            want = oracle_nuwa.aggregate(want, upper[b], chosen, grid, distance, pillars,
                                          oracle_nuwa.anchor_order(row, k, grid, region))
         torch.testing.assert_close(got[b, pre:pre + V], want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[b, :pre], hidden[b, :pre])           # text untouched

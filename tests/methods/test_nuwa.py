@@ -56,8 +56,11 @@ def cases(draw):
     return spec, inputs, budget, layer, extra
 
 
-def _oracle_kw(layer, extra):
-    return dict(layer=layer, **extra)
+def _attached(spec, inp_kw):
+    torch._dynamo.reset()
+    model = vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, **inp_kw)
+    return model, inputs, (inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
 
 
 @settings(**SETTINGS)
@@ -65,12 +68,9 @@ def _oracle_kw(layer, extra):
 def test_forward_equals_oracle(case):
     """Direct forward: the vision tower is in the graph and so are its internals."""
     spec, inp_kw, budget, layer, extra = case
-    torch._dynamo.reset()
-    model = vtp_compile.attach(tiny_llava(spec))
-    inputs = make_inputs(spec, **inp_kw)
+    model, inputs, args = _attached(spec, inp_kw)
     got = compiled_logits(model, inputs, options("nuwa", budget=budget, layer=layer, **extra))
-    want, _ = oracle_nuwa.nuwa_forward(model, inputs["input_ids"], inputs["attention_mask"],
-                                       inputs["pixel_values"], budget, **_oracle_kw(layer, extra))
+    want, _ = oracle_nuwa.nuwa_forward(model, *args, budget, layer=layer, **extra)
     torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=3e-5, rtol=1e-4)
     rep = REPORTS[-1]
     assert [s.name for s in rep.sites] == ["nuwa-anchors", "nuwa"]
@@ -81,12 +81,8 @@ def test_forward_equals_oracle(case):
 def test_generate_equals_oracle(case):
     """generate: transformers encodes the images eagerly; the recorded internals are used."""
     spec, inp_kw, budget, layer, extra = case
-    torch._dynamo.reset()
-    model = vtp_compile.attach(tiny_llava(spec))
-    inputs = make_inputs(spec, **inp_kw)
-    want, margins = oracle_nuwa.nuwa_generate(model, inputs["input_ids"], inputs["attention_mask"],
-                                              inputs["pixel_values"], budget, 4,
-                                              **_oracle_kw(layer, extra))
+    model, inputs, args = _attached(spec, inp_kw)
+    want, margins = oracle_nuwa.nuwa_generate(model, *args, budget, 4, layer=layer, **extra)
     with torch.no_grad():
         model(**inputs)
         model.compile(backend="vtp", options=options("nuwa", budget=budget, layer=layer, **extra))

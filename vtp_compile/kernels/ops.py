@@ -177,23 +177,23 @@ def _(q, k, mask_row, scale, cols, key):
 
 # ---- vision-encoder internals (vtp_compile.vision_context) -------------------------------------
 @torch.library.custom_op(f"{_LIB}::vision_context", mutates_args=())
-def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, key_norm: torch.Tensor,
-                   upper: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, upper: torch.Tensor,
+                   grid_h: int, grid_w: int) -> torch.Tensor:
     """A carrier: returns ``features`` (a copy) and brings the vision tower's internals into the
     graph, where the passes read them from this node's arguments and then remove it."""
     return features.clone()
 
 
 @vision_context.register_fake
-def _(features, cls_attn, key_norm, upper, grid_h, grid_w):
+def _(features, cls_attn, upper, grid_h, grid_w):
     return torch.empty_like(features)
 
 
 @torch.library.custom_op(f"{_LIB}::vision_lookup", mutates_args=())
 def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
-                  dv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  dv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
-    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], key_norm, upper)``."""
+    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv])``."""
     from .. import vision_context
     rec = vision_context.last_record()
     if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w) \
@@ -205,7 +205,7 @@ def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
                          "mm_encoder_outputs computed elsewhere")
     dev = features.device
     return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
-                 for t in (rec.cls_attn, rec.key_norm, rec.upper))
+                 for t in (rec.cls_attn, rec.upper))
 
 
 @vision_lookup.register_fake
@@ -213,7 +213,6 @@ def _(features, grid_h, grid_w, dv):
     n = features.shape[0] // (grid_h * grid_w)
     N = grid_h * grid_w
     return (features.new_empty((n, N), dtype=torch.float32),
-            features.new_empty((n, N), dtype=torch.float32),
             features.new_empty((n, N, dv), dtype=torch.float32))
 
 

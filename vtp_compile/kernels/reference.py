@@ -355,10 +355,9 @@ def nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: t
         anchors = torch.nonzero(kept).flatten()
         if anchors.numel() in (0, V):
             continue        # nothing removed: nothing to recover (keep-all is the identity)
-        s = scores[b, pos[anchors]].float()
-        order = sorted(range(anchors.numel()), key=lambda i: (-float(s[i]), int(anchors[i])))
-        n_pillar = math.ceil(pillars * anchors.numel())
-        collectors = anchors[torch.tensor(order[n_pillar:], dtype=torch.long, device=hidden.device)]
+        # anchors ascend by position, so a stable sort breaks score ties towards the lower one
+        order = torch.sort(scores[b, pos[anchors]].float(), descending=True, stable=True).indices
+        collectors = anchors[order[math.ceil(pillars * anchors.numel()):]]
         if collectors.numel() == 0:
             continue
         W = torch.relu(u[b, collectors] @ u[b].T) * prox[collectors]             # [C, V]

@@ -37,7 +37,7 @@ ANCHOR_FACTOR = Fraction(7, 4)
 
 def anchor_scorer(region: int):
     def score(features, n_keep, hidden, visual_mask, ctx):
-        cls, _, _, gh, gw = ctx
+        cls, _, gh, gw = ctx
         B = features.shape[0]
         return ops.nuwa_anchor_scores(cls.reshape(B, -1), n_keep, gh, gw, region)
     return score
@@ -45,7 +45,7 @@ def anchor_scorer(region: int):
 
 def aggregator(distance: float, pillars: float):
     def merge(hidden, visual_mask, keep_mask, scores, ctx):
-        _, _, upper, gh, gw = ctx
+        _, upper, gh, gw = ctx
         up = upper.reshape(hidden.shape[0], -1, upper.shape[-1])
         return ops.nuwa_aggregate(hidden, visual_mask, keep_mask, scores, up, gh, gw, distance,
                                   pillars)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 from typing import Callable
 
 import torch
@@ -220,13 +221,13 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
 
 
 def vision_context_args(vlm: VLMGraph, site) -> tuple:
-    """``(cls_attn, key_norm, upper, grid_h, grid_w)`` for a ``context`` site: from the
+    """``(cls_attn, upper, grid_h, grid_w)`` for a ``context`` site: from the
     ``vision_context`` node (direct forward), or a ``vision_lookup`` of the record
     ``generate``'s eager encoding left (see :mod:`vtp_compile.vision_context`)."""
     from .. import vision_context
     tag = vlm.vision_context
     if tag is not None:
-        return tuple(tag.args[1:6])
+        return tuple(tag.args[1:5])
     rec = vision_context.last_record()
     if rec is None:
         raise ValueError(
@@ -240,12 +241,8 @@ def vision_context_args(vlm: VLMGraph, site) -> tuple:
     with insert_after(g, vlm.features):
         out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1])))
     with insert_after(g, out):
-        parts = [g.call_function(_item, (out, i)) for i in range(3)]
+        parts = [g.call_function(operator.getitem, (out, i)) for i in range(2)]
     return (*parts, gh, gw)
-
-
-def _item(t, i: int):
-    return t[i]
 
 
 def strip_vision_context(vlm: VLMGraph) -> None:

@@ -55,8 +55,8 @@ def anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
     return sorted(sorted(range(len(cls_row)), key=anchor_order(cls_row, k, grid, region))[:k])
 
 
-def aggregate(x: torch.Tensor, upper: torch.Tensor, chosen: list[int], cls_row: list[float],
-              grid: int, distance: float, pillars: float, k_rank) -> torch.Tensor:
+def aggregate(x: torch.Tensor, upper: torch.Tensor, chosen: list[int], grid: int, distance: float,
+              pillars: float, k_rank) -> torch.Tensor:
     """Collectors (anchors below the top ``pillars`` fraction) become weighted means."""
     V, N = x.shape[0], grid * grid
     d_max = math.sqrt(distance * 2 * (grid - 1) ** 2)
@@ -112,8 +112,8 @@ def nuwa_forward(model, input_ids, attention_mask, pixel_values, budget: int, la
             if len(sel1[b]) == V:
                 continue        # all anchors: nothing removed, nothing aggregated
             row = cls[b].tolist()
-            h[b, vis_pos[b]] = aggregate(h[b, vis_pos[b]], upper[b], sel1[b], row, grid, distance,
-                                         pillars, anchor_order(row, k1, grid, region))
+            h[b, vis_pos[b]] = aggregate(h[b, vis_pos[b]], upper[b], sel1[b], grid, distance, pillars,
+                                         anchor_order(row, k1, grid, region))
         keep1 = _keep_positions(vis, vis_pos, sel1, L)
     entry0 = h
     sel2 = selection[1] if selection else None
