@@ -83,7 +83,7 @@ def test_label_map_marks_each_shape():
 
 def test_patch_targets_describe_each_shape():
     import torch
-    from vtp_compile.scenes.train import (AUX_TARGETS, _patch_shape_index, patch_labels,
+    from vtp_compile.scenes.train import (AUX_TARGETS, patch_shape_index, patch_labels,
                                           patch_targets)
     from vtp_compile.scenes.tasks import make_dataset
     exs = make_dataset("ordered", 4, seed=0)
@@ -98,7 +98,7 @@ def test_patch_targets_describe_each_shape():
             if name != "class":
                 assert (t[name][i][bg] == -100).all()
             assert t[name][i].max() < AUX_TARGETS[name]
-        idx = _patch_shape_index(ex.scene)
+        idx = patch_shape_index(ex.scene)
         for k, s in enumerate(shapes):  # every patch on a shape carries that shape's facts
             on = torch.from_numpy(idx == k + 1)
             assert on.any()

@@ -6,11 +6,13 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vtp_compile.scenes import SCENE_MODEL_PATH, load_scene_model, make_dataset
+from vtp_compile.scenes.generator import COLOURS
 from vtp_compile.scenes.model import (PATCH_SIZE, SceneModelSize, build_model, build_processor,
                                       build_tokenizer, size_dict)
-from vtp_compile.scenes.tasks import TASKS, vocabulary
-from vtp_compile.scenes.train import (TaskMixer, encode_batch, parse_task_weights, pixel_tensor,
-                                      train)
+from vtp_compile.scenes.tasks import vocabulary
+from vtp_compile.scenes.train import (CURRICULUM_START, MAX_SHAPES, TaskMixer, curriculum_cap,
+                                      encode_batch, init_sincos_positions, paraphrase,
+                                      parse_task_weights, pixel_tensor, train)
 
 TINY = SceneModelSize(vision_hidden=32, vision_layers=2, vision_heads=2, vision_mlp=64,
                       text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=64)
@@ -134,6 +136,66 @@ def test_train_smoke(tmp_path):
     assert meta["vision_warmup"] is None and meta["task_loss_weights"] == {"grounding": 2.0}
     model, proc = load_scene_model(tmp_path)
     assert model.config.text_config.hidden_size == TINY.text_hidden
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_train_qa_vision_lr_scale(tmp_path, scale):
+    # without a warm-up the tower starts from build_model(seed) + the sin-cos table, so a frozen
+    # tower (scale 0) is saved unchanged and a scaled one moves; the projector always trains
+    train(steps=2, out=tmp_path, batch_size=4, size=TINY, warmup=1, threads=1,
+          vision_warmup_min=0, qa_vision_lr_scale=scale, curriculum=0.5)
+    assert json.loads((tmp_path / "training_meta.json").read_text())["qa_vision_lr_scale"] == scale
+    start = build_model(build_tokenizer(), TINY, seed=0)
+    init_sincos_positions(start)
+    trained, _ = load_scene_model(tmp_path)
+    tower = [torch.equal(a, b) for a, b in zip(start.model.vision_tower.state_dict().values(),
+                                               trained.model.vision_tower.state_dict().values())]
+    assert all(tower) == (scale == 0)
+    assert all(p.requires_grad for p in trained.parameters())
+    proj = zip(start.model.multi_modal_projector.parameters(),
+               trained.model.multi_modal_projector.parameters())
+    assert not all(torch.equal(a, b) for a, b in proj)
+
+
+def test_curriculum_cap_and_mixer():
+    assert curriculum_cap(0.0, 0.0) is None and curriculum_cap(0.9, 0.5) is None
+    caps = [curriculum_cap(p / 100, 0.5) for p in range(50)]
+    assert caps[0] == CURRICULUM_START and caps == sorted(caps) and caps[-1] < MAX_SHAPES
+    mixer = TaskMixer(0)
+    mixer.max_shapes = 2
+    assert {len(p.scene.shapes) for p in mixer.batch(40)} <= {1, 2}
+    mixer.max_shapes = None  # full range again (counting scenes have up to 8 shapes)
+    assert max(len(p.scene.shapes) for p in mixer.batch(80)) > 4
+
+
+def test_paraphrase_moves_the_colour_before_the_question_mark():
+    assert paraphrase("how many red shapes ?") == "how many shapes red ?"
+    assert paraphrase("what shape is the blue one ?") == "what shape is blue ?"
+    for q in ("how many circles ?", "what colour is the square ?", "where is the red square ?",
+              "list the colours from left to right ."):
+        assert paraphrase(q) is None
+    tok = build_tokenizer()
+    mixer = TaskMixer(0, tries=3, paraphrase_p=1.0)
+    qas = [qa for p in mixer.batch(40) for qa in p.qas]
+    moved = [q for _, q, _ in qas if q.startswith("how many shapes ") or q == "what shape is "
+             + q.split()[-2] + " ?"]
+    assert moved and all(q.split()[-2] in COLOURS for q in moved)
+    # no colour question keeps the original wording at p=1, and every word is in the vocabulary
+    assert not any(paraphrase(q) for _, q, _ in qas)
+    assert all(tok.unk_token_id not in tok(q).input_ids for _, q, _ in qas)
+    for item in mixer.batch(40):  # the answers still describe the scene
+        for _, q, a in item.qas:
+            colour = q.split()[-2]
+            same = [s for s in item.scene.shapes if s.colour == colour]
+            if q.startswith("how many shapes "):
+                assert a == str(len(same))
+            elif q == f"what shape is {colour} ?":
+                assert len(same) == 1 and a == same[0].kind
+
+
+def test_train_rejects_negative_vision_scale(tmp_path):
+    with pytest.raises(ValueError, match="qa_vision_lr_scale"):
+        train(steps=1, out=tmp_path, size=TINY, qa_vision_lr_scale=-1)
 
 
 @pytest.mark.skipif(not (SCENE_MODEL_PATH / "config.json").is_file(),

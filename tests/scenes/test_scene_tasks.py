@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vtp_compile.scenes.generator import COLOURS, KINDS
+from vtp_compile.scenes.generator import COLOURS
 from vtp_compile.scenes.tasks import (EVAL_SEED, TASKS, Example, check_task, iter_examples,
                                       scene_seed, MAX_TASK_SALT,
                                       make_dataset, vocabulary)

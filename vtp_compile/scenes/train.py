@@ -113,7 +113,7 @@ AUX_TARGETS = {
 CONTENT_TARGETS = ("class", "kind")  # full-weight targets; the others get scene_aux_scale
 
 
-def _patch_shape_index(scene) -> np.ndarray:
+def patch_shape_index(scene) -> np.ndarray:
     """``[196]`` index of the shape under each patch's centre pixel (0 = background)."""
     half = PATCH_SIZE // 2
     return label_map(scene)[half::PATCH_SIZE, half::PATCH_SIZE].reshape(-1)
@@ -138,7 +138,7 @@ def patch_targets(examples, names=tuple(AUX_TARGETS)) -> dict[str, torch.Tensor]
     out = {n: [] for n in names}
     for ex in examples:
         shapes = ex.scene.shapes
-        idx = _patch_shape_index(ex.scene)
+        idx = patch_shape_index(ex.scene)
         order = sorted(range(len(shapes)), key=lambda i: shapes[i].centre[0])
         rank = {i: r for r, i in enumerate(order)}
         per_shape = {
@@ -179,6 +179,18 @@ def init_sincos_positions(model, scale: float = 0.4, temperature: float = 100.0)
             emb[1:, table.shape[1]:] = 0.0
 
 
+def paraphrase(question: str) -> str | None:
+    """Training-only alternate wording that puts the colour word right before ``?``
+    (``how many red shapes ?`` -> ``how many shapes red ?``, ``what shape is the red one ?`` ->
+    ``what shape is red ?``), or None for questions without one. Uses only tokenizer words."""
+    w = question.split()
+    if w[:2] == ["how", "many"] and len(w) == 5 and w[2] in COLOURS:
+        return f"how many shapes {w[2]} ?"
+    if w[:4] == ["what", "shape", "is", "the"] and len(w) == 7 and w[4] in COLOURS:
+        return f"what shape is {w[4]} ?"
+    return None
+
+
 class TaskMixer:
     """Endless stream of packed training sequences over the training seed range.
 
@@ -188,7 +200,7 @@ class TaskMixer:
     """
 
     def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS, max_qa: int = 6,
-                 tries: int = 2):
+                 tries: int = 2, paraphrase_p: float = 0.0):
         start = TRAIN_SEED + seed * _SEED_STRIDE
         # scene seeds of this run stay below EVAL_SEED, where held-out scene seeds begin
         if start + _SEED_STRIDE + MAX_TASK_SALT > EVAL_SEED:
@@ -200,6 +212,9 @@ class TaskMixer:
         self.rng = random.Random(seed)
         self.max_qa = max_qa
         self.tries = tries
+        # curriculum: cap on the number of shapes per scene (None: each task's full range)
+        self.max_shapes: int | None = None
+        self.paraphrase_p = paraphrase_p  # chance of :func:`paraphrase`'s wording per question
 
     def _sequence(self, task: str) -> Packed | None:
         s = self.next_seed[task]
@@ -207,12 +222,18 @@ class TaskMixer:
             raise RuntimeError("training seed range exhausted")
         self.next_seed[task] = s + 1
         sseed = scene_seed(task, s)
-        image, scene = generate_scene(sseed, n_shapes=scene_shape_range(task))
+        lo, hi = scene_shape_range(task)
+        if self.max_shapes is not None:
+            hi = max(lo, min(hi, self.max_shapes))
+        image, scene = generate_scene(sseed, n_shapes=(lo, hi))
         qas, seen = [], set()
         for k, other in enumerate([task] + [t for t in TASKS for _ in range(self.tries)]):
             qa = ask(other, scene, np.random.default_rng([sseed, 0xA5, k]))
             if qa is not None and qa[0] not in seen:
                 seen.add(qa[0])
+                alt = paraphrase(qa[0]) if self.paraphrase_p > 0 else None
+                if alt is not None and self.rng.random() < self.paraphrase_p:
+                    qa = (alt, qa[1])
                 qas.append((other, *qa))
         if not qas:
             return None
@@ -230,6 +251,18 @@ class TaskMixer:
             if item is not None:
                 out.append(item)
         return out
+
+
+CURRICULUM_START = 2  # shape cap at the start of a curriculum
+
+
+def curriculum_cap(progress: float, span: float) -> int | None:
+    """Shape cap at ``progress`` (0 -> 1) of a curriculum over the first ``span`` of training:
+    :data:`CURRICULUM_START` at 0, rising linearly to :data:`MAX_SHAPES` at ``span``; ``None``
+    (no cap) once it is reached or when ``span`` is 0."""
+    if span <= 0 or progress >= span:
+        return None
+    return CURRICULUM_START + int((MAX_SHAPES - CURRICULUM_START) * progress / span)
 
 
 def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
@@ -292,7 +325,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
           qa_tries: int = 3, vision_warmup_min: float = 8.0, vision_warmup_steps: int = 100_000,
           vision_lr: float | None = 2e-3, vision_batch_size: int | None = None,
           vision_scene_aux_scale: float | None = 0.5,
-          task_loss_weights: dict[str, float] | None = None):
+          task_loss_weights: dict[str, float] | None = None, qa_vision_lr_scale: float = 1.0,
+          curriculum: float = 0.0, paraphrase_p: float = 0.0):
     """Train a scene model and save it (model + processor) to ``out``. Returns the model.
 
     ``aux_targets``: ``"scene"`` supervises every target of :data:`AUX_TARGETS`, ``"class"``
@@ -308,7 +342,19 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
     batch ``vision_batch_size``, scene-target scale ``vision_scene_aux_scale``; ``None`` means
     the main stage's value); then train the whole model on QA + auxiliary losses for the rest
     of ``time_limit_min``, which covers both stages.
+
+    ``qa_vision_lr_scale``: the vision tower's learning rate in the QA stage, relative to
+    ``lr``; ``0`` freezes the tower there (no backward through it: ~20% cheaper steps, and the
+    warmed-up features are not disturbed by the early QA gradients). The projector always
+    trains.
+
+    ``curriculum`` (fraction of the QA stage, 0 = off): the QA stage starts on scenes of at most
+    :data:`CURRICULUM_START` shapes and raises the cap linearly to every task's full range by
+    that fraction of its progress (selection among few shapes is learned first); the vision
+    warm-up always sees the full range.
     """
+    if qa_vision_lr_scale < 0:
+        raise ValueError(f"qa_vision_lr_scale must be >= 0, got {qa_vision_lr_scale}")
     if threads:
         torch.set_num_threads(threads)
     size = size or SceneModelSize()
@@ -329,7 +375,7 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("visual", out))
     params = list(model.parameters()) + list(aux_head.parameters())
-    mixer = TaskMixer(seed, max_qa=max_qa, tries=qa_tries)
+    mixer = TaskMixer(seed, max_qa=max_qa, tries=qa_tries, paraphrase_p=paraphrase_p)
     t0 = time.time()
 
     def aux_loss(examples, scale):
@@ -356,7 +402,17 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
             bf16=bf16, log_every=log_every)
     t_main = time.time()
     main_min = time_limit_min - (t_main - t0) / 60
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    tower = list(model.model.vision_tower.parameters())
+    if qa_vision_lr_scale == 0:
+        for p in tower:
+            p.requires_grad_(False)
+    tower_ids = {id(p) for p in tower}
+    rest = [p for p in params if id(p) not in tower_ids]
+    groups = [{"params": rest, "scale": 1.0}]
+    if qa_vision_lr_scale > 0:
+        groups.append({"params": tower, "scale": qa_vision_lr_scale})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     ema_loss, ema_aux, ema_acc = None, None, {t: None for t in TASKS}
     bar = tqdm(range(steps), desc="train", dynamic_ncols=True, mininterval=10)
     done = 0
@@ -369,7 +425,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
             tqdm.write(f"time limit {time_limit_min} min reached at step {done}; saving")
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, progress, lr, warmup)
+            g["lr"] = g["scale"] * lr_at(step, progress, lr, warmup)
+        mixer.max_shapes = curriculum_cap(progress, curriculum)
         examples = mixer.batch(batch_size)
         ids, mask, labels, spans = encode_batch(examples, tok, n_image)
         pixels = pixel_tensor([ex.image for ex in examples])
@@ -419,6 +476,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
                        + json.dumps(accs) + f" {time.time() - t0:.0f}s")
     bar.close()
     hook.remove()
+    for p in tower:
+        p.requires_grad_(True)
     model.set_attn_implementation("sdpa")
     model.eval()
     out = Path(out)
@@ -432,6 +491,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
             "sincos_pos_init": sincos_pos,
             "max_qa": max_qa, "qa_tries": qa_tries, "time_limit_min": time_limit_min,
             "vision_warmup": vision_meta, "task_loss_weights": task_loss_weights,
+            "qa_vision_lr_scale": qa_vision_lr_scale, "curriculum": curriculum,
+            "paraphrase_p": paraphrase_p,
             "threads": threads,
             "wall_s": round(wall, 1), "steps_per_s": round(done / wall, 3),
             "size": size_dict(size),
@@ -487,6 +548,14 @@ def main(argv=None) -> None:
                    help="vision hidden state the projector reads (-1 last, -2 LLaVA's default)")
     p.add_argument("--task-loss-weights", default="",
                    help="QA loss weight per task, e.g. 'grounding=2,counting=1.5' (others 1)")
+    p.add_argument("--qa-vision-lr-scale", type=float, default=1.0,
+                   help="vision tower LR in the QA stage relative to --lr (0 freezes it there)")
+    p.add_argument("--curriculum", type=float, default=0.0,
+                   help="raise the shapes-per-scene cap from 2 to the full range over this "
+                        "fraction of the QA stage (0: off)")
+    p.add_argument("--paraphrase", type=float, default=0.0,
+                   help="chance that a colour-selecting question is asked in the training-only "
+                        "wording with the colour right before '?' (0: off)")
     p.add_argument("--log-every", type=int, default=100, help="log / history interval (steps)")
     a = p.parse_args(argv)
     train(steps=a.steps, out=a.out, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
@@ -498,7 +567,9 @@ def main(argv=None) -> None:
           vision_warmup_min=a.vision_warmup_min, vision_warmup_steps=a.vision_warmup_steps,
           vision_lr=a.vision_lr, vision_batch_size=a.vision_batch_size,
           vision_scene_aux_scale=a.vision_scene_aux_scale, log_every=a.log_every,
-          task_loss_weights=parse_task_weights(a.task_loss_weights))
+          task_loss_weights=parse_task_weights(a.task_loss_weights),
+          qa_vision_lr_scale=a.qa_vision_lr_scale, curriculum=a.curriculum,
+          paraphrase_p=a.paraphrase)
 
 
 def parse_task_weights(text: str) -> dict[str, float] | None:
