@@ -352,6 +352,9 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
     :data:`CURRICULUM_START` shapes and raises the cap linearly to every task's full range by
     that fraction of its progress (selection among few shapes is learned first); the vision
     warm-up always sees the full range.
+
+    ``paraphrase_p``: chance that a colour-selecting counting or attribute question is asked in
+    :func:`paraphrase`'s training-only wording (0 = off).
     """
     if qa_vision_lr_scale < 0:
         raise ValueError(f"qa_vision_lr_scale must be >= 0, got {qa_vision_lr_scale}")
@@ -403,14 +406,13 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
     t_main = time.time()
     main_min = time_limit_min - (t_main - t0) / 60
     tower = list(model.model.vision_tower.parameters())
-    if qa_vision_lr_scale == 0:
-        for p in tower:
-            p.requires_grad_(False)
     tower_ids = {id(p) for p in tower}
-    rest = [p for p in params if id(p) not in tower_ids]
-    groups = [{"params": rest, "scale": 1.0}]
+    groups = [{"params": [p for p in params if id(p) not in tower_ids], "scale": 1.0}]
     if qa_vision_lr_scale > 0:
         groups.append({"params": tower, "scale": qa_vision_lr_scale})
+    else:  # frozen: no gradients, no backward through the tower
+        for p in tower:
+            p.requires_grad_(False)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     ema_loss, ema_aux, ema_acc = None, None, {t: None for t in TASKS}
