@@ -5,7 +5,9 @@ training-only linear heads learn per-patch targets alone (content: colour x kind
 shape's kind; scene: the shape's grid cell, left-to-right rank, colour and kind counts), at
 ~0.27 s/step instead of ~1 s for the full model. (2) Multi-task QA: every training sequence is
 one image followed by several questions of different tasks with their answers (packing: the
-image is encoded once for ~6 supervised answers), plus the same per-patch losses. Scenes are
+image is encoded once for ~6 supervised answers), plus the same per-patch losses and a
+training-only selection head (:class:`SelectionHead`: the token before each answer must find
+the patches of the shapes its question names in decoder hidden states). Scenes are
 generated on the fly from training seeds (below :data:`~vtp_compile.scenes.tasks.EVAL_SEED`),
 so no scene repeats and the held-out range is never touched. The vision tower's position
 embeddings start from a 2-D sin-cos table.
@@ -102,6 +104,7 @@ MAX_SHAPES = 8
 AUX_TARGETS = {
     "class": N_PATCH_CLASSES,
     "kind": len(KINDS),  # the shape's kind, on shape patches only (content, full weight)
+    "colour": len(COLOURS),  # the shape's colour (content, full weight; not in the "scene" preset)
     "cell_row": GRID,  # 3x3-grid row / column of the shape's centre (grounding)
     "cell_col": GRID,
     "x_rank": MAX_SHAPES,  # left-to-right rank of the shape's centre (ordered / relations)
@@ -110,7 +113,10 @@ AUX_TARGETS = {
 }
 
 
-CONTENT_TARGETS = ("class", "kind")  # full-weight targets; the others get scene_aux_scale
+CONTENT_TARGETS = ("class", "kind", "colour")  # full weight; the others get scene_aux_scale
+_SCENE = ("class", "kind", "cell_row", "cell_col", "x_rank", "same_colour", "same_kind")
+# --aux-targets presets -> the targets they supervise ("class" first: its head gives fg_acc)
+AUX_PRESETS = {"scene": _SCENE, "class": ("class",), "scene+colour": _SCENE + ("colour",)}
 
 
 def patch_shape_index(scene) -> np.ndarray:
@@ -145,6 +151,7 @@ def patch_targets(examples, names=tuple(AUX_TARGETS)) -> dict[str, torch.Tensor]
             "class": [1 + colours.index(s.colour) * len(KINDS) + KINDS.index(s.kind)
                       for s in shapes],
             "kind": [KINDS.index(s.kind) for s in shapes],
+            "colour": [colours.index(s.colour) for s in shapes],
             "cell_row": [s.cell[0] - 1 for s in shapes],
             "cell_col": [s.cell[1] - 1 for s in shapes],
             "x_rank": [rank[i] for i in range(len(shapes))],
@@ -155,6 +162,67 @@ def patch_targets(examples, names=tuple(AUX_TARGETS)) -> dict[str, torch.Tensor]
             table = np.array([0 if n == "class" else -100] + per_shape[n], dtype=np.int64)
             out[n].append(table[idx])
     return {n: torch.from_numpy(np.stack(rows)) for n, rows in out.items()}
+
+
+def selected_shapes(scene, question: str) -> list[int]:
+    """Indices of the shapes a question names by colour and/or kind (``how many red shapes ?``:
+    every red shape; ``where is the red circle ?``: the red circle; ``what is left of the red
+    circle ?``: the red circle, the anchor). Empty for questions that name neither (``list the
+    colours ...``). Training-only target of the selection head (``select_weight``)."""
+    words = question.split()
+    colours = {w for w in words if w in COLOURS}
+    kinds = {w[:-1] if w.endswith("s") and w[:-1] in KINDS else w for w in words}
+    kinds &= set(KINDS)
+    if not colours and not kinds:
+        return []
+    return [i for i, s in enumerate(scene.shapes)
+            if (not colours or s.colour in colours) and (not kinds or s.kind in kinds)]
+
+
+def selection_masks(items) -> list[np.ndarray | None]:
+    """Per question of ``items`` (in :func:`encode_batch`'s span order): a ``[196]`` bool mask of
+    the patches of :func:`selected_shapes`, or None where the question names no shape or none
+    of the named shapes is present."""
+    out = []
+    for item in items:
+        qas = item.qas if isinstance(item, Packed) else [(item.task, item.question, item.answer)]
+        idx = patch_shape_index(item.scene)
+        for _, question, _ in qas:
+            chosen = selected_shapes(item.scene, question)
+            mask = np.isin(idx, [i + 1 for i in chosen]) if chosen else None
+            out.append(mask if mask is not None and mask.any() else None)
+    return out
+
+
+class SelectionHead(torch.nn.Module):
+    """Training-only bilinear scorer: from decoder hidden states, the last question token scores
+    every visual token; trained (``select_weight``) to put its softmax mass on the patches of
+    the shapes the question names. It shapes the hidden states so that question words and
+    patch content meet in a low-rank space; no attention map is supervised directly."""
+
+    def __init__(self, hidden: int, dim: int = 64):
+        super().__init__()
+        self.q = torch.nn.Linear(hidden, dim)
+        self.k = torch.nn.Linear(hidden, dim)
+        self.scale = dim ** -0.5
+
+    def loss(self, hidden, spans, masks, n_image: int) -> torch.Tensor | None:
+        """Mean ``-log`` softmax mass on the target patches over questions with a mask.
+
+        ``hidden`` ``[B, L, D]``; ``spans`` from :func:`encode_batch` (the query is the token
+        before each answer); visual tokens are positions ``1 .. n_image``."""
+        picked = [(row, lo - 1, m) for (row, _, lo, _), m in zip(spans, masks) if m is not None]
+        if not picked:
+            return None
+        h = torch.nn.functional.layer_norm(hidden.float(), hidden.shape[-1:])
+        rows = torch.tensor([r for r, _, _ in picked])
+        pos = torch.tensor([p for _, p, _ in picked])
+        q = self.q(h[rows, pos])  # [S, d]
+        k = self.k(h[rows, 1:1 + n_image])  # [S, N, d]
+        scores = torch.einsum("sd,snd->sn", q, k) * self.scale
+        target = torch.from_numpy(np.stack([m for _, _, m in picked]))
+        hit = scores.masked_fill(~target, float("-inf")).logsumexp(-1)
+        return (scores.logsumexp(-1) - hit).mean()
 
 
 def init_sincos_positions(model, scale: float = 0.4, temperature: float = 100.0) -> None:
@@ -326,11 +394,12 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
           vision_lr: float | None = 2e-3, vision_batch_size: int | None = None,
           vision_scene_aux_scale: float | None = 0.5,
           task_loss_weights: dict[str, float] | None = None, qa_vision_lr_scale: float = 1.0,
-          curriculum: float = 0.0, paraphrase_p: float = 0.0):
+          curriculum: float = 0.0, paraphrase_p: float = 0.0, select_weight: float = 0.5,
+          select_layer: int = 1):
     """Train a scene model and save it (model + processor) to ``out``. Returns the model.
 
-    ``aux_targets``: ``"scene"`` supervises every target of :data:`AUX_TARGETS`, ``"class"``
-    only the patch content; the scene targets' losses are scaled by ``scene_aux_scale``
+    ``aux_targets``: ``"scene"`` supervises the targets of :data:`AUX_PRESETS` ``["scene"]``,
+    ``"class"`` only the patch content; the scene targets' losses are scaled by ``scene_aux_scale``
     relative to the content loss. ``train_attn``: attention kernel used while training (``"eager"``
     is faster than SDPA for these short sequences on CPU); the saved config uses SDPA.
 
@@ -355,6 +424,12 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
 
     ``paraphrase_p``: chance that a colour-selecting counting or attribute question is asked in
     :func:`paraphrase`'s training-only wording (0 = off).
+
+    ``select_weight``: weight of the :class:`SelectionHead` loss on decoder hidden state
+    ``select_layer`` (0 = off). With it the language model learns to look up shapes by colour
+    as well as by kind; without it, it learned kind only (docs/scenes.md, runs R-U).
+
+    ``aux_targets``: also ``"scene+colour"`` (the scene targets plus a full-weight colour one).
     """
     if qa_vision_lr_scale < 0:
         raise ValueError(f"qa_vision_lr_scale must be >= 0, got {qa_vision_lr_scale}")
@@ -371,13 +446,20 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
     n_image = model.config.image_seq_length
     # auxiliary per-patch classifiers on the projected visual tokens (training only, not saved)
     hidden = model.config.text_config.hidden_size
-    names = list(AUX_TARGETS) if aux_targets == "scene" else ["class"]
+    if aux_targets not in AUX_PRESETS:
+        raise ValueError(f"unknown aux_targets {aux_targets!r}; valid: {sorted(AUX_PRESETS)}")
+    names = list(AUX_PRESETS[aux_targets])
     widths = [AUX_TARGETS[n] for n in names]
     aux_head = torch.nn.Linear(hidden, sum(widths))
     captured = {}
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("visual", out))
-    params = list(model.parameters()) + list(aux_head.parameters())
+    select_head = SelectionHead(hidden) if select_weight > 0 else None
+    if select_head is not None and not 0 <= select_layer <= model.config.text_config.num_hidden_layers:
+        raise ValueError(f"select_layer must be in [0, {model.config.text_config.num_hidden_layers}]"
+                         f", got {select_layer}")
+    params = (list(model.parameters()) + list(aux_head.parameters())
+              + (list(select_head.parameters()) if select_head is not None else []))
     mixer = TaskMixer(seed, max_qa=max_qa, tries=qa_tries, paraphrase_p=paraphrase_p)
     t0 = time.time()
 
@@ -415,7 +497,7 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
             p.requires_grad_(False)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    ema_loss, ema_aux, ema_acc = None, None, {t: None for t in TASKS}
+    ema_loss, ema_aux, ema_sel, ema_acc = None, None, None, {t: None for t in TASKS}
     bar = tqdm(range(steps), desc="train", dynamic_ncols=True, mininterval=10)
     done = 0
     history = []
@@ -433,7 +515,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
         ids, mask, labels, spans = encode_batch(examples, tok, n_image)
         pixels = pixel_tensor([ex.image for ex in examples])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out_ = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+            out_ = model(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                         output_hidden_states=select_head is not None)
         logits = out_.logits[:, :-1].float()
         target = labels[:, 1:]
         if task_loss_weights:
@@ -452,6 +535,12 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
         if aux_weight > 0:
             aux, _ = aux_loss(examples, scene_aux_scale)
             total = loss + aux_weight * aux
+        sel = None
+        if select_head is not None:
+            sel = select_head.loss(out_.hidden_states[select_layer], spans,
+                                   selection_masks(examples), n_image)
+            if sel is not None:
+                total = total + select_weight * sel
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -467,14 +556,18 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         if aux_weight > 0:
             ema_aux = aux.item() if ema_aux is None else 0.95 * ema_aux + 0.05 * aux.item()
+        if sel is not None:
+            ema_sel = sel.item() if ema_sel is None else 0.95 * ema_sel + 0.05 * sel.item()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{ema_loss:.3f}", aux=f"{ema_aux or 0:.3f}",
                             **{t[:4]: f"{a:.2f}" for t, a in ema_acc.items() if a is not None})
         if step % log_every == 0 or step == steps - 1:
             accs = {t: round(a, 3) for t, a in ema_acc.items() if a is not None}
             history.append({"step": step, "s": round(time.time() - t0), "loss": round(ema_loss, 4),
-                            "aux": round(ema_aux or 0, 4), "tf_acc": accs})
-            tqdm.write(f"step {step} loss {ema_loss:.4f} aux {ema_aux or 0:.4f} tf-acc "
+                            "aux": round(ema_aux or 0, 4), "tf_acc": accs,
+                            **({"select": round(ema_sel, 4)} if ema_sel is not None else {})})
+            tqdm.write(f"step {step} loss {ema_loss:.4f} aux {ema_aux or 0:.4f} "
+                       + (f"select {ema_sel:.4f} " if ema_sel is not None else "") + "tf-acc "
                        + json.dumps(accs) + f" {time.time() - t0:.0f}s")
     bar.close()
     hook.remove()
@@ -494,7 +587,8 @@ def train(steps: int = 4000, out: str | Path = "vtp_compile/assets/scene_llava",
             "max_qa": max_qa, "qa_tries": qa_tries, "time_limit_min": time_limit_min,
             "vision_warmup": vision_meta, "task_loss_weights": task_loss_weights,
             "qa_vision_lr_scale": qa_vision_lr_scale, "curriculum": curriculum,
-            "paraphrase_p": paraphrase_p,
+            "paraphrase_p": paraphrase_p, "select_weight": select_weight,
+            "select_layer": select_layer,
             "threads": threads,
             "wall_s": round(wall, 1), "steps_per_s": round(done / wall, 3),
             "size": size_dict(size),
@@ -520,9 +614,10 @@ def main(argv=None) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in plain fp32")
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the auxiliary per-patch losses (0 disables them)")
-    p.add_argument("--aux-targets", choices=["scene", "class"], default="scene",
+    p.add_argument("--aux-targets", choices=sorted(AUX_PRESETS), default="scene",
                    help="per-patch targets: 'scene' = content + the shape's grid cell, "
-                        "left-to-right rank and colour/kind counts; 'class' = content only")
+                        "left-to-right rank and colour/kind counts; 'scene+colour' adds the "
+                        "shape's colour as a full-weight target; 'class' = content only")
     p.add_argument("--scene-aux-scale", type=float, default=0.2,
                    help="weight of each scene target's loss relative to the content loss")
     p.add_argument("--no-sincos-pos", action="store_true",
@@ -558,6 +653,12 @@ def main(argv=None) -> None:
     p.add_argument("--paraphrase", type=float, default=0.0,
                    help="chance that a colour-selecting question is asked in the training-only "
                         "wording with the colour right before '?' (0: off)")
+    p.add_argument("--select-weight", type=float, default=0.5,
+                   help="weight of the training-only selection head's loss: from decoder "
+                        "hidden states, the last question token must score the patches of the "
+                        "shapes the question names highest (0: off)")
+    p.add_argument("--select-layer", type=int, default=1,
+                   help="decoder hidden state the selection head reads (0: its input)")
     p.add_argument("--log-every", type=int, default=100, help="log / history interval (steps)")
     a = p.parse_args(argv)
     train(steps=a.steps, out=a.out, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
@@ -571,7 +672,8 @@ def main(argv=None) -> None:
           vision_scene_aux_scale=a.vision_scene_aux_scale, log_every=a.log_every,
           task_loss_weights=parse_task_weights(a.task_loss_weights),
           qa_vision_lr_scale=a.qa_vision_lr_scale, curriculum=a.curriculum,
-          paraphrase_p=a.paraphrase)
+          paraphrase_p=a.paraphrase, select_weight=a.select_weight,
+          select_layer=a.select_layer)
 
 
 def parse_task_weights(text: str) -> dict[str, float] | None:
