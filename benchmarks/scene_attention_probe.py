@@ -27,7 +27,7 @@ import torch
 from vtp_compile.scenes import load_scene_model
 from vtp_compile.scenes.generator import COLOURS
 from vtp_compile.scenes.tasks import make_dataset
-from vtp_compile.scenes.train import patch_shape_index
+from vtp_compile.scenes.targets import patch_shape_index
 
 
 def probe(model, processor, examples) -> dict[tuple[str, int], np.ndarray]:

@@ -68,7 +68,7 @@ def test_grid_index_bands():
 
 def test_label_map_marks_each_shape():
     from vtp_compile.scenes.generator import label_map
-    from vtp_compile.scenes.train import N_PATCH_CLASSES, patch_labels
+    from vtp_compile.scenes.targets import N_PATCH_CLASSES, patch_labels
     from vtp_compile.scenes.tasks import make_dataset
     image, scene = generate_scene(11, n_shapes=5)
     lm = label_map(scene)
@@ -83,8 +83,8 @@ def test_label_map_marks_each_shape():
 
 def test_patch_targets_describe_each_shape():
     import torch
-    from vtp_compile.scenes.train import (AUX_TARGETS, patch_shape_index, patch_labels,
-                                          patch_targets)
+    from vtp_compile.scenes.targets import (AUX_TARGETS, patch_shape_index, patch_labels,
+                                            patch_targets)
     from vtp_compile.scenes.tasks import make_dataset
     exs = make_dataset("ordered", 4, seed=0)
     t = patch_targets(exs)

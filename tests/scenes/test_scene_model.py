@@ -10,7 +10,8 @@ from vtp_compile.scenes.generator import COLOURS
 from vtp_compile.scenes.model import (PATCH_SIZE, SceneModelSize, build_model, build_processor,
                                       build_tokenizer, size_dict)
 from vtp_compile.scenes.tasks import vocabulary
-from vtp_compile.scenes.train import (CURRICULUM_START, MAX_SHAPES, TaskMixer, curriculum_cap,
+from vtp_compile.scenes.targets import MAX_SHAPES
+from vtp_compile.scenes.train import (CURRICULUM_START, TaskMixer, curriculum_cap,
                                       encode_batch, init_sincos_positions, paraphrase,
                                       parse_task_weights, pixel_tensor, train)
 

@@ -1,4 +1,4 @@
-"""Training-only targets of the scene model: the selection head and the colour aux target."""
+"""Training-only targets of the scene model: the selection head and the colour target."""
 import json
 
 import numpy as np
@@ -9,9 +9,9 @@ from safetensors import safe_open
 from vtp_compile.scenes.generator import KINDS
 from vtp_compile.scenes.model import PATCH_SIZE, SceneModelSize, build_processor
 from vtp_compile.scenes.tasks import make_dataset
-from vtp_compile.scenes.train import (AUX_PRESETS, SelectionHead, TaskMixer, encode_batch,
-                                      patch_shape_index, patch_targets, selected_shapes,
-                                      selection_masks, train)
+from vtp_compile.scenes.targets import (AUX_PRESETS, SelectionHead, patch_shape_index,
+                                        patch_targets, selected_shapes, selection_masks)
+from vtp_compile.scenes.train import TaskMixer, encode_batch, qas_of, train
 
 TINY = SceneModelSize(vision_hidden=32, vision_layers=2, vision_heads=2, vision_mlp=64,
                       text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=64)
@@ -50,7 +50,7 @@ def test_ordered_questions_select_nothing():
 def test_selection_masks_follow_span_order_and_cover_the_named_patches():
     items = TaskMixer(0).batch(6)
     _, _, _, spans = encode_batch(items, build_processor().tokenizer, N_VISUAL)
-    masks = selection_masks(items)
+    masks = selection_masks([(it.scene, [q for _, q, _ in qas_of(it)]) for it in items])
     assert len(masks) == len(spans)
     k = 0
     for item in items:
