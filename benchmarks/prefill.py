@@ -29,6 +29,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import vtp_compile
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 def model_spec(args) -> TinySpec:
@@ -56,8 +57,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch._dynamo.config.capture_scalar_outputs = True      # one prefill graph per config
-    torch._dynamo.config.recompile_limit = 64                # all configs share one code object
+    vtp_compile.configure_dynamo()   # one prefill graph per config; all configs share one code object
     from vtp_compile.passes.manager import REPORTS
 
     t_start = time.perf_counter()

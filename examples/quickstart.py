@@ -22,6 +22,7 @@ import time
 
 import torch
 
+import vtp_compile
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 # a small LLaVA: CLIP tower on 64x64 images with 8x8 patches -> 64 visual tokens
@@ -53,7 +54,8 @@ def median_prefill_seconds(models: dict, inputs: dict, runs: int) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--method", default="fastv", help="fastv | random | divprune")
+    ap.add_argument("--method", default="fastv",
+                    help=f"one of {', '.join(vtp_compile.available_methods())}")
     ap.add_argument("--budget", type=int, default=16, help="visual tokens kept (of 64)")
     ap.add_argument("--layer", type=int, default=2, help="FastV: prune before this decoder layer")
     ap.add_argument("--new-tokens", type=int, default=8)
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     start = time.perf_counter()
 
-    torch._dynamo.config.capture_scalar_outputs = True   # one prefill graph, no break at .item()
+    vtp_compile.configure_dynamo()   # one prefill graph, no break at .item(); recompile limit 64
     from vtp_compile.passes.manager import REPORTS
 
     base = tiny_llava(SPEC)

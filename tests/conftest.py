@@ -1,14 +1,24 @@
 import pytest
 import torch
 
+from .helpers import CASES
+
 torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
-    old = torch._dynamo.config.capture_scalar_outputs
+    old = torch._dynamo.config.capture_scalar_outputs, torch._dynamo.config.recompile_limit
     torch._dynamo.config.capture_scalar_outputs = True
+    torch._dynamo.config.recompile_limit = 64
     yield
-    torch._dynamo.config.capture_scalar_outputs = old
+    torch._dynamo.config.capture_scalar_outputs, torch._dynamo.config.recompile_limit = old
     torch._dynamo.reset()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print how many generated inputs were checked, by kind (README: Tests)."""
+    if CASES:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))
+        terminalreporter.write_line(f"vtp generated cases checked: {sum(CASES.values())} ({parts})")

@@ -1,10 +1,22 @@
 """Shared test helpers: compile a tiny model with vtp and compare against the oracle."""
 from __future__ import annotations
 
+import collections
+
 import torch
 
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_generate
+
+
+# generated cases checked against an oracle or the unpruned model, by kind; printed at the end
+# of the run (tests/conftest.py)
+CASES: collections.Counter = collections.Counter()
+
+
+def record_case(kind: str, n: int = 1) -> None:
+    """Count ``n`` checked inputs of ``kind`` (e.g. "forward/inductor")."""
+    CASES[kind] += n
 
 
 def options(method, budget=None, ratio=None, layer=None, inner="eager", **params):
@@ -49,6 +61,7 @@ def assert_keep_all_is_identity(model, inputs, method, n_visual, **params):
         torch._dynamo.reset()
         got = compiled_logits(model, inputs, options(method, **keep, **params))
         torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+        record_case("keep-all")
 
 
 def assert_tokens_match(got, want, margins, tol=1e-3):
@@ -61,9 +74,23 @@ def assert_tokens_match(got, want, margins, tol=1e-3):
                 break
 
 
+def assert_cache_holds(cache, inputs, removed, generated):
+    """Every layer's cache has one width; row ``b``'s live (unmarked) columns are its real
+    prompt tokens minus ``removed[b]`` (an int: every row) plus ``generated`` cached tokens."""
+    from vtp_compile.kernels.cache import dead_columns
+
+    assert len({lyr.keys.shape[-2] for lyr in cache.layers}) == 1
+    real = inputs["attention_mask"].sum(1).tolist()
+    removed = [removed] * len(real) if isinstance(removed, int) else removed
+    for lyr in cache.layers:
+        comp, _ = dead_columns(lyr.values)
+        live = (~comp).sum(1).tolist()
+        assert live == [r - x + generated for r, x in zip(real, removed)], (live, real, removed)
+
+
 def last_report():
     return REPORTS[-1]
 
 
-__all__ = ["assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+__all__ = ["CASES", "record_case", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
            "assert_tokens_match", "valid", "last_report"]

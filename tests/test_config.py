@@ -21,7 +21,9 @@ def test_defaults_for_every_method():
     ({"budget": 4, "ratio": 0.5}, "not both"),
     ({"ratio": 0}, r"\(0, 1\]"),
     ({"ratio": 1.5}, r"\(0, 1\]"),
-    ({"inner_backend": "tvm"}, "inductor"),
+    ({"inner_backend": "nope"}, "inductor"),
+    ({"mode": "fast"}, "reduce-overhead"),
+    ({"mode": "max-autotune", "inner_backend": "eager"}, "needs inner_backend"),
     ({"layer": 0}, "layer"),
     ({"method": "random", "layer": 2}, "valid options"),
 ])

@@ -8,7 +8,27 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["PruneConfig", "attach", "detach", "explain", "available_methods", "__version__"]
+__all__ = ["PruneConfig", "OptionError", "attach", "detach", "explain", "available_methods",
+           "configure_dynamo", "__version__"]
+
+
+def configure_dynamo(recompile_limit: int = 64, capture_scalar_outputs: bool = True) -> dict:
+    """Set the two Dynamo options a pruned VLM needs; returns the previous values.
+
+    * ``capture_scalar_outputs``: transformers' placeholder-count check calls ``.item()``;
+      without it Dynamo splits the prefill there and prints a graph-break warning.
+    * ``recompile_limit``: prefill/decode x padded/unpadded x static/dynamic graphs exceed
+      Dynamo's default of 8, after which it silently runs the model eagerly, unpruned.
+
+    Process-wide (these are ``torch._dynamo.config`` settings); undo with
+    ``configure_dynamo(**previous)``.
+    """
+    import torch._dynamo
+    cfg = torch._dynamo.config
+    old = {"recompile_limit": cfg.recompile_limit, "capture_scalar_outputs": cfg.capture_scalar_outputs}
+    cfg.recompile_limit = recompile_limit
+    cfg.capture_scalar_outputs = capture_scalar_outputs
+    return old
 
 
 def explain(model, inputs, options=None):
@@ -31,6 +51,9 @@ def detach(model):
 
 
 def __getattr__(name):  # lazy: keep `import vtp_compile` cheap
+    if name == "OptionError":
+        from .errors import OptionError
+        return OptionError
     if name == "PruneConfig":
         from .config import PruneConfig
         return PruneConfig

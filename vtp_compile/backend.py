@@ -10,6 +10,7 @@ import torch.fx as fx
 
 from . import kernels  # noqa: F401  (registers torch.ops.vtp)
 from .config import PruneConfig
+from .errors import OptionError
 from .graph.fx_utils import Unsupported
 from .passes.manager import REPORTS, GraphReport, PassManager, lower
 
@@ -25,15 +26,20 @@ if _env_level:
 
 def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
     """Entry point registered as ``backend="vtp"`` (see ``pyproject.toml``)."""
-    options = kwargs.get("options")
+    options = dict(kwargs.get("options") or {})
     if kwargs.get("mode") not in (None, "default"):
-        raise ValueError(f"vtp: mode={kwargs['mode']!r} is not supported; pass options instead")
-    cfg = PruneConfig.from_options(options)
+        # torch.compile(model, backend="vtp", mode=...) without options: the same as options["mode"]
+        options.setdefault("mode", kwargs["mode"])
     try:
+        cfg = PruneConfig.from_options(options)
         gm, report = PassManager(cfg)(gm, example_inputs)
     except Unsupported as why:
         log.info("vtp: graph left unpruned: %s", why)
         report = GraphReport("unrecognised", skipped=str(why))
+    except OptionError:
+        raise
+    except ValueError as e:     # a method's own check: the same promise as a bad option
+        raise OptionError(str(e)) from e
     REPORTS.append(report)
     _warn_recompile_limit()
     return lower(gm, example_inputs, cfg)
@@ -49,7 +55,8 @@ def _warn_recompile_limit() -> None:
         _warned_limit = True
         log.warning("vtp: torch._dynamo.config.recompile_limit is %d; prefill/decode x padded/"
                     "unpadded x static/dynamic graphs can exceed it, after which Dynamo runs "
-                    "the model eagerly and unpruned. Set it to 64.", limit)
+                    "the model eagerly and unpruned. Call vtp_compile.configure_dynamo() (or set "
+                    "it to 64).", limit)
 
 
 def register_if_needed() -> None:

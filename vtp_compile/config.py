@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Union
 
-INNER_BACKENDS = ("inductor", "eager", "aot_eager")
-COMMON_KEYS = ("method", "budget", "ratio", "inner_backend", "inductor")
+from .errors import OptionError
+
+COMMON_KEYS = ("method", "budget", "ratio", "mode", "inner_backend", "inductor")
+# torch.compile's modes (it refuses `mode` together with `options`, so vtp takes it as an option)
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_RATIO = Fraction(1, 9)
 
 
@@ -36,8 +39,9 @@ class PruneConfig:
     method: str
     keep: KeepRule
     params: Mapping[str, Any]
-    inner_backend: str = "inductor"
+    inner_backend: Union[str, Callable] = "inductor"
     inductor: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    mode: str = "default"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "PruneConfig":
@@ -47,38 +51,55 @@ class PruneConfig:
         opts = dict(options or {})
         name = opts.pop("method", "fastv")
         if not isinstance(name, str):
-            raise ValueError(f"vtp: 'method' must be a string, one of {method_names()}")
+            raise OptionError(f"vtp: 'method' must be a string, one of {method_names()}")
         method = get_method(name)
         budget = opts.pop("budget", None)
         ratio = opts.pop("ratio", None)
-        inner = opts.pop("inner_backend", "inductor")
+        inner = _inner_backend(opts.pop("inner_backend", "inductor"))
         inductor = opts.pop("inductor", {}) or {}
-        if inner not in INNER_BACKENDS:
-            raise ValueError(f"vtp: unknown inner_backend {inner!r}; valid: {list(INNER_BACKENDS)}")
+        mode = opts.pop("mode", None) or "default"
         if not isinstance(inductor, Mapping):
-            raise ValueError("vtp: 'inductor' must be a dict of Inductor config patches")
+            raise OptionError("vtp: 'inductor' must be a dict of Inductor config patches")
+        if mode not in MODES:
+            raise OptionError(f"vtp: unknown mode {mode!r}; valid: {list(MODES)}")
+        if mode != "default" and inner != "inductor":
+            raise OptionError(f"vtp: mode {mode!r} is an Inductor mode; it needs inner_backend "
+                              f"'inductor', got {inner!r}")
         keep = _keep_rule(budget, ratio)
         params = dict(method.defaults)
         unknown = [k for k in opts if k not in params]
         if unknown:
-            raise ValueError(
+            raise OptionError(
                 f"vtp: unknown option(s) {sorted(unknown)} for method {method.name!r}; valid "
                 f"options: {sorted(list(COMMON_KEYS) + list(params))}")
         params.update(opts)
         method.validate(params)
         return cls(method=method.name, keep=keep, params=params, inner_backend=inner,
-                   inductor=dict(inductor))
+                   inductor=dict(inductor), mode=mode)
+
+
+def _inner_backend(inner):
+    """``inner_backend``: a registered torch.compile backend name or a callable
+    ``(gm, example_inputs) -> callable`` (e.g. the backend an existing pipeline compiles with)."""
+    if callable(inner):
+        return inner
+    from torch._dynamo import list_backends
+    valid = sorted(set(list_backends(exclude_tags=())) | {"eager", "aot_eager", "inductor"} - {"vtp"})
+    if not isinstance(inner, str) or inner not in valid:
+        raise OptionError(f"vtp: unknown inner_backend {inner!r}; valid: a callable "
+                          f"(gm, example_inputs) -> callable, or one of {valid}")
+    return inner
 
 
 def _keep_rule(budget, ratio) -> KeepRule:
     if budget is not None and ratio is not None:
-        raise ValueError("vtp: give either 'budget' (tokens kept) or 'ratio' (fraction kept), not both")
+        raise OptionError("vtp: give either 'budget' (tokens kept) or 'ratio' (fraction kept), not both")
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"vtp: 'budget' must be a positive int (visual tokens kept), got {budget!r}")
+            raise OptionError(f"vtp: 'budget' must be a positive int (visual tokens kept), got {budget!r}")
         return KeepRule(budget=budget)
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float, Fraction)) or not 0 < ratio <= 1:
-            raise ValueError(f"vtp: 'ratio' must be a number in (0, 1], got {ratio!r}")
+            raise OptionError(f"vtp: 'ratio' must be a number in (0, 1], got {ratio!r}")
         return KeepRule(ratio=Fraction(ratio).limit_denominator(10_000))
     return KeepRule(ratio=DEFAULT_RATIO)

@@ -22,7 +22,7 @@ class ExplainedSite:
     flops_saved: int
     flops_total: int
     kv_bytes_saved: int
-    kept_visual_index: torch.Tensor   # [B, kept]: indices into each sample's visual tokens
+    kept_visual_index: torch.Tensor   # [B, kept]: indices into each row's visual tokens (-1: none)
     reserve: int = 0                  # DSTP: kept_visual_index also lists the reserve (sorted)
 
 
@@ -88,28 +88,27 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
 
 
 def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
+    """Per site, ``[B, kept]`` indices into each row's visual tokens (rows with fewer kept
+    tokens are padded with -1)."""
     state = manager.state
     g: fx.Graph = state.visual_mask.graph
-    first_vis = _initial_visual_mask(state)
     out = next(n for n in reversed(g.nodes) if n.op == "output")
-    out.args = ((first_vis, *[idx for _, idx, _ in state.keep_nodes]),)
+    picks = [x for _, idx, live, _ in state.keep_nodes for x in (idx, live)]
+    out.args = ((state.first_visual, *picks),)
     g.eliminate_dead_code()
     gm = fx.GraphModule(out.graph.owning_module, g)
     with torch.no_grad():
-        vis, *idxs = gm(*example_inputs)
+        vis, *flat = gm(*example_inputs)
     results, base = [], None
     rank = vis.long().cumsum(1) - 1          # visual index of each original position
-    for (site, _, _), idx in zip(state.keep_nodes, idxs):
+    for (site, _, _, _), idx, live in zip(state.keep_nodes, flat[0::2], flat[1::2]):
         pos = idx if base is None else torch.gather(base, 1, idx)
         if not isinstance(site, RouteSite):  # later sites index into this compacted sequence
             base = pos
-        is_vis = torch.gather(vis, 1, pos)
+        keep = live & torch.gather(vis, 1, pos)
         vi = torch.gather(rank, 1, pos)
-        results.append(torch.stack([vi[b][is_vis[b]] for b in range(vi.shape[0])]))
+        rows = [vi[b][keep[b]] for b in range(vi.shape[0])]
+        width = max((len(r) for r in rows), default=0)
+        results.append(torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=-1)
+                                    for r in rows]) if rows else torch.zeros(0, 0, dtype=torch.long))
     return results
-
-
-def _initial_visual_mask(state):
-    # the first select_keep's visual-mask argument is the mask on the original sequence
-    _, idx, _ = state.keep_nodes[0]
-    return idx.args[1]

@@ -27,7 +27,8 @@ log = logging.getLogger("vtp_compile")
 class ShiftState:
     visual: torch.Tensor        # [B, P] bool: cache column holds a visual token
     active: torch.Tensor        # [B, P] bool: ... an active one (the rest of the visual: reserve)
-    k: int                      # active tokens per row
+    slot_live: torch.Tensor     # [B, P] bool: cache column holds a kept token (not a dead slot)
+    k: torch.Tensor             # [B] active tokens per row
     tau: float
     fingerprint: torch.Tensor   # [B] float64
     steps: int = 0
@@ -43,15 +44,18 @@ _STEP: dict[str, ShiftState | None] = {}   # what this decode step's lookup foun
 _WARNED: set = set()
 
 
-def fingerprint(keys: torch.Tensor, P: int) -> torch.Tensor:
-    """Per-row sum of layer 0's first ``P`` key columns (``keys`` ``[B, H, S, D]``)."""
-    return keys[:, :, :P].double().sum(dim=(1, 2, 3))
+def fingerprint(keys: torch.Tensor, slot_live: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of layer 0's live key columns among the first ``P`` (``keys``
+    ``[B, H, S, D]``, ``slot_live`` ``[B, P]``; dead slots are cleared in the cache)."""
+    P = slot_live.shape[1]
+    w = slot_live.to(keys.device, torch.float64)[:, None, :, None]
+    return (keys[:, :, :P].double() * w).sum(dim=(1, 2, 3))
 
 
-def begin(key: str, visual: torch.Tensor, active: torch.Tensor, keys0: torch.Tensor, k: int,
-          tau: float) -> None:
-    _STATES[key] = ShiftState(visual.clone(), active.clone(), int(k), float(tau),
-                              fingerprint(keys0, visual.shape[1]))
+def begin(key: str, visual: torch.Tensor, active: torch.Tensor, slot_live: torch.Tensor,
+          keys0: torch.Tensor, k: torch.Tensor, tau: float) -> None:
+    _STATES[key] = ShiftState(visual.clone(), active.clone(), slot_live.clone(), k.clone(),
+                              float(tau), fingerprint(keys0, slot_live))
     _WARNED.discard(key)
 
 
@@ -73,7 +77,7 @@ def _lookup(key: str, keys0: torch.Tensor) -> ShiftState | None:
     st = _STATES.get(key)
     S = keys0.shape[2]
     if st is not None and S >= st.prompt_len:
-        fp = fingerprint(keys0, st.prompt_len)
+        fp = fingerprint(keys0, st.slot_live)
         if fp.shape == st.fingerprint.shape and torch.allclose(
                 fp, st.fingerprint.to(fp.device), rtol=1e-9, atol=1e-9):
             if S <= st.prompt_len:

@@ -1,4 +1,18 @@
-"""Sites: where a method acts. Methods return sites (policy); passes apply them (mechanism)."""
+"""Sites: where a method acts. Methods return sites (policy); passes apply them (mechanism).
+
+Score and merge callables are traced into the graph, so they must be plain torch code or
+``torch.ops`` calls. They receive one ``dict`` of tensors (a method reads what it needs):
+
+* ``hidden`` ``[B, L, D]``: the hidden state entering the site (the spliced embedding at an
+  encoder site);
+* ``visual_mask`` / ``live`` ``[B, L]`` bool: visual positions; real tokens (not padding, not a
+  dead slot of an earlier site);
+* ``qpos`` ``[B]``: each row's last live position (its last token, whichever side is padded);
+* ``n_keep`` ``[B]`` int64: visual tokens each row keeps (rows may differ in visual count).
+
+A score returns ``[B, L]`` floats; each row keeps its top ``n_keep`` visual positions (ties:
+lower position first).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,40 +25,38 @@ from .config import KeepRule
 class LayerSite:
     """Prune between decoder layers ``layer - 1`` and ``layer``.
 
-    ``score(q, k, key_mask, scale, hidden, visual_mask, n_visual, n_keep) -> [B, L]`` gets layer
-    ``layer - 1``'s attention inputs (q/k after RoPE, the last query row of its mask or None,
-    the softmax scale), the hidden state entering ``layer``, the visual-token mask, the visual
-    tokens per row and the number to keep; the top ``n_keep`` visual tokens by score survive.
-    ``merge`` (optional) runs before removal: ``merge(hidden, visual_mask, keep_mask) -> hidden``
-    may rewrite the kept tokens (e.g. fold removed tokens into them).
-    Both are traced into the graph, so they must be plain torch code or ``torch.ops`` calls.
+    ``score(x)`` gets, besides the common keys, layer ``layer - 1``'s attention inputs: ``q``
+    ``[B, H, 1, D]`` (each row's last live query, after RoPE), ``k`` ``[B, Hkv, L, D]``,
+    ``key_mask`` ``[B, L]`` (what that query may attend to: bool, or additive float) and
+    ``scale``. ``merge(x)`` (optional) runs before removal with ``hidden``, ``visual_mask``,
+    ``keep_mask`` ``[B, L]`` and ``scores``, and returns the hidden state (e.g. with removed
+    tokens folded into kept ones).
     """
     layer: int
     keep: KeepRule
     score: Callable
     name: str = "layer"
     merge: Callable | None = None
+    method: str = ""          # the method's option name, for messages (default: ``name``)
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSite:
-    """Select visual tokens on the spliced features, before the first decoder layer.
+    """Select visual tokens on the spliced embedding, before the first decoder layer.
 
-    ``score(features [B, V, D], n_keep, hidden [B, L, D], visual_mask [B, L]) -> [B, V]``: the
-    top ``n_keep`` survive (``hidden`` is the spliced input embedding, text included).
-    ``merge`` as for :class:`LayerSite`, on the spliced embedding.
+    ``score(x)`` gets the common keys (``hidden`` is the spliced input embedding, so the visual
+    positions hold the projected visual features). ``merge`` as for :class:`LayerSite`.
 
     ``context=True``: the site reads the vision tower's internals (see
-    :mod:`vtp_compile.vision_context`); both callables get one more argument,
-    ``ctx = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w)``,
-    and ``merge`` also gets the ``[B, L]`` selection scores:
-    ``merge(hidden, visual_mask, keep_mask, scores, ctx)``.
+    :mod:`vtp_compile.vision_context`); both callables get ``x["ctx"] = (cls_attn [n_img, N],
+    upper [n_img, N, Dv], grid_h, grid_w)``.
     """
     keep: KeepRule
     score: Callable
     name: str = "encoder"
     merge: Callable | None = None
     context: bool = False
+    method: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +80,18 @@ class RouteSite:
     others skip it unchanged; both streams are reintegrated before the next layer (ALVTS).
 
     ``build(wq, wk, w_norm, heads, kv_heads, calib) -> selector`` runs once at compile time on
-    the layer's own weights (``calib``: a list of ``(hidden [B, L, D], visual_mask, n_keep)``
-    from the example inputs, possibly empty) and returns a tuple of tensors;
-    ``score(hidden, visual_mask, *selector) -> [B, L]`` is traced into the graph.
+    the layer's own weights (``calib``: a list of ``(hidden [B, L, D], visual_mask, qpos,
+    n_keep)`` from the example inputs, possibly empty) and returns a tuple of tensors;
+    ``score(hidden, visual_mask, qpos, *selector) -> [B, L]`` is traced into the graph.
     """
     layer: int
     keep: KeepRule
     build: Callable
     score: Callable
     name: str = "route"
+    method: str = ""
+
+
+def method_of(site) -> str:
+    """The option name of the method a site belongs to."""
+    return site.method or site.name

@@ -1,14 +1,16 @@
-"""Property tests: compiled pruning == the independent eager oracle, over generated configs."""
+"""Property tests: compiled pruning == the independent eager oracle, over generated configs and
+prompt batches (lengths, padding side and amount, images per row including text-only rows)."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import (assert_keep_all_is_identity, compiled_logits, last_report,
-                       options, oracle_logits, oracle_spec, valid)
+from ..helpers import (assert_keep_all_is_identity, compiled_logits, last_report, options,
+                       oracle_logits, oracle_spec, record_case, valid)
+from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
 
-SETTINGS = dict(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @st.composite
@@ -24,55 +26,44 @@ def method_params(draw, method, spec):
         if site == "layer":
             p["layer"] = draw(st.integers(1, spec.layers - 1))
         return p
+    if method == "random":
+        return {"seed": draw(st.sampled_from([0, 7]))}
     return {}
 
 
 @st.composite
 def cases(draw, methods=("fastv", "random", "divprune", "acgr")):
-    kv = draw(st.sampled_from([1, 2, 4]))
-    heads = kv * draw(st.sampled_from([1, 2]))
-    head_dim = draw(st.sampled_from([8, 16]))
-    spec = TinySpec(hidden=heads * head_dim, heads=heads, kv_heads=kv,
-                    layers=draw(st.integers(2, 4)), image_size=draw(st.sampled_from([16, 24, 32])),
-                    seed=draw(st.integers(0, 50)))
-    batch = draw(st.integers(1, 3))
-    images = draw(st.sampled_from([1, 1, 2]))
-    pad = tuple(draw(st.lists(st.integers(0, 3), min_size=batch, max_size=batch)))
-    inputs = dict(batch=batch, prefix=draw(st.integers(0, 5)), suffix=draw(st.integers(1, 5)),
-                  images=images, pad=pad, seed=draw(st.integers(0, 99)),
-                  tiles=draw(st.sampled_from([None, 2, 3])))
+    spec = draw(tiny_specs())
+    batch = draw(prompt_batches())
     method = draw(st.sampled_from(methods))
-    V = spec.visual_tokens * images
-    if draw(st.booleans()):
-        keep = {"budget": draw(st.sampled_from([1, 2, V // 3 + 1, V - 1, V, V + 5]))}
-    else:
-        keep = {"ratio": draw(st.sampled_from([0.05, 0.11, 0.25, 0.5, 1.0]))}
-    return spec, inputs, method, keep, draw(method_params(method, spec))
+    return spec, batch, method, draw(keeps(spec.visual_tokens)), draw(method_params(method, spec))
 
 
 @settings(**SETTINGS)
 @given(cases())
 def test_compiled_equals_oracle(case):
-    spec, inp_kw, method, keep, params = case
+    spec, batch, method, keep, params = case
     torch._dynamo.reset()
     model = tiny_llava(spec)
-    inputs = make_inputs(spec, **inp_kw)
+    inputs = make_inputs(spec, **batch)
     got = compiled_logits(model, inputs, options(method, **keep, **params))
     want = oracle_logits(model, inputs, oracle_spec(method, **keep, **params))
     assert got.shape == want.shape == (*inputs["input_ids"].shape, spec.vocab)
     torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
+    record_case("forward/eager")
     rep = last_report()
     assert rep.phase == "prefill" and len(rep.sites) == 1
 
 
-@settings(**SETTINGS)
+@settings(**dict(SETTINGS, max_examples=6), phases=NO_SHRINK)
 @given(cases())
 def test_keep_all_is_identity(case):
-    spec, inp_kw, method, _, params = case
+    spec, batch, method, _, params = case
     torch._dynamo.reset()
     model = tiny_llava(spec)
-    inputs = make_inputs(spec, **inp_kw)
-    assert_keep_all_is_identity(model, inputs, method, spec.visual_tokens * inp_kw["images"], **params)
+    inputs = make_inputs(spec, **batch)
+    most = max(r[2] for r in batch["rows"]) * spec.visual_tokens
+    assert_keep_all_is_identity(model, inputs, method, most, **params)
 
 
 @pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr", "dstp", "alvts"])
@@ -86,6 +77,54 @@ def test_text_only_is_untouched(method):
     got = compiled_logits(model, inputs, options(method, budget=2))
     torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)])
     assert last_report().sites == [] and last_report().phase != "prefill"
+    record_case("text-only")
+
+
+def test_right_padded_row_is_pruned_as_if_alone():
+    """Regression: scoring read the pad position's query in right-padded rows."""
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    batch = make_inputs(spec, rows=[(3, 6, 1), (3, 3, 1)], side="right", seed=4)
+    alone = make_inputs(spec, rows=[(3, 3, 1)], seed=4)
+    alone["input_ids"] = batch["input_ids"][1:, :alone["input_ids"].shape[1]]
+    alone["pixel_values"] = batch["pixel_values"][1:]
+    assert int((batch["attention_mask"][1] == 0).sum()) == 3
+    opts = options("fastv", budget=3, layer=1)
+    got = compiled_logits(model, batch, opts)
+    torch._dynamo.reset()
+    ref = compiled_logits(model, alone, opts)
+    n = alone["input_ids"].shape[1]
+    torch.testing.assert_close(got[1, :n], ref[0], atol=2e-5, rtol=1e-4)
+    want = oracle_logits(model, batch, oracle_spec("fastv", budget=3, layer=1))
+    torch.testing.assert_close(got[valid(batch)], want[valid(batch)], atol=2e-5, rtol=1e-4)
+
+
+def test_two_models_in_one_process_share_the_compiled_code():
+    """A second model with another head size recompiles the same code object; Dynamo then
+    makes SDPA's scale a SymFloat graph value, which scoring must take as it is."""
+    for spec in (TinySpec(hidden=64, heads=4), TinySpec(hidden=64, heads=8, kv_heads=4)):
+        model = tiny_llava(spec)
+        inputs = make_inputs(spec, batch=2, pad=(0, 2))
+        got = compiled_logits(model, inputs, options("fastv", budget=3, layer=1))
+        want = oracle_logits(model, inputs, oracle_spec("fastv", budget=3, layer=1))
+        torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
+        assert last_report().sites
+
+
+def test_dynamic_true_is_pruned():
+    """torch.compile(..., dynamic=True) once left the graph unpruned (an .item() on a SymInt)."""
+    spec = TinySpec()
+    model = tiny_llava(spec)
+    with torch.no_grad():
+        model(**make_inputs(spec))
+        fast = torch.compile(model, backend="vtp", dynamic=True,
+                             options=options("fastv", budget=3, layer=1))
+        for suffix in (3, 6):
+            inputs = make_inputs(spec, batch=2, pad=(0, 2), suffix=suffix)
+            got = fast(**inputs).logits
+            want = oracle_logits(model, inputs, oracle_spec("fastv", budget=3, layer=1))
+            torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
+            assert last_report().sites
 
 
 def test_sequence_length_equal_to_hidden_size():

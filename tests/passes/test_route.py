@@ -9,7 +9,7 @@ from vtp_compile.testing import oracle_alvts
 from vtp_compile.testing.oracle import OracleSpec
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import (assert_keep_all_is_identity, assert_tokens_match, compiled_logits,
+from ..helpers import (assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match, compiled_logits,
                        options, valid)
 
 SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
@@ -64,7 +64,7 @@ def test_generate_equals_oracle(case):
     V = spec.visual_tokens
     k = OracleSpec("alvts", layer=layer, **keep).n_keep(V)
     L = inputs["input_ids"].shape[1]
-    assert {lyr.keys.shape[-2] for lyr in out.past_key_values.layers} == {L - V + k + 3}
+    assert_cache_holds(out.past_key_values, inputs, V - k, 3)
 
 
 def test_auto_rank_is_the_smallest_consistent_one():
@@ -80,7 +80,8 @@ def test_auto_rank_is_the_smallest_consistent_one():
     k = 4
     A, B, S = alvts.bilinear_factors(layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
                                      layer.input_layernorm.weight, 2, 1)
-    r = alvts.choose_rank(A, B, S, 32 ** -0.5, [(hs, vis, k)], cap=16, consistency=0.9)
+    qpos = torch.full((hs.shape[0],), hs.shape[1] - 1)
+    r = alvts.choose_rank(A, B, S, 32 ** -0.5, [(hs, vis, qpos, k)], cap=16, consistency=0.9)
 
     def overlap(rank):   # with the oracle's own factors and selector
         fr, scale = oracle_alvts.lowrank(layer, 2, 1, rank)

@@ -100,10 +100,10 @@ def compiled_copy(base_model, method: str, budget: int | float | None = None,
                   compile_unpruned: bool = True):
     """A deep copy of ``base_model`` compiled for ``method`` (and ``budget`` unless 'none')."""
     torch._dynamo.reset()
-    # transformers' output wrapper is one code object for several forwards; with and without
-    # padding, prefill and decode, static and dynamic it needs more than Dynamo's default 8
-    # entries, and past the limit Dynamo silently runs the frame eagerly (unpruned)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # one prefill graph (no .item() graph break) and enough cache entries for prefill/decode x
+    # padded/unpadded x static/dynamic graphs; past the limit Dynamo runs the frame eagerly
+    from .. import configure_dynamo
+    configure_dynamo(max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT))
     model = copy.deepcopy(base_model).eval()
     if method == NONE_METHOD:
         if compile_unpruned:

@@ -71,7 +71,7 @@ def explain_image(model, processor, image: Image.Image, question: str, options: 
     # kept indices are into the image's tokens; a later site (Nüwa's stage 2) sees fewer
     grid = patch_grid(model, inputs["pixel_values"], int(report.sites[0].visual_count))
     for site in report.sites:
-        kept = site.kept_visual_index[sample].tolist()
-        where = f"L{site.layer}" if site.layer is not None else "encoder"
-        panels.append((f"{site.name} {where}: {site.kept}/{site.visual_count}", kept))
+        kept = [i for i in site.kept_visual_index[sample].tolist() if i >= 0]
+        where = f"layer {site.layer}" if site.layer is not None else "encoder"
+        panels.append((f"{site.name} @ {where}: {site.kept}/{site.visual_count}", kept))
     return render_sites(view, grid, panels)

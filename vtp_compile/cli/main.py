@@ -28,10 +28,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``vtp`` argument parser (subcommands ``eval`` and ``show``)."""
-    parser = argparse.ArgumentParser(prog="vtp", description="vtp_compile tools")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="vtp", description="vtp_compile tools", formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="accuracy of pruned vs unpruned generation, per task")
+    ev = sub.add_parser("eval", help="accuracy of pruned vs unpruned generation, per task",
+                        formatter_class=fmt)
     _add_model_args(ev)
     ev.add_argument("--tasks", default="all",
                     help="comma list of scene tasks (or of JSONL 'task' values with --data)")
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-predictions", action="store_true",
                     help="include every generated answer in the JSON")
 
-    sh = sub.add_parser("show", help="draw the visual tokens each pruning site keeps")
+    sh = sub.add_parser("show", help="draw the visual tokens each pruning site keeps",
+                        formatter_class=fmt)
     _add_model_args(sh)
     sh.add_argument("--image", default=None, help="image file (else a scene task example)")
     sh.add_argument("--question", default=None, help="question (required with --image)")
@@ -59,16 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--index", type=int, default=0, help="example index in the held-out range")
     sh.add_argument("--method", default="fastv")
     sh.add_argument("--budget", default="16", help="token count or kept ratio in (0, 1)")
-    sh.add_argument("--out", default="kept_tokens.png", help="PNG to write")
+    sh.add_argument("--out", default="kept_tokens.png", help="PNG to write (relative to the "
+                    "current directory)")
     return parser
 
 
 def _load(args):
     import torch
 
+    from .. import configure_dynamo
     from ..scenes import load_scene_model
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_dynamo()   # one prefill graph per call (no .item() graph-break warnings)
     return load_scene_model(args.model)
 
 
@@ -122,6 +128,8 @@ def cmd_show(args) -> int:
 
     get_explain()  # fail fast, before loading anything
     (budget,) = parse_budgets(args.budget)
+    from ..config import PruneConfig
+    PruneConfig.from_options(prune_options(args.method, budget))   # bad options: before loading
     if args.image:
         if not args.question:
             raise ValueError("--image needs --question")
@@ -132,7 +140,7 @@ def cmd_show(args) -> int:
     model, processor = _load(args)
     sheet = explain_image(model, processor, image, question,
                           prune_options(args.method, budget), args.prompt)
-    print(f"wrote {save_png(sheet, args.out)}")
+    print(f"wrote {save_png(sheet, args.out).resolve()}")
     return 0
 
 

@@ -110,6 +110,22 @@ def insert_after(graph: fx.Graph, anchor: fx.Node):
     return graph.inserting_before(anchor.next)
 
 
+def _KeepScalars(gm, mode):
+    """FakeTensorProp that keeps Dynamo's scalar values (an ``.item()`` re-run would make a
+    fresh unbacked symbol that later ops cannot reason about)."""
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    class Prop(FakeTensorProp):
+        def run_node(self, n):
+            old = n.meta.get("example_value", n.meta.get("val"))
+            if n.op == "call_method" and n.target == "item" and old is not None:
+                n.meta["val"] = old
+                return old
+            return super().run_node(n)
+
+    return Prop(gm, mode)
+
+
 def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
     """Re-run fake propagation so every node's ``example_value`` matches the rewritten graph."""
     from torch._guards import TracingContext
@@ -122,7 +138,7 @@ def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
     # (Dynamo traces in a sibling mode sharing the shape env). Re-fakeifying the real example
     # inputs instead loses dynamic sizes under inference_mode and fails on recompiles.
     mode = ctx.fake_mode
-    prop = FakeTensorProp(gm, mode)
+    prop = _KeepScalars(gm, mode)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     vals = [n.meta.get("example_value", n.meta.get("val")) for n in placeholders]
     if len(vals) != len(example_inputs) or any(v is None for v in vals):

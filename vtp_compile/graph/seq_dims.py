@@ -17,9 +17,10 @@ import torch
 import torch.fx as fx
 
 from .fx_utils import (IDENTITY_METHODS, Unsupported, is_one, is_pointwise, is_sdpa, op_name,
-                       same_size, sdpa_args, tensor_val)
+                       same_size, sdpa_args, tensor_val, val)
 
 SEQ, BATCH = ("<seq>", 0), ("<batch>", 0)
+_SCALARS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
 _SHAPE_METHODS = {"view", "reshape", "expand"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "norm", "prod", "logsumexp"}
 _SAME_SHAPE_DIM = {"softmax", "log_softmax", "cumsum", "cumprod"}
@@ -94,8 +95,8 @@ class SeqDims:
         if out is None:
             if n.op == "call_method" and n.target == "size" or n.target is getattr:
                 return  # sizes are read from the rewritten tensors at run time
-            if isinstance(tensor_val(n), (int, float, bool, torch.SymInt)) and not ins:
-                return
+            if isinstance(val(n), _SCALARS) and all(tensor_val(a).dim() == 0 for a in ins):
+                return  # a scalar from 0-d tensors (e.g. .item() of a dynamic module attribute)
             raise Unsupported(f"non-tensor node {n.format_node()[:120]} in pruned region")
         if not ins:
             return  # constants created in the region (e.g. an empty cache) have no sequence dim

@@ -1,2 +1,6 @@
-"""Token-selection ops: PyTorch references, torch.library registration, Triton kernels."""
-from . import ops  # noqa: F401  (registers torch.ops.vtp.*)
+"""Token-selection ops, one file per op family: a readable PyTorch reference (the CPU kernel),
+the ``torch.library`` registration and a fake implementation for tracing.
+
+Importing this package registers ``torch.ops.vtp.*``; it never imports triton.
+"""
+from . import cache, dcp, divprune, dstp, nuwa, scores, select, vision  # noqa: F401

@@ -21,6 +21,7 @@ import torch
 from ..sites import RouteSite
 from .base import Method, check_int
 from .registry import register
+from ..errors import OptionError
 
 log = logging.getLogger("vtp_compile")
 EPS = 1e-6
@@ -46,11 +47,13 @@ def truncate(A, B, S, r: int, scale: float):
     return (A[..., :r] * root * scale).float(), (B[..., :r] * root).float()
 
 
-def selector_scores(hidden, visual_mask, A, B):
-    """Head-mean softmax over visual tokens of the low-rank logits of the last token, ``[B, L]``."""
+def selector_scores(hidden, visual_mask, qpos, A, B):
+    """Head-mean softmax over visual tokens of the low-rank logits of each row's last token
+    (at ``qpos``), ``[B, L]``."""
     x = hidden.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
-    qa = torch.einsum("bd,hdr->bhr", x[:, -1], A)             # [B, H, r]
+    last = torch.gather(x, 1, qpos.view(-1, 1, 1).expand(x.shape[0], 1, x.shape[-1]))[:, 0]
+    qa = torch.einsum("bd,hdr->bhr", last, A)                 # [B, H, r]
     kb = torch.einsum("bld,hdr->bhlr", x, B)                  # [B, H, L, r]
     logits = torch.einsum("bhr,bhlr->bhl", qa, kb)
     logits = logits.masked_fill(~visual_mask[:, None, :], float("-inf"))
@@ -65,11 +68,11 @@ def choose_rank(A, B, S, scale, calib, cap: int, consistency: float) -> int:
     if not calib:
         return cap
     Af, Bf = truncate(A, B, S, full, scale)
-    exact = [selector_scores(h, m, Af, Bf) for h, m, _ in calib]
+    exact = [selector_scores(h, m, qp, Af, Bf) for h, m, qp, _ in calib]
     for r in range(1, cap + 1):
         Ar, Br = truncate(A, B, S, r, scale)
-        if all(top_overlap(selector_scores(h, m, Ar, Br), ref, m, k) >= consistency
-               for (h, m, k), ref in zip(calib, exact)):
+        if all(top_overlap(selector_scores(h, m, qp, Ar, Br), ref, m, k) >= consistency
+               for (h, m, qp, k), ref in zip(calib, exact)):
             return r
     return cap
 
@@ -106,14 +109,15 @@ class ALVTS(Method):
             check_int(params, "rank", lo=1)
         c = params["consistency"]
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
-            raise ValueError(f"vtp: option 'consistency' must be in (0, 1], got {c!r}")
+            raise OptionError(f"vtp: option 'consistency' must be in (0, 1], got {c!r}")
 
     def sites(self, cfg, num_layers):
         p = cfg.params
         if not 0 <= p["layer"] < num_layers:
-            raise ValueError(f"vtp: layer {p['layer']} is out of range; this model has "
+            raise OptionError(f"vtp: layer {p['layer']} is out of range; this model has "
                              f"{num_layers} decoder layers, so the layer must be in "
                              f"[0, {num_layers - 1}]")
         build = builder(p["rank"], p["rank_cap"], float(p["consistency"]))
-        return [RouteSite(layer=l, keep=cfg.keep, build=build, score=selector_scores, name="alvts")
+        return [RouteSite(layer=l, keep=cfg.keep, build=build, score=selector_scores, name="alvts",
+                          method="alvts")
                 for l in range(p["layer"], num_layers)]

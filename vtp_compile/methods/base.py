@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from ..config import PruneConfig
+from ..errors import OptionError
 
 
 class Method:
@@ -29,4 +30,4 @@ class Method:
 def check_int(params, key, lo=None):
     v = params[key]
     if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-        raise ValueError(f"vtp: option {key!r} must be an int >= {lo}, got {v!r}")
+        raise OptionError(f"vtp: option {key!r} must be an int >= {lo}, got {v!r}")

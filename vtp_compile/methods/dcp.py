@@ -24,6 +24,7 @@ import torch
 from ..sites import EncoderSite, LayerSite
 from .base import Method, check_int
 from .registry import register
+from ..errors import OptionError
 
 ops = torch.ops.vtp
 SITES = ("layer", "encoder")
@@ -39,27 +40,29 @@ def _reselect(features, base, valid, n_keep, tau: float, iters: int, tag: str):
 
 
 def layer_scorer(tau: float, iters: int):
-    def score(q, k, key_mask, scale, hidden, visual_mask, n_visual, n_keep):
-        base = ops.attn_row_scores(q, k, key_mask, scale, -1)
-        return _reselect(hidden, base, visual_mask, torch.sym_min(n_keep, n_visual), tau, iters,
-                         "acgr@layer")
+    def score(x):
+        base = ops.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
+        vis = x["visual_mask"]
+        k = torch.minimum(x["n_keep"], vis.sum(1))
+        return _reselect(x["hidden"], base, vis, k, tau, iters, "acgr@layer")
     return score
 
 
 def encoder_scorer(tau: float, iters: int):
-    def score(features, n_keep, hidden, visual_mask):
-        last = hidden[:, -1:, :].float()                                  # [B, 1, D]
-        logits = (features.float() @ last.transpose(1, 2))[..., 0] * features.shape[-1] ** -0.5
-        base = logits.softmax(-1)                                         # [B, V]
-        valid = torch.ones_like(base, dtype=torch.bool)
-        return _reselect(features, base, valid, torch.sym_min(n_keep, features.shape[1]), tau,
-                         iters, "acgr@encoder")
+    def score(x):
+        hidden, vis = x["hidden"].float(), x["visual_mask"]
+        B, L, D = hidden.shape
+        last = torch.gather(hidden, 1, x["qpos"].view(B, 1, 1).expand(B, 1, D))   # [B, 1, D]
+        logits = (hidden @ last.transpose(1, 2))[..., 0] * D ** -0.5               # [B, L]
+        base = logits.masked_fill(~vis, float("-inf")).softmax(-1).nan_to_num(0.0)
+        k = torch.minimum(x["n_keep"], vis.sum(1))
+        return _reselect(x["hidden"], base, vis, k, tau, iters, "acgr@encoder")
     return score
 
 
 def merger(m: int):
-    def merge(hidden, visual_mask, keep_mask):
-        return ops.anchor_merge(hidden, visual_mask, keep_mask, m)
+    def merge(x):
+        return ops.anchor_merge(x["hidden"], x["visual_mask"], x["keep_mask"], m)
     return merge
 
 
@@ -73,15 +76,15 @@ class DCPPrune(Method):
 
     def validate(self, params):
         if params["site"] not in SITES:
-            raise ValueError(f"vtp: option 'site' must be one of {SITES}, got {params['site']!r}")
+            raise OptionError(f"vtp: option 'site' must be one of {SITES}, got {params['site']!r}")
         check_int(params, "layer", lo=1)
         check_int(params, "m", lo=1)
         check_int(params, "iters", lo=0)
         tau = params["tau"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
-            raise ValueError(f"vtp: option 'tau' must be a number >= 0, got {tau!r}")
+            raise OptionError(f"vtp: option 'tau' must be a number >= 0, got {tau!r}")
         if not isinstance(params["merge"], bool):
-            raise ValueError(f"vtp: option 'merge' must be True or False, got {params['merge']!r}")
+            raise OptionError(f"vtp: option 'merge' must be True or False, got {params['merge']!r}")
 
     def sites(self, cfg, num_layers):
         p = cfg.params

@@ -11,8 +11,8 @@ from .registry import register
 import torch
 
 
-def score(features, n_keep, hidden, visual_mask):
-    return torch.ops.vtp.divprune_scores(features, n_keep)
+def score(x):
+    return torch.ops.vtp.divprune_scores(x["hidden"], x["visual_mask"], x["n_keep"])
 
 
 @register

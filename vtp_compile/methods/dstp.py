@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..sites import LayerSite, ReserveSite
 from .base import Method, check_int
 from .registry import get_method, register
+from ..errors import OptionError
 
 BASES = ("fastv",)   # layer-site methods the oracle and the tests cover as a base
 
@@ -25,13 +26,13 @@ class DSTP(Method):
 
     def validate(self, params):
         if params["base"] not in BASES:
-            raise ValueError(f"vtp: dstp option 'base' must be one of {BASES}, got {params['base']!r}")
+            raise OptionError(f"vtp: dstp option 'base' must be one of {BASES}, got {params['base']!r}")
         check_int(params, "layer", lo=1)
         if params["reserve"] is not None:
             check_int(params, "reserve", lo=0)
         tau = params["tau"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
-            raise ValueError(f"vtp: option 'tau' must be a number in [0, 1], got {tau!r}")
+            raise OptionError(f"vtp: option 'tau' must be a number in [0, 1], got {tau!r}")
 
     def sites(self, cfg, num_layers):
         p = cfg.params
@@ -40,4 +41,4 @@ class DSTP(Method):
         (site,) = get_method(p["base"]).sites(base_cfg, num_layers)
         assert isinstance(site, LayerSite) and site.merge is None
         return [ReserveSite(layer=site.layer, keep=site.keep, score=site.score, name="dstp",
-                            reserve=p["reserve"], tau=float(p["tau"]))]
+                            method="dstp", reserve=p["reserve"], tau=float(p["tau"]))]

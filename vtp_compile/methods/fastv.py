@@ -13,8 +13,9 @@ from .base import Method, check_int
 from .registry import register
 
 
-def score(q, k, key_mask, scale: float, hidden, visual_mask, n_visual, n_keep):
-    return torch.ops.vtp.attn_row_scores(q, k, key_mask, scale, -1)
+def score(x):
+    """Head-mean attention of each row's last token at layer K-1 (``x``: see :mod:`..sites`)."""
+    return torch.ops.vtp.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
 
 
 @register

@@ -30,25 +30,30 @@ from ..sites import EncoderSite, LayerSite
 from .base import Method, check_int
 from .fastv import score as fastv_score
 from .registry import register
+from ..errors import OptionError
 
 ops = torch.ops.vtp
 ANCHOR_FACTOR = Fraction(7, 4)
 
 
 def anchor_scorer(region: int):
-    def score(features, n_keep, hidden, visual_mask, ctx):
-        cls, _, gh, gw = ctx
-        B = features.shape[0]
-        return ops.nuwa_anchor_scores(cls.reshape(B, -1), n_keep, gh, gw, region)
+    def score(x):
+        cls, _, gh, gw = x["ctx"]
+        vis = x["visual_mask"]
+        B = vis.shape[0]
+        vscores = ops.nuwa_anchor_scores(cls.reshape(B, -1), x["n_keep"], gh, gw, region)
+        out = torch.full(vis.shape, float("-inf"), dtype=torch.float32, device=vis.device)
+        return out.masked_scatter(vis, vscores)
     return score
 
 
 def aggregator(distance: float, pillars: float):
-    def merge(hidden, visual_mask, keep_mask, scores, ctx):
-        _, upper, gh, gw = ctx
+    def merge(x):
+        _, upper, gh, gw = x["ctx"]
+        hidden = x["hidden"]
         up = upper.reshape(hidden.shape[0], -1, upper.shape[-1])
-        return ops.nuwa_aggregate(hidden, visual_mask, keep_mask, scores, up, gh, gw, distance,
-                                  pillars)
+        return ops.nuwa_aggregate(hidden, x["visual_mask"], x["keep_mask"], x["scores"], up, gh, gw,
+                                  distance, pillars)
     return merge
 
 
@@ -64,7 +69,7 @@ def _check_fraction(params, key, closed_low=False):
     v = params[key]
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v if closed_low else 0 < v) and v <= 1
     if not ok:
-        raise ValueError(f"vtp: option {key!r} must be a number in {'[' if closed_low else '('}0, 1], "
+        raise OptionError(f"vtp: option {key!r} must be a number in {'[' if closed_low else '('}0, 1], "
                          f"got {v!r}")
 
 
@@ -88,8 +93,8 @@ class Nuwa(Method):
     def sites(self, cfg, num_layers):
         p = cfg.params
         layer = p["layer"] if p["layer"] is not None else max(1, num_layers // 2)
-        stage1 = EncoderSite(keep=anchor_rule(cfg.keep, p["anchors"]), name="nuwa-anchors",
+        stage1 = EncoderSite(keep=anchor_rule(cfg.keep, p["anchors"]), name="nuwa-anchors", method="nuwa",
                              score=anchor_scorer(p["region"]), context=True,
                              merge=aggregator(float(p["distance"]), float(p["pillars"])))
-        stage2 = LayerSite(layer=layer, keep=cfg.keep, score=fastv_score, name="nuwa")
+        stage2 = LayerSite(layer=layer, keep=cfg.keep, score=fastv_score, name="nuwa", method="nuwa")
         return [stage1, stage2]

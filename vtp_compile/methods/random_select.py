@@ -12,16 +12,17 @@ from .base import Method, check_int
 from .registry import register
 
 
-def hash_scores(features: torch.Tensor, n_keep, seed: int = 0) -> torch.Tensor:
-    B, V = features.shape[0], features.shape[1]
-    pos = torch.arange(V, device=features.device, dtype=torch.float64)
-    row = torch.arange(B, device=features.device, dtype=torch.float64)[:, None]
-    x = torch.sin(pos * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453
+def hash_scores(visual_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``[B, L]``: a fixed hash of (row, index among the row's visual tokens, seed)."""
+    B = visual_mask.shape[0]
+    j = (visual_mask.long().cumsum(1) - 1).double()
+    row = torch.arange(B, device=visual_mask.device, dtype=torch.float64)[:, None]
+    x = torch.sin(j * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453
     return (x - torch.floor(x)).float()
 
 
-def score(features, n_keep, hidden, visual_mask):
-    return hash_scores(features, n_keep, 0)
+def score(x):
+    return hash_scores(x["visual_mask"], 0)
 
 
 @register
@@ -45,8 +46,8 @@ _SEEDED = {}
 
 def _seeded(seed: int):
     if seed not in _SEEDED:
-        def fn(features, n_keep, hidden, visual_mask):
-            return hash_scores(features, n_keep, seed)
+        def fn(x):
+            return hash_scores(x["visual_mask"], seed)
         fn.__name__ = f"random_score_seed{seed}"
         _SEEDED[seed] = fn
     return _SEEDED[seed]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Method
+from ..errors import OptionError
 
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
@@ -30,9 +31,9 @@ def get_method(name: str) -> Method:
     _load()
     key = _ALIASES.get(name, name)
     if key not in _METHODS and key in PLANNED:
-        raise ValueError(f"vtp: method {name!r} is not implemented yet; available: "
+        raise OptionError(f"vtp: method {name!r} is not implemented yet; available: "
                          f"{sorted(_METHODS)}")
     if key not in _METHODS:
-        raise ValueError(f"vtp: unknown method {name!r}; available: {sorted(_METHODS)}"
+        raise OptionError(f"vtp: unknown method {name!r}; available: {sorted(_METHODS)}"
                          + (f" (aliases: {sorted(_ALIASES)})" if _ALIASES else ""))
     return _METHODS[key]

@@ -1,39 +1,56 @@
-"""Decode graphs after a pruned prefill.
+"""Decode graphs after a pruned prefill: masks read from the caches themselves.
 
-A pruned prefill leaves every layer's cache holding only the kept tokens (see
-``compact._evict_early_cache``), so decode graphs need no reshaping: transformers builds their
-mask from layer 0's cache length. That construction reads the first ``key_len`` columns of the
-2-D attention mask, which is exact for left padding only; this pass makes the decode graph check
-the padding side at run time (a no-op when nothing was evicted).
+A pruned prefill leaves compacted caches whose dead slots are marked
+(:mod:`vtp_compile.kernels.cache`). transformers builds a decode step's mask as if cache column
+``j`` were prompt position ``j``; this pass gives every attention call
+``decode_mask(its mask, its layer's past values)`` instead, which keeps transformers' mask for
+rows whose cache was not compacted and attends to the live columns of rows whose cache was. No
+state crosses calls and any padding side works.
 """
 from __future__ import annotations
 
-import networkx as nx
 import torch
 import torch.fx as fx
 
-from ..graph.fx_utils import is_param_like, sdpa_args, tensor_val, to_networkx
+from ..graph.fx_utils import Unsupported, op_name, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
+from .cache_layout import _PASS_THROUGH, is_cache_update
+from .compact import set_mask
+
+ops = torch.ops.vtp
+
+
+def decode_mask_for(mask, past_values, query, causal: bool):
+    return ops.decode_mask(mask, past_values, query.shape[-2], causal)
+
+
+def past_values(sdpa: fx.Node) -> fx.Node:
+    """The value-cache graph input a decode step's attention call reads (through ``cat``)."""
+    n = sdpa_args(sdpa)["value"]
+    for _ in range(8):
+        if is_cache_update(n):
+            past = n.args[0][0] if n.args and isinstance(n.args[0], (list, tuple)) else None
+            if isinstance(past, fx.Node) and past.op == "placeholder":
+                return past
+            break
+        if not isinstance(n, fx.Node) or op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
+            break
+        n = n.all_input_nodes[0]
+    raise Unsupported(f"cannot find the value cache that {sdpa.name} reads")
 
 
 def apply_decode(vlm: VLMGraph) -> int:
+    """Replace every layer's decode mask; returns the number of attention calls changed."""
     g = vlm.gm.graph
-    att = sdpa_args(vlm.layers[0].sdpa)
-    m = att["attn_mask"]
-    if not isinstance(m, fx.Node):
-        return 0  # no padding mask: nothing can be mis-masked
-    nxg = to_networkx(g)
-    ancestors = nx.ancestors(nxg, m)
-    masks2d = [p for p in g.nodes if p.op == "placeholder" and p in ancestors and not is_param_like(p)
-               and tensor_val(p) is not None and tensor_val(p).dim() == 2
-               and not tensor_val(p).is_floating_point()]
-    if len(masks2d) != 1:
-        return 0
-    (mask2d,) = masks2d
-    with g.inserting_before(vlm.layers[0].sdpa):
-        checked = g.call_function(torch.ops.vtp.check_left_padded.default, (mask2d, m))
     for lv in vlm.layers:
-        if sdpa_args(lv.sdpa)["attn_mask"] is m:
-            lv.sdpa.replace_input_with(m, checked)
+        a = sdpa_args(lv.sdpa)
+        m = a["attn_mask"]
+        pv = past_values(lv.sdpa)
+        if tensor_val(pv).shape[-1] < 2:
+            raise Unsupported("head dim < 2 cannot carry the dead-slot marker")
+        with g.inserting_before(lv.sdpa):
+            new = g.call_function(decode_mask_for, (m if isinstance(m, fx.Node) else None, pv,
+                                                    a["query"], bool(a["is_causal"])))
+        set_mask(lv.sdpa, new, causal=False)
     g.lint()
-    return 1
+    return len(vlm.layers)

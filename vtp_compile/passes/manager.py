@@ -11,7 +11,7 @@ from ..graph.fx_utils import hint, refresh_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
 from ..sites import EncoderSite, ReserveSite, RouteSite
-from . import compact, decode, flops, route, shift
+from . import compact, decode, flops, route, shift, vision_args
 
 log = logging.getLogger("vtp_compile")
 
@@ -41,7 +41,7 @@ class SiteReport:
 class GraphReport:
     phase: str
     sites: list[SiteReport] = dataclasses.field(default_factory=list)
-    padding_checks: int = 0
+    decode_masks: int = 0       # decode graphs: attention calls whose mask reads the cache
     skipped: str | None = None
 
 
@@ -82,9 +82,9 @@ class PassManager:
                 route.apply_routes(vlm, routes, state, example_inputs)
                 for site in routes:
                     report.sites.append(_site_report(site, vlm, costs, lengths, elem))
-            compact.strip_vision_context(vlm)
+            vision_args.strip_vision_context(vlm)
         else:
-            report.padding_checks = decode.apply_decode(vlm)
+            report.decode_masks = decode.apply_decode(vlm)
             for site in self.method.sites(self.cfg, vlm.num_layers):
                 if isinstance(site, ReserveSite):
                     shift.apply_shift(vlm, site, self.key)
@@ -141,11 +141,18 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
-    """Hand the (rewritten) graph to the inner backend."""
-    if cfg.inner_backend == "eager":
+    """Hand the (rewritten) graph to the inner backend: Inductor with the mode's and the user's
+    config patches, another registered backend by name, or the user's callable."""
+    inner = cfg.inner_backend
+    if callable(inner):
+        return inner(gm, example_inputs)
+    if inner == "eager":
         return gm.forward
-    if cfg.inner_backend == "aot_eager":
-        from torch._dynamo.backends.debugging import aot_eager
-        return aot_eager(gm, example_inputs)
-    from torch._inductor.compile_fx import compile_fx
-    return compile_fx(gm, example_inputs, config_patches=dict(cfg.inductor))
+    if inner == "inductor":
+        import torch._inductor
+        from torch._inductor.compile_fx import compile_fx
+        patches = dict(torch._inductor.list_mode_options(cfg.mode)) if cfg.mode != "default" else {}
+        patches.update(cfg.inductor)
+        return compile_fx(gm, example_inputs, config_patches=patches)
+    from torch._dynamo import lookup_backend
+    return lookup_backend(inner)(gm, example_inputs)

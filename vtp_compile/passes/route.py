@@ -50,9 +50,9 @@ def apply_routes(vlm: VLMGraph, sites: list[RouteSite], state, example_inputs) -
             gm.register_buffer(name, t.detach().contiguous())
             attrs.append(name)
 
-        def scores(graph, entry, visual_mask, n_visual, n_keep, attrs=attrs, site=site):
+        def scores(graph, entry, state, n_keep, attrs=attrs, site=site):
             nodes = [graph.get_attr(a) for a in attrs]
-            return graph.call_function(site.score, (entry, visual_mask, *nodes))
+            return graph.call_function(site.score, (entry, state.visual_mask, state.qpos, *nodes))
 
         res = compact.apply_site(vlm, site, state, end=site.layer + 1, scores=scores)
         results.append(res)
@@ -103,7 +103,8 @@ def _weights(lv, real: dict):
 
 
 def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
-    """``{layer: [(hidden, visual_mask, n_keep)]}`` from one eager run on the example inputs."""
+    """``{layer: [(hidden, visual_mask, qpos, n_keep)]}`` from one eager run on the example
+    inputs (``n_keep``: the smallest row's, for the top-k agreement check)."""
     if any(isinstance(t, FakeTensor) for t in example_inputs) or not sites:
         return {}
     want = {vlm.layers[s.layer].entry for s in sites}
@@ -112,7 +113,7 @@ def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
     class Capture(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n in want or n is state.visual_mask or n is state.n_visual:
+            if n in want or n is state.visual_mask or n is state.qpos:
                 got[n] = out
             return out
 
@@ -122,12 +123,16 @@ def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
     except Exception as e:  # calibration is best effort: the rank cap is used instead
         log.info("vtp alvts: calibration run failed (%s); using the rank cap", e)
         return {}
-    vm, nv = got.get(state.visual_mask), got.get(state.n_visual)
-    if vm is None or nv is None:
+    vm, qp = got.get(state.visual_mask), got.get(state.qpos)
+    if vm is None or qp is None:
         return {}
+    rows = vm.any(1)                  # rows without visual tokens say nothing about ranking
+    if not bool(rows.any()):
+        return {}
+    nv = int(vm[rows].sum(1).min())
     out = {}
     for s in sites:
         h = got.get(vlm.layers[s.layer].entry)
         if h is not None:
-            out[s.layer] = [(h, vm, min(int(s.keep.count(int(nv))), int(nv)))]
+            out[s.layer] = [(h[rows], vm[rows], qp[rows], min(int(s.keep.count(nv)), nv))]
     return out

@@ -11,25 +11,28 @@ layers from ``K`` on use at once and every layer uses from the next step on.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
 from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import ReserveSite
-from .compact import SiteNodes, last_query_mask_row, positions_mask
+from . import traced
+from .compact import SiteNodes, scaled_query, set_mask
 
 ops = torch.ops.vtp
 
 
 # ---- helpers traced into the graph -----------------------------------------------------------
-def active_count(n_keep, n_visual):
-    return torch.sym_min(n_keep, n_visual)
+def active_count(n_keep, visual_mask):
+    return torch.minimum(n_keep, visual_mask.sum(1))
 
 
-def reserve_positions(visual_mask, active, idx):
+def reserve_positions(visual_mask, active, idx, slot_live):
     """``[B, L]`` bool: kept visual positions that are not active (the reserve)."""
-    return visual_mask & ~active & positions_mask(idx, visual_mask)
+    return visual_mask & ~active & traced.kept_positions(idx, slot_live, visual_mask)
 
 
 def reserve_mask(mask, reserve, causal: bool):
@@ -50,6 +53,14 @@ def keep_reserve_out(full, entry, reserve_full):
     return torch.where(reserve_full[..., None], entry.to(full.dtype), full)
 
 
+def last_query_row(mask):
+    """The attention-mask row of a decode step's (last) query: ``[B or 1, S]``."""
+    row = mask[..., -1, :]
+    while row.dim() > 2:
+        row = row[:, 0]
+    return row
+
+
 def column_mask(mask, cols):
     """A decode step's mask restricted to ``cols`` ``[B, S]``."""
     c = cols[:, None, None, :]
@@ -58,20 +69,6 @@ def column_mask(mask, cols):
     if mask.dtype == torch.bool:
         return mask & c
     return mask.masked_fill(~c, float("-inf"))
-
-
-def _set_mask(sdpa: fx.Node, new: fx.Node) -> None:
-    """Point an SDPA call at ``new`` as its mask, with ``is_causal=False`` (the mask says it)."""
-    args, kwargs = list(sdpa.args), dict(sdpa.kwargs)
-    if len(args) > 3:
-        args[3] = new
-    else:
-        kwargs["attn_mask"] = new
-    if len(args) > 5:
-        args[5] = False
-    else:
-        kwargs["is_causal"] = False
-    sdpa.args, sdpa.kwargs = tuple(args), kwargs
 
 
 def _remask(g: fx.Graph, sdpas: list, fn, extra) -> None:
@@ -84,7 +81,7 @@ def _remask(g: fx.Graph, sdpas: list, fn, extra) -> None:
         if k not in made:
             with g.inserting_before(sdpa):
                 made[k] = g.call_function(fn, (m, *extra))
-        _set_mask(sdpa, made[k])
+        set_mask(sdpa, made[k], causal=False)
 
 
 # ---- prefill ------------------------------------------------------------------------------------
@@ -93,14 +90,16 @@ def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) 
     K = site.layer
     k0 = sdpa_args(vlm.layers[0].sdpa)["key"]
     with insert_after(g, nodes.anchor):
-        n_act = g.call_function(active_count, (nodes.n_keep, nodes.n_visual))
-        active = g.call_function(ops.topk_mask.default, (nodes.scores, nodes.visual_mask, n_act))
-        active_c = g.call_function(ops.gather_seq.default, (active, nodes.idx, 1, 0))
-        visual_c = g.call_function(ops.gather_seq.default, (nodes.visual_mask, nodes.idx, 1, 0))
+        vis = g.call_function(operator.and_, (nodes.visual_mask, nodes.live))
+        n_act = g.call_function(active_count, (nodes.n_keep, vis))
+        active = g.call_function(ops.topk_mask.default, (nodes.scores, vis, n_act))
+        active_c = g.call_function(traced.compact_visual, (active, nodes.idx, nodes.slot_live))
+        visual_c = g.call_function(traced.compact_visual, (vis, nodes.idx, nodes.slot_live))
         keys_c = g.call_function(ops.gather_seq.default, (k0, nodes.idx, 2, 0))
         reserve_c = g.call_function(ops.dstp_begin.default,
-                                    (active_c, visual_c, keys_c, n_act, float(site.tau), key))
-        reserve_full = g.call_function(reserve_positions, (nodes.visual_mask, active, nodes.idx))
+                                    (active_c, visual_c, nodes.slot_live, keys_c, n_act,
+                                     float(site.tau), key))
+        reserve_full = g.call_function(reserve_positions, (vis, active, nodes.idx, nodes.slot_live))
     causal = {bool(sdpa_args(lv.sdpa)["is_causal"]) for lv in vlm.layers[K:]}
     if len(causal) != 1:
         raise Unsupported("layers disagree on is_causal")
@@ -128,10 +127,10 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     a = sdpa_args(score_layer)
     with g.inserting_before(score_layer):
         m = a["attn_mask"]
-        row = g.call_function(last_query_mask_row, (m,)) if isinstance(m, fx.Node) else None
-        scale = a["scale"] or tensor_val(a["query"]).shape[-1] ** -0.5
+        row = g.call_function(last_query_row, (m,)) if isinstance(m, fx.Node) else None
+        q, scale = scaled_query(g, a["query"], a)
         new_cols = g.call_function(ops.dstp_update.default,
-                                   (a["query"], a["key"], row, float(scale), cols, key))
+                                   (q, a["key"], row, scale, cols, key))
     _remask(g, [lv.sdpa for lv in vlm.layers[:K]], column_mask, (cols,))
     _remask(g, [lv.sdpa for lv in vlm.layers[K:]], column_mask, (new_cols,))
     g.lint()

@@ -57,11 +57,10 @@ def _image_features(model, pixel_values):
     return feats.reshape(-1, feats.shape[-1])
 
 
-def _hash_scores(B, V, seed):
-    pos = torch.arange(V, dtype=torch.float64)
-    row = torch.arange(B, dtype=torch.float64)[:, None]
-    x = torch.sin(pos * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453
-    return (x - torch.floor(x)).float()
+def _hash_scores(V, seed, row):
+    """``[1, V]``: the random method's fixed hash of (row, visual index, seed)."""
+    x = [math.sin(j * 12.9898 + row * 78.233 + seed * 37.719) * 43758.5453 for j in range(V)]
+    return torch.tensor([[v - math.floor(v) for v in x]], dtype=torch.float64).float()
 
 
 def _divprune(feats_bvd, k):
@@ -99,11 +98,13 @@ def _select_top(scores_bv, k):
 @torch.no_grad()
 def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, position_ids=None,
                    spec: OracleSpec = OracleSpec(), selection=None, prompt_len=None):
-    """Logits ``[B, L, V]`` of the pruned model, and the selection used.
+    """Logits ``[B, L, V]`` of the pruned model, and the selection used (per row).
 
-    ``selection`` (list per row of kept visual indices, 0..V-1) fixes the kept set, as a decode
-    step does; ``prompt_len``: positions from there on are generated tokens, which (after a pruned
-    prefill) attend only to the kept prompt tokens in every layer.
+    Every row is pruned on its own (rows may hold different numbers of visual tokens, or none):
+    the decoder runs one row at a time. ``selection`` (list per row of kept visual indices,
+    0..V_b-1) fixes the kept set, as a decode step does; ``prompt_len``: positions from there on
+    are generated tokens, which (after a pruned prefill) attend only to the kept prompt tokens in
+    every layer.
     """
     lm = model.model.language_model
     B, L = input_ids.shape
@@ -113,34 +114,48 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
         position_ids = torch.arange(L)[None].expand(B, L)
     h = lm.embed_tokens(input_ids)
     vis = input_ids == model.config.image_token_id
-    V = int(vis[0].sum())
-    if pixel_values is not None and V:
-        feats = _image_features(model, pixel_values).to(h.dtype)
+    if pixel_values is not None and bool(vis.any()):
         h = h.clone()
-        h[vis] = feats
+        h[vis] = _image_features(model, pixel_values).to(h.dtype)
     prompt_len = L if prompt_len is None else prompt_len
+    rows, chosen = [], []
+    for b in range(B):
+        logits, sel = _row_forward(model, h[b:b + 1], vis[b:b + 1], attention_mask[b:b + 1],
+                                   position_ids[b:b + 1], spec, b,
+                                   None if selection is None else selection[b], prompt_len)
+        rows.append(logits)
+        chosen.append(sel)
+    return torch.cat(rows), chosen
+
+
+def _row_forward(model, h, vis, attention_mask, position_ids, spec, row, selection, prompt_len):
+    """Row ``row`` of the batch (``B = 1`` here) through the decoder with ``spec``'s pruning;
+    returns (logits, kept visual indices)."""
+    lm = model.model.language_model
+    L = h.shape[1]
+    V = int(vis[0].sum())
     allowed = torch.tril(torch.ones(L, L, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
     pruning = spec.method != "none" and V > 0
     K = spec.prune_layer if pruning else None
-    vis_pos = [torch.nonzero(vis[b]).flatten().tolist() for b in range(B)]
-    if pruning and selection is None and K == 0:
-        feats_bvd = h[vis].reshape(B, V, -1)
+    vis_pos = [torch.nonzero(vis[0]).flatten().tolist()]
+    sel = None if selection is None else [selection]
+    if pruning and sel is None and K == 0:
+        feats = h[0, vis_pos[0]]
         k = spec.n_keep(V)
         if spec.method == "random":
-            selection = _select_top(_hash_scores(B, V, spec.seed), k)
+            sel = _select_top(_hash_scores(V, spec.seed, row), k)
         elif spec.method == "divprune":
-            selection = _divprune(feats_bvd, k)
+            sel = _divprune(feats[None], k)
         else:  # acgr at the encoder: last prompt token's embedding against each visual feature
-            D = feats_bvd.shape[-1]
-            probs = [(feats_bvd[b].float() @ h[b, -1].float() / math.sqrt(D)).softmax(0).tolist()
-                     for b in range(B)]
-            selection = [oracle_dcp.dcp_select(feats_bvd[b], probs[b], k, spec.tau, spec.iters)
-                         for b in range(B)]
+            D = feats.shape[-1]
+            last = last_valid(attention_mask[0])
+            probs = (feats.float() @ h[0, last].float() / math.sqrt(D)).softmax(0).tolist()
+            sel = [oracle_dcp.dcp_select(feats, probs, k, spec.tau, spec.iters)]
     if pruning and K == 0 and spec.method == "acgr":
-        h = _acgr(h, vis_pos, selection, spec)
+        h = _acgr(h, vis_pos, sel, spec)
     keep = None
-    if pruning and selection is not None:
-        keep = _keep_positions(vis, vis_pos, selection, L)
+    if pruning and sel is not None:
+        keep = _keep_positions(vis, vis_pos, sel, L)
         allowed = _evict_for_generated(allowed, keep, prompt_len)
 
     cur_pos = position_ids
@@ -148,22 +163,19 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
     layers = list(lm.layers)
     for i, layer in enumerate(layers):
         if pruning and i == K:
-            if selection is None:  # score with layer K-1's q/k, last token, head-mean
+            if sel is None:  # score with layer K-1's q/k, last token, head-mean
                 probs = _fastv_probs(layers[K - 1], prev_h, prev_pos, prev_allowed, lm, vis_pos)
                 k = spec.n_keep(V)
                 if spec.method == "acgr":
-                    selection = [oracle_dcp.dcp_select(h[b, vis_pos[b]], probs[b], k, spec.tau,
-                                                       spec.iters) for b in range(B)]
+                    sel = [oracle_dcp.dcp_select(h[0, vis_pos[0]], probs[0], k, spec.tau, spec.iters)]
                 else:
-                    selection = _select_top(probs, k)
-                keep = _keep_positions(vis, vis_pos, selection, L)
+                    sel = _select_top(probs, k)
+                keep = _keep_positions(vis, vis_pos, sel, L)
                 allowed = _evict_for_generated(allowed, keep, prompt_len)
             entry = h
             if spec.method == "acgr" and K > 0:   # (the encoder site merged before layer 0)
-                h = _acgr(h, vis_pos, selection, spec)
-            h = torch.stack([h[b, keep[b]] for b in range(B)])
-            cur_pos = torch.stack([position_ids[b, keep[b]] for b in range(B)])
-            allowed = torch.stack([allowed[b][keep[b]][:, keep[b]] for b in range(B)])
+                h = _acgr(h, vis_pos, sel, spec)
+            h, cur_pos, allowed = compact(keep, h, position_ids, allowed)
         prev_h, prev_pos, prev_allowed = h, cur_pos, allowed
         cos, sin = lm.rotary_emb(h, cur_pos)
         h = layer(h, attention_mask=allowed[:, None], position_ids=cur_pos,
@@ -172,7 +184,7 @@ def oracle_forward(model, input_ids, attention_mask=None, pixel_values=None, pos
     if entry is not None:
         h = restore(entry, h, keep)
     logits = model.lm_head(lm.norm(h))
-    return logits, selection
+    return logits, (sel[0] if sel is not None else [])
 
 
 def compact(keep, *rows):
@@ -224,7 +236,7 @@ def _acgr(h, vis_pos, selection, spec):
     return h
 
 
-def _fastv_probs(layer, h, pos, allowed, lm, vis_pos):
+def _fastv_probs(layer, h, pos, allowed, lm, vis_pos, last=None):
     """Per row, the head-mean attention the last token pays each visual token (a list)."""
     attn = layer.self_attn
     x = layer.input_layernorm(h)
@@ -237,11 +249,19 @@ def _fastv_probs(layer, h, pos, allowed, lm, vis_pos):
     q = q * cos + _rotate_half(q) * sin
     kk = kk * cos + _rotate_half(kk) * sin
     kk = kk.repeat_interleave(q.shape[1] // kk.shape[1], dim=1)
-    last = L - 1
-    logits = (q[:, :, last:last + 1] @ kk.transpose(-1, -2))[:, :, 0] * attn.scaling
-    logits = logits.masked_fill(~allowed[:, None, last, :], float("-inf"))
-    probs = logits.softmax(-1).mean(1)                        # [B, L]
+    probs = []
+    for b in range(B):
+        lb = last_valid(torch.diagonal(allowed[b])) if last is None else last[b]   # last real token
+        logit = torch.einsum("hd,hld->hl", q[b, :, lb], kk[b]) * attn.scaling     # [H, L]
+        probs.append(logit.masked_fill(~allowed[b, lb][None, :], float("-inf")).softmax(-1).mean(0))
+    probs = torch.stack(probs)                                # [B, L]
     return [[float(probs[b, p]) for p in vis_pos[b]] for b in range(B)]
+
+
+def last_valid(row_mask: torch.Tensor) -> int:
+    """Index of the last True/1 entry of a 1-D mask: a row's last real token, whichever side
+    is padded."""
+    return max(i for i, v in enumerate(row_mask.tolist()) if v)
 
 
 def greedy_step(model, last_logits, ids, mask):

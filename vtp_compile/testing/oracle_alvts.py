@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import OracleSpec, _image_features, greedy_step
+from .oracle import OracleSpec, _image_features, greedy_step, last_valid
 
 
 def lowrank(layer, heads: int, kv_heads: int, rank: int):
@@ -27,13 +27,14 @@ def lowrank(layer, heads: int, kv_heads: int, rank: int):
     return out, hd ** -0.5
 
 
-def selector(h_row: torch.Tensor, vis_pos: list[int], factors, scale) -> list[float]:
-    """Head-mean softmax over the visual positions of the last token's low-rank logits."""
+def selector(h_row: torch.Tensor, vis_pos: list[int], factors, scale, last: int = -1) -> list[float]:
+    """Head-mean softmax over the visual positions of the low-rank logits of the token at
+    ``last`` (the row's last real token)."""
     x = h_row.double()
     x = x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
     per_head = []
     for A, B in factors:
-        logits = torch.stack([(x[-1] @ A) @ (x[p] @ B) for p in vis_pos]) * scale
+        logits = torch.stack([(x[last] @ A) @ (x[p] @ B) for p in vis_pos]) * scale
         per_head.append(logits.softmax(0))
     return torch.stack(per_head).mean(0).tolist()
 
@@ -77,7 +78,8 @@ def alvts_forward(model, ids, mask, pixel_values, spec: OracleSpec, rank: int, r
             continue
         if i not in routes:
             factors, scale = lowrank(layer, cfg.num_attention_heads, cfg.num_key_value_heads, rank)
-            routes[i] = [_top(selector(h[b], vis_pos[b], factors, scale), k) for b in range(B)]
+            routes[i] = [_top(selector(h[b], vis_pos[b], factors, scale, last_valid(mask[b])), k)
+                         for b in range(B)]
         new = h.clone()
         for b in range(B):
             chosen = {vis_pos[b][j] for j in routes[i][b]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import _fastv_probs, _image_features, greedy_step
+from .oracle import _fastv_probs, _image_features, greedy_step, last_valid
 
 
 def _top(scores, cand, k):
@@ -75,7 +75,8 @@ def dstp_generate(model, input_ids, attention_mask, pixel_values, budget, reserv
         for i, lyr in enumerate(layers):
             if i == K - 1:
                 if step == 0:
-                    probs = _fastv_probs(lyr, x, pos, base, lm, vis_pos)
+                    probs = _fastv_probs(lyr, x, pos, base, lm, vis_pos,
+                                         [last_valid(mask[b]) for b in range(B)])
                     order = [_top(probs[b], range(V), k + r) for b in range(B)]
                     hist.append([sorted(o[:k]) for o in order])
                     res = [sorted(o[k:]) for o in order]
@@ -83,7 +84,7 @@ def dstp_generate(model, input_ids, attention_mask, pixel_values, budget, reserv
                     row = allowed0.clone()
                     for b in range(B):
                         row[b, -1, :P0] = cols(b, set(hist[0][b]) | set(res[b]))[:P0]
-                    probs = _fastv_probs(lyr, x, pos, row, lm, vis_pos)
+                    probs = _fastv_probs(lyr, x, pos, row, lm, vis_pos, [T - 1] * B)
                     new = []
                     for b in range(B):
                         act, cand = hist[-1][b], sorted(set(hist[0][b]) | set(res[b]))

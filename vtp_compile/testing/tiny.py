@@ -59,39 +59,52 @@ def tiny_llava(spec: TinySpec = TinySpec()):
 
 def make_inputs(spec: TinySpec, batch: int = 1, prefix: int = 3, suffix: int = 4,
                 images: int = 1, pad: tuple[int, ...] | None = None, seed: int = 0,
-                text_only: bool = False, tiles: int | None = None) -> dict:
-    """``input_ids`` = [pad][prefix text][<image> x V per image, text between images][suffix].
+                text_only: bool = False, tiles: int | None = None, side: str = "left",
+                rows: list[tuple[int, int, int]] | None = None) -> dict:
+    """``input_ids`` = [prefix text][<image> x V per image, text between images][suffix], padded.
 
-    ``pad[b]`` left-pads row b (attention_mask 0) so rows of different length share a batch.
+    ``rows``: one ``(prefix, suffix, images)`` per row (rows may differ in length and number of
+    images, 0 = text-only); default: ``batch`` rows of ``(prefix, suffix, images)``
+    (``text_only``: 0 images). Rows are padded to the longest on ``side`` ("left" or "right")
+    with attention_mask 0, plus ``pad[b]`` extra pads on row ``b``.
     ``tiles``: build each image from patch-sized tiles drawn from that many random prototypes
     (redundant visual tokens, like a mostly uniform background); default: i.i.d. noise.
+    ``pixel_values`` holds every image of every row, in row order.
     """
     g = torch.Generator().manual_seed(seed)
     V = spec.visual_tokens
-    pad = tuple(pad) if pad is not None else (0,) * batch
-    rows, masks = [], []
-    body_len = prefix + suffix + (0 if text_only else images * V + (images - 1))
-    width = body_len + max(pad)
-    for b in range(batch):
-        toks = [int(t) for t in torch.randint(3, spec.vocab - 1, (prefix,), generator=g)]
-        if not text_only:
-            for i in range(images):
-                if i:
-                    toks.append(int(torch.randint(3, spec.vocab - 1, (1,), generator=g)))
-                toks += [spec.image_token_id] * V
-        toks += [int(t) for t in torch.randint(3, spec.vocab - 1, (suffix,), generator=g)]
+    if rows is None:
+        rows = [(prefix, suffix, 0 if text_only else images)] * batch
+    pad = tuple(pad) if pad is not None else (0,) * len(rows)
+    bodies = []
+    for pre, suf, n_img in rows:
+        toks = [int(t) for t in torch.randint(3, spec.vocab - 1, (pre,), generator=g)]
+        for i in range(n_img):
+            if i:
+                toks.append(int(torch.randint(3, spec.vocab - 1, (1,), generator=g)))
+            toks += [spec.image_token_id] * V
+        toks += [int(t) for t in torch.randint(3, spec.vocab - 1, (suf,), generator=g)]
+        bodies.append(toks)
+    width = max(len(t) + p for t, p in zip(bodies, pad))
+    ids, masks = [], []
+    for toks in bodies:
         p = width - len(toks)
-        rows.append([0] * p + toks)
-        masks.append([0] * p + [1] * len(toks))
-    out = {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(masks)}
-    if not text_only:
-        n, side = batch * images, spec.image_size // spec.patch
+        if side == "left":
+            ids.append([0] * p + toks)
+            masks.append([0] * p + [1] * len(toks))
+        else:
+            ids.append(toks + [0] * p)
+            masks.append([1] * len(toks) + [0] * p)
+    out = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(masks)}
+    n = sum(r[2] for r in rows)
+    if n:
+        side_px = spec.image_size // spec.patch
         if tiles:
             protos = torch.randn(tiles, 3, spec.patch, spec.patch, generator=g)
-            pick = torch.randint(0, tiles, (n, side, side), generator=g)
+            pick = torch.randint(0, tiles, (n, side_px, side_px), generator=g)
             px = protos[pick]                                   # [n, side, side, 3, p, p]
             out["pixel_values"] = px.permute(0, 3, 1, 4, 2, 5).reshape(
-                n, 3, side * spec.patch, side * spec.patch)
+                n, 3, side_px * spec.patch, side_px * spec.patch)
         else:
             out["pixel_values"] = torch.randn(n, 3, spec.image_size, spec.image_size, generator=g)
     return out

@@ -4,7 +4,7 @@ import math
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vtp_compile.kernels import reference
+from vtp_compile.kernels import nuwa as reference
 from vtp_compile.testing import oracle_nuwa
 
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -32,7 +32,7 @@ def _cls(B, V, seed, ties):
 def test_anchor_scores_pick_the_oracles_anchors(case):
     grid, images, V, k, seed, ties, region = case
     cls = _cls(2, V, seed, ties)
-    scores = reference.nuwa_anchor_scores(cls, k, grid, grid, region)
+    scores = reference.nuwa_anchor_scores(cls, torch.tensor([k, k]), grid, grid, region)
     for b in range(2):
         got = sorted(sorted(range(V), key=lambda i: (-float(scores[b, i]), i))[:k])
         assert got == oracle_nuwa.anchors(cls[b].tolist(), k, grid, region)
@@ -44,7 +44,7 @@ def test_every_block_gets_an_anchor_when_the_budget_allows():
     cls = torch.zeros(1, 16)
     cls[0, [0, 1, 4, 5]] = torch.tensor([0.9, 0.8, 0.7, 0.6])     # top-left block
     cls[0, [2, 8, 10]] = 0.1
-    scores = reference.nuwa_anchor_scores(cls, 4, 4, 4, 2)
+    scores = reference.nuwa_anchor_scores(cls, torch.tensor([4]), 4, 4, 2)
     top = sorted(scores[0].topk(4).indices.tolist())
     assert top == [0, 2, 8, 10]
 
@@ -60,7 +60,7 @@ def test_aggregate_equals_the_oracle(case, distance, pillars):
     vm[:, pre:pre + V] = True
     upper = torch.randn(B, V, Dv, generator=g)
     cls = _cls(B, V, seed, ties)
-    vscores = reference.nuwa_anchor_scores(cls, k, grid, grid, region)
+    vscores = reference.nuwa_anchor_scores(cls, torch.tensor([k] * B), grid, grid, region)
     scores = torch.zeros(B, pre + V + 1)
     scores[vm] = vscores.flatten()
     keep = torch.zeros_like(vm)

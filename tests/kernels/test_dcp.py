@@ -38,7 +38,7 @@ def _rows(t, vis, b):
 @given(clustered())
 def test_topk_mask_and_kappa(case):
     x, vis, scores, V, k = case
-    mask = ops.topk_mask(scores, vis, k)
+    mask = ops.topk_mask(scores, vis, torch.full((x.shape[0],), k))
     kappa = ops.dist_consistency(x, vis, mask, "test")
     for b in range(x.shape[0]):
         s = _rows(scores, vis, b).tolist()
@@ -53,7 +53,7 @@ def test_topk_mask_and_kappa(case):
 def test_cluster_selection_equals_oracle(case, iters):
     x, vis, scores, V, k = case
     k = min(k, V)
-    out = ops.cluster_select_scores(x, scores, vis, k, iters)
+    out = ops.cluster_select_scores(x, scores, vis, torch.full((x.shape[0],), k), iters)
     assert torch.isinf(out[~vis]).all()
     for b in range(x.shape[0]):
         s = _rows(scores, vis, b).tolist()
@@ -66,8 +66,9 @@ def test_cluster_selection_spreads_over_redundant_tokens():
     x = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
     scores = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
     vis = torch.ones(1, 4, dtype=torch.bool)
-    assert ops.topk_mask(scores, vis, 2).tolist() == [[True, True, False, False]]
-    picks = ops.cluster_select_scores(x, scores, vis, 2, 3).topk(2).indices.sort().values
+    two = torch.tensor([2])
+    assert ops.topk_mask(scores, vis, two).tolist() == [[True, True, False, False]]
+    picks = ops.cluster_select_scores(x, scores, vis, two, 3).topk(2).indices.sort().values
     assert picks.tolist() == [[0, 2]]
 
 
@@ -75,7 +76,7 @@ def test_cluster_selection_spreads_over_redundant_tokens():
 @given(clustered(), st.integers(1, 4))
 def test_anchor_merge_equals_oracle(case, m):
     x, vis, scores, V, k = case
-    keep = ops.topk_mask(scores, vis, k) | ~vis
+    keep = ops.topk_mask(scores, vis, torch.full((x.shape[0],), k)) | ~vis
     out = ops.anchor_merge(x, vis, keep, m)
     assert torch.equal(out[~vis], x[~vis])          # text untouched
     for b in range(x.shape[0]):
@@ -88,8 +89,22 @@ def test_kappa_is_logged_at_debug(caplog):
     x = torch.randn(2, 6, 4)
     vis = torch.ones(2, 6, dtype=torch.bool)
     with caplog.at_level(logging.DEBUG, logger="vtp_compile"):
-        ops.dist_consistency(x, vis, ops.topk_mask(x[..., 0], vis, 2), "acgr@layer")
+        ops.dist_consistency(x, vis, ops.topk_mask(x[..., 0], vis, torch.tensor([2, 2])), "acgr@layer")
     assert any("acgr@layer: kappa per sample" in r.getMessage() for r in caplog.records)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clustered(), st.integers(0, 3), st.data())
+def test_rows_with_different_counts_cluster_like_each_row_alone(case, iters, data):
+    """Per-row k: every row clusters exactly as it would in a batch of one."""
+    x, vis, scores, V, _ = case
+    k = torch.tensor([data.draw(st.integers(1, V)) for _ in range(x.shape[0])])
+    out = ops.cluster_select_scores(x, scores, vis, k, iters)
+    mask = ops.topk_mask(scores, vis, k)
+    for b in range(x.shape[0]):
+        alone = ops.cluster_select_scores(x[b:b + 1], scores[b:b + 1], vis[b:b + 1], k[b:b + 1], iters)
+        torch.testing.assert_close(out[b:b + 1], alone)
+        assert torch.equal(mask[b:b + 1], ops.topk_mask(scores[b:b + 1], vis[b:b + 1], k[b:b + 1]))
 
 
 def test_anchor_merge_ties_go_to_the_lower_position():

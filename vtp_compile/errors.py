@@ -1,0 +1,22 @@
+"""The one exception type vtp raises for bad options and unusable configurations.
+
+``torch.compile`` calls a backend lazily, at the first call of the compiled model, and wraps
+whatever the backend raises in ``BackendCompilerFailed`` (a ``RuntimeError``), except
+exceptions derived from Dynamo's ``ShortenTraceback``, which it re-raises as they are. So
+:class:`OptionError` is both a ``ValueError`` (what the README promises) and such an exception:
+``except ValueError`` catches it at the first call, and ``vtp_compile.PruneConfig.from_options``
+raises it before anything is compiled.
+"""
+from __future__ import annotations
+
+from torch._dynamo.exc import ShortenTraceback
+
+
+class OptionError(ValueError, ShortenTraceback):
+    """A bad ``options`` value, or a configuration the model cannot run (names what is valid)."""
+
+    def __init__(self, message: str):
+        ShortenTraceback.__init__(self, message, first_useful_frame=None)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,100 @@
+"""Self-describing KV caches: dead slots carry a marker that decode graphs read back.
+
+A pruned prefill leaves each layer's cache in one of two layouts:
+
+* **compacted** (full-attention layers): row ``b`` holds its kept prompt tokens in order, then
+  dead slots (:mod:`vtp_compile.kernels.select`). Cache column ``j`` is no longer prompt
+  position ``j``, so transformers' decode mask (built from the 2-D attention mask as if it
+  were) is wrong for such a row; the decode graph replaces it with "every live column".
+* **positional** (sliding-window and chunked layers, whose masks count positions): the cache
+  keeps the unpruned layout, and the removed positions are dead; the decode graph keeps
+  transformers' mask and masks the dead columns too.
+
+A dead slot's key is zero and its value carries ``MARK`` in channel 0 and ``±TAG`` in channel 1
+(the sign tells the layout), exactly representable in fp32, fp16 and bf16. Every compacted row
+that lost a position holds at least one dead slot, so a decode step can tell, per row, whether
+the cache came from a pruned prefill: no state crosses calls, beam-search reordering and cache
+cropping move the markers with the rows, and nothing is read back to the host. A real value
+vector would have to hold exactly -16384 and ±8192 in its first two channels to be mistaken for
+a dead slot. Quantised caches (which cannot hold these values) are not supported.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+MARK = -16384.0
+TAG = 8192.0
+COMPACTED, POSITIONAL = 1, -1
+
+
+# ---- references ---------------------------------------------------------------------------------
+def mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: int) -> torch.Tensor:
+    """``cache`` ``[B, H, S, D]`` with columns ``dead`` ``[B, S]`` cleared (keys) or marked
+    (values: ``MARK`` in channel 0, ``layout * TAG`` in channel 1, zeros elsewhere)."""
+    fill = torch.zeros(cache.shape[-1], dtype=cache.dtype, device=cache.device)
+    if is_value:
+        fill[0], fill[1] = MARK, layout * TAG
+    return torch.where(dead[:, None, :, None], fill, cache)
+
+
+def dead_columns(past_values: torch.Tensor):
+    """``(compacted_dead, positional_dead)``, each bool ``[B, S]``, read from a value cache."""
+    v = past_values[:, 0, :, :2]
+    tagged = v[..., 0] == MARK
+    return tagged & (v[..., 1] == COMPACTED * TAG), tagged & (v[..., 1] == POSITIONAL * TAG)
+
+
+def decode_mask(mask: Optional[torch.Tensor], past_values: torch.Tensor, q_len: int,
+                is_causal: bool) -> torch.Tensor:
+    """The attention mask of a decode step over ``cat(past, new)`` keys, given the layer's
+    ``past_values`` ``[B, H, P, D]`` and the step's own ``mask`` (``[B or 1, 1, q, P + q]``
+    bool/additive float, or None with ``is_causal``).
+
+    Rows whose cache is compacted attend to every live cached column and causally to the new
+    tokens; other rows keep ``mask``, minus the dead columns of a positional cache. Returns a
+    mask of ``mask``'s dtype (bool when ``mask`` is None), ``[B, 1, q, P + q]``.
+    """
+    B, _, P, _ = past_values.shape
+    dev = past_values.device
+    comp, pos = dead_columns(past_values)
+    new = torch.ones(q_len, q_len, dtype=torch.bool, device=dev).tril()
+    override = torch.cat([(~comp)[:, None, :].expand(B, q_len, P), new.expand(B, q_len, q_len)], -1)
+    if mask is None:
+        base = torch.ones(q_len, P + q_len, dtype=torch.bool, device=dev)
+        if is_causal:
+            base = base.tril(P)
+        base = base[None, None]
+    else:
+        base = mask if mask.dtype == torch.bool else mask > float("-inf")
+    pos_ok = torch.cat([~pos, torch.ones(B, q_len, dtype=torch.bool, device=dev)], -1)
+    allowed = torch.where(comp.any(-1)[:, None, None, None], override[:, None],
+                          base & pos_ok[:, None, None, :])
+    if mask is None or mask.dtype == torch.bool:
+        return allowed
+    return torch.zeros_like(allowed, dtype=mask.dtype).masked_fill(~allowed, float("-inf"))
+
+
+# ---- registration -------------------------------------------------------------------------------
+@torch.library.custom_op("vtp::mark_dead", mutates_args=())
+def _mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: int) -> torch.Tensor:
+    return mark_dead(cache, dead, is_value, layout)
+
+
+@_mark_dead.register_fake
+def _(cache, dead, is_value, layout):
+    return torch.empty_like(cache)
+
+
+@torch.library.custom_op("vtp::decode_mask", mutates_args=())
+def _decode_mask(mask: Optional[torch.Tensor], past_values: torch.Tensor, q_len: int,
+                 is_causal: bool) -> torch.Tensor:
+    return decode_mask(mask, past_values, q_len, is_causal)
+
+
+@_decode_mask.register_fake
+def _(mask, past_values, q_len, is_causal):
+    B, _, P, _ = past_values.shape
+    return past_values.new_empty((B, 1, q_len, P + q_len),
+                                 dtype=torch.bool if mask is None else mask.dtype)

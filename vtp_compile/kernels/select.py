@@ -1,0 +1,175 @@
+"""Selection and compaction ops: which positions survive a site, and moving tensors to and
+from the compacted layout.
+
+The compacted layout of a row is ``[kept positions in order][dead slots]``: every row of a
+batch keeps its own number of tokens (rows differ in visual count, padding and budget), so the
+common width ``W`` is the longest row's kept count (plus one dead slot in every row that lost a
+position, see :mod:`vtp_compile.kernels.cache`) and the rest of each row is dead. ``W`` is data:
+the one data-dependent size of a pruned graph (an unbacked SymInt, one host read per site,
+no recompiles). Dead slots sit at the end, so causal attention never lets a live query see one;
+explicit masks are restricted with :func:`live_mask`.
+
+Each op: a readable PyTorch reference (the CPU kernel), a ``torch.library`` registration and a
+fake implementation for tracing.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_NEG = -3.0e38
+
+
+# ---- references ---------------------------------------------------------------------------------
+def keep_mask(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+              n_keep: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: every live non-visual position plus the ``n_keep[b]`` live visual
+    positions of row ``b`` with the highest score (ties and NaN: lower position first; NaN
+    and -inf rank last)."""
+    B, L = visual_mask.shape
+    vis = visual_mask & live
+    finite = torch.nan_to_num(scores.float(), nan=_NEG, neginf=_NEG, posinf=-_NEG).clamp(min=_NEG)
+    key = torch.where(vis, finite, torch.full_like(finite, float("-inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(L, device=scores.device).expand(B, L))
+    return (live & ~visual_mask) | (vis & (rank < n_keep.to(rank.device)[:, None]))
+
+
+def compact_layout(keep: torch.Tensor, live: torch.Tensor):
+    """``(idx [B, W], slot_live [B, W])`` for a keep mask: row ``b``'s kept positions in order,
+    then dead slots (index 0). ``W`` = the longest row, counting one dead slot in every row that
+    lost a live or padded position (decode graphs recognise compacted rows by it)."""
+    B, L = keep.shape
+    cnt = keep.sum(1)
+    lost = cnt < L
+    W = max(int((cnt + lost.long()).max()) if B else 0, 1)
+    dest = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(cnt[:, None], W).expand(B, L))
+    idx = torch.zeros(B, W + 1, dtype=torch.long, device=keep.device)
+    idx.scatter_(1, dest, torch.arange(L, device=keep.device).expand(B, L))
+    slot_live = torch.arange(W, device=keep.device)[None, :] < cnt[:, None]
+    return idx[:, :W].contiguous(), slot_live
+
+
+def select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                n_keep: torch.Tensor):
+    """Keep every live non-visual position and the top ``n_keep[b]`` live visual ones of each
+    row; returns the compacted layout ``(idx [B, W] int64, slot_live [B, W] bool)``.
+
+    scores ``[B, L]`` (any float), visual_mask / live bool ``[B, L]``, n_keep int64 ``[B]``.
+    """
+    return compact_layout(keep_mask(scores, visual_mask, live, n_keep), live)
+
+
+def gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
+    """``x`` with dimension ``dim`` indexed per batch row by ``idx`` ``[B, L']``.
+
+    ``x`` may broadcast over batch (size 1 at ``batch_dim``); the result has size B there.
+    """
+    dim = dim % x.dim()
+    batch_dim = batch_dim % x.dim()
+    B = idx.shape[0]
+    if x.shape[batch_dim] != B:
+        shape = list(x.shape)
+        shape[batch_dim] = B
+        x = x.expand(shape)
+    perm = [batch_dim, dim] + [d for d in range(x.dim()) if d not in (batch_dim, dim)]
+    xp = x.permute(perm)
+    ix = idx.view(B, idx.shape[1], *([1] * (xp.dim() - 2))).expand(B, idx.shape[1], *xp.shape[2:])
+    out = torch.gather(xp, 1, ix)
+    inv = [perm.index(d) for d in range(x.dim())]
+    return out.permute(inv).contiguous()
+
+
+def scatter_seq(base: torch.Tensor, src: torch.Tensor, idx: torch.Tensor,
+                slot_live: torch.Tensor) -> torch.Tensor:
+    """``base`` ``[B, L, ...]`` with positions ``idx`` ``[B, W]`` along dim 1 replaced by the
+    live slots of ``src`` ``[B, W, ...]``; dead slots write nothing."""
+    B, W = idx.shape
+    L = base.shape[1]
+    target = torch.where(slot_live, idx, torch.full_like(idx, L))        # dead -> spare row L
+    padded = torch.cat([base, base[:, :1]], dim=1)
+    ix = target.view(B, W, *([1] * (src.dim() - 2))).expand_as(src)
+    return padded.scatter(1, ix, src.to(base.dtype))[:, :L].contiguous()
+
+
+def live_mask(mask: Optional[torch.Tensor], slot_live: torch.Tensor) -> torch.Tensor:
+    """An SDPA mask for the compacted layout: no query attends to a dead key except a dead query
+    to itself (so no row is all-masked and no NaN reaches a dead slot's values).
+
+    ``mask``: the gathered ``[B or 1, H or 1, W, W]`` bool or additive float mask, or None
+    (every live key allowed). Returns the same dtype, ``[B, H or 1, W, W]``.
+    """
+    B, W = slot_live.shape
+    key_ok = slot_live[:, None, None, :]
+    own = torch.eye(W, dtype=torch.bool, device=slot_live.device)[None, None] & ~slot_live[:, None, :, None]
+    if mask is None:
+        return key_ok | own
+    if mask.dtype == torch.bool:
+        return (mask & key_ok) | own
+    out = mask.masked_fill(~key_ok, float("-inf"))
+    return out.masked_fill(own, 0.0)
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _unbacked_width(ctx, upper):
+    """A fresh unbacked SymInt for the compacted width, known to lie in ``[1, upper]``."""
+    shape_env = getattr(ctx, "_shape_env", None)
+    if shape_env is None:   # no symbolic tracing context: fall back to the public helper
+        return ctx.new_dynamic_size(min=1, max=upper if isinstance(upper, int) else None)
+    w = shape_env.create_unbacked_symint()
+    torch._check(w >= 1)
+    torch._check(w <= upper)
+    return w
+
+
+@torch.library.custom_op("vtp::select_keep", mutates_args=())
+def _select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                 n_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return select_keep(scores, visual_mask, live, n_keep)
+
+
+@_select_keep.register_fake
+def _(scores, visual_mask, live, n_keep):
+    B, L = visual_mask.shape
+    W = _unbacked_width(torch.library.get_ctx(), L)
+    return (scores.new_empty((B, W), dtype=torch.int64),
+            scores.new_empty((B, W), dtype=torch.bool))
+
+
+@torch.library.custom_op("vtp::gather_seq", mutates_args=())
+def _gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int) -> torch.Tensor:
+    return gather_seq(x, idx, dim, batch_dim)
+
+
+@_gather_seq.register_fake
+def _(x, idx, dim, batch_dim):
+    shape = list(x.shape)
+    shape[dim % x.dim()] = idx.shape[1]
+    shape[batch_dim % x.dim()] = idx.shape[0]
+    return x.new_empty(shape)
+
+
+@torch.library.custom_op("vtp::scatter_seq", mutates_args=())
+def _scatter_seq(base: torch.Tensor, src: torch.Tensor, idx: torch.Tensor,
+                 slot_live: torch.Tensor) -> torch.Tensor:
+    return scatter_seq(base, src, idx, slot_live)
+
+
+@_scatter_seq.register_fake
+def _(base, src, idx, slot_live):
+    return torch.empty_like(base)
+
+
+@torch.library.custom_op("vtp::live_mask", mutates_args=())
+def _live_mask(mask: Optional[torch.Tensor], slot_live: torch.Tensor) -> torch.Tensor:
+    return live_mask(mask, slot_live)
+
+
+@_live_mask.register_fake
+def _(mask, slot_live):
+    B, W = slot_live.shape
+    if mask is None:
+        return slot_live.new_empty((B, 1, W, W))
+    return mask.new_empty((B, mask.shape[1], W, W))

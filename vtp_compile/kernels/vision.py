@@ -1,0 +1,44 @@
+"""Carriers for the vision tower's internals (see :mod:`vtp_compile.vision_context`)."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.custom_op("vtp::vision_context", mutates_args=())
+def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, upper: torch.Tensor,
+                   grid_h: int, grid_w: int) -> torch.Tensor:
+    """A carrier: returns ``features`` (a copy) and brings the vision tower's internals into the
+    graph, where the passes read them from this node's arguments and then remove it."""
+    return features.clone()
+
+
+@vision_context.register_fake
+def _(features, cls_attn, upper, grid_h, grid_w):
+    return torch.empty_like(features)
+
+
+@torch.library.custom_op("vtp::vision_lookup", mutates_args=())
+def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
+                  dv: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
+    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv])``."""
+    from .. import vision_context as vc
+    rec = vc.last_record()
+    if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w) \
+            or not torch.equal(rec.features.to(features.device, features.dtype), features):
+        raise ValueError("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
+                         "to the images of this call (features differ); call attach(model) before "
+                         "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
+                         "direct forward splits the vision tower from the decoder), and do not pass "
+                         "mm_encoder_outputs computed elsewhere")
+    dev = features.device
+    return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
+                 for t in (rec.cls_attn, rec.upper))
+
+
+@vision_lookup.register_fake
+def _(features, grid_h, grid_w, dv):
+    n = features.shape[0] // (grid_h * grid_w)
+    N = grid_h * grid_w
+    return (features.new_empty((n, N), dtype=torch.float32),
+            features.new_empty((n, N, dv), dtype=torch.float32))

@@ -1,0 +1,105 @@
+"""Small tensor functions the passes insert into graphs (traced by the inner backend).
+
+Every function here is plain torch code on the graph's own tensors: what a site needs to know
+about the current sequence (which positions are visual, which are live tokens, where each row's
+last token is) and how many tokens each row keeps.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def visual_mask_2d(splice_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool from the splice's ``[B, L, 1]`` (or ``[B, L, D]``) mask."""
+    m = splice_mask
+    while m.dim() > 2:
+        m = m[..., 0]
+    return m.bool()
+
+
+def live_from_mask(mask: Optional[torch.Tensor], visual: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: real tokens, read from the first layer's attention mask.
+
+    Every real token attends to itself and no token attends to padding, so the mask's diagonal
+    (of its last ``L`` key columns) is the padding mask, whatever else the mask encodes (causal,
+    bidirectional image blocks, sliding windows, chunks). No mask: no padding.
+    """
+    if mask is None:
+        return torch.ones_like(visual)
+    m = mask
+    while m.dim() > 3:
+        m = m[:, 0]
+    L = visual.shape[1]
+    sq = m[:, -L:, -L:]
+    d = torch.gather(sq, 2, torch.arange(L, device=sq.device).view(1, L, 1).expand(sq.shape[0], L, 1))[..., 0]
+    d = d if d.dtype == torch.bool else d > float("-inf")
+    return d.expand_as(visual) | visual
+
+
+def last_live(live: torch.Tensor) -> torch.Tensor:
+    """``[B]`` int64: each row's last live position (its last token: padding on either side)."""
+    L = live.shape[1]
+    pos = torch.arange(L, device=live.device).expand_as(live)
+    return torch.where(live, pos, torch.zeros_like(pos)).amax(1)
+
+
+def count_visual(visual: torch.Tensor) -> torch.Tensor:
+    """``[B]`` int64 visual tokens per row."""
+    return visual.sum(1)
+
+
+def keep_count(n_visual: torch.Tensor, budget: int, num: int, den: int) -> torch.Tensor:
+    """Tokens each row keeps: ``min(budget, V_b)`` or ``ceil(V_b * num / den)`` (``budget`` 0)."""
+    if budget > 0:
+        return torch.clamp(n_visual, max=budget)
+    return (n_visual * num + den - 1) // den
+
+
+def with_reserve(n_keep: torch.Tensor, reserve: Optional[int]) -> torch.Tensor:
+    """Tokens a :class:`~vtp_compile.sites.ReserveSite` carries: active plus reserve."""
+    return n_keep + (n_keep if reserve is None else reserve)
+
+
+def query_row(q: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+    """``[B, H, 1, D]``: each row's query at its last live position (``q`` ``[B, H, L, D]``)."""
+    B, H, _, D = q.shape
+    return torch.gather(q, 2, qpos.view(B, 1, 1, 1).expand(B, H, 1, D))
+
+
+def query_key_row(mask: Optional[torch.Tensor], qpos: torch.Tensor, live: torch.Tensor,
+                  causal: bool) -> torch.Tensor:
+    """``[B, S]``: what each row's last live query may attend to — its row of the attention
+    mask (bool, or additive float), or causal-and-live when the call has no mask."""
+    B, S = live.shape
+    if mask is None:
+        allowed = live
+        if causal:
+            allowed = allowed & (torch.arange(S, device=live.device)[None, :] <= qpos[:, None])
+        return allowed
+    m = mask
+    while m.dim() > 3:
+        m = m[:, 0]
+    m = m.expand(B, m.shape[-2], m.shape[-1])
+    row = torch.gather(m, 1, qpos.view(B, 1, 1).expand(B, 1, m.shape[-1]))[:, 0]
+    if row.dtype == torch.bool:
+        return row & live
+    return row.masked_fill(~live, float("-inf"))
+
+
+def seq_len(idx: torch.Tensor):
+    return idx.shape[1]
+
+
+def kept_positions(idx: torch.Tensor, slot_live: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: True at the live positions listed in ``idx`` ``[B, W]``."""
+    L = like.shape[1]
+    target = torch.where(slot_live, idx, torch.full_like(idx, L))
+    out = torch.zeros(like.shape[0], L + 1, dtype=torch.bool, device=like.device)
+    return out.scatter(1, target, True)[:, :L]
+
+
+def compact_visual(visual: torch.Tensor, idx: torch.Tensor, slot_live: torch.Tensor) -> torch.Tensor:
+    """The visual mask in the compacted layout (dead slots are not visual)."""
+    return torch.gather(visual, 1, idx) & slot_live

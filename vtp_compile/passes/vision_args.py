@@ -1,0 +1,59 @@
+"""The vision tower's internals for ``context`` sites (Nüwa): where the graph has them.
+
+Direct compiled forward: a ``vision_context`` carrier node holds them (and is removed once
+read). ``generate``: the prefill graph looks them up from the record ``attach`` left while
+``generate`` encoded the images eagerly (see :mod:`vtp_compile.vision_context`).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from ..graph.fx_utils import insert_after
+from ..graph.vlm_graph import VLMGraph
+from ..sites import method_of
+from ..errors import OptionError
+
+ops = torch.ops.vtp
+
+
+def context_args(vlm: VLMGraph, site) -> tuple:
+    """``(cls_attn, upper, grid_h, grid_w)`` nodes/values for a ``context`` site."""
+    from .. import vision_context
+    tag = vlm.vision_context
+    if tag is not None:
+        return tuple(tag.args[1:5])
+    rec = vision_context.last_record()
+    if rec is None:
+        raise OptionError(
+            f"vtp: method {method_of(site)!r} reads the vision tower's internals (CLS attention, upper "
+            "layers), which are not in this graph; call vtp_compile.attach(model) once before "
+            "model.compile(...) so that they reach it, and set "
+            "torch._dynamo.config.capture_scalar_outputs = True (without it Dynamo splits the "
+            "vision tower and the decoder into separate graphs) (README: Nüwa)")
+    g = vlm.gm.graph
+    gh, gw = rec.grid
+    with insert_after(g, vlm.features):
+        out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1])))
+    with insert_after(g, out):
+        parts = [g.call_function(operator.getitem, (out, i)) for i in range(2)]
+    return (*parts, gh, gw)
+
+
+def strip_vision_context(vlm: VLMGraph) -> None:
+    """Replace the ``vision_context`` carrier by its input and drop what only it used."""
+    tag = vlm.vision_context
+    if tag is None:
+        return
+    g = vlm.gm.graph
+    tag.replace_all_uses_with(tag.args[0])
+    work = [a for a in tag.all_input_nodes if a is not tag.args[0]]
+    g.erase_node(tag)
+    vlm.vision_context = None
+    while work:
+        n = work.pop()
+        if n.users or n.op not in ("call_function", "call_method", "call_module"):
+            continue
+        work.extend(n.all_input_nodes)
+        g.erase_node(n)

@@ -1,0 +1,299 @@
+"""A family-agnostic oracle: pruning as masks and skips on the model's own eager forward.
+
+It shares no code with the graph rewrite. For any family transformers ships, it runs the
+model's own ``forward`` (or ``generate`` without a cache, which re-runs the whole sequence at
+every step) with two kinds of hooks, installed for the call and removed after it:
+
+* an attention function registered in transformers' ``AttentionInterface`` (it wraps SDPA) that
+  sees every decoder layer's query and key (after RoPE and q/k norms, as the model computes
+  them) and adds key masks;
+* forward hooks on the decoder layers.
+
+What it computes, for a site at layer K with the kept visual tokens chosen per row:
+
+* every attention layer from K on: no query sees a removed token's key (removed = the row's
+  visual tokens that were not kept, and its padding), and a removed token skips the layer
+  (its hidden state leaves the layer unchanged): the compacted model's computation for every
+  kept token, whatever the family's masks say (causal, sliding windows in positions,
+  bidirectional image blocks);
+* generated tokens see no removed key in any attention layer (the compacted cache);
+* layers without attention (linear attention, Qwen3.5) run on every token: the semantics vtp
+  gives hybrid models.
+
+The selection itself is re-derived here from the method definitions (METHODS.md): FastV and
+DCP-Prune from the recorded query and keys of layer K-1; random, DivPrune and DCP-Prune's encoder
+site from the spliced embedding entering layer 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from fractions import Fraction
+
+import torch
+
+from . import oracle_dcp
+
+NAME = "vtp_oracle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr"}; DCP-Prune's knobs."""
+    method: str
+    budget: int | None = None
+    ratio: float | None = None
+    layer: int = 2
+    seed: int = 0
+    site: str = "layer"
+    tau: float = 0.3
+    m: int = 3
+    iters: int = 5
+    merge: bool = True
+
+    def n_keep(self, V: int) -> int:
+        if self.budget is not None:
+            return min(self.budget, V)
+        r = Fraction(self.ratio if self.ratio is not None else Fraction(1, 9)).limit_denominator(10_000)
+        return min(V, math.ceil(V * r))
+
+    @property
+    def K(self) -> int:
+        layer_site = self.method == "fastv" or (self.method == "acgr" and self.site == "layer")
+        return self.layer if layer_site else 0
+
+
+class _Run:
+    """State of one oracle call: the prompt, the selection, what each layer recorded."""
+
+    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor):
+        self.p = pruning
+        self.visual, self.real = visual.bool(), real.bool()      # [B, P] prompt masks
+        self.prompt_len = visual.shape[1]
+        self.removed = None                                      # [B, P] bool, once selected
+        self.kept: list[list[int]] | None = None                 # kept visual positions per row
+        self.layer = -1                                          # the decoder layer running
+        self.attended = False                                    # it called attention
+        self.record = None           # (q, k, mask, scale) of the last attention layer before K
+        self.inputs: dict = {}
+
+    # ---- selection -------------------------------------------------------------------------
+    def select(self, hidden: torch.Tensor) -> None:
+        """Choose each row's kept visual tokens at the site (``hidden``: entering its layer)."""
+        p, B = self.p, hidden.shape[0]
+        kept = []
+        for b in range(B):
+            pos = torch.nonzero(self.visual[b]).flatten().tolist()
+            V = len(pos)
+            if V == 0:
+                kept.append([])
+                continue
+            k = p.n_keep(V)
+            feats = hidden[b, pos]
+            if p.method == "random":
+                x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
+                sel = _top([v - math.floor(v) for v in x], k)
+            elif p.method == "divprune":
+                sel = _divprune(feats, k)
+            elif p.method == "fastv" or (p.method == "acgr" and p.site == "layer"):
+                probs = self._last_token_attention(b)
+                scores = [probs[i] for i in pos]
+                sel = (_top(scores, k) if p.method == "fastv"
+                       else oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters))
+            else:   # acgr at the encoder: the last token's embedding against each visual one
+                last = _last_real(self.real[b])
+                D = feats.shape[-1]
+                scores = (feats.float() @ hidden[b, last].float() / math.sqrt(D)).softmax(0).tolist()
+                sel = oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters)
+            kept.append([pos[i] for i in sorted(sel)])
+        self.kept = kept
+        self.removed = ~self.real.clone()
+        for b in range(B):
+            self.removed[b] |= self.visual[b]
+            self.removed[b, kept[b]] = False
+
+    def merge(self, hidden: torch.Tensor) -> torch.Tensor:
+        """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
+        every forward: generated tokens see the merged kept tokens)."""
+        if self.p.method != "acgr" or not self.p.merge:
+            return hidden
+        out = hidden.clone()
+        for b, kept in enumerate(self.kept):
+            pos = torch.nonzero(self.visual[b]).flatten().tolist()
+            if len(kept) < len(pos):
+                sel = [pos.index(q) for q in kept]
+                out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, self.p.m).to(hidden.dtype)
+        return out
+
+    def _last_token_attention(self, b: int) -> list[float]:
+        """Head-mean softmax of row ``b``'s last real query over the keys it may attend to, at
+        the last attention layer before K (layer K-1 unless that one has no attention), as
+        the model computed q and k."""
+        if self.record is None:
+            raise ValueError(f"no attention layer before layer {self.p.K}")
+        q, k, mask, scale = self.record
+        last = _last_real(self.real[b])
+        qh = q[b, :, last].float()                                   # [H, D]
+        kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)   # [H, S, D]
+        logits = torch.einsum("hd,hsd->hs", qh, kh) * scale
+        S = kh.shape[1]
+        if mask is None:
+            allowed = torch.arange(S) <= last
+        else:
+            m = mask[b if mask.shape[0] > 1 else 0, 0, last]
+            allowed = m if m.dtype == torch.bool else m > float("-inf")
+        allowed = allowed & self.real[b, :S]
+        return logits.masked_fill(~allowed, float("-inf")).softmax(-1).mean(0).tolist()
+
+    # ---- masks -------------------------------------------------------------------------------
+    def mask(self, q_len: int, S: int, mask, device):
+        """The attention mask of the current layer with removed keys hidden, or None (as is)."""
+        if self.removed is None:
+            return None
+        B = self.removed.shape[0]
+        q_pos = torch.arange(S - q_len, S, device=device)            # query positions (no cache)
+        blocked = torch.zeros(B, S, dtype=torch.bool, device=device)
+        P = min(self.prompt_len, S)
+        blocked[:, :P] = self.removed[:, :P]
+        applies = (q_pos >= self.prompt_len) | (self.layer >= self.p.K)     # [q]
+        block = blocked[:, None, :] & applies[None, :, None]                  # [B, q, S]
+        block &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
+        if mask is None:
+            base = torch.ones(q_len, S, dtype=torch.bool, device=device).tril(S - q_len)[None, None]
+        elif mask.dtype == torch.bool:
+            base = mask
+        else:
+            base = mask > float("-inf")
+        return base & ~block[:, None]
+
+    def skip(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """Removed prompt positions leave an attention layer from K on unchanged."""
+        if self.removed is None or self.layer < self.p.K or not self.attended:
+            return after
+        P = min(self.prompt_len, after.shape[1])
+        out = after.clone()
+        rm = torch.zeros(after.shape[:2], dtype=torch.bool, device=after.device)
+        rm[:, :P] = self.removed[:, :P]
+        out[rm] = before[rm].to(after.dtype)
+        return out
+
+
+_ACTIVE: _Run | None = None
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    run = _ACTIVE
+    if run is not None:
+        run.attended = True
+        if run.removed is None and run.layer < run.p.K:     # keeps the last attention layer < K
+            run.record = (query.detach(), key.detach(), attention_mask, kwargs.get("scaling")
+                          or query.shape[-1] ** -0.5)
+        new = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
+        if new is not None:
+            attention_mask = new
+            kwargs["is_causal"] = False
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    AttentionInterface.register(NAME, _attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The language model's decoder layers (the longest ModuleList under the text model)."""
+    n = model.config.get_text_config().num_hidden_layers
+    lists = [m for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)
+             and len(m) == n and "vision" not in name and "visual" not in name]
+    if not lists:
+        raise ValueError(f"no decoder layer list of length {n} in {type(model).__name__}")
+    return lists[0]
+
+
+@contextlib.contextmanager
+def _hooked(model, run: _Run):
+    global _ACTIVE
+    _register()
+    cfg = model.config.get_text_config()
+    old_impl = cfg._attn_implementation
+    handles = []
+    for i, layer in enumerate(decoder_layers(model)):
+        def pre(mod, args, kwargs, i=i):
+            run.layer, run.attended = i, False
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if i == run.p.K and run.visual.any():
+                if run.removed is None:
+                    run.select(hidden)
+                hidden = run.merge(hidden)
+                args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+            run.inputs[i] = hidden
+            return args, kwargs
+
+        def post(mod, args, kwargs, out, i=i):
+            before = run.inputs.pop(i)
+            if isinstance(out, tuple):
+                return (run.skip(before, out[0]), *out[1:])
+            return run.skip(before, out)
+
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post, with_kwargs=True))
+    cfg._attn_implementation = NAME
+    _ACTIVE = run
+    try:
+        yield run
+    finally:
+        _ACTIVE = None
+        cfg._attn_implementation = old_impl
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
+    """Logits ``[B, L, vocab]`` of the pruned model, and the kept visual positions per row.
+    ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
+    real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
+    with _hooked(model, _Run(pruning, visual, real)) as run:
+        logits = model(**inputs).logits
+    return logits, run.kept
+
+
+@torch.no_grad()
+def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
+                    max_new_tokens: int = 4):
+    """Greedy tokens ``[B, new]``, per-step top-2 logit margins (for recognising near ties) and
+    the kept visual positions, by ``generate`` without a cache: every step re-runs the whole
+    sequence, the selection made at the first step stays."""
+    real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
+    with _hooked(model, _Run(pruning, visual, real)) as run:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             use_cache=False, output_scores=True, return_dict_in_generate=True)
+    scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed
+    top2 = scores.topk(2, dim=-1).values
+    return out.sequences[:, visual.shape[1]:], top2[..., 0] - top2[..., 1], run.kept
+
+
+def _last_real(row: torch.Tensor) -> int:
+    return max(i for i, v in enumerate(row.tolist()) if v)
+
+
+def _top(scores: list[float], k: int) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+
+
+def _divprune(feats: torch.Tensor, k: int) -> list[int]:
+    """Greedy max-min cosine diversity, as a plain loop."""
+    f = torch.nn.functional.normalize(feats.float(), dim=-1)
+    d = 1 - f @ f.T
+    V = d.shape[0]
+    nn = [min((float(d[i, j]) for j in range(V) if j != i), default=0.0) for i in range(V)]
+    picks = [max(range(V), key=lambda i: (nn[i], -i))]
+    while len(picks) < k:
+        best = max((j for j in range(V) if j not in picks),
+                   key=lambda j: (min(float(d[j, p]) for p in picks), -j))
+        picks.append(best)
+    return picks
