@@ -25,6 +25,8 @@ def layer_cost(lv: LayerView) -> LayerCost:
         if n.op == "call_function" and n.target in (torch._C._nn.linear, torch.nn.functional.linear):
             w = tensor_val(n.args[1])
             params += int(w.shape[0]) * int(w.shape[1])
+    if lv.sdpa is None:      # no attention (linear attention): its state is not a KV cache
+        return LayerCost(params, 0, 0)
     att = sdpa_args(lv.sdpa)
     q, k = tensor_val(att["query"]), tensor_val(att["key"])
     kv_heads = int(k.shape[1])
