@@ -63,7 +63,7 @@ class PassManager:
         vlm = VLMGraph.match(work)
         report = GraphReport(vlm.phase)
         if vlm.phase == "prefill":
-            costs = [flops.layer_cost(lv) for lv in vlm.layers]
+            costs = [flops.layer_cost(lv, vlm.tp) for lv in vlm.layers]
             sites = self.method.sites(self.cfg, vlm.num_layers)
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
