@@ -16,6 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from . import tp
 from .fx_utils import (IDENTITY_METHODS, Unsupported, is_one, is_pointwise, is_sdpa, op_name,
                        same_size, sdpa_args, tensor_val, val)
 
@@ -42,6 +43,7 @@ class SeqDims:
         self.entry = entry
         self.parent: dict = {}
         self.shape_edits: list[fx.Node] = []
+        self.dtensor_edits: list[fx.Node] = []   # from_local(..., shape=, stride=) (tensor parallel)
         self.no_seq: list[tuple] = []   # vars that must not be the sequence (cat joins, merged views)
         self._slices: list[tuple] = []  # (node, input, input dim) of partial slices
         self._multis: dict = {}         # multi-output node -> (input, dim, dim removed)
@@ -164,7 +166,42 @@ class SeqDims:
             return self._reduction(n)
         if name in _SAME_SHAPE_DIM or name in IDENTITY_METHODS or is_pointwise(n):
             return self._broadcast(n, ins)
+        if self._tensor_parallel(n, name, ins):
+            return
         raise Unsupported(f"no sequence-dimension rule for {n.format_node()[:160]}")
+
+    # ---- tensor parallelism (DTensor ops, functional collectives; see .tp) ------------------
+    def _tensor_parallel(self, n, name, ins) -> bool:
+        """DTensor conversions and collectives keep every dim; a dim sharded on either side
+        has different local and global sizes and is never the sequence (sequence parallelism
+        is refused, not rewritten)."""
+        if n.op == "call_method" and name == "copy_":      # in-place write-back of an all-reduce
+            self._broadcast(n, ins)
+            return True
+        if (n.op == "call_method" and name in tp.DTENSOR_METHODS) or tp.is_from_local(n):
+            x = n.args[0]
+            self._one_to_one(n, x, tp.sharded_dims(tensor_val(n)) | tp.sharded_dims(tensor_val(x)), name)
+            if tp.is_from_local(n):
+                self.dtensor_edits.append(n)
+            return True
+        if n.op == "call_function" and n.target in tp.SAME_SHAPE_COLLECTIVES:
+            self._one_to_one(n, n.args[0], set(), name)
+            return True
+        if n.op == "call_function" and n.target in tp.DIM0_COLLECTIVES:
+            self._one_to_one(n, n.args[0], {0}, name)
+            return True
+        return False
+
+    def _one_to_one(self, n, x, forbid: set, why: str):
+        out, xv = tensor_val(n), tensor_val(x)
+        if xv is None or xv.dim() != out.dim():
+            raise Unsupported(f"{why} {n.name} changes the rank")
+        for d in range(out.dim()):
+            if d in forbid:
+                self.no_seq.append(((n, d), f"{why} {n.name} shards dim {d}"))
+                self.no_seq.append(((x, d), f"{why} {n.name} shards dim {d}"))
+            else:
+                self._tie(n, d, x, d)
 
     def _sdpa(self, n):
         a = sdpa_args(n)

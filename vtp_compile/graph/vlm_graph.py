@@ -8,6 +8,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from .tp import TPInfo, find_tp
 from .fx_utils import (Unsupported, is_masked_scatter, is_param_like, is_sdpa, layer_path,
                        op_name, same_size, sdpa_args, tensor_val, to_networkx)
 
@@ -38,6 +39,7 @@ class VLMGraph:
     features: fx.Node | None = None
     visual_mask: fx.Node | None = None  # the mask argument of the splice ([B, L, 1] or [B, L, D])
     vision_context: fx.Node | None = None  # torch.ops.vtp.vision_context (vtp_compile.attach)
+    tp: TPInfo | None = None       # the tensor-parallel group (transformers' tp_plan), if any
 
     @property
     def num_layers(self) -> int:
@@ -81,7 +83,8 @@ class VLMGraph:
                 raise Unsupported("no visual splice and no cache input (text-only prefill or a "
                                   "vision-encoder fragment): nothing to prune")
             phase = "prefill"   # decoder layers from spliced embeddings made in another graph
-        self = cls(gm=gm, phase=phase, layers=layers, embeds_input=embeds_input)
+        self = cls(gm=gm, phase=phase, layers=layers, embeds_input=embeds_input,
+                   tp=find_tp(gm))
         carrier = (torch.ops.vtp.vision_context, torch.ops.vtp.vision_context.default)
         tags = [n for n in graph.nodes if n.op == "call_function" and n.target in carrier]
         if len(tags) > 1:

@@ -21,6 +21,7 @@ import torch.fx as fx
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, is_sdpa, sdpa_args, tensor_val, val
+from ..graph import tp
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import LayerView, VLMGraph
 from ..sites import LayerSite, ReserveSite, RouteSite, method_of
@@ -172,12 +173,14 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         if scores is not None:
             score = scores(g, entry, state, n_keep)
         elif isinstance(site, LayerSite):
-            score = _layer_score(g, _scoring_layer(vlm, K, site), site, entry, state, n_keep)
+            score = _layer_score(g, vlm, _scoring_layer(vlm, K, site), site, entry, state, n_keep)
         else:
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
             if ctx is not None:
                 inputs["ctx"] = ctx
             score = g.call_function(site.score, (inputs,))
+        if vlm.tp is not None:   # every rank selects the same tokens (see graph.tp)
+            score = g.call_function(tp.agree, (score, vlm.tp.size, vlm.tp.group_name))
         n_sel = n_keep
         if isinstance(site, ReserveSite):
             n_sel = g.call_function(traced.with_reserve, (n_keep, site.reserve))
@@ -229,6 +232,8 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
             continue
         if not dims:
             continue
+        if tp.is_dtensor(tensor_val(ext)):
+            raise Unsupported(f"DTensor {ext.name} with a sequence dim enters the pruned region")
         bdim = _batch_dim(sd, ext, dims)
         users = [u for u in region if ext in u.all_input_nodes]
         with g.inserting_before(users[0]):
@@ -239,6 +244,8 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
 
     for n in sd.shape_edits:
         _edit_shape_args(n, [d for d in range(tensor_val(n).dim()) if sd.is_seq(n, d)], new_len)
+    for n in sd.dtensor_edits:
+        tp.edit_from_local(g, n, sd.seq_dims(n), new_len)
     _restrict_masks(g, region, slot_live)
 
     exits = []
@@ -274,11 +281,14 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
     return exits
 
 
-def _layer_score(g: fx.Graph, prev, site, entry, state: CompactState, n_keep) -> fx.Node:
-    """Score node of a LayerSite, from layer ``K - 1``'s attention inputs."""
+def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactState,
+                 n_keep) -> fx.Node:
+    """Score node of a LayerSite, from layer ``K - 1``'s attention inputs (every head's, also
+    when tensor parallelism splits them across ranks)."""
     att = sdpa_args(prev.sdpa)
     q, k, m = att["query"], att["key"], att["attn_mask"]
     q_row = g.call_function(traced.query_row, (q, state.qpos))
+    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, q, q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
     key_row = g.call_function(traced.query_key_row, (m if isinstance(m, fx.Node) else None,
                                                      state.qpos, state.live, bool(att["is_causal"])))

@@ -65,7 +65,7 @@ class PassManager:
         if vlm.phase == "splice":
             compact.record_splice(vlm)
         elif vlm.phase == "prefill":
-            costs = [flops.layer_cost(lv) for lv in vlm.layers]
+            costs = [flops.layer_cost(lv, vlm.tp) for lv in vlm.layers]
             sites = self.method.sites(self.cfg, vlm.num_layers)
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
