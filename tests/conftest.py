@@ -1,9 +1,12 @@
+import os
+
 import pytest
 import torch
 
 from .helpers import CASES
 
-torch.set_num_threads(2)
+# under pytest-xdist (`make test` runs one worker per core) each worker gets one thread
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +18,18 @@ def _fresh_dynamo():
     yield
     torch._dynamo.config.capture_scalar_outputs, torch._dynamo.config.recompile_limit = old
     torch._dynamo.reset()
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its case counts to the controller."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["vtp_cases"] = dict(CASES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    CASES.update(getattr(node, "workeroutput", {}).get("vtp_cases", {}))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

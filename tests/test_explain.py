@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import vtp_compile
@@ -44,3 +45,24 @@ def test_explain_text_only_says_why():
         model(**inputs)
     ex = vtp_compile.explain(model, inputs, {"method": "fastv"})
     assert ex.sites == [] and ex.reason
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl", "qwen3_5"])
+def test_explain_on_other_families_reports_the_mask_oracle_selection(family):
+    """Families whose capture differs from LLaVA's: Gemma 3 builds masks with vmap (kept alive
+    through the truncation), Qwen2.5-VL's forward splices in another graph (the side channel),
+    Qwen3.5 mixes linear-attention layers."""
+    from vtp_compile.testing import families as F, support
+    from vtp_compile.testing.oracle_mask import Pruning, masked_forward
+
+    model = F.build_model(family)
+    rows = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec()))]
+    inputs = F.make_inputs(family, model, rows, padding_side="left", seed=2)
+    visual = F.visual_positions(family, model, inputs)
+    layer = support.layer_for(family)
+    with torch.no_grad():
+        model(**inputs)
+        (site,) = vtp_compile.explain(model, inputs, {"method": "fastv", "budget": 3, "layer": layer}).sites
+        _, kept = masked_forward(model, inputs, visual, Pruning("fastv", budget=3, layer=layer))
+    want = [[int(visual[b, :p].sum()) for p in sorted(ks)] for b, ks in enumerate(kept)]
+    assert site.kept == 3 and site.kept_visual_index.tolist() == want

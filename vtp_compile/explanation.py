@@ -53,9 +53,11 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     def plan_only(gm, example_inputs, **kw):
         manager = PassManager(cfg)
         try:
-            _, report = manager(gm, example_inputs)
+            work, report = manager(gm, example_inputs)
             if report.phase == "prefill" and manager.state is not None:
                 planned.append((manager, report, list(example_inputs)))
+            if report.phase == "splice":   # records the spliced embeddings for the decoder graph
+                return work.forward
         except Unsupported as why:
             reasons.append(str(why))
         return gm.forward  # the capture itself runs unpruned
@@ -87,6 +89,15 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
                       r.kv_bytes_saved, vi, r.reserve) for r, vi in zip(report.sites, idx)])
 
 
+def _impure(n: fx.Node) -> bool:
+    """Nodes dead-code elimination must keep: side effects, and functorch's vmap nesting
+    calls (transformers builds some masks with vmap; dropping a decrement breaks the rest)."""
+    if n.is_impure():
+        return True
+    return n.op == "call_function" and "functorch" in getattr(n.target, "__module__", "") \
+        or "vmap" in getattr(n.target, "__name__", "")
+
+
 def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
     """Per site, ``[B, kept]`` indices into each row's visual tokens (rows with fewer kept
     tokens are padded with -1)."""
@@ -95,7 +106,7 @@ def _run_selection(manager: PassManager, example_inputs) -> list[torch.Tensor]:
     out = next(n for n in reversed(g.nodes) if n.op == "output")
     picks = [x for _, idx, live, _ in state.keep_nodes for x in (idx, live)]
     out.args = ((state.first_visual, *picks),)
-    g.eliminate_dead_code()
+    g.eliminate_dead_code(is_impure_node=_impure)
     gm = fx.GraphModule(out.graph.owning_module, g)
     with torch.no_grad():
         vis, *flat = gm(*example_inputs)
