@@ -147,11 +147,3 @@ def test_vision_lookup_reads_nothing_on_the_host(monkeypatch):
         monkeypatch.setattr(vc, "last_record", lambda: rec)
         cls, upper = vision.lookup(feats, 3, 3, 5)
     assert cls.shape == (2, 9) and upper.shape == (2, 9, 5)
-
-
-def test_every_op_is_classified():
-    names = {n for n in dir(torch.ops.vtp) if isinstance(getattr(torch.ops.vtp, n, None),
-                                                          torch._ops.OpOverloadPacket)}
-    classified = set(lowering.DECOMPOSED) | set(lowering.TRITON) | set(lowering.STATEFUL)
-    assert names <= classified, f"unclassified vtp ops: {sorted(names - classified)}"
-    assert set(_inputs()) >= set(lowering.DECOMPOSED) | set(lowering.TRITON)
