@@ -44,6 +44,7 @@ DECOMPOSED = {
     "scatter_seq": select.scatter_seq,
     "live_mask": select.live_mask,
     "mark_dead": cache.mark_dead,
+    "to_positional": cache.to_positional,
     "decode_mask": cache.decode_mask,
     "attn_row_scores": _attn_row_scores,
     "topk_mask": dcp.topk_mask,
@@ -63,6 +64,8 @@ STATEFUL = {
     "dstp_columns": "reads DSTP's runtime state",
     "dstp_update": "reads and updates DSTP's runtime state",
     "vision_lookup": "returns the vision internals attach() recorded for this call",
+    "record_splice": "records the spliced embeddings and visual mask for a later decoder graph",
+    "splice_lookup": "returns the visual mask record_splice kept for exactly these embeddings",
 }
 
 
