@@ -15,8 +15,9 @@ Per model, four configurations run the same prompts:
 * ``peer-compiled``: the same hooks under ``model.compile(backend=<compiler>)``, where it
   compiles (a failure is reported, not raised).
 
-Measured: prefill (``generate(max_new_tokens=1)``, batch 1), decode tokens/s at each batch
-(``(t(1 + N tokens) - t(1 token))`` over ``B x N`` tokens), the KV cache bytes after prefill,
+Measured: prefill (time to the first new token, batch 1), decode tokens/s at each batch
+(``B x N`` tokens over the time from the first to the last of ``1 + N`` new tokens, read by a
+never-stopping stopping criterion in the same generate), the KV cache bytes after prefill,
 compile time (first call minus a steady one) and the graphs Dynamo compiled (first call; then
 for two other prompt lengths and the other batch sizes). Timed rounds are interleaved (every
 configuration once per round, in a rotated order) and medians reported. Limits: on CPU the
@@ -139,10 +140,10 @@ QWEN25_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_
 
 def cases(scale: str) -> list[Case]:
     if scale == "tiny":
-        lb, li = _llava(dict(layers=3))
-        qb, qi = _qwen(3)
-        return [Case("llava-tiny", lb, li, budget=4, layer=1, batches=(1, 8, 32)),
-                Case("qwen2.5-vl-tiny", qb, qi, budget=4, layer=1, batches=(1, 8))]
+        lb, li = _llava(dict(layers=2))
+        qb, qi = _qwen(2)
+        return [Case("llava-tiny", lb, li, budget=4, layer=1, batches=(1,)),
+                Case("qwen2.5-vl-tiny", qb, qi, budget=4, layer=1, batches=(1,))]
     if scale == "cpu":
         big = dict(hidden=1024, intermediate=2816, layers=8, heads=16, kv_heads=16, image_size=384,
                    patch=16, vocab=1024, vision_hidden=64, max_positions=2048)
@@ -190,11 +191,27 @@ class Runner:
             m.compile(backend=self.compiler)
         self.impl[cfg] = m._compiled_call_impl
 
-    def generate(self, inputs, n: int, cache: bool = False):
+    def generate(self, inputs, n: int, cache: bool = False, clock: "StepClock | None" = None):
+        from transformers import StoppingCriteriaList
+        extra = {"stopping_criteria": StoppingCriteriaList([clock])} if clock is not None else {}
         out = self.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                  return_dict_in_generate=cache)
+                                  return_dict_in_generate=cache, **extra)
         _sync()
         return out
+
+
+class StepClock:
+    """A stopping criterion that never stops and records when each new token is out: ``t[0]``
+    after the prefill (and the first token), ``t[i]`` after decode step ``i``. One generate
+    gives both the prefill time and the decode rate, with no difference of two noisy runs."""
+
+    def __init__(self):
+        self.t: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        _sync()
+        self.t.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _sync():
@@ -253,7 +270,7 @@ def run_case(case: Case, args, device, dtype) -> dict:
                 t_steady = _timed(lambda: r.generate(inp(1), N + 1))
                 row["compile_s"] = max(0.0, t_first - t_steady) if cfg != "peer-eager" else 0.0
                 g1 = _graphs()
-                for extra in (3, 7):                # other prompt lengths
+                for extra in args.lengths:          # other prompt lengths
                     r.generate(inp(1, extra), 2)
                 row["graphs_new_lengths"] = _graphs() - g1
                 row["kv_bytes"] = _kv_bytes(r.generate(inp(1), 1, cache=True))
@@ -261,18 +278,15 @@ def run_case(case: Case, args, device, dtype) -> dict:
                 r.failed[cfg] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 row["error"] = r.failed[cfg]
         live = [c for c in CONFIGS if c not in r.failed]
-        if case.prefill:
-            t = _rounds(r, live, lambda: r.generate(inp(1), 1), args.runs, args.warmup)
-            for c in live:
-                res["configs"][c]["prefill_ms"] = 1e3 * statistics.median(t[c])
         res["decode"] = {}
         for B in case.batches:
             x = inp(B)
             g0 = _graphs()
-            t1 = _rounds(r, live, lambda: r.generate(x, 1), args.runs, args.warmup)
-            tn = _rounds(r, live, lambda: r.generate(x, N + 1), args.runs, args.warmup)
-            res["decode"][B] = {c: B * N / max(1e-9, statistics.median(tn[c]) - statistics.median(t1[c]))
-                                for c in live}
+            pre, dec = _rounds(r, live, x, N, args.runs, args.warmup)
+            if B == 1 and case.prefill:
+                for c in live:
+                    res["configs"][c]["prefill_ms"] = 1e3 * statistics.median(pre[c])
+            res["decode"][B] = {c: B * N / statistics.median(dec[c]) for c in live}
             res["decode"][f"graphs_b{B}"] = _graphs() - g0
     r.use("peer-eager")
     r.peer.detach()
@@ -280,16 +294,24 @@ def run_case(case: Case, args, device, dtype) -> dict:
     return res
 
 
-def _rounds(r: Runner, cfgs, fn, runs: int, warmup: int) -> dict:
-    times = {c: [] for c in cfgs}
+def _rounds(r: Runner, cfgs, x, n: int, runs: int, warmup: int) -> tuple[dict, dict]:
+    """``(prefill seconds, decode seconds for n steps)`` per config: ``warmup + runs`` rounds,
+    every config once per round in a rotated order; the warm-up rounds (which compile the
+    graphs of a new batch size) are dropped."""
+    pre = {c: [] for c in cfgs}
+    dec = {c: [] for c in cfgs}
     for i in range(warmup + runs):
         k = i % len(cfgs)
         for c in cfgs[k:] + cfgs[:k]:
             r.use(c)
-            dt = _timed(fn)
+            clock = StepClock()
+            _sync()
+            t0 = time.perf_counter()
+            r.generate(x, n + 1, clock=clock)
             if i >= warmup:
-                times[c].append(dt)
-    return times
+                pre[c].append(clock.t[0] - t0)
+                dec[c].append(clock.t[-1] - clock.t[0])
+    return pre, dec
 
 
 def _limits(model, case: Case, span, L: int, device) -> dict:
@@ -381,10 +403,9 @@ def main(argv=None) -> int:
     args.compiler = args.compiler or ("eager" if scale == "tiny" else "inductor")
     args.new_tokens = args.new_tokens or {"tiny": 2, "cpu": 8, "gpu": 32}[scale]
     args.runs = args.runs or {"tiny": 1, "cpu": 3, "gpu": 5}[scale]
-    if scale == "tiny":
-        args.warmup = 0
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if (cuda and scale == "gpu") else torch.float32
+    args.lengths = () if scale == "tiny" else (3, 7)
     if not cuda:
         torch.set_num_threads(args.threads)
     from .. import configure_dynamo
