@@ -68,3 +68,19 @@ def test_fastv_prefill_has_no_opaque_vtp_calls():
     assert "select_keep" in called                 # the pass did prune
     assert "gather" in "".join(codes)              # ... and the gathers are generated code
     torch.testing.assert_close(out.logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_stateful_ops_are_cudagraph_unsafe():
+    """Inductor's CUDA graphs (reduce-overhead) must not capture an op whose effect is Python
+    state: a replay would skip it. The tag makes Inductor leave such graphs uncaptured."""
+    from torch._inductor.utils import get_first_incompatible_cudagraph_node
+    tag = torch.Tag.cudagraph_unsafe
+    for name in lowering.STATEFUL:
+        assert tag in getattr(torch.ops.vtp, name).default.tags, name
+    for name in lowering.DECOMPOSED:
+        assert tag not in getattr(torch.ops.vtp, name).default.tags, name
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    g.output(g.call_function(torch.ops.vtp.splice_lookup.default, (x,)))
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    assert get_first_incompatible_cudagraph_node(gm) is not None

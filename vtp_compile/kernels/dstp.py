@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from ._tags import STATEFUL
+
 from ..shift_state import ShiftState
 from .dcp import topk_mask
 from .scores import attn_row_scores
@@ -70,7 +72,7 @@ def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: Optional[tor
 
 
 # ---- registration -------------------------------------------------------------------------------
-@torch.library.custom_op("vtp::dstp_begin", mutates_args=())
+@torch.library.custom_op("vtp::dstp_begin", mutates_args=(), **STATEFUL)
 def dstp_begin(active: torch.Tensor, visual: torch.Tensor, slot_live: torch.Tensor,
                keys0: torch.Tensor, k: torch.Tensor, tau: float, key: str) -> torch.Tensor:
     """Record a DSTP prefill's layout (compacted); returns the reserve mask ``visual & ~active``."""
@@ -84,7 +86,7 @@ def _(active, visual, slot_live, keys0, k, tau, key):
     return torch.empty_like(visual)
 
 
-@torch.library.custom_op("vtp::dstp_columns", mutates_args=())
+@torch.library.custom_op("vtp::dstp_columns", mutates_args=(), **STATEFUL)
 def dstp_columns(keys0: torch.Tensor, key: str) -> torch.Tensor:
     """``[B or 1, S]`` bool: the cache columns this decode step attends to before the site."""
     from .. import shift_state
@@ -98,7 +100,7 @@ def _(keys0, key):
     return keys0.new_empty((keys0.shape[0], keys0.shape[2]), dtype=torch.bool)
 
 
-@torch.library.custom_op("vtp::dstp_update", mutates_args=())
+@torch.library.custom_op("vtp::dstp_update", mutates_args=(), **STATEFUL)
 def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tensor], scale: float,
                 cols: torch.Tensor, key: str) -> torch.Tensor:
     """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on.

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ._tags import STATEFUL
+
 
 @torch.library.custom_op("vtp::vision_context", mutates_args=())
 def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, upper: torch.Tensor,
@@ -17,7 +19,7 @@ def _(features, cls_attn, upper, grid_h, grid_w):
     return torch.empty_like(features)
 
 
-@torch.library.custom_op("vtp::vision_lookup", mutates_args=())
+@torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL)
 def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
                   dv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
