@@ -54,6 +54,7 @@ class Case:
     layer: int = 2
     batches: tuple = (1, 8, 32)
     prefill: bool = True
+    lengths: bool = True        # also count the graphs compiled for two other prompt lengths
 
 
 def _llava(spec_kw: dict):
@@ -152,8 +153,8 @@ def cases(scale: str) -> list[Case]:
         lb, li = _llava(big)
         sb, si = _llava(small)
         return [Case("llava-cpu-1024x8 (576 visual)", lb, li, budget=64, layer=2, batches=(1,)),
-                Case("llava-cpu-512x4 (144 visual)", sb, si, budget=16, layer=2, batches=(1, 8, 32),
-                     prefill=False)]
+                Case("llava-cpu-512x4 (144 visual)", sb, si, budget=16, layer=2, batches=(8, 32),
+                     prefill=False, lengths=False)]
     if scale == "gpu":
         qb, qi = _qwen(28, QWEN25_7B_TEXT, QWEN25_7B_VISION, size=(1008, 1008))   # 1296 visual
         return [Case("llava-1.5-7b", _llava_7b_build, _llava_7b_inputs, budget=64, layer=2),
@@ -214,6 +215,13 @@ class StepClock:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+_T0 = time.perf_counter()
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -265,12 +273,13 @@ def run_case(case: Case, args, device, dtype) -> dict:
             row = res["configs"][cfg] = {}
             try:
                 g0 = _graphs()
+                _progress(f"{case.name}: {cfg}: compiling")
                 t_first = _timed(lambda: r.compile(cfg) or r.generate(inp(1), N + 1))
                 row["graphs_first"] = _graphs() - g0
                 t_steady = _timed(lambda: r.generate(inp(1), N + 1))
                 row["compile_s"] = max(0.0, t_first - t_steady) if cfg != "peer-eager" else 0.0
                 g1 = _graphs()
-                for extra in args.lengths:          # other prompt lengths
+                for extra in (args.lengths if case.lengths else ()):   # other prompt lengths
                     r.generate(inp(1, extra), 2)
                 row["graphs_new_lengths"] = _graphs() - g1
                 row["kv_bytes"] = _kv_bytes(r.generate(inp(1), 1, cache=True))
@@ -280,6 +289,7 @@ def run_case(case: Case, args, device, dtype) -> dict:
         live = [c for c in CONFIGS if c not in r.failed]
         res["decode"] = {}
         for B in case.batches:
+            _progress(f"{case.name}: batch {B}")
             x = inp(B)
             g0 = _graphs()
             pre, dec = _rounds(r, live, x, N, args.runs, args.warmup)
