@@ -130,8 +130,9 @@ def _qwen(layers, text=None, vision=None, size=(64, 64)):
     return build, inputs
 
 
-QWEN25_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+QWEN25_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, head_dim=128,
                       num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768,
+                      rms_norm_eps=1e-6,
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                        "mrope_section": [16, 24, 24]})
 QWEN25_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
