@@ -1,5 +1,11 @@
 import os
 
+# Triton kernels run in Triton's CPU interpreter when no GPU is present; the interpreter is
+# chosen when a kernel is decorated (triton's own library kernels: at `import triton`), so this
+# must be set before anything imports triton (tests/kernels/triton/).
+if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "" and not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 

@@ -11,7 +11,7 @@ import torch.fx as fx
 from . import kernels  # noqa: F401  (registers torch.ops.vtp)
 from .config import PruneConfig
 from .errors import OptionError
-from .graph.fx_utils import Unsupported
+from .graph.fx_utils import StaticCacheUnsupported, Unsupported
 from .passes.manager import REPORTS, GraphReport, PassManager, lower
 
 log = logging.getLogger("vtp_compile")
@@ -33,6 +33,9 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
     try:
         cfg = PruneConfig.from_options(options)
         gm, report = PassManager(cfg)(gm, example_inputs)
+    except StaticCacheUnsupported as why:
+        _warn_static_cache(why)
+        report = GraphReport("unrecognised", skipped=str(why))
     except Unsupported as why:
         log.info("vtp: graph left unpruned: %s", why)
         report = GraphReport("unrecognised", skipped=str(why))
@@ -46,6 +49,18 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
 
 
 _warned_limit = False
+_warned_static = False
+
+
+def _warn_static_cache(why) -> None:
+    """One warning per process (every prefill and decode graph of a static-cache generate
+    lands here); later graphs log at info level."""
+    global _warned_static
+    if not _warned_static:
+        _warned_static = True
+        log.warning("vtp: generation left unpruned: %s", why)
+    else:
+        log.info("vtp: graph left unpruned: %s", why)
 
 
 def _warn_recompile_limit() -> None:

@@ -65,6 +65,10 @@ class PruneConfig:
         if mode != "default" and inner != "inductor":
             raise OptionError(f"vtp: mode {mode!r} is an Inductor mode; it needs inner_backend "
                               f"'inductor', got {inner!r}")
+        if method.no_cuda_graphs and _cuda_graphs(mode, inductor):
+            raise OptionError(f"vtp: method {method.name!r} cannot run under CUDA graphs "
+                              f"(mode {mode!r}): {method.no_cuda_graphs}; use mode "
+                              f"'max-autotune-no-cudagraphs' or 'default'")
         keep = _keep_rule(budget, ratio)
         params = dict(method.defaults)
         unknown = [k for k in opts if k not in params]
@@ -76,6 +80,14 @@ class PruneConfig:
         method.validate(params)
         return cls(method=method.name, keep=keep, params=params, inner_backend=inner,
                    inductor=dict(inductor), mode=mode)
+
+
+def _cuda_graphs(mode: str, inductor: Mapping[str, Any]) -> bool:
+    """Whether Inductor would capture CUDA graphs under this mode and these patches."""
+    import torch._inductor
+    opts = dict(torch._inductor.list_mode_options(mode)) if mode != "default" else {}
+    opts.update(inductor)
+    return bool(opts.get("triton.cudagraphs"))
 
 
 def _inner_backend(inner):

@@ -21,6 +21,25 @@ class Unsupported(Exception):
     """The graph has a structure the analysis cannot prove safe to rewrite."""
 
 
+class StaticCacheUnsupported(Unsupported):
+    """The decoder writes a static KV cache in place (``cache_implementation="static"``)."""
+
+
+def is_static_cache_write(n: Any) -> bool:
+    """``buffer.index_copy_(2, cache_position, states)``: transformers' ``StaticLayer.update``
+    (static and offloaded-static caches) writing a layer's keys or values at their slots."""
+    if n.op == "call_method":
+        hit = n.target in ("index_copy_", "index_copy")
+    elif n.op == "call_function":
+        hit = n.target in (torch.Tensor.index_copy_, torch.Tensor.index_copy, torch.index_copy,
+                           torch.ops.aten.index_copy_.default, torch.ops.aten.index_copy.default)
+    else:
+        return False
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    v = val(n.args[0]) if n.args else None
+    return hit and isinstance(v, torch.Tensor) and v.dim() == 4 and dim in (2, -2)
+
+
 def val(n: Any) -> Any:
     """The fake value Dynamo recorded for a node (or the constant itself)."""
     if isinstance(n, fx.Node):

@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 
 from .tp import TPInfo, find_tp
-from .fx_utils import (Unsupported, is_masked_scatter, is_param_like, is_sdpa, layer_path,
+from .fx_utils import (StaticCacheUnsupported, Unsupported, is_static_cache_write, is_masked_scatter, is_param_like, is_sdpa, layer_path,
                        op_name, same_size, sdpa_args, tensor_val, to_networkx)
 
 
@@ -64,6 +64,11 @@ class VLMGraph:
         if not sdpas:
             raise Unsupported("no scaled_dot_product_attention call in this graph (a fragment without "
                               "decoder layers, or eager attention, which is not supported)")
+        if any(is_static_cache_write(n) for n in graph.nodes):
+            raise StaticCacheUnsupported(
+                "static KV cache (cache_implementation='static'): the decoder writes its cache "
+                "in place at cache_position (index_copy_), which vtp does not rewrite yet; this "
+                "graph runs unpruned and correct. Use the default dynamic cache to prune.")
         nxg = to_networkx(graph)
         if splices:
             splice = splices[0]

@@ -34,9 +34,10 @@ COMPACTED, POSITIONAL = 1, -1
 def mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: int) -> torch.Tensor:
     """``cache`` ``[B, H, S, D]`` with columns ``dead`` ``[B, S]`` cleared (keys) or marked
     (values: ``MARK`` in channel 0, ``layout * TAG`` in channel 1, zeros elsewhere)."""
+    ch = torch.arange(cache.shape[-1], device=cache.device)
     fill = torch.zeros(cache.shape[-1], dtype=cache.dtype, device=cache.device)
-    if is_value:
-        fill[0], fill[1] = MARK, layout * TAG
+    if is_value:   # functional (no in-place writes): this is also the decomposition Inductor traces
+        fill = torch.where(ch == 0, MARK, torch.where(ch == 1, layout * TAG, fill)).to(cache.dtype)
     return torch.where(dead[:, None, :, None], fill, cache)
 
 

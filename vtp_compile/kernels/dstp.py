@@ -7,19 +7,25 @@ from typing import Optional
 
 import torch
 
+from ._tags import STATEFUL
+
+from ..shift_state import ShiftState
 from .dcp import topk_mask
 from .scores import attn_row_scores
 
 
 # ---- references ---------------------------------------------------------------------------------
-def shift_columns(state, S: int, device) -> torch.Tensor:
+def shift_columns(state, S: int, device, match: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[B, S]`` bool: the cache columns a decode step may attend to (non-visual or active;
-    every column after the prompt). ``state`` None: all of them."""
+    every column after the prompt). ``state`` None, or ``match`` (a 0-dim bool: the step's cache
+    comes from the state's prefill) False: all of them."""
     if state is None:
         return torch.ones(1, S, dtype=torch.bool, device=device)
     B, P = state.visual.shape
-    cols = torch.ones(B, S, dtype=torch.bool, device=device)
-    cols[:, :P] = (~state.visual | state.active).to(device)
+    prompt = (~state.visual | state.active).to(device)
+    cols = torch.cat([prompt, torch.ones(B, S - P, dtype=torch.bool, device=device)], 1)
+    if match is not None:
+        cols = cols | ~match.to(device)
     return cols
 
 
@@ -32,12 +38,14 @@ def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: Optional[tor
     as their active set (``state`` is updated). Returns the columns the layers from the site on
     attend to, ``[B, S]``.
     """
+    match = None
+    if state is not None and not isinstance(state, ShiftState):   # a shift_state.Found
+        state, match = state.state, state.match
     if state is None:
         return cols.clone()
     B, P = state.visual.shape
     S = k.shape[2]
-    vis = torch.zeros(B, S, dtype=torch.bool, device=q.device)
-    vis[:, :P] = state.visual.to(q.device)
+    vis = torch.cat([state.visual.to(q.device), torch.zeros(B, S - P, dtype=torch.bool, device=q.device)], 1)
     active = cols.expand(B, S) & vis
     allowed = cols.expand(B, S) | vis
     if mask_row is not None:
@@ -49,15 +57,22 @@ def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: Optional[tor
     mass_best = (probs * best).sum(-1)
     shift = 1.0 - mass_active / mass_best.clamp(min=1e-30)
     swap = shift > state.tau
+    if match is not None:       # a cache from another prefill: no swap, no state change
+        swap = swap & match
     new_active = torch.where(swap[:, None], best, active)
-    state.active = new_active[:, :P].clone()
+    keep = new_active[:, :P]
+    if match is not None:
+        keep = torch.where(match, keep, state.active.to(keep.device))
+    state.active = keep.clone()
     state.steps += 1
-    state.swaps += int(swap.sum())
-    return ~vis | new_active | (torch.arange(S, device=q.device) >= P)
+    n = swap.sum()      # stays on the device (no host read per step)
+    state.swap_count = n if state.swap_count is None else state.swap_count + n
+    out = ~vis | new_active | (torch.arange(S, device=q.device) >= P)
+    return out if match is None else torch.where(match, out, cols.expand(B, S))
 
 
 # ---- registration -------------------------------------------------------------------------------
-@torch.library.custom_op("vtp::dstp_begin", mutates_args=())
+@torch.library.custom_op("vtp::dstp_begin", mutates_args=(), **STATEFUL)
 def dstp_begin(active: torch.Tensor, visual: torch.Tensor, slot_live: torch.Tensor,
                keys0: torch.Tensor, k: torch.Tensor, tau: float, key: str) -> torch.Tensor:
     """Record a DSTP prefill's layout (compacted); returns the reserve mask ``visual & ~active``."""
@@ -71,12 +86,13 @@ def _(active, visual, slot_live, keys0, k, tau, key):
     return torch.empty_like(visual)
 
 
-@torch.library.custom_op("vtp::dstp_columns", mutates_args=())
+@torch.library.custom_op("vtp::dstp_columns", mutates_args=(), **STATEFUL)
 def dstp_columns(keys0: torch.Tensor, key: str) -> torch.Tensor:
     """``[B or 1, S]`` bool: the cache columns this decode step attends to before the site."""
     from .. import shift_state
-    st = shift_state.lookup(key, keys0)
-    return shift_columns(st, keys0.shape[2], keys0.device).expand(keys0.shape[0], -1).clone()
+    found = shift_state.lookup(key, keys0)
+    return shift_columns(found.state, keys0.shape[2], keys0.device,
+                         found.match).expand(keys0.shape[0], -1).clone()
 
 
 @dstp_columns.register_fake
@@ -84,7 +100,7 @@ def _(keys0, key):
     return keys0.new_empty((keys0.shape[0], keys0.shape[2]), dtype=torch.bool)
 
 
-@torch.library.custom_op("vtp::dstp_update", mutates_args=())
+@torch.library.custom_op("vtp::dstp_update", mutates_args=(), **STATEFUL)
 def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tensor], scale: float,
                 cols: torch.Tensor, key: str) -> torch.Tensor:
     """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on.

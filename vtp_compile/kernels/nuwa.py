@@ -29,7 +29,8 @@ def nuwa_anchor_scores(cls_attn: torch.Tensor, n_keep: torch.Tensor, grid_h: int
     img, r, c = _grid_coords(V, grid_h, grid_w, s.device)
     per_row = -(-grid_w // region)
     block = (img * (-(-grid_h // region)) + r // region) * per_row + c // region     # [V]
-    n_blocks = int(block.max()) + 1 if V else 1
+    # the block count stays on the device (no host read): a 0-dim tensor
+    n_blocks = block.amax() + 1 if V else torch.ones((), dtype=torch.long, device=s.device)
     n = -(-n_keep.to(s.device).long() // n_blocks)                                    # [B]
     idx = torch.arange(V, device=s.device)
     sj, si = s[:, None, :], s[:, :, None]                                            # [B, i, j]
@@ -52,37 +53,45 @@ def nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: t
     upper-layer features ``[B, V, Dv]``, ``d`` the patch-grid distance and
     ``d_max = sqrt(distance * ((grid_h-1)^2 + (grid_w-1)^2))`` (``W_ii = 1``). A row whose
     visual tokens are all anchors is returned unchanged.
+
+    Batched and free of host reads (every row at once, fixed shapes), so the same code is the
+    CPU kernel and the decomposition Inductor compiles on either device. Every row must hold
+    exactly ``V`` visual tokens (checked on the device).
     """
     B, L, D = hidden.shape
-    out = hidden.clone()
     V = upper.shape[1]
     if V == 0:
-        return out
-    img, r, c = _grid_coords(V, grid_h, grid_w, hidden.device)
+        return hidden.clone()
+    dev = hidden.device
+    img, r, c = _grid_coords(V, grid_h, grid_w, dev)
     d = ((r[:, None] - r[None, :]).float() ** 2 + (c[:, None] - c[None, :]).float() ** 2).sqrt()
     d_max = math.sqrt(distance * ((grid_h - 1) ** 2 + (grid_w - 1) ** 2))
     prox = 1.0 - (d / d_max).clamp(max=1.0) if d_max > 0 else (d == 0).float()
     prox = prox * (img[:, None] == img[None, :]).float()                         # [V, V]
+    torch._assert_async((visual_mask.sum(1) == V).all(),
+                        f"vtp nuwa: every row must hold the {V} visual tokens of the vision internals")
+    # each row's visual positions in order (visual first: a stable sort of "not visual")
+    pos = torch.sort((~visual_mask).to(torch.uint8), dim=1, stable=True).indices[:, :V]   # [B, V]
+    anchor = torch.gather(keep_mask, 1, pos)                                      # [B, V]
+    n_anchor = anchor.sum(1)                                                      # [B]
+    # rank among the anchors: score descending, ties by position (two stable sorts)
+    s = torch.gather(scores, 1, pos).float()
+    by_score = torch.sort(s, dim=1, descending=True, stable=True).indices
+    by_anchor = torch.sort((~torch.gather(anchor, 1, by_score)).to(torch.uint8), dim=1,
+                           stable=True).indices
+    order = torch.gather(by_score, 1, by_anchor)
+    rank = torch.empty_like(order).scatter(1, order, torch.arange(V, device=dev).expand(B, V))
+    n_pillars = torch.ceil(n_anchor.double() * pillars).long()
+    # rows that lost nothing (all anchors) or kept nothing are returned unchanged
+    acts = (n_anchor > 0) & (n_anchor < V)
+    collector = anchor & (rank >= n_pillars[:, None]) & acts[:, None]             # [B, V]
     u = torch.nn.functional.normalize(upper.float(), dim=-1)
-    for b in range(B):
-        pos = torch.nonzero(visual_mask[b]).flatten()
-        if pos.numel() != V:
-            raise ValueError(f"vtp nuwa: row {b} has {pos.numel()} visual tokens, the vision "
-                             f"internals {V}")
-        kept = keep_mask[b, pos]
-        anchors = torch.nonzero(kept).flatten()
-        if anchors.numel() in (0, V):
-            continue        # nothing removed: nothing to recover (keep-all is the identity)
-        # anchors ascend by position, so a stable sort breaks score ties towards the lower one
-        order = torch.sort(scores[b, pos[anchors]].float(), descending=True, stable=True).indices
-        collectors = anchors[order[math.ceil(pillars * anchors.numel()):]]
-        if collectors.numel() == 0:
-            continue
-        W = torch.relu(u[b, collectors] @ u[b].T) * prox[collectors]             # [C, V]
-        W[torch.arange(collectors.numel(), device=W.device), collectors] = 1.0   # self-weight 1
-        x = hidden[b, pos].float()
-        out[b, pos[collectors]] = ((W @ x) / W.sum(-1, keepdim=True)).to(hidden.dtype)
-    return out
+    W = torch.relu(u @ u.transpose(1, 2)) * prox                                  # [B, V, V]
+    W = torch.where(torch.eye(V, dtype=torch.bool, device=dev), torch.ones_like(W), W)
+    x = torch.gather(hidden, 1, pos[..., None].expand(B, V, D)).float()           # [B, V, D]
+    agg = (W @ x) / W.sum(-1, keepdim=True)
+    new = torch.where(collector[..., None], agg, x).to(hidden.dtype)
+    return hidden.scatter(1, pos[..., None].expand(B, V, D), new)
 
 
 # ---- registration -------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from ._tags import STATEFUL
+
 _RECORD: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-@torch.library.custom_op("vtp::record_splice", mutates_args=())
+@torch.library.custom_op("vtp::record_splice", mutates_args=(), **STATEFUL)
 def record_splice(embeds: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
     """Remember the spliced ``embeds`` ``[B, L, D]`` and its ``visual_mask`` ``[B, L]``;
     returns ``embeds`` (a copy)."""
@@ -29,7 +31,7 @@ def _(embeds, visual_mask):
     return torch.empty_like(embeds)
 
 
-@torch.library.custom_op("vtp::splice_lookup", mutates_args=())
+@torch.library.custom_op("vtp::splice_lookup", mutates_args=(), **STATEFUL)
 def splice_lookup(embeds: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool: the visual mask recorded for exactly these embeddings, else all False."""
     rec = _RECORD

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ._tags import STATEFUL
+
 
 @torch.library.custom_op("vtp::vision_context", mutates_args=())
 def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, upper: torch.Tensor,
@@ -17,20 +19,31 @@ def _(features, cls_attn, upper, grid_h, grid_w):
     return torch.empty_like(features)
 
 
-@torch.library.custom_op("vtp::vision_lookup", mutates_args=())
+@torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL)
 def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
                   dv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
     projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv])``."""
+    return lookup(features, grid_h, grid_w, dv)
+
+
+def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
+    """:func:`vision_lookup`'s body (on CUDA it reads nothing on the host)."""
     from .. import vision_context as vc
     rec = vc.last_record()
-    if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w) \
-            or not torch.equal(rec.features.to(features.device, features.dtype), features):
-        raise ValueError("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
-                         "to the images of this call (features differ); call attach(model) before "
-                         "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
-                         "direct forward splits the vision tower from the decoder), and do not pass "
-                         "mm_encoder_outputs computed elsewhere")
+    msg = ("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
+           "to the images of this call (features differ); call attach(model) before "
+           "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
+           "direct forward splits the vision tower from the decoder), and do not pass "
+           "mm_encoder_outputs computed elsewhere")
+    if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w):
+        raise ValueError(msg)
+    same = (rec.features.to(features.device, features.dtype) == features).all()
+    if features.device.type == "cpu":
+        if not bool(same):
+            raise ValueError(msg)
+    else:       # no host read on CUDA: a device-side assertion
+        torch._assert_async(same, msg)
     dev = features.device
     return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
                  for t in (rec.cls_attn, rec.upper))

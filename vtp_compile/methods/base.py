@@ -19,6 +19,8 @@ class Method:
     defaults: ClassVar[Mapping[str, Any]] = {}
     # reads the vision tower's internals: needs vtp_compile.attach(model) (see vision_context)
     vision_internals: ClassVar[bool] = False
+    # why a CUDA graph cannot replay this method's graphs (None: it can); refuses reduce-overhead
+    no_cuda_graphs: ClassVar[str | None] = None
 
     def validate(self, params: Mapping[str, Any]) -> None:
         pass

@@ -23,6 +23,8 @@ class DSTP(Method):
     name = "dstp"
     paper = "arXiv 2604.12358"
     defaults = {"base": "fastv", "layer": 2, "reserve": None, "tau": 0.2}
+    no_cuda_graphs = ("its decode steps read and replace runtime state kept in Python "
+                      "(vtp_compile.shift_state), which a CUDA graph replay would skip")
 
     def validate(self, params):
         if params["base"] not in BASES:

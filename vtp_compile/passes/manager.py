@@ -157,8 +157,12 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
     if inner == "inductor":
         import torch._inductor
         from torch._inductor.compile_fx import compile_fx
+        from ..kernels.lowering import decompositions
         patches = dict(torch._inductor.list_mode_options(cfg.mode)) if cfg.mode != "default" else {}
         patches.update(cfg.inductor)
-        return compile_fx(gm, example_inputs, config_patches=patches)
+        # the vtp ops that are plain tensor math are traced through (fused, generated code)
+        with torch._inductor.config.patch(patches):
+            decomps = decompositions()
+        return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decomps)
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)

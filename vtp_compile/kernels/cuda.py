@@ -1,0 +1,29 @@
+"""CUDA kernels of the ops that stay ops (not decomposed; see :mod:`.lowering`).
+
+Each registration imports its Triton launcher (:mod:`vtp_compile.kernels.triton`) on the first
+CUDA call, so importing this module never imports triton. The CPU kernel of each op is its
+PyTorch reference (registered in the op family's file).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import dcp, divprune, select  # noqa: F401  (the ops must be defined first)
+
+
+@torch.library.register_kernel("vtp::select_keep", "cuda")
+def _select_keep_cuda(scores, visual_mask, live, n_keep):
+    from .triton.select import select_keep
+    return select_keep(scores, visual_mask, live, n_keep)
+
+
+@torch.library.register_kernel("vtp::divprune_scores", "cuda")
+def _divprune_scores_cuda(hidden, visual_mask, n_keep):
+    from .triton.divprune import divprune_scores
+    return divprune_scores(hidden, visual_mask, n_keep)
+
+
+@torch.library.register_kernel("vtp::cluster_select_scores", "cuda")
+def _cluster_select_scores_cuda(features, scores, valid, k, iters):
+    from .triton.dcp import cluster_select_scores
+    return cluster_select_scores(features, scores, valid, k, iters)

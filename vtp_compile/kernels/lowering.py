@@ -1,0 +1,80 @@
+"""How each ``torch.ops.vtp`` op reaches Inductor.
+
+* **decomposed**: plain tensor math. Its reference (functional and free of host reads) is
+  handed to Inductor as a decomposition, so Inductor traces through it, fuses it with its
+  neighbours and generates the kernels (Triton on CUDA, C++ on CPU). The op stays an op in the
+  FX graph the passes work on (the passes find their own nodes by it) and for other inner
+  backends.
+* **triton**: steps plain ops express poorly (per-row top-k in position order with a
+  data-dependent width, greedy max-min selection, k-means rounds). The op stays an extern call;
+  its CUDA kernel launches hand-written Triton kernels (:mod:`.cuda`), its CPU kernel is the
+  reference.
+* **stateful**: ops that read or write Python-side state (DSTP's runtime state, the vision
+  internals recorded by ``attach``); they stay extern calls on every device and cannot be
+  replayed by CUDA graphs (see :mod:`vtp_compile.shift_state`).
+
+A new op must be classified here (``tests/kernels/test_lowering.py`` checks every registered
+op). :func:`decompositions` is what :func:`vtp_compile.passes.manager.lower` gives Inductor.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import cache, dcp, nuwa, scores, select
+
+log = logging.getLogger("vtp_compile")
+
+
+def _dist_consistency(features, valid, kept, tag):
+    return dcp.dist_consistency(features, valid, kept)
+
+
+def _attn_row_scores(q, k, key_mask, scale, query_index):
+    return scores.attn_row_scores(q, k, key_mask, scale, query_index)
+
+
+def _vision_context(features, cls_attn, upper, grid_h, grid_w):
+    return features.clone()
+
+
+DECOMPOSED = {
+    "gather_seq": select.gather_seq,
+    "scatter_seq": select.scatter_seq,
+    "live_mask": select.live_mask,
+    "mark_dead": cache.mark_dead,
+    "to_positional": cache.to_positional,
+    "decode_mask": cache.decode_mask,
+    "attn_row_scores": _attn_row_scores,
+    "topk_mask": dcp.topk_mask,
+    "dist_consistency": _dist_consistency,
+    "anchor_merge": dcp.anchor_merge,
+    "nuwa_anchor_scores": nuwa.nuwa_anchor_scores,
+    "nuwa_aggregate": nuwa.nuwa_aggregate,
+    "vision_context": _vision_context,   # a carrier the passes remove; never left in a graph
+}
+TRITON = {
+    "select_keep": "per-row top-k in position order; its width is the graph's one data-dependent size",
+    "divprune_scores": "greedy max-min diversity: a sequential loop per row",
+    "cluster_select_scores": "k-means rounds (TATCS): fused similarity + masked argmax",
+}
+STATEFUL = {
+    "dstp_begin": "records DSTP's prefill layout in Python-side state",
+    "dstp_columns": "reads DSTP's runtime state",
+    "dstp_update": "reads and updates DSTP's runtime state",
+    "vision_lookup": "returns the vision internals attach() recorded for this call",
+    "record_splice": "records the spliced embeddings and visual mask for a later decoder graph",
+    "splice_lookup": "returns the visual mask record_splice kept for exactly these embeddings",
+}
+
+
+def decompositions() -> dict:
+    """Inductor's default decomposition table plus the decomposed vtp ops."""
+    from torch._inductor.decomposition import select_decomp_table
+    table = dict(select_decomp_table())
+    for name, fn in DECOMPOSED.items():
+        if name == "dist_consistency" and log.isEnabledFor(logging.DEBUG):
+            continue    # keep the op: its CPU kernel logs κ per call at debug level
+        table[getattr(torch.ops.vtp, name).default] = fn
+    return table
