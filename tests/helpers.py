@@ -92,5 +92,34 @@ def last_report():
     return REPORTS[-1]
 
 
-__all__ = ["CASES", "record_case", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+__all__ = ["CASES", "record_case", "mask_oracle_logits", "mask_oracle_generate", "compiled_generate", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
            "assert_tokens_match", "valid", "last_report"]
+
+
+# ---- the family-agnostic mask oracle (vtp_compile/testing/oracle_mask.py) --------------------
+def _visual(model, inputs):
+    return inputs["input_ids"] == model.config.image_token_id
+
+
+@torch.no_grad()
+def mask_oracle_logits(model, inputs, pruning):
+    """Logits and kept visual positions of the mask oracle for ``pruning``."""
+    from vtp_compile.testing.oracle_mask import masked_forward
+    return masked_forward(model, inputs, _visual(model, inputs), pruning)
+
+
+@torch.no_grad()
+def mask_oracle_generate(model, inputs, pruning, n=4):
+    """Greedy tokens, top-2 margins and kept positions of the mask oracle for ``pruning``."""
+    from vtp_compile.testing.oracle_mask import masked_generate
+    return masked_generate(model, inputs, _visual(model, inputs), pruning, n)
+
+
+@torch.no_grad()
+def compiled_generate(model, inputs, opts, n=4):
+    """``model.compile(backend="vtp")`` then greedy ``generate``; returns the output object."""
+    torch._dynamo.reset()
+    model._compiled_call_impl = None
+    model(**inputs)
+    model.compile(backend="vtp", options=opts)
+    return model.generate(**inputs, max_new_tokens=n, do_sample=False, return_dict_in_generate=True)

@@ -33,14 +33,17 @@ from fractions import Fraction
 
 import torch
 
-from . import oracle_dcp
+from typing import Callable
+
+from . import oracle_baselines, oracle_dcp
 
 NAME = "vtp_oracle"
 
 
 @dataclasses.dataclass(frozen=True)
 class Pruning:
-    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr"}; DCP-Prune's knobs."""
+    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr", "pdrop"}; DCP-Prune's
+    knobs; PDrop's stage ``layers`` (None: the paper's quarters of the depth)."""
     method: str
     budget: int | None = None
     ratio: float | None = None
@@ -51,6 +54,7 @@ class Pruning:
     m: int = 3
     iters: int = 5
     merge: bool = True
+    layers: tuple | None = None
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -63,60 +67,112 @@ class Pruning:
         layer_site = self.method == "fastv" or (self.method == "acgr" and self.site == "layer")
         return self.layer if layer_site else 0
 
+    def stages(self, num_layers: int) -> list["Stage"]:
+        """The sites in order: where each selects and how many visual tokens it keeps."""
+        if self.method == "pdrop":
+            layers = self.layers or oracle_baselines.pdrop_default_layers(num_layers)
+            return [Stage("pdrop", layer, True,
+                          lambda V_now, V, s=s: oracle_baselines.pdrop_count(
+                              V, s, layers, num_layers, self.budget, self.ratio))
+                    for s, layer in enumerate(layers, start=1)]
+        return [Stage(self.method, self.K, False, lambda V_now, V: self.n_keep(V_now))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One site: ``rule`` selects before layer ``layer`` (0: on the input embedding) from the
+    visual tokens still kept; ``own``: with that layer's own q/k; ``count(V_now, V)``: how many
+    it keeps of ``V_now`` left (``V``: the row's visual count)."""
+    rule: str
+    layer: int
+    own: bool
+    count: Callable
+
 
 class _Run:
-    """State of one oracle call: the prompt, the selection, what each layer recorded."""
+    """State of one oracle call: the prompt, the selections, what each layer recorded."""
 
-    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor):
+    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor, num_layers: int):
         self.p = pruning
+        self.stages = pruning.stages(num_layers)
         self.visual, self.real = visual.bool(), real.bool()      # [B, P] prompt masks
         self.prompt_len = visual.shape[1]
-        self.removed = None                                      # [B, P] bool, once selected
-        self.kept: list[list[int]] | None = None                 # kept visual positions per row
+        self.removed_by: list[torch.Tensor] = []                 # per selected stage: [B, P] removed so far
+        self.kept_by: list[list[list[int]]] = []                 # per selected stage: kept visual positions
         self.layer = -1                                          # the decoder layer running
         self.attended = False                                    # it called attention
-        self.record = None           # (q, k, mask, scale) of the last attention layer before K
+        self.records: dict = {}      # layer -> (q, k, mask, scale) as that layer attended
         self.inputs: dict = {}
 
+    @property
+    def kept(self):
+        """The finally kept visual positions per row (None before the first selection)."""
+        return self.kept_by[-1] if self.kept_by else None
+
+    @property
+    def removed(self):
+        return self.removed_by[-1] if self.removed_by else None
+
+    def pending(self, layer: int, own: bool):
+        """The stage that selects at ``layer`` now, if any (stages select in order)."""
+        n = len(self.removed_by)
+        if n < len(self.stages) and self.stages[n].layer == layer and self.stages[n].own == own \
+                and self.visual.any():
+            return self.stages[n]
+        return None
+
+    def removed_at(self, layer: int):
+        """Prompt positions removed before ``layer`` (None: none yet)."""
+        out = None
+        for st, rm in zip(self.stages, self.removed_by):
+            if st.layer <= layer:
+                out = rm
+        return out
+
     # ---- selection -------------------------------------------------------------------------
-    def select(self, hidden: torch.Tensor) -> None:
-        """Choose each row's kept visual tokens at the site (``hidden``: entering its layer)."""
+    def select(self, stage: "Stage", hidden: torch.Tensor, record=None) -> None:
+        """Choose each row's kept visual tokens at ``stage`` (``hidden``: entering its layer;
+        ``record``: the attention inputs it scores with)."""
         p, B = self.p, hidden.shape[0]
+        prev = self.removed
         kept = []
         for b in range(B):
-            pos = torch.nonzero(self.visual[b]).flatten().tolist()
+            allpos = torch.nonzero(self.visual[b]).flatten().tolist()
+            pos = [q for q in allpos if prev is None or not bool(prev[b, q])]
             V = len(pos)
             if V == 0:
                 kept.append([])
                 continue
-            k = p.n_keep(V)
+            k = min(V, stage.count(V, len(allpos)))
             feats = hidden[b, pos]
-            if p.method == "random":
+            rule = stage.rule
+            if rule == "random":
                 x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
                 sel = _top([v - math.floor(v) for v in x], k)
-            elif p.method == "divprune":
+            elif rule == "divprune":
                 sel = _divprune(feats, k)
-            elif p.method == "fastv" or (p.method == "acgr" and p.site == "layer"):
-                probs = self._last_token_attention(b)
+            elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
+                probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
-                sel = (_top(scores, k) if p.method == "fastv"
-                       else oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters))
+                sel = (oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters) if rule == "acgr"
+                       else _top(scores, k))
             else:   # acgr at the encoder: the last token's embedding against each visual one
                 last = _last_real(self.real[b])
                 D = feats.shape[-1]
                 scores = (feats.float() @ hidden[b, last].float() / math.sqrt(D)).softmax(0).tolist()
                 sel = oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters)
             kept.append([pos[i] for i in sorted(sel)])
-        self.kept = kept
-        self.removed = ~self.real.clone()
+        removed = ~self.real.clone() if prev is None else prev.clone()
         for b in range(B):
-            self.removed[b] |= self.visual[b]
-            self.removed[b, kept[b]] = False
+            removed[b] |= self.visual[b]
+            removed[b, kept[b]] = False
+        self.kept_by.append(kept)
+        self.removed_by.append(removed)
 
-    def merge(self, hidden: torch.Tensor) -> torch.Tensor:
+    def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
-        if self.p.method != "acgr" or not self.p.merge:
+        if stage.rule != "acgr" or not self.p.merge:
             return hidden
         out = hidden.clone()
         for b, kept in enumerate(self.kept):
@@ -126,13 +182,17 @@ class _Run:
                 out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, self.p.m).to(hidden.dtype)
         return out
 
-    def _last_token_attention(self, b: int) -> list[float]:
-        """Head-mean softmax of row ``b``'s last real query over the keys it may attend to, at
-        the last attention layer before K (layer K-1 unless that one has no attention), as
-        the model computed q and k."""
-        if self.record is None:
-            raise ValueError(f"no attention layer before layer {self.p.K}")
-        q, k, mask, scale = self.record
+    def last_record(self, layer: int):
+        """The last attention layer's inputs before ``layer``."""
+        before = [i for i in self.records if i < layer]
+        if not before:
+            raise ValueError(f"no attention layer before layer {layer}")
+        return self.records[max(before)]
+
+    def _last_token_attention(self, b: int, record) -> list[float]:
+        """Head-mean softmax of row ``b``'s last real query over the keys it may attend to, as
+        the model computed q and k (``record``)."""
+        q, k, mask, scale = record
         last = _last_real(self.real[b])
         qh = q[b, :, last].float()                                   # [H, D]
         kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)   # [H, S, D]
@@ -149,32 +209,35 @@ class _Run:
     # ---- masks -------------------------------------------------------------------------------
     def mask(self, q_len: int, S: int, mask, device):
         """The attention mask of the current layer with removed keys hidden, or None (as is)."""
-        if self.removed is None:
+        if not self.removed_by:
             return None
         B = self.removed.shape[0]
         q_pos = torch.arange(S - q_len, S, device=device)            # query positions (no cache)
-        blocked = torch.zeros(B, S, dtype=torch.bool, device=device)
         P = min(self.prompt_len, S)
-        blocked[:, :P] = self.removed[:, :P]
-        applies = (q_pos >= self.prompt_len) | (self.layer >= self.p.K)     # [q]
-        block = blocked[:, None, :] & applies[None, :, None]                  # [B, q, S]
-        block &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
+        prompt_rm = self.removed_at(self.layer)
+        blocked = torch.zeros(B, q_len, S, dtype=torch.bool, device=device)
+        gen = q_pos >= self.prompt_len                               # generated queries
+        blocked[:, gen, :P] = self.removed[:, None, :P]              # the compacted cache: final set
+        if prompt_rm is not None:
+            blocked[:, ~gen, :P] = prompt_rm[:, None, :P]
+        blocked &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
         if mask is None:
             base = torch.ones(q_len, S, dtype=torch.bool, device=device).tril(S - q_len)[None, None]
         elif mask.dtype == torch.bool:
             base = mask
         else:
             base = mask > float("-inf")
-        return base & ~block[:, None]
+        return base & ~blocked[:, None]
 
     def skip(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Removed prompt positions leave an attention layer from K on unchanged."""
-        if self.removed is None or self.layer < self.p.K or not self.attended:
+        """Prompt positions removed before this layer leave it unchanged."""
+        removed = self.removed_at(self.layer)
+        if removed is None or not self.attended:
             return after
         P = min(self.prompt_len, after.shape[1])
         out = after.clone()
         rm = torch.zeros(after.shape[:2], dtype=torch.bool, device=after.device)
-        rm[:, :P] = self.removed[:, :P]
+        rm[:, :P] = removed[:, :P]
         out[rm] = before[rm].to(after.dtype)
         return out
 
@@ -187,10 +250,15 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     run = _ACTIVE
     if run is not None:
         run.attended = True
-        if run.removed is None and run.layer < run.p.K:     # keeps the last attention layer < K
-            run.record = (query.detach(), key.detach(), attention_mask, kwargs.get("scaling")
-                          or query.shape[-1] ** -0.5)
+        scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        stage = run.pending(run.layer, own=True)
+        if stage is not None:       # scores with this layer's own q/k, then prunes before it
+            eff = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
+            eff = attention_mask if eff is None else eff
+            run.select(stage, run.inputs[run.layer], (query.detach(), key.detach(), eff, scale))
         new = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
+        run.records[run.layer] = (query.detach(), key.detach(),
+                                  attention_mask if new is None else new, scale)
         if new is not None:
             attention_mask = new
             kwargs["is_causal"] = False
@@ -225,10 +293,14 @@ def _hooked(model, run: _Run):
         def pre(mod, args, kwargs, i=i):
             run.layer, run.attended = i, False
             hidden = args[0] if args else kwargs["hidden_states"]
-            if i == run.p.K and run.visual.any():
-                if run.removed is None:
-                    run.select(hidden)
-                hidden = run.merge(hidden)
+            merged = False
+            for stage in run.stages:
+                if stage.layer != i or stage.own or not run.visual.any():
+                    continue
+                if run.pending(i, own=False) is stage:
+                    run.select(stage, hidden, run.last_record(i) if i else None)
+                hidden, merged = run.merge(stage, hidden), True
+            if merged:
                 args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
             run.inputs[i] = hidden
             return args, kwargs
@@ -257,7 +329,7 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
     """Logits ``[B, L, vocab]`` of the pruned model, and the kept visual positions per row.
     ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real)) as run:
+    with _hooked(model, _Run(pruning, visual, real, len(decoder_layers(model)))) as run:
         logits = model(**inputs).logits
     return logits, run.kept
 
@@ -269,7 +341,7 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     the kept visual positions, by ``generate`` without a cache: every step re-runs the whole
     sequence, the selection made at the first step stays."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real)) as run:
+    with _hooked(model, _Run(pruning, visual, real, len(decoder_layers(model)))) as run:
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              use_cache=False, output_scores=True, return_dict_in_generate=True)
     scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed
