@@ -26,7 +26,7 @@ from .base import Method
 from .registry import register
 
 log = logging.getLogger("vtp_compile")
-ITERS = 60
+ops = torch.ops.vtp
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -39,38 +39,14 @@ def default_layers(num_layers: int) -> list[int]:
     return out
 
 
-def solve_lambda(target, layers: tuple, L: int):
-    """``lam`` in [0, 1] with layer average ``(l_1 + sum_s (l_{s+1} - l_s) lam^s) / L = target``
-    (``target`` = budget / V, float64 ``[B]``); 0 where infeasible, 1 where ``target >= 1``."""
-    bounds = list(layers) + [L]
-    lo = torch.zeros_like(target)
-    hi = torch.ones_like(target)
-    for _ in range(ITERS):
-        mid = (lo + hi) * 0.5
-        avg = torch.full_like(mid, float(bounds[0]))
-        p = torch.ones_like(mid)
-        for s in range(1, len(bounds)):
-            p = p * mid
-            avg = avg + float(bounds[s] - bounds[s - 1]) * p
-        ok = avg / float(L) <= target
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    return torch.where(target >= 1.0, torch.ones_like(lo), lo)
-
-
 def schedule(layers: tuple, L: int, stage: int, budget: int, num: int, den: int):
-    """The keep count of stage ``stage`` (1-based): ``max(1, floor(V lam^stage))``."""
+    """The keep count of stage ``stage`` (1-based): ``max(1, floor(V lam^stage))`` per row."""
+    bounds = [*layers, L]
+
     def pdrop_count(n_now, n_orig):
-        scalar = not isinstance(n_orig, torch.Tensor)
-        v = torch.as_tensor(n_orig, dtype=torch.float64)
-        target = (torch.full_like(v, float(budget)) / v.clamp(min=1.0) if budget
-                  else torch.full_like(v, num / den))
-        lam = solve_lambda(target, layers, L)
-        p = torch.ones_like(lam)
-        for _ in range(stage):
-            p = p * lam
-        keep = torch.floor(v * p).clamp(min=1.0).to(torch.int64)
-        return int(keep) if scalar else keep
+        if isinstance(n_orig, torch.Tensor):
+            return ops.pdrop_keep(n_orig, bounds, stage, budget, num, den)
+        return int(ops.pdrop_keep(torch.tensor([int(n_orig)]), bounds, stage, budget, num, den))
     pdrop_count.__name__ = f"pdrop_count_stage{stage}"
     return pdrop_count
 
