@@ -58,3 +58,36 @@ def pdrop_count(V: int, stage: int, layers, L: int, budget=None, ratio=None) -> 
     for _ in range(stage):
         p = p * lam
     return max(1, math.floor(float(V) * p))
+
+
+# ---- DART ------------------------------------------------------------------------------------
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float(a @ b / (a.norm().clamp(min=1e-12) * b.norm().clamp(min=1e-12)))
+
+
+def dart_select(norms: list[float], hidden: torch.Tensor, visual: list[int], text_after: list[int],
+                text_all: list[int], k: int, pivots: int) -> list[int]:
+    """DART for one row: positions of the ``k`` retained visual tokens.
+
+    ``norms[p]``: key L1 norm at position ``p``; ``hidden`` ``[L, D]``; ``visual``: the row's
+    visual positions; ``text_after``/``text_all``: its text positions after the image / all.
+    """
+    k = min(k, len(visual))
+    by_norm = lambda cand: sorted(cand, key=lambda p: (-norms[p], p))      # noqa: E731
+    img_piv = by_norm(visual)[:min(pivots, k)]
+    pool_t = text_after if text_after else text_all
+    txt_piv = by_norm(pool_t)[:pivots]
+    piv = sorted(img_piv + txt_piv)
+    T = (k - len(img_piv)) // len(piv) if piv else 0
+    kept = list(img_piv)
+    pool = [p for p in visual if p not in img_piv]
+    for pv in piv:
+        ranked = sorted(pool, key=lambda j: (_cos(hidden[pv], hidden[j]), j))
+        take = ranked[:T]
+        kept += take
+        pool = [p for p in pool if p not in take]
+    if len(kept) < k:
+        worst = {j: max(_cos(hidden[j], hidden[r]) for r in kept) for j in pool}
+        kept += sorted(pool, key=lambda j: (worst[j], j))[:k - len(kept)]
+    return sorted(kept)

@@ -55,6 +55,7 @@ class Pruning:
     iters: int = 5
     merge: bool = True
     layers: tuple | None = None
+    pivots: int = 4
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -64,7 +65,7 @@ class Pruning:
 
     @property
     def K(self) -> int:
-        layer_site = self.method == "fastv" or (self.method == "acgr" and self.site == "layer")
+        layer_site = self.method in ("fastv", "dart") or (self.method == "acgr" and self.site == "layer")
         return self.layer if layer_site else 0
 
     def stages(self, num_layers: int) -> list["Stage"]:
@@ -151,6 +152,8 @@ class _Run:
                 sel = _top([v - math.floor(v) for v in x], k)
             elif rule == "divprune":
                 sel = _divprune(feats, k)
+            elif rule == "dart":
+                sel = self._dart(b, hidden, record, pos, k)
             elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
                 probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
@@ -168,6 +171,18 @@ class _Run:
             removed[b, kept[b]] = False
         self.kept_by.append(kept)
         self.removed_by.append(removed)
+
+    def _dart(self, b: int, hidden, record, pos: list[int], k: int) -> list[int]:
+        """DART's selection (indices into ``pos``) from the recorded keys of layer K-1."""
+        _, keys, _, _ = record
+        S = keys.shape[2]
+        norms = keys[b].float().abs().sum(dim=(0, 2)).tolist()
+        real = [i for i in range(S) if bool(self.real[b, i])]
+        text = [i for i in real if not bool(self.visual[b, i])]
+        last = max(pos)
+        kept = oracle_baselines.dart_select(norms, hidden[b].float(), pos, [i for i in text if i > last],
+                                            text, k, self.p.pivots)
+        return [pos.index(q) for q in kept]
 
     def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
