@@ -63,8 +63,9 @@ class EncoderSite:
     positions hold the projected visual features). ``merge`` as for :class:`LayerSite`.
 
     ``context=True``: the site reads the vision tower's internals (see
-    :mod:`vtp_compile.vision_context`); both callables get ``x["ctx"] = (cls_attn [n_img, N],
-    upper [n_img, N, Dv], grid_h, grid_w)``.
+    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer``; both callables get
+    ``x["ctx"] = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w, keys [n_img, N, hd],
+    received [n_img, N])``, image after image in the order the splice places them.
     """
     keep: KeepRule
     score: Callable
@@ -72,6 +73,7 @@ class EncoderSite:
     merge: Callable | None = None
     context: bool = False
     method: str = ""
+    vision_layer: int = -2
 
 
 @dataclasses.dataclass(frozen=True)

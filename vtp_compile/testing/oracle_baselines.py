@@ -91,3 +91,97 @@ def dart_select(norms: list[float], hidden: torch.Tensor, visual: list[int], tex
         worst = {j: max(_cos(hidden[j], hidden[r]) for r in kept) for j in pool}
         kept += sorted(pool, key=lambda j: (worst[j], j))[:k - len(kept)]
     return sorted(kept)
+
+
+# ---- VisionZip -------------------------------------------------------------------------------
+@torch.no_grad()
+def visionzip_internals(model, pixel_values, score: str = "cls", vision_layer: int = -2):
+    """``(dominant [n*N], keys [n*N, hd])`` image after image, CLS dropped, read from the vision
+    tower run eagerly with ``output_attentions=True`` (the attention probabilities it returns)
+    and a hook on vision layer ``vision_layer``'s ``k_proj`` (its keys, mean over heads)."""
+    tower = model.model.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    at = vision_layer % len(layers)
+    attn = layers[at].self_attn
+    seen = []
+    h = attn.k_proj.register_forward_hook(lambda m, a, out: seen.append(out.detach().float()))
+    old = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = old
+        h.remove()
+    probs = out.attentions[at].float()                                       # [n, H, T, T]
+    if score == "cls":
+        dom = probs[:, :, 0, 1:].sum(1)
+    else:
+        dom = probs[:, :, :, 1:].mean(dim=(1, 2))
+    k = seen[0]
+    n, T, _ = k.shape
+    keys = k.view(n, T, attn.num_heads, -1).mean(2)[:, 1:]
+    return dom.reshape(-1), keys.reshape(-1, keys.shape[-1])
+
+
+def visionzip_split(k: int, contextual: float) -> tuple[int, int]:
+    """``(dominant, contextual)`` counts of ``k`` kept: contextual = k * fraction rounded half up."""
+    frac = Fraction(contextual).limit_denominator(10_000)
+    c = min(k, math.floor(k * frac + Fraction(1, 2)))
+    return k - c, c
+
+
+def visionzip_select(dom: list[float], k: int, contextual: float) -> tuple[list[int], list[int]]:
+    """``(dominant, targets)``: indices into the row's visual tokens."""
+    d, c = visionzip_split(k, contextual)
+    dominant = _top(dom, d)
+    rest = [i for i in range(len(dom)) if i not in dominant]
+    targets = []
+    if c:
+        step = max(1, len(rest) // c)
+        targets = [rest[i] for i in range(0, len(rest), step)][:c]
+    return sorted(dominant), targets
+
+
+def visionzip_merge(x: torch.Tensor, keys: torch.Tensor, kept: list[int], targets: list[int]) -> torch.Tensor:
+    """Removed tokens join their most key-similar target; a target with members becomes
+    ``x_t + mean(members)``."""
+    out = x.clone()
+    members = {t: [] for t in targets}
+    if targets:
+        for i in range(x.shape[0]):
+            if i in kept:
+                continue
+            best = max(targets, key=lambda t: (_cos(keys[i], keys[t]), -t))
+            members[best].append(i)
+    for t, ms in members.items():
+        if ms:
+            mean = sum(x[m].double() for m in ms) / len(ms)
+            out[t] = (x[t].double() + mean).to(x.dtype)
+    return out
+
+
+# ---- CDPruner --------------------------------------------------------------------------------
+def cdpruner_select(vis: torch.Tensor, instr: torch.Tensor, k: int, theta: float) -> list[int]:
+    """CDPruner for one row (``vis [V, D]`` visual features, ``instr [T, D]`` instruction
+    embeddings): each step adds the token that maximises ``det(L_S)`` of the conditional kernel
+    ``L_ij = q_i cos(v_i, v_j) q_j`` (determinants computed directly, float64)."""
+    V = vis.shape[0]
+    r = [sum(_cos(vis[i], instr[t]) for t in range(instr.shape[0])) / max(instr.shape[0], 1)
+         for i in range(V)]
+    lo, hi = min(r), max(r)
+    r = [(x - lo) / (hi - lo + 1e-6) for x in r]
+    q = r if theta == 1 else [math.exp(theta / (2 * (1 - theta)) * x) for x in r]
+    Lk = torch.tensor([[q[i] * _cos(vis[i], vis[j]) * q[j] for j in range(V)] for i in range(V)],
+                      dtype=torch.float64)
+    picks: list[int] = []
+    for _ in range(min(k, V)):
+        best, best_det = None, None
+        for j in range(V):
+            if j in picks:
+                continue
+            S = picks + [j]
+            det = float(torch.linalg.det(Lk[S][:, S]))
+            if best is None or det > best_det:
+                best, best_det = j, det
+        picks.append(best)
+    return picks

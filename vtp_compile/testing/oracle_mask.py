@@ -56,6 +56,10 @@ class Pruning:
     merge: bool = True
     layers: tuple | None = None
     pivots: int = 4
+    theta: float = 0.5
+    contextual: float = 0.15625
+    score: str = "cls"
+    vision_layer: int = -2
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -104,6 +108,20 @@ class _Run:
         self.attended = False                                    # it called attention
         self.records: dict = {}      # layer -> (q, k, mask, scale) as that layer attended
         self.inputs: dict = {}
+        self.vision: list = []       # VisionZip: per row (dominant scores, keys) of its visual tokens
+        self.targets: dict = {}      # VisionZip: per row, the contextual targets' positions
+
+    def read_vision(self, model, pixel_values) -> None:
+        """VisionZip's vision internals, split into the rows in splice order."""
+        if self.p.method != "visionzip" or pixel_values is None or not self.visual.any():
+            return
+        dom, keys = oracle_baselines.visionzip_internals(model, pixel_values, self.p.score,
+                                                         self.p.vision_layer)
+        at = 0
+        for b in range(self.visual.shape[0]):
+            n = int(self.visual[b].sum())
+            self.vision.append((dom[at:at + n].tolist(), keys[at:at + n]))
+            at += n
 
     @property
     def kept(self):
@@ -154,6 +172,15 @@ class _Run:
                 sel = _divprune(feats, k)
             elif rule == "dart":
                 sel = self._dart(b, hidden, record, pos, k)
+            elif rule == "visionzip":
+                dom, keys = self.vision[b]
+                dominant, targets = oracle_baselines.visionzip_select(dom, k, p.contextual)
+                sel = dominant + targets
+                self.targets[b] = [pos[i] for i in targets]
+            elif rule == "cdpruner":
+                text = [i for i in range(hidden.shape[1]) if bool(self.real[b, i]) and not bool(self.visual[b, i])]
+                after = [i for i in text if i > pos[0]]
+                sel = oracle_baselines.cdpruner_select(feats, hidden[b, after or text], k, p.theta)
             elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
                 probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
@@ -187,6 +214,15 @@ class _Run:
     def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
+        if stage.rule == "visionzip":
+            out = hidden.clone()
+            for b, kept in enumerate(self.kept):
+                pos = torch.nonzero(self.visual[b]).flatten().tolist()
+                if self.targets.get(b):
+                    out[b, pos] = oracle_baselines.visionzip_merge(
+                        hidden[b, pos], self.vision[b][1], [pos.index(q) for q in kept],
+                        [pos.index(q) for q in self.targets[b]])
+            return out
         if stage.rule != "acgr" or not self.p.merge:
             return hidden
         out = hidden.clone()
@@ -344,7 +380,9 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
     """Logits ``[B, L, vocab]`` of the pruned model, and the kept visual positions per row.
     ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real, len(decoder_layers(model)))) as run:
+    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.read_vision(model, inputs.get("pixel_values"))
+    with _hooked(model, run):
         logits = model(**inputs).logits
     return logits, run.kept
 
@@ -356,7 +394,9 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     the kept visual positions, by ``generate`` without a cache: every step re-runs the whole
     sequence, the selection made at the first step stays."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real, len(decoder_layers(model)))) as run:
+    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.read_vision(model, inputs.get("pixel_values"))
+    with _hooked(model, run):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              use_cache=False, output_scores=True, return_dict_in_generate=True)
     scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed
