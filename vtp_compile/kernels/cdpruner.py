@@ -79,7 +79,9 @@ def cdpruner_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch
     instr = torch.where(after.any(1, keepdim=True), after, text)
     q = relevance_weights(vis, valid, hidden, instr, theta)
     f = torch.nn.functional.normalize(vis, dim=-1)
-    kernel = q[:, :, None] * (f @ f.transpose(1, 2)) * q[:, None, :]
+    eye = torch.eye(V, dtype=torch.bool, device=dev)
+    S = (f @ f.transpose(1, 2)).masked_fill(eye, 1.0)        # cos(v, v) = 1 exactly: equal gains tie
+    kernel = q[:, :, None] * S * q[:, None, :]
     k = torch.minimum(n_keep.to(dev).long(), valid.sum(1))
     out_v = dpp_greedy(kernel, valid, k)
     out = torch.full((B, L + 1), -1.0, dtype=torch.float32, device=dev)

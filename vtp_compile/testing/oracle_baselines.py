@@ -171,7 +171,8 @@ def cdpruner_select(vis: torch.Tensor, instr: torch.Tensor, k: int, theta: float
     lo, hi = min(r), max(r)
     r = [(x - lo) / (hi - lo + 1e-6) for x in r]
     q = r if theta == 1 else [math.exp(theta / (2 * (1 - theta)) * x) for x in r]
-    Lk = torch.tensor([[q[i] * _cos(vis[i], vis[j]) * q[j] for j in range(V)] for i in range(V)],
+    Lk = torch.tensor([[q[i] * (1.0 if i == j else _cos(vis[i], vis[j])) * q[j] for j in range(V)]
+                       for i in range(V)],
                       dtype=torch.float64)
     picks: list[int] = []
     for _ in range(min(k, V)):
