@@ -215,6 +215,8 @@ class _Run:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
         if stage.rule == "visionzip":
+            if not self.p.merge:
+                return hidden
             out = hidden.clone()
             for b, kept in enumerate(self.kept):
                 pos = torch.nonzero(self.visual[b]).flatten().tolist()
