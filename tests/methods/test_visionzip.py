@@ -123,3 +123,19 @@ def test_explain_reports_the_oracle_selection_and_savings():
     _, kept = mask_oracle_logits(model, inputs, Pruning("visionzip", budget=9))
     vis = [torch.nonzero(r).flatten().tolist() for r in inputs["input_ids"] == spec.image_token_id]
     assert [[v.index(p) for p in k] for k, v in zip(kept, vis)] == site.kept_visual_index.tolist()
+
+
+def test_packed_anyres_features_are_left_unpruned_and_say_why():
+    """LLaVA-NeXT packs crops with newline tokens: the splice holds no feature per vision patch,
+    so per-patch scores cannot be placed; the prefill runs unpruned (never a misplaced score)."""
+    from vtp_compile.passes.manager import REPORTS
+    from vtp_compile.testing import families as F
+    torch._dynamo.reset()
+    model = vtp_compile.attach(F.build_model("llava_next"))
+    inputs = F.make_inputs("llava_next", model, [F.RowSpec(3, 4, (F.ImageSpec(),))] * 2, padding_side="left")
+    start = len(REPORTS)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        got = torch.compile(model, backend="vtp", options=options("visionzip", budget=3))(**inputs).logits
+    torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+    assert any("per-patch vision internals" in (r.skipped or "") for r in REPORTS[start:])

@@ -33,6 +33,10 @@ def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int,
                          "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
                          "direct forward splits the vision tower from the decoder), and do not pass "
                          "mm_encoder_outputs computed elsewhere")
+    if features.shape[0] != rec.cls_attn.numel():
+        raise ValueError(f"vtp: the vision internals hold {rec.cls_attn.numel()} patches and the "
+                         f"prefill splices {features.shape[0]} visual features (the projector packs, "
+                         "pools or merges patches): per-patch internals do not apply to this model")
     dev = features.device
     return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
                  for t in (rec.cls_attn, rec.upper, rec.keys, rec.received))
