@@ -127,7 +127,12 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         new_len = g.call_function(traced.seq_len, (idx,))
         src = entry
         if getattr(site, "merge", None) is not None:
-            kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
+            if isinstance(site, ReserveSite):   # the base's merge: into the active set only
+                live_vis = g.call_function(operator.and_, (vis, live))
+                n_act = g.call_function(torch.minimum, (n_keep, g.call_function(traced.count_visual, (live_vis,))))
+                kept = g.call_function(ops.topk_mask.default, (score, live_vis, n_act))
+            else:
+                kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
             inputs = {"hidden": entry, "visual_mask": vis, "keep_mask": kept, "scores": score}
             if ctx is not None:
                 inputs["ctx"] = ctx

@@ -91,3 +91,17 @@ def dart_select(norms: list[float], hidden: torch.Tensor, visual: list[int], tex
         worst = {j: max(_cos(hidden[j], hidden[r]) for r in kept) for j in pool}
         kept += sorted(pool, key=lambda j: (worst[j], j))[:k - len(kept)]
     return sorted(kept)
+
+
+# ---- DSTP's coverage reserve -----------------------------------------------------------------
+def cover_reserve(feats: torch.Tensor, active: list[int], candidates: list[int], r: int) -> list[int]:
+    """Greedy farthest-point picks (cosine distance) from ``active``: indices into ``feats``."""
+    f = torch.nn.functional.normalize(feats.double(), dim=-1)
+    picks = []
+    for _ in range(min(r, len(candidates))):
+        ref = active + picks
+        def near(j):
+            return min((1.0 - float(f[j] @ f[a]) for a in ref), default=2.0)
+        best = max((j for j in candidates if j not in picks), key=lambda j: (near(j), -j))
+        picks.append(best)
+    return picks
