@@ -188,7 +188,8 @@ def is_pointwise(n: fx.Node) -> bool:
     name = op_name(n)
     if name is None:
         return False
-    if name in IDENTITY_METHODS or name in ("dropout", "silu", "gelu", "relu", "where", "masked_fill"):
+    if name in IDENTITY_METHODS or name in ("dropout", "silu", "gelu", "relu", "where", "masked_fill",
+                                            "full_like", "zeros_like", "ones_like", "empty_like"):
         return True
     name = name.rstrip("_")
     packet = getattr(torch.ops.aten, name, None)

@@ -16,6 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from . import tp
 from .fx_utils import (IDENTITY_METHODS, Unsupported, is_one, is_pointwise, is_sdpa, op_name,
                        same_size, sdpa_args, tensor_val, val)
 
@@ -24,6 +25,13 @@ _SCALARS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
 _SHAPE_METHODS = {"view", "reshape", "expand"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "norm", "prod", "logsumexp"}
 _SAME_SHAPE_DIM = {"softmax", "log_softmax", "cumsum", "cumprod"}
+# ops returning several tensors along one dim (consumed through getitem): name -> dim argument
+# position, and whether that dim is removed (unbind) rather than resized
+_MULTI = {"chunk": (2, False), "split": (2, False), "tensor_split": (2, False),
+          "split_with_sizes": (2, False), "unbind": (1, True), "topk": (2, False),
+          "sort": (1, False), "max": (1, True), "min": (1, True)}
+_MULTI_DEFAULT_DIM = {"chunk": 0, "split": 0, "tensor_split": 0, "split_with_sizes": 0,
+                      "unbind": 0, "topk": -1, "sort": -1}
 
 
 class SeqDims:
@@ -35,7 +43,11 @@ class SeqDims:
         self.entry = entry
         self.parent: dict = {}
         self.shape_edits: list[fx.Node] = []
+        self.dtensor_edits: list[fx.Node] = []   # from_local(..., shape=, stride=) (tensor parallel)
         self.no_seq: list[tuple] = []   # vars that must not be the sequence (cat joins, merged views)
+        self._slices: list[tuple] = []  # (node, input, input dim) of partial slices
+        self._multis: dict = {}         # multi-output node -> (input, dim, dim removed)
+        self._consts: list = []         # tensors created in the region from no tensor input
         self._union((entry, seq_dim), SEQ)
         self._union((entry, batch_dim), BATCH)
         for n in region:
@@ -43,6 +55,13 @@ class SeqDims:
         for var, why in self.no_seq:
             if self._find(var) == self._find(SEQ):
                 raise Unsupported(f"{why} involves the sequence dimension")
+        for n in self._consts:
+            if self.seq_dims(n):       # e.g. positions made with arange(L) inside a layer
+                raise Unsupported(f"{n.format_node()[:120]} creates a tensor along the sequence "
+                                  "inside the pruned layers")
+        # partial slices of the sequence: the pass decides (a sliding-window cache write keeps
+        # the last positions of the full-length cache; anything else is refused)
+        self.seq_slices = [(n, x, d) for n, x, d in self._slices if self.is_seq(x, d)]
 
     # ---- union-find -------------------------------------------------------------------------
     def _find(self, x):
@@ -95,11 +114,16 @@ class SeqDims:
         if out is None:
             if n.op == "call_method" and n.target == "size" or n.target is getattr:
                 return  # sizes are read from the rewritten tensors at run time
+            if isinstance(val(n), (tuple, list)) and name in _MULTI:
+                return self._multi(n)
             if isinstance(val(n), _SCALARS) and all(tensor_val(a).dim() == 0 for a in ins):
                 return  # a scalar from 0-d tensors (e.g. .item() of a dynamic module attribute)
             raise Unsupported(f"non-tensor node {n.format_node()[:120]} in pruned region")
+        if n.op == "call_function" and n.target is operator.getitem and n.args[0] in self._multis:
+            return self._getitem(n)
         if not ins:
-            return  # constants created in the region (e.g. an empty cache) have no sequence dim
+            self._consts.append(n)   # made in the region (an empty cache, an arange): checked below
+            return
         if is_sdpa(n):
             return self._sdpa(n)
         if n.op == "call_function" and n.target in (torch._C._nn.linear, torch.nn.functional.linear):
@@ -134,11 +158,50 @@ class SeqDims:
             return self._getitem(n)
         if name == "cat":
             return self._cat(n)
+        if name == "stack":
+            return self._stack(n)
+        if name == "flatten":
+            return self._flatten(n)
         if name in _REDUCTIONS:
             return self._reduction(n)
         if name in _SAME_SHAPE_DIM or name in IDENTITY_METHODS or is_pointwise(n):
             return self._broadcast(n, ins)
+        if self._tensor_parallel(n, name, ins):
+            return
         raise Unsupported(f"no sequence-dimension rule for {n.format_node()[:160]}")
+
+    # ---- tensor parallelism (DTensor ops, functional collectives; see .tp) ------------------
+    def _tensor_parallel(self, n, name, ins) -> bool:
+        """DTensor conversions and collectives keep every dim; a dim sharded on either side
+        has different local and global sizes and is never the sequence (sequence parallelism
+        is refused, not rewritten)."""
+        if n.op == "call_method" and name == "copy_":      # in-place write-back of an all-reduce
+            self._broadcast(n, ins)
+            return True
+        if (n.op == "call_method" and name in tp.DTENSOR_METHODS) or tp.is_from_local(n):
+            x = n.args[0]
+            self._one_to_one(n, x, tp.sharded_dims(tensor_val(n)) | tp.sharded_dims(tensor_val(x)), name)
+            if tp.is_from_local(n):
+                self.dtensor_edits.append(n)
+            return True
+        if n.op == "call_function" and n.target in tp.SAME_SHAPE_COLLECTIVES:
+            self._one_to_one(n, n.args[0], set(), name)
+            return True
+        if n.op == "call_function" and n.target in tp.DIM0_COLLECTIVES:
+            self._one_to_one(n, n.args[0], {0}, name)
+            return True
+        return False
+
+    def _one_to_one(self, n, x, forbid: set, why: str):
+        out, xv = tensor_val(n), tensor_val(x)
+        if xv is None or xv.dim() != out.dim():
+            raise Unsupported(f"{why} {n.name} changes the rank")
+        for d in range(out.dim()):
+            if d in forbid:
+                self.no_seq.append(((n, d), f"{why} {n.name} shards dim {d}"))
+                self.no_seq.append(((x, d), f"{why} {n.name} shards dim {d}"))
+            else:
+                self._tie(n, d, x, d)
 
     def _sdpa(self, n):
         a = sdpa_args(n)
@@ -191,9 +254,53 @@ class SeqDims:
                         self.no_seq.append(((n, o), f"{n.name} merges or splits dims"))
         self.shape_edits.append(n)
 
+    def _multi(self, n):
+        """chunk/split/unbind/topk/sort/max(dim): every output keeps the input's other dims."""
+        x = n.args[0]
+        xv = tensor_val(x)
+        pos, removed = _MULTI[op_name(n)]
+        dim = n.kwargs.get("dim", n.args[pos] if len(n.args) > pos else _MULTI_DEFAULT_DIM.get(op_name(n)))
+        if xv is None or not isinstance(dim, int):
+            raise Unsupported(f"no sequence-dimension rule for {n.format_node()[:160]}")
+        dim %= xv.dim()
+        self.no_seq.append(((x, dim), f"{op_name(n)} {n.name}"))
+        self._multis[n] = (x, dim, removed)
+
+    def _stack(self, n):
+        tensors = n.args[0] if n.args else n.kwargs["tensors"]
+        dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0) % tensor_val(n).dim()
+        for t in tensors:
+            for i in range(tensor_val(t).dim()):
+                self._tie(n, i if i < dim else i + 1, t, i)
+
+    def _flatten(self, n):
+        x = n.args[0]
+        xv = tensor_val(x)
+        start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0) % max(xv.dim(), 1)
+        end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1) % max(xv.dim(), 1)
+        for i in range(start):
+            self._tie(n, i, x, i)
+        for i in range(end + 1, xv.dim()):
+            self._tie(n, i - (end - start), x, i)
+        if end > start:
+            for i in range(start, end + 1):
+                self.no_seq.append(((x, i), f"{n.name} merges dims"))
+            self.no_seq.append(((n, start), f"{n.name} merges dims"))
+
     def _getitem(self, n):
         x, idx = n.args
         xv, out = tensor_val(x), tensor_val(n)
+        if xv is None and x in self._multis and isinstance(idx, int):
+            src, dim, removed = self._multis[x]
+            sv = tensor_val(src)
+            o = 0
+            for i in range(sv.dim()):
+                if i == dim and removed:
+                    continue
+                if i != dim:
+                    self._tie(n, o, src, i)
+                o += 1
+            return
         if xv is None:
             raise Unsupported(f"getitem on a non-tensor in pruned region: {n.name}")
         idx = idx if isinstance(idx, tuple) else (idx,)
@@ -218,7 +325,7 @@ class SeqDims:
                 if i == slice(None):
                     self._tie(n, od, x, xd)
                 else:
-                    self.no_seq.append(((x, xd), f"slice {n.name}"))
+                    self._slices.append((n, x, xd))
                 xd += 1
                 od += 1
 

@@ -8,8 +8,9 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from .tp import TPInfo, find_tp
 from .fx_utils import (Unsupported, is_masked_scatter, is_param_like, is_sdpa, layer_path,
-                       same_size, sdpa_args, tensor_val, to_networkx)
+                       op_name, same_size, sdpa_args, tensor_val, to_networkx)
 
 
 @dataclasses.dataclass
@@ -18,7 +19,7 @@ class LayerView:
     index: int
     path: str
     nodes: list[fx.Node]
-    sdpa: fx.Node
+    sdpa: fx.Node | None      # None: a layer that mixes tokens without attention (linear attention)
     entry: fx.Node
     output: fx.Node
 
@@ -31,16 +32,22 @@ class LayerView:
 class VLMGraph:
     """What the passes need to know about a VLM graph. Build with :meth:`match`."""
     gm: fx.GraphModule
-    phase: str                    # "prefill" (visual splice present) or "decode"
+    phase: str      # "prefill" (decoder layers, spliced embeddings), "decode", "splice" (alone)
     layers: list[LayerView]
     splice: fx.Node | None = None  # embeds.masked_scatter(mask, features)
+    embeds_input: fx.Node | None = None  # prefill without a splice: the spliced embeddings input
     features: fx.Node | None = None
     visual_mask: fx.Node | None = None  # the mask argument of the splice ([B, L, 1] or [B, L, D])
     vision_context: fx.Node | None = None  # torch.ops.vtp.vision_context (vtp_compile.attach)
+    tp: TPInfo | None = None       # the tensor-parallel group (transformers' tp_plan), if any
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def attention_layers(self) -> list[LayerView]:
+        return [lv for lv in self.layers if lv.sdpa is not None]
 
     @classmethod
     def match(cls, gm: fx.GraphModule) -> "VLMGraph":
@@ -50,6 +57,10 @@ class VLMGraph:
         if len(splices) > 1:
             raise Unsupported(f"{len(splices)} visual splices (masked_scatter) in one graph")
         sdpas = [n for n in graph.nodes if is_sdpa(n)]
+        if not sdpas and splices:   # the splice alone: record it for the decoder graph to come
+            self = cls(gm=gm, phase="splice", layers=[])
+            self._set_splice(splices[0])
+            return self
         if not sdpas:
             raise Unsupported("no scaled_dot_product_attention call in this graph (a fragment without "
                               "decoder layers, or eager attention, which is not supported)")
@@ -65,24 +76,32 @@ class VLMGraph:
             splice = None
             phase = "decode"
         layers = _layers(graph, sdpas, nxg, splice)
+        embeds_input = None
         if phase == "decode" and not any(_reads_cache(n) for lv in layers for n in lv.nodes):
-            raise Unsupported("no visual splice and no cache input (text-only prefill or a "
-                              "vision-encoder fragment): nothing to prune")
-        self = cls(gm=gm, phase=phase, layers=layers)
+            embeds_input = _embeds_input(graph, nxg, layers[0].entry)
+            if embeds_input is None:
+                raise Unsupported("no visual splice and no cache input (text-only prefill or a "
+                                  "vision-encoder fragment): nothing to prune")
+            phase = "prefill"   # decoder layers from spliced embeddings made in another graph
+        self = cls(gm=gm, phase=phase, layers=layers, embeds_input=embeds_input,
+                   tp=find_tp(gm))
         carrier = (torch.ops.vtp.vision_context, torch.ops.vtp.vision_context.default)
         tags = [n for n in graph.nodes if n.op == "call_function" and n.target in carrier]
         if len(tags) > 1:
             raise Unsupported(f"{len(tags)} vision_context nodes in one graph")
         self.vision_context = tags[0] if tags else None
         if splice is not None:
-            self.splice = splice
-            _, mask, feats = (list(splice.args) + [None, None, None])[:3]
-            if tensor_val(mask) is None or tensor_val(feats) is None:
-                raise Unsupported("visual splice with non-tensor arguments")
-            self.visual_mask, self.features = mask, feats
+            self._set_splice(splice)
             if layers[0].entry is not splice and splice not in nx.ancestors(nxg, layers[0].entry):
                 raise Unsupported("first decoder layer does not consume the visual splice")
         return self
+
+    def _set_splice(self, splice: fx.Node) -> None:
+        self.splice = splice
+        _, mask, feats = (list(splice.args) + [None, None, None])[:3]
+        if tensor_val(mask) is None or tensor_val(feats) is None:
+            raise Unsupported("visual splice with non-tensor arguments")
+        self.visual_mask, self.features = mask, feats
 
 
 def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> list[LayerView]:
@@ -112,7 +131,7 @@ def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> l
         nodes = by_idx[i]
         node_set = set(nodes)
         layer_sdpas = [n for n in nodes if n in owners]
-        if len(layer_sdpas) != 1:
+        if len(layer_sdpas) > 1:
             raise Unsupported(f"layer {i} has {len(layer_sdpas)} attention calls")
         externals = []
         for n in nodes:
@@ -129,13 +148,34 @@ def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> l
                 raise Unsupported(f"cannot find the hidden state entering layer {i}: {[c.name for c in cands]}")
             entry = cands[0]
         else:
-            if prev_out not in externals:
-                raise Unsupported(f"layer {i} does not consume the output of layer {i - 1}")
-            entry = prev_out
+            if prev_out in externals:
+                entry = prev_out
+            else:   # something between the layers rewrites the residual stream (Qwen3-VL's
+                # deepstack adds visual features again): the layer reads a copy of the output
+                ev = tensor_val(prev_out)
+                cands = [a for a in externals if a in nx.descendants(nxg, prev_out)
+                         and tensor_val(a) is not None and tensor_val(a).dim() == ev.dim()
+                         and all(same_size(x, y) for x, y in zip(tensor_val(a).shape, ev.shape))]
+                if len(cands) != 1:
+                    raise Unsupported(f"layer {i} does not consume the output of layer {i - 1}")
+                entry = cands[0]
         out = _layer_output(nodes, node_set, entry)
-        layers.append(LayerView(i, f"{list_path}.{i}", nodes, layer_sdpas[0], entry, out))
+        layers.append(LayerView(i, f"{list_path}.{i}", nodes, layer_sdpas[0] if layer_sdpas else None,
+                                entry, out))
         prev_out = out
     return layers
+
+
+def _embeds_input(graph: fx.Graph, nxg: nx.DiGraph, entry: fx.Node) -> fx.Node | None:
+    """The ``[B, L, D]`` float graph input the first layer's hidden state comes from, when the
+    embeddings were made (and possibly spliced) in another graph: no embedding lookup here."""
+    anc = nx.ancestors(nxg, entry) | {entry}
+    if any(op_name(n) == "embedding" for n in anc):
+        return None
+    cands = [n for n in anc if n.op == "placeholder" and not is_param_like(n)
+             and tensor_val(n) is not None and tensor_val(n).dim() == 3
+             and tensor_val(n).is_floating_point()]
+    return cands[0] if len(cands) == 1 else None
 
 
 def _reads_cache(n: fx.Node) -> bool:

@@ -6,8 +6,9 @@ A pruned prefill leaves each layer's cache in one of two layouts:
   dead slots (:mod:`vtp_compile.kernels.select`). Cache column ``j`` is no longer prompt
   position ``j``, so transformers' decode mask (built from the 2-D attention mask as if it
   were) is wrong for such a row; the decode graph replaces it with "every live column".
-* **positional** (sliding-window and chunked layers, whose masks count positions): the cache
-  keeps the unpruned layout, and the removed positions are dead; the decode graph keeps
+* **positional** (sliding-window and chunked layers, whose masks count positions and whose
+  caches keep the last window of positions): the cache keeps the unpruned layout
+  (:func:`to_positional`), and the removed positions are dead; the decode graph keeps
   transformers' mask and masks the dead columns too.
 
 A dead slot's key is zero and its value carries ``MARK`` in channel 0 and ``±TAG`` in channel 1
@@ -37,6 +38,21 @@ def mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: i
     if is_value:
         fill[0], fill[1] = MARK, layout * TAG
     return torch.where(dead[:, None, :, None], fill, cache)
+
+
+def to_positional(cache: torch.Tensor, origin: torch.Tensor, slot_live: torch.Tensor,
+                  length: int, is_value: bool) -> torch.Tensor:
+    """A compacted cache ``[B, H, W, D]`` back in the unpruned layout ``[B, H, length, D]``:
+    live slot ``j`` of row ``b`` at position ``origin[b, j]``, every other position dead
+    (positional marker). For layers whose mask counts positions (sliding windows, chunks)."""
+    B, H, W, D = cache.shape
+    dead = torch.ones(B, length, dtype=torch.bool, device=cache.device)
+    target = torch.where(slot_live, origin, torch.full_like(origin, length))
+    dead = torch.cat([dead, dead[:, :1]], 1).scatter(1, target, False)[:, :length]
+    full = torch.zeros(B, H, length + 1, D, dtype=cache.dtype, device=cache.device)
+    ix = target[:, None, :, None].expand(B, H, W, D)
+    full = full.scatter(2, ix, cache)[:, :, :length]
+    return mark_dead(full, dead, is_value, POSITIONAL)
 
 
 def dead_columns(past_values: torch.Tensor):
@@ -85,6 +101,18 @@ def _mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: 
 @_mark_dead.register_fake
 def _(cache, dead, is_value, layout):
     return torch.empty_like(cache)
+
+
+@torch.library.custom_op("vtp::to_positional", mutates_args=())
+def _to_positional(cache: torch.Tensor, origin: torch.Tensor, slot_live: torch.Tensor,
+                   length: int, is_value: bool) -> torch.Tensor:
+    return to_positional(cache, origin, slot_live, length, is_value)
+
+
+@_to_positional.register_fake
+def _(cache, origin, slot_live, length, is_value):
+    B, H, _, D = cache.shape
+    return cache.new_empty((B, H, length, D))
 
 
 @torch.library.custom_op("vtp::decode_mask", mutates_args=())

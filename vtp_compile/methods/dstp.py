@@ -54,11 +54,7 @@ class DSTP(Method):
 
     def validate(self, params):
         base = params["base"]
-        try:
-            method = get_method(base) if isinstance(base, str) else None
-        except OptionError:
-            method = None
-        if method is None or method.name == "dstp" or method.vision_internals:
+        if not isinstance(base, str) or base not in self.bases():
             raise OptionError(f"vtp: dstp option 'base' must be a layer-site method, one of "
                               f"{sorted(self.bases())}, got {base!r}")
         if params["layer"] is not None:

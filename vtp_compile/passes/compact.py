@@ -21,9 +21,10 @@ import torch.fx as fx
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, is_sdpa, sdpa_args, tensor_val, val
+from ..graph import tp
 from ..graph.seq_dims import SeqDims
-from ..graph.vlm_graph import VLMGraph
-from ..sites import LayerSite, ReserveSite, RouteSite
+from ..graph.vlm_graph import LayerView, VLMGraph
+from ..sites import LayerSite, ReserveSite, RouteSite, method_of
 from . import cache_layout, traced, vision_args
 from ..errors import OptionError
 
@@ -40,6 +41,7 @@ class CompactState:
     live: fx.Node
     qpos: fx.Node
     first_visual: fx.Node = None  # the visual mask of the original sequence (for explain)
+    origin: fx.Node | None = None  # [B, W] original position of each slot (None: unpruned)
     keep_nodes: list = dataclasses.field(default_factory=list)  # (site, idx, slot_live, n_keep)
     cache_outputs: dict = dataclasses.field(default_factory=dict)  # cache `cat` -> current output
     fixed: set = dataclasses.field(default_factory=set)  # layers whose cache holds its final set
@@ -61,15 +63,43 @@ class SiteNodes:
 
 def init_state(vlm: VLMGraph) -> CompactState:
     g = vlm.gm.graph
-    mask = sdpa_args(vlm.layers[0].sdpa)["attn_mask"]
+    mask = sdpa_args(vlm.attention_layers[0].sdpa)["attn_mask"]
     mask = mask if isinstance(mask, fx.Node) else None
     order = {n: i for i, n in enumerate(g.nodes)}
-    anchor = vlm.splice if mask is None or order[mask] < order[vlm.splice] else mask
+    source = vlm.splice if vlm.splice is not None else vlm.embeds_input
+    anchor = source if mask is None or order[mask] < order[source] else mask
     with insert_after(g, anchor):
-        vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
+        if vlm.splice is not None:
+            vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
+        else:   # spliced in an earlier graph (see kernels/splice.py)
+            vis = g.call_function(ops.splice_lookup.default, (vlm.embeds_input,))
         live = g.call_function(traced.live_from_mask, (mask, vis))
         qpos = g.call_function(traced.last_live, (live,))
     return CompactState(vis, live, qpos, first_visual=vis)
+
+
+def record_splice(vlm: VLMGraph) -> None:
+    """A graph with the splice but no decoder layers: record the spliced embeddings and the
+    visual mask for the decoder graph that will read them (kernels/splice.py)."""
+    g = vlm.gm.graph
+    with insert_after(g, vlm.splice):
+        vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
+        rec = g.call_function(ops.record_splice.default, (vlm.splice, vis))
+    vlm.splice.replace_all_uses_with(rec, delete_user_cb=lambda u: u is not rec)
+    g.lint()
+
+
+@dataclasses.dataclass
+class Selection:
+    """The nodes one site's selection inserted (before its layer)."""
+    score: fx.Node
+    idx: fx.Node             # [B, W] kept positions, then dead slots
+    slot_live: fx.Node       # [B, W]
+    n_keep: fx.Node
+    src: fx.Node             # the hidden state to gather at the site's layer (merged if any)
+    vis_c: fx.Node           # visual mask, compacted
+    qpos_c: fx.Node          # last live slot per row
+    origin: fx.Node          # original position of each slot
 
 
 def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
@@ -78,8 +108,12 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
 
     ``scores``, if given, builds the ``[B, L]`` score node instead of the site's own scoring:
     ``scores(graph, entry, state, n_keep) -> fx.Node`` (RouteSite selectors, built by their pass).
+
+    Layers without attention (linear attention, convolutions: hybrid models) mix tokens through
+    the sequence and cannot run on a subset; when the region holds one, every attention layer of
+    it is compacted on its own with the same selection (removed tokens skip the attention layers
+    and still flow through the others), see the README.
     """
-    g = vlm.gm.graph
     if isinstance(site, LayerSite):
         K = site.layer
         lo = 0 if site.own_attention else 1
@@ -90,18 +124,50 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         K = getattr(site, "layer", 0)
     end = vlm.num_layers if end is None else end
     entry = vlm.layers[K].entry
-    region_set = set()
-    for lv in vlm.layers[K:end]:
-        region_set.update(lv.nodes)
-    region = [n for n in g.nodes if n in region_set]
-    sd = SeqDims(region, entry)
-    first = region[0]
+    sel = _select(vlm, site, state, K, scores)
+    layers = vlm.layers[K:end]
+    if all(lv.sdpa is not None for lv in layers):
+        spans = [(K, end)]
+    else:
+        if isinstance(site, (ReserveSite, RouteSite)):
+            raise Unsupported(f"{method_of(site)} needs every layer from {K} on to be an attention "
+                              "layer (this model mixes tokens without attention there)")
+        spans = [(lv.index, lv.index + 1) for lv in layers if lv.sdpa is not None]
+    exits = []
+    for start, stop in spans:
+        exits += _compact(vlm, sel, start, stop, state, K)
+    # a routed (single-layer) compaction fixes what its layers cache; a full-stack site leaves
+    # them to later sites, which evict earlier layers further (Nüwa: encoder, then layer K)
+    final = end < vlm.num_layers or isinstance(site, RouteSite) or len(spans) > 1
+    cache_layout.evict_early_cache(vlm, K, sel.idx, sel.slot_live, sel.origin, state, final)
+    if final:
+        state.fixed.update(range(K, end))
+    state.keep_nodes.append((site, sel.idx, sel.slot_live, sel.n_keep))
+    result = SiteNodes(sel.score, state.visual_mask, state.live, sel.idx, sel.slot_live, sel.n_keep,
+                       entry, exits, sel.origin)
+    if end == vlm.num_layers and len(spans) == 1:   # the rest of the stack runs on the kept tokens
+        state.visual_mask, state.live, state.qpos = sel.vis_c, sel.slot_live, sel.qpos_c
+        state.origin = sel.origin
+    elif end == vlm.num_layers:                      # per-layer: full length, removed not live
+        g = vlm.gm.graph
+        with g.inserting_before(sel.origin.next):
+            kept = g.call_function(traced.kept_positions, (sel.idx, sel.slot_live, state.visual_mask))
+            state.visual_mask = g.call_function(operator.and_, (state.visual_mask, kept))
+            state.live = g.call_function(operator.and_, (state.live, kept))
+    vlm.gm.graph.lint()
+    return result
+
+
+def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selection:
+    """Score and select before layer K: each row's kept positions in the compacted layout."""
+    g = vlm.gm.graph
+    entry = vlm.layers[K].entry
+    first = next(n for n in g.nodes if n in set(vlm.layers[K].nodes))
     keep = site.keep
     budget = keep.budget or 0
     num, den = (0, 1) if keep.ratio is None else (keep.ratio.numerator, keep.ratio.denominator)
     vis, live, qpos = state.visual_mask, state.live, state.qpos
     ctx = vision_args.context_args(vlm, site) if getattr(site, "context", False) else None
-
     with g.inserting_before(first):
         n_vis = g.call_function(traced.count_visual, (vis,))
         if keep.schedule is not None:
@@ -112,19 +178,21 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         if scores is not None:
             score = scores(g, entry, state, n_keep)
         elif isinstance(site, LayerSite):
-            score = _layer_score(g, vlm, site, entry, state, n_keep, first)
+            prev = vlm.layers[K] if site.own_attention else _scoring_layer(vlm, K, site)
+            score = _layer_score(g, vlm, prev, site, entry, state, n_keep, first)
         else:
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
             if ctx is not None:
                 inputs["ctx"] = ctx
             score = g.call_function(site.score, (inputs,))
+        if vlm.tp is not None:   # every rank selects the same tokens (see graph.tp)
+            score = g.call_function(tp.agree, (score, vlm.tp.size, vlm.tp.group_name))
         n_sel = n_keep
         if isinstance(site, ReserveSite):
             n_sel = g.call_function(traced.with_reserve, (n_keep, site.reserve))
         sel = g.call_function(ops.select_keep.default, (score, vis, live, n_sel))
         idx = g.call_function(operator.getitem, (sel, 0))
         slot_live = g.call_function(operator.getitem, (sel, 1))
-        new_len = g.call_function(traced.seq_len, (idx,))
         src = entry
         if getattr(site, "merge", None) is not None:
             if isinstance(site, ReserveSite):   # the base's merge: into the active set only
@@ -137,9 +205,35 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
             if ctx is not None:
                 inputs["ctx"] = ctx
             src = g.call_function(site.merge, (inputs,))
-        h = g.call_function(ops.gather_seq.default, (src, idx, 1, 0))
         vis_c = g.call_function(traced.compact_visual, (vis, idx, slot_live))
         qpos_c = g.call_function(traced.last_live, (slot_live,))
+        origin = g.call_function(traced.compose_origin, (state.origin, idx))
+    return Selection(score, idx, slot_live, n_keep, src, vis_c, qpos_c, origin)
+
+
+def _scoring_layer(vlm: VLMGraph, K: int, site) -> LayerView:
+    """The last attention layer before K (layer K-1 unless that one has no attention)."""
+    for lv in reversed(vlm.layers[:K]):
+        if lv.sdpa is not None:
+            return lv
+    raise OptionError(f"vtp: {method_of(site)} scores with the attention of a layer before layer "
+                      f"{K}, and this model has none there; choose a later layer")
+
+
+def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: CompactState,
+             K: int) -> list:
+    """Run layers ``[start, stop)`` on the selection's kept tokens; returns the exit nodes."""
+    g = vlm.gm.graph
+    entry = vlm.layers[start].entry
+    region_set = set()
+    for lv in vlm.layers[start:stop]:
+        region_set.update(lv.nodes)
+    region = [n for n in g.nodes if n in region_set]
+    sd = SeqDims(region, entry)
+    idx, slot_live = sel.idx, sel.slot_live
+    with g.inserting_before(region[0]):
+        h = g.call_function(ops.gather_seq.default, (sel.src if start == K else entry, idx, 1, 0))
+        new_len = g.call_function(traced.seq_len, (idx,))
 
     externals = _externals(region, region_set)
     for ext in externals:
@@ -149,6 +243,8 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
             continue
         if not dims:
             continue
+        if tp.is_dtensor(tensor_val(ext)):
+            raise Unsupported(f"DTensor {ext.name} with a sequence dim enters the pruned region")
         bdim = _batch_dim(sd, ext, dims)
         users = [u for u in region if ext in u.all_input_nodes]
         with g.inserting_before(users[0]):
@@ -159,6 +255,8 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
 
     for n in sd.shape_edits:
         _edit_shape_args(n, [d for d in range(tensor_val(n).dim()) if sd.is_seq(n, d)], new_len)
+    for n in sd.dtensor_edits:
+        tp.edit_from_local(g, n, sd.seq_dims(n), new_len)
     _restrict_masks(g, region, slot_live)
 
     exits = []
@@ -189,31 +287,22 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         _replace_in(n, full, set(outside))
         exits.append(full)
 
-    # a routed (single-layer) compaction fixes what its layers cache; a full-stack site leaves
-    # them to later sites, which evict earlier layers further (Nüwa: encoder, then layer K)
-    final = end < vlm.num_layers or isinstance(site, RouteSite)
-    cache_layout.evict_early_cache(vlm, K, idx, slot_live, state, final)
-    if final:
-        state.fixed.update(range(K, end))
-    state.keep_nodes.append((site, idx, slot_live, n_keep))
-    result = SiteNodes(score, vis, live, idx, slot_live, n_keep, entry, exits, qpos_c)
-    if end == vlm.num_layers:   # the rest of the stack runs on the kept tokens
-        state.visual_mask, state.live, state.qpos = vis_c, slot_live, qpos_c
-    g.lint()
-    return result
+    for n, x, d in sd.seq_slices:   # sliding-window caches keep positions
+        cache_layout.positional_window(g, n, x, d, sel.origin, slot_live, state)
+    return exits
 
 
-def _layer_score(g: fx.Graph, vlm: VLMGraph, site, entry, state: CompactState, n_keep,
-                 first: fx.Node) -> fx.Node:
-    """Score node of a LayerSite, from layer ``K - 1``'s attention inputs (or layer K's own,
-    recomputed on the full sequence, with ``own_attention``)."""
-    if site.own_attention:
-        att = _own_attention_inputs(g, vlm.layers[site.layer], first)
-    else:
-        att = sdpa_args(vlm.layers[site.layer - 1].sdpa)
+def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactState,
+                 n_keep, first: fx.Node) -> fx.Node:
+    """Score node of a LayerSite, from layer ``prev``'s attention inputs (``K - 1``'s, every
+    head's, also when tensor parallelism splits them across ranks; or layer K's own, recomputed
+    on the full sequence, with ``own_attention``)."""
+    orig = sdpa_args(prev.sdpa)
+    att = _own_attention_inputs(g, prev, first) if site.own_attention else orig
     q, k, m = att["query"], att["key"], att["attn_mask"]
     m = m if isinstance(m, fx.Node) else None
     q_row = g.call_function(traced.query_row, (q, state.qpos))
+    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
     key_row = g.call_function(traced.query_key_row, (m, state.qpos, state.live, bool(att["is_causal"])))
     inputs = {"q": q_row, "k": k, "key_mask": key_row, "scale": scale, "hidden": entry,

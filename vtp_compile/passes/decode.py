@@ -42,7 +42,7 @@ def past_values(sdpa: fx.Node) -> fx.Node:
 def apply_decode(vlm: VLMGraph) -> int:
     """Replace every layer's decode mask; returns the number of attention calls changed."""
     g = vlm.gm.graph
-    for lv in vlm.layers:
+    for lv in vlm.attention_layers:
         a = sdpa_args(lv.sdpa)
         m = a["attn_mask"]
         pv = past_values(lv.sdpa)
@@ -53,4 +53,4 @@ def apply_decode(vlm: VLMGraph) -> int:
                                                     a["query"], bool(a["is_causal"])))
         set_mask(lv.sdpa, new, causal=False)
     g.lint()
-    return len(vlm.layers)
+    return len(vlm.attention_layers)

@@ -62,8 +62,10 @@ class PassManager:
         work = _clone(gm)
         vlm = VLMGraph.match(work)
         report = GraphReport(vlm.phase)
-        if vlm.phase == "prefill":
-            costs = [flops.layer_cost(lv) for lv in vlm.layers]
+        if vlm.phase == "splice":
+            compact.record_splice(vlm)
+        elif vlm.phase == "prefill":
+            costs = [flops.layer_cost(lv, vlm.tp) for lv in vlm.layers]
             sites = self.method.sites(self.cfg, vlm.num_layers)
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
@@ -105,10 +107,14 @@ def _clone(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def _sizes(vlm: VLMGraph):
-    h = tensor_val(vlm.splice)
-    f = tensor_val(vlm.features)
+    h = tensor_val(vlm.layers[0].entry)
     B, L = hint(h.shape[0]), hint(h.shape[1])
-    V = hint(f.numel()) // hint(f.shape[-1]) // B
+    if vlm.features is not None:
+        f = tensor_val(vlm.features)
+        V = hint(f.numel()) // hint(f.shape[-1]) // B
+    else:   # spliced in another graph: the recorded mask of the first call, if any
+        from ..kernels import splice
+        V = int(splice._RECORD[1].sum()) // B if splice._RECORD is not None else 0
     return {"B": B, "L": L, "V": V, "cur_V": V, "layer_len": [L] * vlm.num_layers}, h.element_size()
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensor
 
+from ..graph import tp
 from ..graph.fx_utils import Unsupported, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import RouteSite
@@ -38,6 +39,8 @@ def apply_routes(vlm: VLMGraph, sites: list[RouteSite], state, example_inputs) -
         wq, wk, w_norm = _weights(lv, real)
         att = sdpa_args(lv.sdpa)
         heads = int(tensor_val(att["query"]).shape[1])
+        if tp.heads_sharded(vlm.tp, lv.nodes, att["query"]):
+            heads *= vlm.tp.size     # the selector is built from every rank's heads
         hd = int(tensor_val(att["query"]).shape[-1])
         kv_heads = wk.shape[0] // hd
         selector = site.build(wq, wk, w_norm, heads, kv_heads, calib.get(site.layer, []))
@@ -95,11 +98,22 @@ def _weights(lv, real: dict):
     x = q_lin.args[0]
     norm_w = [a for a in getattr(x, "all_input_nodes", []) if a in real and tensor_val(a) is not None
               and tensor_val(a).dim() == 1]
-    if x is not k_lin.args[0] or len(norm_w) != 1 or q_lin.args[1] not in real or k_lin.args[1] not in real:
+    wq, wk = _full_weight(q_lin.args[1], real), _full_weight(k_lin.args[1], real)
+    if x is not k_lin.args[0] or len(norm_w) != 1 or wq is None or wk is None:
         raise Unsupported(f"layer {lv.index}: q/k projections do not read one RMS-normed input")
     if len(q_lin.args) > 2 and q_lin.args[2] is not None:
         raise Unsupported(f"layer {lv.index}: biased q projection (not covered by the selector)")
-    return real[q_lin.args[1]], real[k_lin.args[1]], real[norm_w[0]]
+    return wq, wk, _full_weight(norm_w[0], real)
+
+
+def _full_weight(n, real: dict):
+    """The whole weight a linear reads: a parameter input, or under tensor parallelism the
+    DTensor parameter behind ``W.to_local()``, all-gathered (once, at compile time; every rank
+    compiles the same graph, so every rank takes part)."""
+    if isinstance(n, fx.Node) and n not in real and n.op == "call_method" and n.target == "to_local":
+        n = n.args[0]
+    w = real.get(n) if isinstance(n, fx.Node) else None
+    return w.full_tensor() if tp.is_dtensor(w) else w
 
 
 def _calibration(gm, vlm, sites, state, example_inputs) -> dict:

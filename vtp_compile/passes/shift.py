@@ -16,6 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from ..graph import tp
 from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import ReserveSite
@@ -129,9 +130,10 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     with g.inserting_before(score_layer):
         m = a["attn_mask"]
         row = g.call_function(last_query_row, (m,)) if isinstance(m, fx.Node) else None
-        q, scale = scaled_query(g, a["query"], a)
-        new_cols = g.call_function(ops.dstp_update.default,
-                                   (q, a["key"], row, scale, cols, key))
+        # every rank re-scores with every head: the swap decision is the same everywhere
+        q, k = tp.full_heads(g, vlm.tp, vlm.layers[K - 1].nodes, a["query"], a["query"], a["key"])
+        q, scale = scaled_query(g, q, a)
+        new_cols = g.call_function(ops.dstp_update.default, (q, k, row, scale, cols, key))
     _remask(g, [lv.sdpa for lv in vlm.layers[:K]], column_mask, (cols,))
     _remask(g, [lv.sdpa for lv in vlm.layers[K:]], column_mask, (new_cols,))
     g.lint()

@@ -118,6 +118,21 @@ def kept_positions(idx: torch.Tensor, slot_live: torch.Tensor, like: torch.Tenso
     return out.scatter(1, target, True)[:, :L]
 
 
+def compose_origin(origin: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Original positions of the slots of a new compaction (``origin``: of the current layout,
+    None for the unpruned sequence)."""
+    return idx if origin is None else torch.gather(origin, 1, idx)
+
+
+def removed_positions(origin: torch.Tensor, slot_live: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]`` over the original positions: True where no live slot comes from."""
+    return ~kept_positions(origin, slot_live, like)
+
+
+def seq_length(x: torch.Tensor):
+    return x.shape[1]
+
+
 def compact_visual(visual: torch.Tensor, idx: torch.Tensor, slot_live: torch.Tensor) -> torch.Tensor:
     """The visual mask in the compacted layout (dead slots are not visual)."""
     return torch.gather(visual, 1, idx) & slot_live

@@ -56,6 +56,7 @@ class Pruning:
     merge: bool = True
     layers: tuple | None = None
     pivots: int = 4
+    dstp: tuple | None = None     # DSTP around this method: (reserve or None, reserve_by, tau)
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -103,6 +104,9 @@ class _Run:
         self.layer = -1                                          # the decoder layer running
         self.attended = False                                    # it called attention
         self.records: dict = {}      # layer -> (q, k, mask, scale) as that layer attended
+        self.reserve = None          # DSTP: reserve positions per row
+        self.hist: list = []         # DSTP: active positions per row after each step
+        self.dstp_layer = None
         self.inputs: dict = {}
 
     @property
@@ -136,7 +140,7 @@ class _Run:
         ``record``: the attention inputs it scores with)."""
         p, B = self.p, hidden.shape[0]
         prev = self.removed
-        kept = []
+        kept, reserve = [], [[] for _ in range(B)]
         for b in range(B):
             allpos = torch.nonzero(self.visual[b]).flatten().tolist()
             pos = [q for q in allpos if prev is None or not bool(prev[b, q])]
@@ -147,6 +151,7 @@ class _Run:
             k = min(V, stage.count(V, len(allpos)))
             feats = hidden[b, pos]
             rule = stage.rule
+            scores = None
             if rule == "random":
                 x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
                 sel = _top([v - math.floor(v) for v in x], k)
@@ -165,12 +170,58 @@ class _Run:
                 scores = (feats.float() @ hidden[b, last].float() / math.sqrt(D)).softmax(0).tolist()
                 sel = oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters)
             kept.append([pos[i] for i in sorted(sel)])
+            if p.dstp is not None and stage is self.stages[-1]:
+                reserve[b] = [pos[i] for i in sorted(self._reserve(feats, sel, k, V, scores if rule in ('fastv', 'pdrop') else None))]
         removed = ~self.real.clone() if prev is None else prev.clone()
         for b in range(B):
             removed[b] |= self.visual[b]
             removed[b, kept[b]] = False
+            removed[b, reserve[b]] = False
         self.kept_by.append(kept)
         self.removed_by.append(removed)
+        if p.dstp is not None and stage is self.stages[-1]:
+            self.reserve = reserve
+            self.hist = [kept]
+            self.dstp_layer = stage.layer
+
+    def _reserve(self, feats, sel: list[int], k: int, V: int, scores) -> list[int]:
+        """DSTP's reserve (indices into the stage's visual tokens): farthest points from the
+        active set ``sel`` in the stage's input hidden states, or the next best by score."""
+        reserve, reserve_by, _ = self.p.dstp
+        r = min(k if reserve is None else reserve, V - k)
+        rest = [i for i in range(V) if i not in sel]
+        if reserve_by == "coverage":
+            return oracle_baselines.cover_reserve(feats, list(sel), rest, r)
+        if scores is None:
+            raise NotImplementedError("the oracle ranks a score reserve for fastv/pdrop only")
+        return _top(scores, k + r)[k:]
+
+    def rescore(self, record) -> None:
+        """DSTP at a decode step: the newest query re-scores active ∪ reserve (head-mean
+        softmax over the columns it may see plus the reserve); a shift above tau swaps."""
+        q, k, _, scale = record
+        S = q.shape[2]
+        if S <= self.prompt_len or len(self.hist) != S - self.prompt_len:
+            return
+        tau = self.p.dstp[2]
+        new = []
+        for b in range(q.shape[0]):
+            act = self.hist[-1][b]
+            cand = sorted(set(self.hist[0][b]) | set(self.reserve[b]))
+            if not cand:
+                new.append(act)
+                continue
+            allowed = torch.ones(S, dtype=torch.bool)
+            allowed[:self.prompt_len] = self.real[b] & ~self.visual[b]
+            allowed[cand] = True
+            qh = q[b, :, S - 1].float()
+            kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)
+            probs = (torch.einsum("hd,hsd->hs", qh, kh) * scale).masked_fill(~allowed, float("-inf"))
+            probs = probs.softmax(-1).mean(0).tolist()
+            best = sorted(cand, key=lambda j: (-probs[j], j))[:len(self.hist[0][b])]
+            shift = 1 - sum(probs[j] for j in act) / max(sum(probs[j] for j in best), 1e-30)
+            new.append(sorted(best) if shift > tau else act)
+        self.hist.append(new)
 
     def _dart(self, b: int, hidden, record, pos: list[int], k: int) -> list[int]:
         """DART's selection (indices into ``pos``) from the recorded keys of layer K-1."""
@@ -235,6 +286,8 @@ class _Run:
         blocked[:, gen, :P] = self.removed[:, None, :P]              # the compacted cache: final set
         if prompt_rm is not None:
             blocked[:, ~gen, :P] = prompt_rm[:, None, :P]
+        if self.reserve is not None:
+            self._dstp_mask(blocked, q_pos, gen, P)
         blocked &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
         if mask is None:
             base = torch.ones(q_len, S, dtype=torch.bool, device=device).tril(S - q_len)[None, None]
@@ -243,6 +296,26 @@ class _Run:
         else:
             base = mask > float("-inf")
         return base & ~blocked[:, None]
+
+    def _dstp_mask(self, blocked, q_pos, gen, P) -> None:
+        """Prompt queries from the DSTP site on never see the reserve (unless they are one);
+        the token fed at decode step s sees the active set A[s-1] before the site, A[s] from
+        it on, and no other visual token."""
+        after = self.layer >= self.dstp_layer
+        for b in range(blocked.shape[0]):
+            res = torch.zeros(P, dtype=torch.bool)
+            res[[j for j in self.reserve[b] if j < P]] = True
+            if after:
+                rows = (~gen).nonzero().flatten()
+                for i in rows.tolist():
+                    if not res[int(q_pos[i])]:
+                        blocked[b, i, :P] |= res
+            for i in gen.nonzero().flatten().tolist():
+                g = int(q_pos[i]) - self.prompt_len
+                step = g + 1 if after else g
+                act = torch.zeros(P, dtype=torch.bool)
+                act[[j for j in self.hist[step][b] if j < P]] = True
+                blocked[b, i, :P] = (~self.real[b, :P]) | (self.visual[b, :P] & ~act)
 
     def skip(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Prompt positions removed before this layer leave it unchanged."""
@@ -271,6 +344,8 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
             eff = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
             eff = attention_mask if eff is None else eff
             run.select(stage, run.inputs[run.layer], (query.detach(), key.detach(), eff, scale))
+        elif run.reserve is not None and run.stages[-1].own and run.layer == run.dstp_layer:
+            run.rescore((query.detach(), key.detach(), None, scale))
         new = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
         run.records[run.layer] = (query.detach(), key.detach(),
                                   attention_mask if new is None else new, scale)
@@ -314,6 +389,8 @@ def _hooked(model, run: _Run):
                     continue
                 if run.pending(i, own=False) is stage:
                     run.select(stage, hidden, run.last_record(i) if i else None)
+                elif run.reserve is not None and stage is run.stages[-1] and i == run.dstp_layer:
+                    run.rescore(run.last_record(i))
                 hidden, merged = run.merge(stage, hidden), True
             if merged:
                 args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})

@@ -1,0 +1,134 @@
+"""Every supported VLM family, pruned and checked against the family-agnostic mask oracle
+(vtp_compile/testing/oracle_mask.py), from the table the README's support matrix prints
+(vtp_compile/testing/support.py)."""
+import pytest
+import torch
+
+from vtp_compile.passes.manager import REPORTS
+from vtp_compile.testing import families as F
+from vtp_compile.testing import support
+from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
+
+from ..helpers import assert_tokens_match, record_case
+
+ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec())),
+        F.RowSpec(4, 3, ())]                      # one image, two images, a text-only row
+PRUNED = [(f, p) for f, paths in support.PRUNED.items() for p in paths]
+
+
+@pytest.fixture
+def dynamo_for(monkeypatch):
+    def apply(family):
+        for k, v in support.DYNAMO.get(family, {}).items():
+            monkeypatch.setattr(torch._dynamo.config, k, v)
+    return apply
+
+
+def _setup(family, rows=ROWS, seed=1):
+    model = F.build_model(family)
+    inputs = F.make_inputs(family, model, rows, padding_side="left", seed=seed)
+    return model, inputs, F.visual_positions(family, model, inputs)
+
+
+def _opts(family, method="fastv", **keep):
+    keep = keep or {"budget": 3}
+    layer = {"layer": support.layer_for(family)} if method in ("fastv", "acgr") else {}
+    return {"method": method, "inner_backend": "eager", **keep, **layer}
+
+
+def _pruning(family, method="fastv", **keep):
+    keep = keep or {"budget": 3}
+    return Pruning(method, layer=support.layer_for(family), **keep)
+
+
+def _kept_positions(inputs, visual, kept):
+    """Real positions whose logits the pruned model defines: text, and the kept visual ones."""
+    mask = inputs["attention_mask"].bool() & ~visual
+    for b, ks in enumerate(kept):
+        mask[b, ks] = True
+    return mask
+
+
+@pytest.mark.parametrize("family,path", PRUNED)
+def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
+    """Forward: ragged rows (one image, two images, text only), left-padded. Generate: batch 1
+    with two images (the ragged batch runs in the methods test below)."""
+    dynamo_for(family)
+    model, inputs, visual = _setup(family, ROWS if path == "forward" else ROWS[1:2])
+    start = len(REPORTS)
+    with torch.no_grad():
+        model(**inputs)
+        if path == "forward":
+            want, kept = masked_forward(model, inputs, visual, _pruning(family))
+            got = torch.compile(model, backend="vtp", options=_opts(family))(**inputs).logits
+            keep = _kept_positions(inputs, visual, kept)
+            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
+        else:
+            want, margins, _ = masked_generate(model, inputs, visual, _pruning(family), 4)
+            model.compile(backend="vtp", options=_opts(family))
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    record_case(f"family/{path}")
+    assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
+
+
+@pytest.mark.parametrize("family", list(support.PRUNED))
+def test_keep_all_and_text_only_are_the_unpruned_model(family, dynamo_for):
+    """A budget above every visual count, and a text-only batch, through the same compiled
+    model: the unpruned model's outputs."""
+    dynamo_for(family)
+    model, inputs, _ = _setup(family)
+    text = F.make_inputs(family, model, [F.RowSpec(3, 2, ()), F.RowSpec(6, 1, ())], seed=3)
+    path = support.PRUNED[family][0]
+    with torch.no_grad():
+        model(**inputs)
+        opts = _opts(family, budget=100_000)
+        if path == "forward":
+            fast = torch.compile(model, backend="vtp", options=opts)
+            for x in (inputs, text):
+                real = x["attention_mask"].bool()
+                torch.testing.assert_close(fast(**x).logits[real], model(**x).logits[real],
+                                           atol=3e-5, rtol=1e-4)
+        else:
+            want = [model.generate(**x, max_new_tokens=3, do_sample=False) for x in (inputs, text)]
+            model.compile(backend="vtp", options=opts)
+            for x, w in zip((inputs, text), want):
+                assert torch.equal(model.generate(**x, max_new_tokens=3, do_sample=False), w)
+    record_case("family/keep-all", 2)
+
+
+@pytest.mark.parametrize("family,method", [(f, m) for f, paths in support.PRUNED.items()
+                                           if "generate" in paths for m in support.METHODS
+                                           if m != "fastv"])
+def test_methods_on_every_family(family, method, dynamo_for):
+    dynamo_for(family)
+    model, inputs, visual = _setup(family, seed=4)
+    start = len(REPORTS)
+    with torch.no_grad():
+        want, margins, _ = masked_generate(model, inputs, visual, _pruning(family, method), 4)
+        model(**inputs)
+        model.compile(backend="vtp", options=_opts(family, method))
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:])
+    record_case("family/generate")
+
+
+@pytest.mark.parametrize("family,path", list(support.NOT_PRUNED))
+def test_unsupported_paths_run_unpruned_and_say_why(family, path, dynamo_for, caplog):
+    dynamo_for(family)
+    model, inputs, _ = _setup(family)
+    start = len(REPORTS)
+    with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
+        model(**inputs)
+        if path == "forward":
+            want = model(**inputs).logits
+            got = torch.compile(model, backend="vtp", options=_opts(family))(**inputs).logits
+            real = inputs["attention_mask"].bool()
+            torch.testing.assert_close(got[real], want[real], atol=3e-5, rtol=1e-4)
+        else:
+            want = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            model.compile(backend="vtp", options=_opts(family))
+            assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), want)
+    assert not any(r.sites for r in REPORTS[start:])
+    assert any("left unpruned" in r.getMessage() for r in caplog.records)
