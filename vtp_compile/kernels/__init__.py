@@ -3,4 +3,4 @@ the ``torch.library`` registration and a fake implementation for tracing.
 
 Importing this package registers ``torch.ops.vtp.*``; it never imports triton.
 """
-from . import cache, coverage, dart, dcp, divprune, dstp, nuwa, pdrop, scores, select, splice, vision  # noqa: F401
+from . import cache, coverage, dart, dcp, divprune, dstp, nuwa, pdrop, scores, select, sparsevlm, splice, vision  # noqa: F401

@@ -7,7 +7,7 @@ from ..errors import OptionError
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 # methods on the roadmap (METHODS.md) that are not implemented yet: a clear error, not a guess
-PLANNED = ("sparsevlm", "visionzip")
+PLANNED = ("visionzip", "cdpruner")
 
 
 def register(cls):
@@ -19,7 +19,7 @@ def register(cls):
 
 
 def _load():
-    from . import alvts, dart, dcp, divprune, dstp, fastv, nuwa, pdrop, random_select  # noqa: F401
+    from . import alvts, dart, dcp, divprune, dstp, fastv, nuwa, pdrop, random_select, sparsevlm  # noqa: F401
 
 
 def method_names() -> list[str]:

@@ -42,8 +42,10 @@ NAME = "vtp_oracle"
 
 @dataclasses.dataclass(frozen=True)
 class Pruning:
-    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr", "pdrop"}; DCP-Prune's
-    knobs; PDrop's stage ``layers`` (None: the paper's quarters of the depth)."""
+    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr", "pdrop", "dart",
+    "sparsevlm"}; DCP-Prune's knobs; PDrop's stage ``layers`` (None: the paper's quarters of the
+    depth), SparseVLM's scoring ``layers`` (None: 2, 6, 15 of 32 scaled); ``dstp``: DSTP around
+    the method."""
     method: str
     budget: int | None = None
     ratio: float | None = None
@@ -77,6 +79,11 @@ class Pruning:
                           lambda V_now, V, s=s: oracle_baselines.pdrop_count(
                               V, s, layers, num_layers, self.budget, self.ratio))
                     for s, layer in enumerate(layers, start=1)]
+        if self.method == "sparsevlm":
+            layers = self.layers or oracle_baselines.sparsevlm_layers(num_layers)
+            return [Stage("sparsevlm", layer + 1, False,
+                          lambda V_now, V, s=s: oracle_baselines.sparsevlm_count(V, s, self.budget, self.ratio))
+                    for s, layer in enumerate(layers)]
         return [Stage(self.method, self.K, False, lambda V_now, V: self.n_keep(V_now))]
 
 
@@ -159,6 +166,9 @@ class _Run:
                 sel = _divprune(feats, k)
             elif rule == "dart":
                 sel = self._dart(b, hidden, record, pos, k)
+            elif rule == "sparsevlm":
+                scores = self._rater_attention(b, record, pos)
+                sel = _top(scores, k)
             elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
                 probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
@@ -222,6 +232,31 @@ class _Run:
             shift = 1 - sum(probs[j] for j in act) / max(sum(probs[j] for j in best), 1e-30)
             new.append(sorted(best) if shift > tau else act)
         self.hist.append(new)
+
+    def _rater_attention(self, b: int, record, pos: list[int]) -> list[float]:
+        """SparseVLM: the attention row ``b``'s raters pay each of ``pos`` (head mean, then
+        rater mean), from the recorded q/k of the scoring layer; raters from the input
+        embeddings against the visual tokens still kept."""
+        q, k, mask, scale = record
+        S = k.shape[2]
+        real = [i for i in range(S) if bool(self.real[b, i])]
+        text = [i for i in real if not bool(self.visual[b, i])]
+        after = [i for i in text if i > max(pos)]
+        raters = oracle_baselines.sparsevlm_raters(self.embeds[b], pos, after or text)
+        kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)
+        total = [0.0] * len(pos)
+        for r in raters:
+            logits = torch.einsum("hd,hsd->hs", q[b, :, r].float(), kh) * scale
+            if mask is None:
+                allowed = torch.arange(S) <= r
+            else:
+                m = mask[b if mask.shape[0] > 1 else 0, 0, r]
+                allowed = m if m.dtype == torch.bool else m > float("-inf")
+            allowed = allowed & self.real[b, :S]
+            probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1).mean(0)
+            for j, p in enumerate(pos):
+                total[j] += float(probs[p]) / len(raters)
+        return total
 
     def _dart(self, b: int, hidden, record, pos: list[int], k: int) -> list[int]:
         """DART's selection (indices into ``pos``) from the recorded keys of layer K-1."""
@@ -395,6 +430,8 @@ def _hooked(model, run: _Run):
             if merged:
                 args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
             run.inputs[i] = hidden
+            if i == 0:
+                run.embeds = hidden.detach()
             return args, kwargs
 
         def post(mod, args, kwargs, out, i=i):
