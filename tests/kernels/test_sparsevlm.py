@@ -54,3 +54,37 @@ def test_rater_scores_equal_the_plain_loop(seed, B, L, Hkv, rep):
                     z = sum(math.exp(x - top) for x in row)
                     tot += math.exp(row[s] - top) / z / H / len(want_r)
             assert abs(float(got[b, s]) - tot) < 1e-5
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 500), B=st.integers(1, 3), L=st.integers(2, 40), dup=st.booleans())
+def test_recycling_equals_the_plain_loop(seed, B, L, dup):
+    from vtp_compile.kernels.sparsevlm import recycle_merge, recycle_rank
+    g = torch.Generator().manual_seed(seed)
+    score = torch.rand(B, L, generator=g)
+    hidden = torch.randn(B, L, 5, generator=g)
+    if dup:
+        hidden = hidden.round()
+    vis = torch.rand(B, L, generator=g) < 0.7
+    live = torch.rand(B, L, generator=g) < 0.9
+    k = torch.randint(0, L + 1, (B,), generator=g)
+    ranked = recycle_rank(score, vis, live, k)
+    rec = []
+    for b in range(B):
+        pos = [i for i in range(L) if vis[b, i] and live[b, i]]
+        order = sorted(range(len(pos)), key=lambda i: (-float(score[b, pos[i]]), i))
+        kb = min(int(k[b]), len(pos))
+        n_rec, n_clu = ob.sparsevlm_recycle_count(len(pos) - kb)
+        top = sorted(ranked[b].tolist(), reverse=True)
+        want_keep = sorted(pos[i] for i in order[:kb + n_clu])
+        got_keep = sorted(torch.topk(ranked[b], kb + n_clu).indices.tolist()) if kb + n_clu else []
+        assert got_keep == want_keep, (top, want_keep)
+        rec.append(([pos[i] for i in order[kb:kb + n_clu]], [pos[i] for i in order[kb + n_clu:kb + n_rec]]))
+    keep = torch.zeros(B, L, dtype=torch.bool)
+    for b, (reps, _) in enumerate(rec):
+        pos = [i for i in range(L) if vis[b, i] and live[b, i]]
+        order = sorted(range(len(pos)), key=lambda i: (-float(score[b, pos[i]]), i))
+        keep[b, [pos[i] for i in order[:min(int(k[b]), len(pos))]] + reps] = True
+    got = recycle_merge(hidden, vis & live, keep, ranked)
+    want = ob.sparsevlm_recycle_merge(hidden, rec)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -28,12 +28,14 @@ def test_defaults_follow_the_paper():
     for L in (2, 3, 4, 8, 32, 40):
         assert sparsevlm.default_layers(L) == oracle_baselines.sparsevlm_layers(L)
     assert PruneConfig.from_options({"method": "sparsevlm"}).keep.ratio is not None
+    # v1 recycling: 576 -> 66 kept + clusters of the top 30 % of the 510 pruned (154 -> 16)
+    assert sparsevlm.stage_counts(576, 3, budget=64, recycle=True)[0] == 66 + 16
 
 
 @pytest.mark.parametrize("bad", [{"layers": [3, 1]}, {"layers": [1, 2, 3, 4]}, {"layers": "2"},
-                                 {"layers": [-1]}, {"recycle_ratio": 0.3}])
+                                 {"layers": [-1]}, {"recycle": 1}, {"recycle_ratio": 0.3}])
 def test_bad_options_are_errors(bad):
-    with pytest.raises(ValueError, match="layers|valid options"):
+    with pytest.raises(ValueError, match="layers|recycle|valid options"):
         PruneConfig.from_options({"method": "sparsevlm", "budget": 16, **bad})
 
 
@@ -48,12 +50,17 @@ def cases(draw):
     spec = draw(tiny_specs(layers=(2, 4)))
     L = spec.layers
     layers = draw(st.sampled_from([None, [0], [L - 2], [0, L - 2] if L > 2 else [0]]))
-    return spec, [draw(prompt_batches()) for _ in range(2)], draw(keeps(spec.visual_tokens)), layers
+    return (spec, [draw(prompt_batches()) for _ in range(2)], draw(keeps(spec.visual_tokens)),
+            (layers, draw(st.booleans())))
 
 
-def _params(layers):
-    return ({} if layers is None else {"layers": layers},
-            {} if layers is None else {"layers": tuple(layers)})
+def _params(params):
+    layers, recycle = params
+    c = {"recycle": recycle} if recycle else {}
+    o = {"recycle": recycle}
+    if layers is not None:
+        c["layers"], o["layers"] = layers, tuple(layers)
+    return c, o
 
 
 @settings(max_examples=2, **SETTINGS)
@@ -108,5 +115,5 @@ def test_explain_and_reports_list_every_stage():
 def test_through_inductor_equals_mask_oracle():
     spec = TinySpec(layers=2)
     batches = [dict(rows=[(2, 3, 1), (0, 5, 2), (1, 1, 0)], side="left", pad=(1, 0, 2), seed=1, tiles=2)]
-    check_forward_batches(spec, batches, {"method": "sparsevlm", "budget": 6}, Pruning("sparsevlm", budget=6),
-                          atol=1e-4)
+    check_forward_batches(spec, batches, {"method": "sparsevlm", "budget": 6, "recycle": True},
+                          Pruning("sparsevlm", budget=6, recycle=True), atol=1e-4)

@@ -110,3 +110,80 @@ def _sparsevlm_keep(n_orig: torch.Tensor, stage: int, budget: int, num: int, den
 @_sparsevlm_keep.register_fake
 def _(n_orig, stage, budget, num, den):
     return torch.empty_like(n_orig, dtype=torch.int64)
+
+
+# ---- v1 recycling ----------------------------------------------------------------------------
+def recycle_count(n_pruned):
+    """``(recycled, clusters)`` for ``n_pruned`` tokens: the top 30 % plus one, in a tenth of
+    those plus one clusters (none when nothing is pruned). Ints or int64 tensors."""
+    if isinstance(n_pruned, torch.Tensor):
+        rec = torch.where(n_pruned > 0, (3 * n_pruned) // 10 + 1, torch.zeros_like(n_pruned))
+        return rec, torch.where(n_pruned > 0, rec // 10 + 1, torch.zeros_like(n_pruned))
+    if n_pruned <= 0:
+        return 0, 0
+    rec = (3 * n_pruned) // 10 + 1
+    return rec, rec // 10 + 1
+
+
+def recycle_rank(score: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                 k: torch.Tensor) -> torch.Tensor:
+    """Scores that rank, per row, the top ``k`` visual tokens (``3 + s/2``), then the cluster
+    representatives (``2 + s/2``: the best ``clusters`` of the pruned), then the other recycled
+    tokens (``1 + s/2``), then the rest (``s/2``); -1 off the visual tokens. ``s``: the rater
+    score; ranks ties to the lower position."""
+    B, L = score.shape
+    vis = visual_mask & live
+    s = score.float()
+    order = torch.sort(torch.where(vis, -s, torch.full_like(s, float("inf"))), dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(L, device=s.device).expand(B, L))
+    V = vis.sum(1)
+    k = torch.minimum(k.to(s.device), V)
+    rec, clusters = recycle_count(V - k)
+    rp = rank - k[:, None]
+    half = s.clamp(0.0, 1.0) * 0.5
+    out = torch.where(rank < k[:, None], 3.0 + half,
+                      torch.where(rp < clusters[:, None], 2.0 + half,
+                                  torch.where(rp < rec[:, None], 1.0 + half, half)))
+    return torch.where(vis, out, torch.full_like(out, -1.0))
+
+
+def recycle_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: torch.Tensor,
+                  scores: torch.Tensor) -> torch.Tensor:
+    """Each recycled token (``scores`` from :func:`recycle_rank`: in [1, 2) and not kept) joins
+    its most cosine-similar kept representative (in [2, 3); ties: lower position); every
+    representative becomes the mean of itself and its members."""
+    reps = keep_mask & visual_mask & (scores >= 2.0) & (scores < 3.0)
+    rec = visual_mask & ~keep_mask & (scores >= 1.0) & (scores < 2.0)
+    h = hidden.float()
+    f = torch.nn.functional.normalize(h, dim=-1)
+    sim = (f @ f.transpose(1, 2)).masked_fill(~reps[:, None, :], float("-inf"))   # [B, t, rep]
+    to = sim.argmax(-1)                                                            # first max
+    assign = torch.nn.functional.one_hot(to, hidden.shape[1]).to(h.dtype) * rec[:, :, None]
+    assign = assign + torch.diag_embed(reps.to(h.dtype))                            # [B, t, rep]
+    total = assign.transpose(1, 2) @ h                                              # [B, rep, D]
+    count = assign.sum(1)[:, :, None]
+    merged = total / count.clamp(min=1.0)
+    return torch.where(reps[:, :, None], merged.to(hidden.dtype), hidden)
+
+
+@torch.library.custom_op("vtp::sparsevlm_recycle_rank", mutates_args=())
+def _recycle_rank(score: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                  k: torch.Tensor) -> torch.Tensor:
+    return recycle_rank(score, visual_mask, live, k)
+
+
+@_recycle_rank.register_fake
+def _(score, visual_mask, live, k):
+    return torch.empty_like(score, dtype=torch.float32)
+
+
+@torch.library.custom_op("vtp::sparsevlm_recycle_merge", mutates_args=())
+def _recycle_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: torch.Tensor,
+                   scores: torch.Tensor) -> torch.Tensor:
+    return recycle_merge(hidden, visual_mask, keep_mask, scores)
+
+
+@_recycle_merge.register_fake
+def _(hidden, visual_mask, keep_mask, scores):
+    return torch.empty_like(hidden)

@@ -314,6 +314,8 @@ def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactSt
         inputs["mask_all"] = g.call_function(traced.query_key_rows, (m, state.live, bool(att["is_causal"])))
     if "embeds" in site.inputs:
         inputs["embeds"] = _current_layout(g, vlm.layers[0].entry, state)
+    if "n_orig" in site.inputs:
+        inputs["n_orig"] = g.call_function(traced.count_visual, (state.first_visual,))
     return g.call_function(site.score, (inputs,))
 
 

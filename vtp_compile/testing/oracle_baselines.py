@@ -155,3 +155,26 @@ def sparsevlm_raters(embeds: torch.Tensor, visual: list[int], cand: list[int]) -
     mean = sum(rel.values()) / len(cand)
     out = [t for t in cand if rel[t] > mean]
     return out or list(cand)
+
+
+def sparsevlm_recycle_count(n_pruned: int) -> tuple[int, int]:
+    """v1: the top 30 % of the pruned tokens plus one are recycled into a tenth of them plus one
+    clusters."""
+    if n_pruned <= 0:
+        return 0, 0
+    n_rec = math.floor(n_pruned * 3 / 10) + 1
+    return n_rec, math.floor(n_rec / 10) + 1
+
+
+def sparsevlm_recycle_merge(hidden: torch.Tensor, recycled: list) -> torch.Tensor:
+    """Every member joins its most cosine-similar representative (ties: the lower position);
+    each representative becomes the mean of itself and its members."""
+    out = hidden.clone()
+    for b, (reps, members) in enumerate(recycled):
+        groups = {r: [r] for r in reps}
+        for m in members:
+            best = max(reps, key=lambda r: (_cos(hidden[b, m], hidden[b, r]), -r))
+            groups[best].append(m)
+        for r, g in groups.items():
+            out[b, r] = (sum(hidden[b, j].double() for j in g) / len(g)).to(hidden.dtype)
+    return out

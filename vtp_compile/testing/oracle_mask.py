@@ -59,6 +59,7 @@ class Pruning:
     layers: tuple | None = None
     pivots: int = 4
     dstp: tuple | None = None     # DSTP around this method: (reserve or None, reserve_by, tau)
+    recycle: bool = False         # SparseVLM v1's recycling
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -112,6 +113,7 @@ class _Run:
         self.attended = False                                    # it called attention
         self.records: dict = {}      # layer -> (q, k, mask, scale) as that layer attended
         self.reserve = None          # DSTP: reserve positions per row
+        self.recycled: dict = {}     # SparseVLM v1: stage -> per row (representatives, members)
         self.hist: list = []         # DSTP: active positions per row after each step
         self.dstp_layer = None
         self.inputs: dict = {}
@@ -148,6 +150,7 @@ class _Run:
         p, B = self.p, hidden.shape[0]
         prev = self.removed
         kept, reserve = [], [[] for _ in range(B)]
+        recycled = [([], []) for _ in range(B)]
         for b in range(B):
             allpos = torch.nonzero(self.visual[b]).flatten().tolist()
             pos = [q for q in allpos if prev is None or not bool(prev[b, q])]
@@ -169,6 +172,12 @@ class _Run:
             elif rule == "sparsevlm":
                 scores = self._rater_attention(b, record, pos)
                 sel = _top(scores, k)
+                if p.recycle:   # v1: the next best are recycled into cluster representatives
+                    order = _top(scores, V)
+                    n_rec, n_clu = oracle_baselines.sparsevlm_recycle_count(V - k)
+                    reps, members = order[k:k + n_clu], order[k + n_clu:k + n_rec]
+                    sel = sel + reps
+                    recycled[b] = ([pos[i] for i in reps], [pos[i] for i in members])
             elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
                 probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
@@ -189,6 +198,7 @@ class _Run:
             removed[b, reserve[b]] = False
         self.kept_by.append(kept)
         self.removed_by.append(removed)
+        self.recycled[self.stages.index(stage)] = recycled
         if p.dstp is not None and stage is self.stages[-1]:
             self.reserve = reserve
             self.hist = [kept]
@@ -273,6 +283,8 @@ class _Run:
     def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
+        if stage.rule == "sparsevlm" and self.p.recycle:
+            return oracle_baselines.sparsevlm_recycle_merge(hidden, self.recycled[self.stages.index(stage)])
         if stage.rule != "acgr" or not self.p.merge:
             return hidden
         out = hidden.clone()
