@@ -19,7 +19,7 @@ def register(cls):
 
 
 def _load():
-    from . import alvts, dart, dcp, divprune, dstp, fastv, nuwa, pdrop, random_select, sparsevlm  # noqa: F401
+    from . import alvts, chain, dart, dcp, divprune, dstp, fastv, nuwa, pdrop, random_select, sparsevlm  # noqa: F401
 
 
 def method_names() -> list[str]:

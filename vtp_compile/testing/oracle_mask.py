@@ -60,6 +60,7 @@ class Pruning:
     pivots: int = 4
     dstp: tuple | None = None     # DSTP around this method: (reserve or None, reserve_by, tau)
     recycle: bool = False         # SparseVLM v1's recycling
+    chain: tuple = ()             # method "chain": the stages' Prunings, in order
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -74,6 +75,8 @@ class Pruning:
 
     def stages(self, num_layers: int) -> list["Stage"]:
         """The sites in order: where each selects and how many visual tokens it keeps."""
+        if self.method == "chain":
+            return [dataclasses.replace(st, p=sub) for sub in self.chain for st in sub.stages(num_layers)]
         if self.method == "pdrop":
             layers = self.layers or oracle_baselines.pdrop_default_layers(num_layers)
             return [Stage("pdrop", layer, True,
@@ -97,6 +100,7 @@ class Stage:
     layer: int
     own: bool
     count: Callable
+    p: "Pruning | None" = None    # the stage's own knobs (chains); None: the run's
 
 
 class _Run:
@@ -147,7 +151,7 @@ class _Run:
     def select(self, stage: "Stage", hidden: torch.Tensor, record=None) -> None:
         """Choose each row's kept visual tokens at ``stage`` (``hidden``: entering its layer;
         ``record``: the attention inputs it scores with)."""
-        p, B = self.p, hidden.shape[0]
+        p, B = stage.p or self.p, hidden.shape[0]
         prev = self.removed
         kept, reserve = [], [[] for _ in range(B)]
         recycled = [([], []) for _ in range(B)]
@@ -168,7 +172,7 @@ class _Run:
             elif rule == "divprune":
                 sel = _divprune(feats, k)
             elif rule == "dart":
-                sel = self._dart(b, hidden, record, pos, k)
+                sel = self._dart(b, hidden, record, pos, k, p.pivots)
             elif rule == "sparsevlm":
                 scores = self._rater_attention(b, record, pos)
                 sel = _top(scores, k)
@@ -268,7 +272,7 @@ class _Run:
                 total[j] += float(probs[p]) / len(raters)
         return total
 
-    def _dart(self, b: int, hidden, record, pos: list[int], k: int) -> list[int]:
+    def _dart(self, b: int, hidden, record, pos: list[int], k: int, pivots: int) -> list[int]:
         """DART's selection (indices into ``pos``) from the recorded keys of layer K-1."""
         _, keys, _, _ = record
         S = keys.shape[2]
@@ -277,22 +281,23 @@ class _Run:
         text = [i for i in real if not bool(self.visual[b, i])]
         last = max(pos)
         kept = oracle_baselines.dart_select(norms, hidden[b].float(), pos, [i for i in text if i > last],
-                                            text, k, self.p.pivots)
+                                            text, k, pivots)
         return [pos.index(q) for q in kept]
 
     def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
-        if stage.rule == "sparsevlm" and self.p.recycle:
+        if stage.rule == "sparsevlm" and (stage.p or self.p).recycle:
             return oracle_baselines.sparsevlm_recycle_merge(hidden, self.recycled[self.stages.index(stage)])
-        if stage.rule != "acgr" or not self.p.merge:
+        p = stage.p or self.p
+        if stage.rule != "acgr" or not p.merge:
             return hidden
         out = hidden.clone()
-        for b, kept in enumerate(self.kept):
+        for b, kept in enumerate(self.kept_by[self.stages.index(stage)]):
             pos = torch.nonzero(self.visual[b]).flatten().tolist()
             if len(kept) < len(pos):
                 sel = [pos.index(q) for q in kept]
-                out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, self.p.m).to(hidden.dtype)
+                out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, p.m).to(hidden.dtype)
         return out
 
     def last_record(self, layer: int):
