@@ -76,6 +76,9 @@ class PruneConfig:
         if mode != "default" and inner != "inductor":
             raise OptionError(f"vtp: mode {mode!r} is an Inductor mode; it needs inner_backend "
                               f"'inductor', got {inner!r}")
+        if not method.takes_budget and (budget is not None or ratio is not None):
+            raise OptionError(f"vtp: method {method.name!r} takes no 'budget' or 'ratio' of its own "
+                              "(each stage has its own)")
         keep = _keep_rule(budget, ratio)
         params = dict(method.defaults)
         unknown = [k for k in opts if k not in params]

@@ -44,6 +44,7 @@ class LayerSite:
       to (bool, or additive float; live keys only). SparseVLM scores with its raters' rows.
     * ``"embeds"`` ``[B, L, D]``: the hidden state entering decoder layer 0 (the spliced input
       embedding), gathered into the current layout (earlier sites may have compacted it).
+    * ``"n_orig"`` ``[B]`` int64: each row's visual count before the first site.
     """
     layer: int
     keep: KeepRule

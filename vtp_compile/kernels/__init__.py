@@ -3,4 +3,5 @@ the ``torch.library`` registration and a fake implementation for tracing.
 
 Importing this package registers ``torch.ops.vtp.*``; it never imports triton.
 """
-from . import cache, cdpruner, dart, dcp, divprune, dstp, nuwa, pdrop, scores, select, splice, vision, visionzip  # noqa: F401
+from . import (cache, cdpruner, coverage, dart, dcp, divprune, dstp, nuwa, pdrop, scores,  # noqa: F401
+               select, sparsevlm, splice, vision, visionzip)

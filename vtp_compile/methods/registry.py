@@ -7,7 +7,7 @@ from ..errors import OptionError
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 # methods on the roadmap (METHODS.md) that are not implemented yet: a clear error, not a guess
-PLANNED = ("sparsevlm",)
+PLANNED: tuple[str, ...] = ()
 
 
 def register(cls):
@@ -19,8 +19,8 @@ def register(cls):
 
 
 def _load():
-    from . import (alvts, cdpruner, dart, dcp, divprune, dstp, fastv, nuwa, pdrop,  # noqa: F401
-                   random_select, visionzip)
+    from . import (alvts, cdpruner, chain, dart, dcp, divprune, dstp, fastv, nuwa, pdrop,  # noqa: F401
+                   random_select, sparsevlm, visionzip)
 
 
 def method_names() -> list[str]:

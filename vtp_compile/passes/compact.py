@@ -178,7 +178,8 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         if scores is not None:
             score = scores(g, entry, state, n_keep)
         elif isinstance(site, LayerSite):
-            score = _layer_score(g, vlm, site, entry, state, n_keep, K, first)
+            prev = vlm.layers[K] if site.own_attention else _scoring_layer(vlm, K, site)
+            score = _layer_score(g, vlm, prev, site, entry, state, n_keep, first)
         else:
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
             if ctx is not None:
@@ -194,7 +195,12 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         slot_live = g.call_function(operator.getitem, (sel, 1))
         src = entry
         if getattr(site, "merge", None) is not None:
-            kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
+            if isinstance(site, ReserveSite):   # the base's merge: into the active set only
+                live_vis = g.call_function(operator.and_, (vis, live))
+                n_act = g.call_function(torch.minimum, (n_keep, g.call_function(traced.count_visual, (live_vis,))))
+                kept = g.call_function(ops.topk_mask.default, (score, live_vis, n_act))
+            else:
+                kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
             inputs = {"hidden": entry, "visual_mask": vis, "keep_mask": kept, "scores": score}
             if ctx is not None:
                 inputs["ctx"] = ctx
@@ -286,35 +292,30 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
     return exits
 
 
-def _layer_score(g: fx.Graph, vlm: VLMGraph, site, entry, state: CompactState, n_keep,
-                 K: int, first: fx.Node) -> fx.Node:
-    """Score node of a LayerSite, from the attention inputs of the last attention layer before
-    K (or layer K's own, recomputed on the full sequence, with ``own_attention``): every head's,
-    also when tensor parallelism splits them across ranks."""
-    if site.own_attention:
-        prev = vlm.layers[K]
-        q_orig = sdpa_args(prev.sdpa)["query"]
-        att = _own_attention_inputs(g, prev, first)
-    else:
-        prev = _scoring_layer(vlm, K, site)
-        att = sdpa_args(prev.sdpa)
-        q_orig = att["query"]
+def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactState,
+                 n_keep, first: fx.Node) -> fx.Node:
+    """Score node of a LayerSite, from layer ``prev``'s attention inputs (``K - 1``'s, every
+    head's, also when tensor parallelism splits them across ranks; or layer K's own, recomputed
+    on the full sequence, with ``own_attention``)."""
+    orig = sdpa_args(prev.sdpa)
+    att = _own_attention_inputs(g, prev, first) if site.own_attention else orig
     q, k, m = att["query"], att["key"], att["attn_mask"]
     m = m if isinstance(m, fx.Node) else None
     q_row = g.call_function(traced.query_row, (q, state.qpos))
-    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, q_orig, q_row, k)
+    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
     key_row = g.call_function(traced.query_key_row, (m, state.qpos, state.live, bool(att["is_causal"])))
     inputs = {"q": q_row, "k": k, "key_mask": key_row, "scale": scale, "hidden": entry,
               "visual_mask": state.visual_mask, "live": state.live, "qpos": state.qpos,
               "n_keep": n_keep}
     if "q_all" in site.inputs:
-        q, = tp.full_heads(g, vlm.tp, prev.nodes, q_orig, q)
         inputs["q_all"] = scaled_query(g, q, att)[0]
     if "mask_all" in site.inputs:
         inputs["mask_all"] = g.call_function(traced.query_key_rows, (m, state.live, bool(att["is_causal"])))
     if "embeds" in site.inputs:
         inputs["embeds"] = _current_layout(g, vlm.layers[0].entry, state)
+    if "n_orig" in site.inputs:
+        inputs["n_orig"] = g.call_function(traced.count_visual, (state.first_visual,))
     return g.call_function(site.score, (inputs,))
 
 

@@ -186,3 +186,90 @@ def cdpruner_select(vis: torch.Tensor, instr: torch.Tensor, k: int, theta: float
                 best, best_det = j, det
         picks.append(best)
     return picks
+
+
+# ---- DSTP's coverage reserve -----------------------------------------------------------------
+def cover_reserve(feats: torch.Tensor, active: list[int], candidates: list[int], r: int) -> list[int]:
+    """Greedy farthest-point picks (cosine distance) from ``active``: indices into ``feats``."""
+    f = torch.nn.functional.normalize(feats.double(), dim=-1)
+    picks = []
+    for _ in range(min(r, len(candidates))):
+        ref = active + picks
+        def near(j):
+            return min((1.0 - float(f[j] @ f[a]) for a in ref), default=2.0)
+        best = max((j for j in candidates if j not in picks), key=lambda j: (near(j), -j))
+        picks.append(best)
+    return picks
+
+
+# ---- SparseVLM -------------------------------------------------------------------------------
+def sparsevlm_layers(L: int) -> list[int]:
+    """Scoring layers: 2, 6, 15 of 32 scaled to ``L`` (half up), at most ``L - 2``, distinct."""
+    out = []
+    for x in (2, 6, 15):
+        y = min(math.floor(x * L / 32 + 0.5), L - 2)
+        if y >= 0 and y not in out:
+            out.append(y)
+    return out
+
+
+def sparsevlm_count(V: int, stage: int, budget=None, ratio=None) -> int:
+    """Stage ``stage`` (0-based) keeps the paper's fraction (66/30/17 of 576 at budget 64,
+    300/200/110 at 192; linear between, proportional outside; all from budget >= V)."""
+    if budget is not None:
+        t = float(budget) / float(max(V, 1))
+    else:
+        r = Fraction(ratio if ratio is not None else Fraction(1, 9)).limit_denominator(10_000)
+        t = r.numerator / r.denominator
+    lo_t, hi_t = 64 / 576.0, 192 / 576.0
+    lo_p, hi_p = (66, 30, 17)[stage] / 576.0, (300, 200, 110)[stage] / 576.0
+    if t >= 1.0:
+        p = 1.0
+    elif t <= lo_t:
+        p = lo_p * (t / lo_t)
+    elif t >= hi_t:
+        p = hi_p * (t / hi_t)
+    else:
+        p = lo_p + (t - lo_t) / (hi_t - lo_t) * (hi_p - lo_p)
+    return int(min(max(math.floor(float(V) * p + 0.5), 1), max(V, 1)))
+
+
+def sparsevlm_raters(embeds: torch.Tensor, visual: list[int], cand: list[int]) -> list[int]:
+    """Text candidates whose mean (over visual tokens) softmax-over-text relevance is above the
+    mean; all candidates when none is."""
+    if not visual:
+        return list(cand)
+    rel = {t: 0.0 for t in cand}
+    for v in visual:
+        dots = [float(embeds[v].double() @ embeds[t].double()) for t in cand]
+        top = max(dots)
+        ex = [math.exp(d - top) for d in dots]
+        z = sum(ex)
+        for t, e in zip(cand, ex):
+            rel[t] += e / z / len(visual)
+    mean = sum(rel.values()) / len(cand)
+    out = [t for t in cand if rel[t] > mean]
+    return out or list(cand)
+
+
+def sparsevlm_recycle_count(n_pruned: int) -> tuple[int, int]:
+    """v1: the top 30 % of the pruned tokens plus one are recycled into a tenth of them plus one
+    clusters."""
+    if n_pruned <= 0:
+        return 0, 0
+    n_rec = math.floor(n_pruned * 3 / 10) + 1
+    return n_rec, math.floor(n_rec / 10) + 1
+
+
+def sparsevlm_recycle_merge(hidden: torch.Tensor, recycled: list) -> torch.Tensor:
+    """Every member joins its most cosine-similar representative (ties: the lower position);
+    each representative becomes the mean of itself and its members."""
+    out = hidden.clone()
+    for b, (reps, members) in enumerate(recycled):
+        groups = {r: [r] for r in reps}
+        for m in members:
+            best = max(reps, key=lambda r: (_cos(hidden[b, m], hidden[b, r]), -r))
+            groups[best].append(m)
+        for r, g in groups.items():
+            out[b, r] = (sum(hidden[b, j].double() for j in g) / len(g)).to(hidden.dtype)
+    return out
