@@ -140,3 +140,14 @@ def test_packed_anyres_features_are_left_unpruned_and_say_why():
         got = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert torch.equal(got, want)
     assert any("per-patch vision internals" in (r.skipped or "") for r in REPORTS[start:])
+
+
+def test_chain_visionzip_then_fastv_equals_the_mask_oracle():
+    """The issue's example chain: VisionZip at the encoder, FastV deeper, each with its budget."""
+    spec = TinySpec(image_size=32, layers=3, seed=2)
+    opts = {"method": "chain", "inner_backend": "eager",
+            "stages": [{"method": "visionzip", "budget": 8, "contextual": 0.25},
+                       {"method": "fastv", "budget": 3, "layer": 2}]}
+    pruning = Pruning("chain", chain=(Pruning("visionzip", budget=8, contextual=0.25),
+                                      Pruning("fastv", budget=3, layer=2)))
+    check_forward_batches(spec, [dict(batch=2, pad=(0, 2))], opts, pruning, model=_model(spec))
