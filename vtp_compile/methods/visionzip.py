@@ -25,7 +25,7 @@ import torch
 
 from ..errors import OptionError
 from ..sites import EncoderSite
-from .base import Method, check_int
+from .base import Method
 from .registry import register
 
 ops = torch.ops.vtp
