@@ -92,5 +92,66 @@ def last_report():
     return REPORTS[-1]
 
 
-__all__ = ["CASES", "record_case", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+__all__ = ["CASES", "record_case", "mask_oracle_logits", "mask_oracle_generate", "compiled_generate", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
            "assert_tokens_match", "valid", "last_report"]
+
+
+# ---- the family-agnostic mask oracle (vtp_compile/testing/oracle_mask.py) --------------------
+def _visual(model, inputs):
+    return inputs["input_ids"] == model.config.image_token_id
+
+
+@torch.no_grad()
+def mask_oracle_logits(model, inputs, pruning):
+    """Logits and kept visual positions of the mask oracle for ``pruning``."""
+    from vtp_compile.testing.oracle_mask import masked_forward
+    return masked_forward(model, inputs, _visual(model, inputs), pruning)
+
+
+@torch.no_grad()
+def mask_oracle_generate(model, inputs, pruning, n=4):
+    """Greedy tokens, top-2 margins and kept positions of the mask oracle for ``pruning``."""
+    from vtp_compile.testing.oracle_mask import masked_generate
+    return masked_generate(model, inputs, _visual(model, inputs), pruning, n)
+
+
+@torch.no_grad()
+def compiled_generate(model, inputs, opts, n=4):
+    """``model.compile(backend="vtp")`` then greedy ``generate``; returns the output object."""
+    torch._dynamo.reset()
+    model._compiled_call_impl = None
+    model(**inputs)
+    model.compile(backend="vtp", options=opts)
+    return model.generate(**inputs, max_new_tokens=n, do_sample=False, return_dict_in_generate=True)
+
+
+def check_forward_batches(spec, batches, opts, pruning, model=None, atol=2e-5):
+    """Compile ``opts`` once and compare every batch of ``batches`` (make_inputs keywords) with
+    the mask oracle's ``pruning``: a static, then a dynamic graph."""
+    from vtp_compile.testing.tiny import make_inputs, tiny_llava
+    model = model if model is not None else tiny_llava(spec)
+    fast = None
+    with torch.no_grad():
+        for batch in batches:
+            inputs = make_inputs(spec, **batch)
+            if fast is None:
+                model(**inputs)
+                fast = torch.compile(model, backend="vtp", options=opts)
+            got = fast(**inputs).logits
+            want, _ = mask_oracle_logits(model, inputs, pruning)
+            torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=atol, rtol=1e-4)
+            record_case("forward/" + (opts.get("inner_backend") or "inductor"))
+
+
+def check_generate(spec, batch, opts, pruning, n=4, model=None):
+    """Greedy ``generate`` through vtp equals the mask oracle's; every cache holds the kept set."""
+    from vtp_compile.testing.tiny import make_inputs, tiny_llava
+    model = model if model is not None else tiny_llava(spec)
+    inputs = make_inputs(spec, **dict(batch, side="left"))
+    want, margins, kept = mask_oracle_generate(model, inputs, pruning, n)
+    out = compiled_generate(model, inputs, opts, n)
+    assert_tokens_match(out.sequences[:, inputs["input_ids"].shape[1]:], want, margins)
+    vis = inputs["input_ids"] == model.config.image_token_id
+    removed = [int(r.sum()) - len(k) for r, k in zip(vis, kept)]
+    assert_cache_holds(out.past_key_values, inputs, removed, n - 1)
+    record_case("generate/" + (opts.get("inner_backend") or "inductor"))

@@ -30,7 +30,8 @@ def test_explain_dstp_lists_active_and_reserve():
     inputs = make_inputs(spec, batch=2, pad=(0, 1))
     with torch.no_grad():
         model(**inputs)
-    (site,) = vtp_compile.explain(model, inputs, {"method": "dstp", "budget": 3, "layer": 1}).sites
+    (site,) = vtp_compile.explain(model, inputs, {"method": "dstp", "budget": 3, "layer": 1,
+                                                          "reserve_by": "score"}).sites
     assert (site.kept, site.reserve) == (3, 3)
     _, sel = oracle_forward(model, inputs["input_ids"], inputs["attention_mask"],
                             inputs["pixel_values"], spec=OracleSpec("fastv", budget=6, layer=1))

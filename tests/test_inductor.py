@@ -95,7 +95,8 @@ def test_dstp_generate_through_inductor_equals_oracle():
     assert hist[1] != hist[0], "this case should swap the active set"
     with torch.no_grad():
         model(**inputs)
-        model.compile(backend="vtp", options={"method": "dstp", "budget": 3, "layer": 1, "tau": 0.0})
+        model.compile(backend="vtp", options={"method": "dstp", "budget": 3, "layer": 1, "tau": 0.0,
+                                                         "reserve_by": "score"})
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
     record_case("generate/inductor")

@@ -5,7 +5,7 @@ import torch
 
 import vtp_compile
 from vtp_compile import vision_context
-from vtp_compile.testing import oracle_nuwa
+from vtp_compile.testing import oracle_baselines, oracle_nuwa
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from .helpers import compiled_logits, options, valid
@@ -31,10 +31,17 @@ def test_internals_match_the_towers_own_attentions():
     layers = model.model.vision_tower.encoder.layers
     with torch.no_grad():
         hidden = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
-        cls, upper = vision_context.vision_internals(layers, hidden)
+        cls, upper, keys, received = vision_context.vision_internals(layers, hidden)
+        other = vision_context.vision_internals(layers, hidden, 2)         # layer -1
     want_cls, want_upper = oracle_nuwa.internals(model, inputs["pixel_values"])
     torch.testing.assert_close(cls, want_cls, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(upper, want_upper, atol=1e-6, rtol=1e-5)
+    want_rec, want_keys = oracle_baselines.visionzip_internals(model, inputs["pixel_values"], "received")
+    torch.testing.assert_close(received.reshape(-1), want_rec, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(keys.reshape(-1, keys.shape[-1]), want_keys, atol=1e-6, rtol=1e-5)
+    last_cls, last_keys = oracle_baselines.visionzip_internals(model, inputs["pixel_values"], "cls", -1)
+    torch.testing.assert_close(other[0].reshape(-1), last_cls, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(other[2].reshape(-1, keys.shape[-1]), last_keys, atol=1e-6, rtol=1e-5)
 
 
 def test_attached_other_methods_are_unchanged():
@@ -56,13 +63,13 @@ def test_generate_records_and_the_lookup_checks_the_features(monkeypatch):
         model.generate(**inputs, max_new_tokens=1, do_sample=False)      # eager: records
     rec = vision_context.last_record()
     assert rec is not None and rec.cls_attn.shape == (2, spec.visual_tokens)
-    ok = torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1])
+    ok = torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1])
     torch.testing.assert_close(ok[1], rec.upper)
     with pytest.raises(ValueError, match="do not belong to the images of this call"):
-        torch.ops.vtp.vision_lookup(rec.features + 1, *rec.grid, rec.upper.shape[-1])
+        torch.ops.vtp.vision_lookup(rec.features + 1, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1])
     monkeypatch.setattr(vision_context, "_RECORD", None)
     with pytest.raises(ValueError, match="do not belong"):
-        torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1])
+        torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1])
 
 
 def test_unsupported_models_are_clear_errors():

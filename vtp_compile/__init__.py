@@ -37,11 +37,11 @@ def explain(model, inputs, options=None):
     return _explain(model, inputs, options)
 
 
-def attach(model):
-    """Let encoder-stage methods (Nüwa) read the vision tower's internals; see
-    :mod:`vtp_compile.vision_context`. Returns ``model``."""
+def attach(model, vision_layer: int = -2):
+    """Let encoder-stage methods (Nüwa, VisionZip) read the vision tower's internals (of vision
+    layer ``vision_layer``); see :mod:`vtp_compile.vision_context`. Returns ``model``."""
     from .vision_context import attach as _attach
-    return _attach(model)
+    return _attach(model, vision_layer)
 
 
 def detach(model):

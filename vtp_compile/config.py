@@ -18,18 +18,29 @@ class KeepRule:
     """How many visual tokens (per image, per sample) a site keeps.
 
     Exactly one of ``budget`` (a count) or ``ratio`` (a fraction of the visual count, rounded
-    up with integer arithmetic so that the kept count is a pure function of the visual count).
+    up with integer arithmetic so that the kept count is a pure function of the visual count),
+    or a ``schedule``: a function ``(n_visual, n_original) -> kept`` of each row's visual count at
+    the site and its visual count before the first site (``[B]`` int64 tensors in the graph,
+    plain ints for reports), for multi-stage methods whose stage counts depend on the original
+    count (PDrop's layer-average budget). ``label`` names a schedule in reports.
     """
     budget: int | None = None
     ratio: Fraction | None = None
+    schedule: Callable | None = None
+    label: str = ""
 
-    def count(self, n_visual):
-        """Kept count for ``n_visual`` tokens (int or SymInt); may exceed n_visual (= keep all)."""
+    def count(self, n_visual, original=None):
+        """Kept count for ``n_visual`` tokens (int or SymInt; ``original``: the row's visual
+        count before the first site, for schedules); may exceed n_visual (= keep all)."""
+        if self.schedule is not None:
+            return int(self.schedule(n_visual, n_visual if original is None else original))
         if self.budget is not None:
             return self.budget
         return (n_visual * self.ratio.numerator + self.ratio.denominator - 1) // self.ratio.denominator
 
     def __str__(self) -> str:
+        if self.schedule is not None:
+            return self.label or getattr(self.schedule, "__name__", "schedule")
         return f"budget={self.budget}" if self.budget is not None else f"ratio={float(self.ratio):.4g}"
 
 
@@ -69,6 +80,9 @@ class PruneConfig:
             raise OptionError(f"vtp: method {method.name!r} cannot run under CUDA graphs "
                               f"(mode {mode!r}): {method.no_cuda_graphs}; use mode "
                               f"'max-autotune-no-cudagraphs' or 'default'")
+        if not method.takes_budget and (budget is not None or ratio is not None):
+            raise OptionError(f"vtp: method {method.name!r} takes no 'budget' or 'ratio' of its own "
+                              "(each stage has its own)")
         keep = _keep_rule(budget, ratio)
         params = dict(method.defaults)
         unknown = [k for k in opts if k not in params]

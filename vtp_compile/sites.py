@@ -31,6 +31,20 @@ class LayerSite:
     ``scale``. ``merge(x)`` (optional) runs before removal with ``hidden``, ``visual_mask``,
     ``keep_mask`` ``[B, L]`` and ``scores``, and returns the hidden state (e.g. with removed
     tokens folded into kept ones).
+
+    ``own_attention=True``: ``q``, ``k``, ``key_mask`` and ``scale`` come from layer ``layer``
+    itself instead, computed on the sequence entering it, before the site removes anything
+    (a copy of the graph's own pre-attention nodes of that layer; PDrop scores this way).
+    Then ``layer`` may be 0.
+
+    ``inputs`` asks for more keys (computed only when asked):
+
+    * ``"q_all"`` ``[B, H, L, D]``: every query of the scoring layer (with the scale folded in
+      when the graph computes it); ``"mask_all"`` ``[B, L, S]``: what each of them may attend
+      to (bool, or additive float; live keys only). SparseVLM scores with its raters' rows.
+    * ``"embeds"`` ``[B, L, D]``: the hidden state entering decoder layer 0 (the spliced input
+      embedding), gathered into the current layout (earlier sites may have compacted it).
+    * ``"n_orig"`` ``[B]`` int64: each row's visual count before the first site.
     """
     layer: int
     keep: KeepRule
@@ -38,6 +52,8 @@ class LayerSite:
     name: str = "layer"
     merge: Callable | None = None
     method: str = ""          # the method's option name, for messages (default: ``name``)
+    own_attention: bool = False
+    inputs: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +64,9 @@ class EncoderSite:
     positions hold the projected visual features). ``merge`` as for :class:`LayerSite`.
 
     ``context=True``: the site reads the vision tower's internals (see
-    :mod:`vtp_compile.vision_context`); both callables get ``x["ctx"] = (cls_attn [n_img, N],
-    upper [n_img, N, Dv], grid_h, grid_w)``.
+    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer``; both callables get
+    ``x["ctx"] = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w, keys [n_img, N, hd],
+    received [n_img, N])``, image after image in the order the splice places them.
     """
     keep: KeepRule
     score: Callable
@@ -57,6 +74,7 @@ class EncoderSite:
     merge: Callable | None = None
     context: bool = False
     method: str = ""
+    vision_layer: int = -2
 
 
 @dataclasses.dataclass(frozen=True)

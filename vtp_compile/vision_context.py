@@ -36,6 +36,7 @@ import torch
 from . import kernels  # noqa: F401  (registers torch.ops.vtp.vision_context / vision_lookup)
 
 _ATTR = "_vtp_vision_hooks"
+_LAYER_ATTR = "_vtp_vision_layer"
 
 
 @dataclasses.dataclass
@@ -44,7 +45,10 @@ class Record:
     features: torch.Tensor      # [n_img * N, D] as the prefill splices them
     cls_attn: torch.Tensor      # [n_img, N]
     upper: torch.Tensor         # [n_img, N, Dv]
+    keys: torch.Tensor          # [n_img, N, hd]
+    received: torch.Tensor      # [n_img, N]
     grid: tuple[int, int]
+    layer: int = -2             # the vision layer whose attention cls_attn/keys/received read
 
 
 _RECORD: Record | None = None
@@ -69,19 +73,26 @@ def _vision_layers(model):
     return tower, layers
 
 
-def attach(model):
-    """Let encoder-stage methods (Nüwa) read the vision tower's internals; returns ``model``.
+def attach(model, vision_layer: int = -2):
+    """Let encoder-stage methods (Nüwa, VisionZip) read the vision tower's internals; returns
+    ``model``.
 
     Call once, before the first compiled call::
 
         vtp_compile.attach(model)
         model.compile(backend="vtp", options={"method": "nuwa", "budget": 64})
 
-    Idempotent. Raises ``ValueError`` for models it cannot serve (no CLS token in the vision
+    ``vision_layer`` (default -2, the papers'): the vision layer whose attention the internals
+    read (CLS attention, keys, attention received); a method option asking for another layer is
+    an error until ``attach`` is called again with it (after :func:`detach`). Idempotent. Raises ``ValueError`` for models it cannot serve (no CLS token in the vision
     tower, a feature-select strategy other than ``"default"``). Eager results are unchanged;
     :func:`detach` removes the hooks.
     """
-    if getattr(model, _ATTR, None) is not None:
+    handles = getattr(model, _ATTR, None)
+    if handles is not None:
+        if getattr(model, _LAYER_ATTR, -2) != vision_layer:
+            raise ValueError(f"vtp: attach() already read vision layer {getattr(model, _LAYER_ATTR, -2)}; "
+                             f"detach(model) first to read layer {vision_layer}")
         return model
     cfg = model.config
     layer = getattr(cfg, "vision_feature_layer", None)
@@ -89,6 +100,10 @@ def attach(model):
         raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
                          "dropped) with one int vision_feature_layer")
     tower, layers = _vision_layers(model)
+    if not -len(layers) <= vision_layer < len(layers):
+        raise ValueError(f"vtp: vision_layer {vision_layer} is out of range for a vision tower of "
+                         f"{len(layers)} layers")
+    at = vision_layer % len(layers)
     grid = (tower.config.image_size // tower.config.patch_size,) * 2
 
     def keep_all_hidden(module, args, kwargs):
@@ -101,8 +116,8 @@ def attach(model):
         if not torch.compiler.is_compiling() or getattr(output, "hidden_states", None) is None:
             return None
         hidden = list(output.hidden_states)
-        cls, upper = vision_internals(layers, hidden)
-        hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], cls, upper, *grid)
+        parts = vision_internals(layers, hidden, at)
+        hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], *parts, *grid, vision_layer)
         output.hidden_states = tuple(hidden)
         return output
 
@@ -114,15 +129,16 @@ def attach(model):
         if hidden is None or any(h is None for h in hidden):
             return None
         with torch.no_grad():
-            cls, upper = vision_internals(layers, hidden)
+            cls, upper, keys, received = vision_internals(layers, hidden, at)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
-        _RECORD = Record(feats, cls, upper, grid)
+        _RECORD = Record(feats, cls, upper, keys, received, grid, vision_layer)
         return None
 
     handles = (tower.register_forward_pre_hook(keep_all_hidden, with_kwargs=True),
                tower.register_forward_hook(tag_in_graph, with_kwargs=True),
                model.register_forward_pre_hook(record_for_generate, with_kwargs=True))
     setattr(model, _ATTR, handles)
+    setattr(model, _LAYER_ATTR, vision_layer)
     return model
 
 
@@ -138,25 +154,34 @@ def detach(model):
         for h in handles:
             h.remove()
         delattr(model, _ATTR)
+        if hasattr(model, _LAYER_ATTR):
+            delattr(model, _LAYER_ATTR)
     return model
 
 
-def vision_internals(layers, hidden_states):
-    """``(cls_attn [n, N], upper [n, N, Dv])`` in float32, CLS column dropped.
+def vision_internals(layers, hidden_states, at: int | None = None):
+    """``(cls_attn [n, N], upper [n, N, Dv], keys [n, N, hd], received [n, N])`` in float32,
+    CLS column dropped, from vision layer ``at`` (default: -2), recomputed from that layer's
+    input (``hidden_states[at]``) with its own ``layer_norm1``/``q_proj``/``k_proj``:
 
-    ``cls_attn``: the attention the CLS query pays each patch in vision layer -2, summed over
-    heads, recomputed from that layer's input (``hidden_states[-3]``) and its own
-    ``layer_norm1``/``q_proj``/``k_proj``. ``upper``: the mean of the hidden states the upper half of the layers output.
+    - ``cls_attn``: the attention the CLS query pays each patch, summed over heads;
+    - ``keys``: the layer's keys, mean over heads (VisionZip's contextual merge metric);
+    - ``received``: the attention each patch receives, mean over every query and head (the score
+      of towers without a CLS token);
+    - ``upper``: the mean of the hidden states the upper half of the layers output.
     """
     n_layers = len(layers)
-    layer = layers[n_layers - 2]
+    at = n_layers - 2 if at is None else at
+    layer = layers[at]
     attn = layer.self_attn
-    x = layer.layer_norm1(hidden_states[n_layers - 2])
+    x = layer.layer_norm1(hidden_states[at])
     n, T, _ = x.shape
     H, hd = attn.num_heads, attn.head_dim
-    q = attn.q_proj(x[:, :1]).float().view(n, 1, H, hd).transpose(1, 2)
+    q = attn.q_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     k = attn.k_proj(x).float().view(n, T, H, hd).transpose(1, 2)
-    att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)[:, :, 0]       # [n, H, T]
-    cls = att.sum(1)[:, 1:]
+    att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)                  # [n, H, T, T]
+    cls = att[:, :, 0].sum(1)[:, 1:]
+    received = att.mean(dim=(1, 2))[:, 1:]
+    keys = k.mean(1)[:, 1:]
     upper = torch.stack([hidden_states[i].float() for i in range(n_layers // 2 + 1, n_layers + 1)])
-    return cls, upper.mean(0)[:, 1:]
+    return cls, upper.mean(0)[:, 1:], keys, received

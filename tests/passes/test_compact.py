@@ -66,7 +66,7 @@ def test_keep_all_is_identity(case):
     assert_keep_all_is_identity(model, inputs, method, most, **params)
 
 
-@pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr", "dstp", "alvts"])
+@pytest.mark.parametrize("method", ["fastv", "random", "divprune", "acgr", "dstp", "alvts", "pdrop", "dart"])
 def test_text_only_is_untouched(method):
     spec = TinySpec()
     model = tiny_llava(spec)

@@ -38,7 +38,7 @@ def test_generate_equals_oracle(seed, batch, data):
     model = tiny_llava(spec)
     want, margins, _ = dstp_generate(model, inputs["input_ids"], inputs["attention_mask"],
                                      inputs["pixel_values"], budget, reserve, layer, tau, 5)
-    opts = options("dstp", budget=budget, layer=layer, tau=tau)
+    opts = options("dstp", budget=budget, layer=layer, tau=tau, reserve_by="score")
     if reserve is not None:
         opts["reserve"] = reserve
     out = _generate(model, inputs, opts, 5)

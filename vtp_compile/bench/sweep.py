@@ -48,7 +48,9 @@ def _run_one(base_model, processor, datasets, method, budget, *, compile_unprune
     scores = evaluate_model(model, processor, datasets, batch_size, max_new_tokens,
                             prompt_template, bar)
     acc = {t: s.accuracy for t, s in scores.items()}
-    run = {"method": method, "budget": budget, "accuracy": acc, "mean_accuracy": _mean(acc.values()),
+    from .compile import parse_method_spec
+    name, opts = parse_method_spec(method)
+    run = {"method": method, "method_name": name, "options": opts, "budget": budget, "accuracy": acc, "mean_accuracy": _mean(acc.values()),
            "correct": {t: s.correct for t, s in scores.items()},
            "total": {t: s.total for t, s in scores.items()}, "wall_s": round(time.time() - t0, 2)}
     if keep_predictions:

@@ -3,6 +3,7 @@
     vtp eval --methods none,random,fastv --budgets 12,25,49 --n 100 --out r.json --plot acc.png
     vtp eval --model ./my-llava --data my.jsonl --methods none,fastv --budgets 64
     vtp show --task grounding --index 0 --method fastv --budget 16 --out kept.png
+    vtp eval --methods fastv,dstp:reserve=12,tau=0.1,dstp:reserve=12,reserve_by=score --budgets 12
 
 Argument parsing only; the work happens in :mod:`vtp_compile.bench`.
 """
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", default="all",
                     help="comma list of scene tasks (or of JSONL 'task' values with --data)")
     ev.add_argument("--data", default=None, help="JSONL file: {image, question, answer[, task]}")
-    ev.add_argument("--methods", default="none", help="comma list, e.g. none,random,fastv")
+    ev.add_argument("--methods", default="none",
+                    help="comma list, each method with optional options after a colon, e.g. "
+                         "none,fastv,dstp:reserve=64,tau=0.1 (values are JSON where they parse), "
+                         "or a JSON list/object, e.g. '[\"fastv\", {\"method\": \"dstp\", \"tau\": 0.1}]'")
     ev.add_argument("--budgets", default="12,25,49",
                     help="comma list: token counts (ints) or kept ratios in (0, 1)")
     ev.add_argument("--n", type=int, default=50, help="examples per task")
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--question", default=None, help="question (required with --image)")
     sh.add_argument("--task", default="grounding", help="scene task used without --image")
     sh.add_argument("--index", type=int, default=0, help="example index in the held-out range")
-    sh.add_argument("--method", default="fastv")
+    sh.add_argument("--method", default="fastv",
+                    help="a method with optional options, e.g. dstp:reserve=64,tau=0.1 or JSON")
     sh.add_argument("--budget", default="16", help="token count or kept ratio in (0, 1)")
     sh.add_argument("--out", default="kept_tokens.png", help="PNG to write (relative to the "
                     "current directory)")
@@ -80,13 +85,17 @@ def _load(args):
 
 def cmd_eval(args) -> int:
     """``vtp eval``: run the sweep, print the table, write JSON / PNG if asked."""
-    from ..bench.compile import parse_budgets, parse_methods
+    from ..bench.compile import NONE_METHOD, parse_budgets, parse_methods, prune_options
     from ..bench.data import load_jsonl, parse_tasks, scene_datasets
+    from ..config import PruneConfig
     from ..bench.plot import plot_accuracy
     from ..bench.sweep import format_table, run_sweep
 
     methods = parse_methods(args.methods)
     budgets = parse_budgets(args.budgets)
+    for m in methods:   # bad method options: an error before anything loads
+        if m != NONE_METHOD:
+            PruneConfig.from_options(prune_options(m, budgets[0]))
     if args.n < 1:
         raise ValueError("--n must be at least 1")
     if args.data:
@@ -121,13 +130,17 @@ def cmd_show(args) -> int:
     """``vtp show``: render the kept tokens of every pruning site for one image."""
     from PIL import Image
 
-    from ..bench.compile import parse_budgets, prune_options
+    from ..bench.compile import parse_budgets, parse_methods, prune_options
     from ..bench.render import save_png
     from ..bench.show import explain_image, get_explain
     from ..scenes.tasks import check_task, make_dataset
 
     get_explain()  # fail fast, before loading anything
     (budget,) = parse_budgets(args.budget)
+    methods = parse_methods(args.method)
+    if len(methods) != 1:
+        raise ValueError(f"--method takes one method (with options), got {methods}")
+    args.method = methods[0]
     from ..config import PruneConfig
     PruneConfig.from_options(prune_options(args.method, budget))   # bad options: before loading
     if args.image:

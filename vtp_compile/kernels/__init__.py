@@ -3,5 +3,6 @@ the ``torch.library`` registration and a fake implementation for tracing.
 
 Importing this package registers ``torch.ops.vtp.*``; it never imports triton.
 """
-from . import cache, dcp, divprune, dstp, nuwa, scores, select, splice, vision  # noqa: F401
+from . import (cache, cdpruner, coverage, dart, dcp, divprune, dstp, nuwa, pdrop, scores,  # noqa: F401
+               select, sparsevlm, splice, vision, visionzip)
 from . import cuda, lowering  # noqa: F401,E402  (CUDA kernels; what Inductor decomposes)

@@ -8,22 +8,24 @@ from ._tags import STATEFUL
 
 @torch.library.custom_op("vtp::vision_context", mutates_args=())
 def vision_context(features: torch.Tensor, cls_attn: torch.Tensor, upper: torch.Tensor,
-                   grid_h: int, grid_w: int) -> torch.Tensor:
+                   keys: torch.Tensor, received: torch.Tensor, grid_h: int, grid_w: int,
+                   layer: int) -> torch.Tensor:
     """A carrier: returns ``features`` (a copy) and brings the vision tower's internals into the
     graph, where the passes read them from this node's arguments and then remove it."""
     return features.clone()
 
 
 @vision_context.register_fake
-def _(features, cls_attn, upper, grid_h, grid_w):
+def _(features, cls_attn, upper, keys, received, grid_h, grid_w, layer):
     return torch.empty_like(features)
 
 
 @torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL)
-def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int,
-                  dv: int) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int,
+                  hd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
-    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv])``."""
+    projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv],
+    keys [n_img, N, hd], received [n_img, N])``."""
     return lookup(features, grid_h, grid_w, dv)
 
 
@@ -38,6 +40,10 @@ def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
            "mm_encoder_outputs computed elsewhere")
     if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w):
         raise ValueError(msg)
+    if features.shape[0] != rec.cls_attn.numel():
+        raise ValueError(f"vtp: the vision internals hold {rec.cls_attn.numel()} patches and the "
+                         f"prefill splices {features.shape[0]} visual features (the projector packs, "
+                         "pools or merges patches): per-patch internals do not apply to this model")
     same = (rec.features.to(features.device, features.dtype) == features).all()
     if features.device.type == "cpu":
         if not bool(same):
@@ -46,12 +52,14 @@ def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
         torch._assert_async(same, msg)
     dev = features.device
     return tuple(t.to(dev).clone(memory_format=torch.contiguous_format)
-                 for t in (rec.cls_attn, rec.upper))
+                 for t in (rec.cls_attn, rec.upper, rec.keys, rec.received))
 
 
 @vision_lookup.register_fake
-def _(features, grid_h, grid_w, dv):
+def _(features, grid_h, grid_w, dv, hd):
     n = features.shape[0] // (grid_h * grid_w)
     N = grid_h * grid_w
     return (features.new_empty((n, N), dtype=torch.float32),
-            features.new_empty((n, N, dv), dtype=torch.float32))
+            features.new_empty((n, N, dv), dtype=torch.float32),
+            features.new_empty((n, N, hd), dtype=torch.float32),
+            features.new_empty((n, N), dtype=torch.float32))

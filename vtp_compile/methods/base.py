@@ -21,12 +21,18 @@ class Method:
     vision_internals: ClassVar[bool] = False
     # why a CUDA graph cannot replay this method's graphs (None: it can); refuses reduce-overhead
     no_cuda_graphs: ClassVar[str | None] = None
+    # False: the config's own budget/ratio is meaningless (chains: each stage has its own)
+    takes_budget: ClassVar[bool] = True
 
     def validate(self, params: Mapping[str, Any]) -> None:
         pass
 
     def sites(self, cfg: PruneConfig, num_layers: int) -> list:
         raise NotImplementedError
+
+    def needs_vision(self, cfg: PruneConfig) -> bool:
+        """Whether this config reads the vision tower's internals (needs ``attach``)."""
+        return self.vision_internals
 
 
 def check_int(params, key, lo=None):

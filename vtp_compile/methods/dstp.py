@@ -1,20 +1,47 @@
 """DSTP (arXiv 2604.12358): decoding-stage shift-aware pruning, wrapped around a layer-site method.
 
-Prefill: the base method picks the *active* set (``budget``/``ratio``); the next ``reserve``
-visual tokens by the base score are carried through the later layers so their keys/values
-exist, but no text or active token attends to them, so prefill logits equal the base
-method's. Decode: at each step the current token's query scores active ∪ reserve at layer K-1;
-``shift = 1 - mass(active) / mass(best k)``; when shift > ``tau`` the active set becomes the
-current top k. Every decode step attends to the active set plus all non-visual entries only.
+Prefill: the base method picks the *active* set (``budget``/``ratio``) at its last layer site;
+a *reserve* of further visual tokens is carried through the later layers so their keys/values
+exist, but no text or active token attends to them, so prefill logits equal the base method's.
+Decode: at each step the current token's query scores active ∪ reserve at the base's scoring
+layer (K-1, or K for bases that score with their own layer); ``shift = 1 - mass(active) /
+mass(best k)``; when shift > ``tau`` the active set becomes the current top k. Every decode step
+attends to the active set plus all non-visual entries only.
+
+The reserve (our reading; the paper's code is not public), ``reserve_by``:
+
+* ``"coverage"`` (default): greedy farthest-point picks in hidden-state cosine distance from
+  the active set, so the reserve holds what the base did *not* choose (other objects, other
+  regions) and a decode step can swap towards them;
+* ``"score"``: the next-best tokens by the base score (more of what the base already chose;
+  for a base whose score is a selection, such as DART, that is the lowest positions).
 """
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+
+from ..errors import OptionError
 from ..sites import LayerSite, ReserveSite
 from .base import Method, check_int
 from .registry import get_method, register
-from ..errors import OptionError
 
-BASES = ("fastv",)   # layer-site methods the oracle and the tests cover as a base
+RESERVE_BY = ("coverage", "score")
+ops = torch.ops.vtp
+
+
+def coverage_score(base, reserve):
+    """The base score with the coverage reserve ranked right after the active set."""
+    def score(x):
+        s = base(x)
+        vis = x["visual_mask"] & x["live"]
+        k = torch.minimum(x["n_keep"], vis.sum(1))
+        active = ops.topk_mask(s, vis, k)
+        r = k if reserve is None else torch.full_like(k, reserve)
+        return ops.reserve_cover(x["hidden"], vis, active, r)
+    score.__name__ = f"dstp_coverage_{getattr(base, '__name__', 'score')}"
+    return score
 
 
 @register
@@ -22,25 +49,71 @@ class DSTP(Method):
     """DSTP: a base layer-site method plus a reserve re-scored at every decode step."""
     name = "dstp"
     paper = "arXiv 2604.12358"
-    defaults = {"base": "fastv", "layer": 2, "reserve": None, "tau": 0.2}
+    defaults = {"base": "fastv", "layer": None, "reserve": None, "tau": 0.2,
+                "reserve_by": "coverage", "base_options": None}
     no_cuda_graphs = ("its decode steps read and replace runtime state kept in Python "
                       "(vtp_compile.shift_state), which a CUDA graph replay would skip")
 
     def validate(self, params):
-        if params["base"] not in BASES:
-            raise OptionError(f"vtp: dstp option 'base' must be one of {BASES}, got {params['base']!r}")
-        check_int(params, "layer", lo=1)
+        base = params["base"]
+        if not isinstance(base, str) or base not in self.bases():
+            raise OptionError(f"vtp: dstp option 'base' must be a layer-site method, one of "
+                              f"{sorted(self.bases())}, got {base!r}")
+        if params["layer"] is not None:
+            check_int(params, "layer", lo=1)
         if params["reserve"] is not None:
             check_int(params, "reserve", lo=0)
         tau = params["tau"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
             raise OptionError(f"vtp: option 'tau' must be a number in [0, 1], got {tau!r}")
+        if params["reserve_by"] not in RESERVE_BY:
+            raise OptionError(f"vtp: dstp option 'reserve_by' must be one of {RESERVE_BY}, got "
+                              f"{params['reserve_by']!r}")
+        self.base_config(params, None)        # the base's own options are checked by the base
+
+    @staticmethod
+    def bases() -> list[str]:
+        from .registry import method_names
+        out = []
+        for name in method_names():
+            m = get_method(name)
+            if name == "dstp" or m.vision_internals:
+                continue
+            try:
+                from ..config import PruneConfig
+                sites = m.sites(PruneConfig.from_options({"method": name}), 32)
+            except Exception:
+                continue
+            if sites and all(isinstance(s, LayerSite) and type(s) is LayerSite for s in sites):
+                out.append(name)
+        return out
+
+    def base_config(self, params, keep):
+        from ..config import PruneConfig
+        opts = dict(params["base_options"] or {})
+        if not isinstance(params["base_options"] or {}, dict):
+            raise OptionError("vtp: dstp option 'base_options' must be a dict of the base "
+                              "method's options")
+        bad = {"method", "budget", "ratio"} & set(opts)
+        if bad:
+            raise OptionError(f"vtp: dstp 'base_options' may not set {sorted(bad)} (the dstp "
+                              "config's budget/ratio is the active set's)")
+        if params["layer"] is not None:
+            opts["layer"] = params["layer"]
+        cfg = PruneConfig.from_options({"method": params["base"], **opts})
+        return cfg if keep is None else dataclasses.replace(cfg, keep=keep)
 
     def sites(self, cfg, num_layers):
         p = cfg.params
-        base_cfg = type(cfg)(method=p["base"], keep=cfg.keep, params={"layer": p["layer"]},
-                             inner_backend=cfg.inner_backend, inductor=cfg.inductor)
-        (site,) = get_method(p["base"]).sites(base_cfg, num_layers)
-        assert isinstance(site, LayerSite) and site.merge is None
-        return [ReserveSite(layer=site.layer, keep=site.keep, score=site.score, name="dstp",
-                            method="dstp", reserve=p["reserve"], tau=float(p["tau"]))]
+        base_cfg = self.base_config(p, cfg.keep)
+        base_cfg = dataclasses.replace(base_cfg, inner_backend=cfg.inner_backend, inductor=cfg.inductor)
+        sites = get_method(base_cfg.method).sites(base_cfg, num_layers)
+        if not sites or any(type(s) is not LayerSite for s in sites):
+            raise OptionError(f"vtp: dstp needs a base whose sites are all layer sites; "
+                              f"{p['base']!r} is not one (valid: {sorted(self.bases())})")
+        last = sites[-1]
+        score = last.score if p["reserve_by"] == "score" else coverage_score(last.score, p["reserve"])
+        fields = {f.name: getattr(last, f.name) for f in dataclasses.fields(LayerSite)}
+        fields.update(score=score, name="dstp" if len(sites) == 1 else f"dstp-{last.name}",
+                      method="dstp")
+        return [*sites[:-1], ReserveSite(**fields, reserve=p["reserve"], tau=float(p["tau"]))]

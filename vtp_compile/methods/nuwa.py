@@ -38,7 +38,7 @@ ANCHOR_FACTOR = Fraction(7, 4)
 
 def anchor_scorer(region: int):
     def score(x):
-        cls, _, gh, gw = x["ctx"]
+        cls, _, gh, gw = x["ctx"][:4]
         vis = x["visual_mask"]
         B = vis.shape[0]
         vscores = ops.nuwa_anchor_scores(cls.reshape(B, -1), x["n_keep"], gh, gw, region)
@@ -49,7 +49,7 @@ def anchor_scorer(region: int):
 
 def aggregator(distance: float, pillars: float):
     def merge(x):
-        _, upper, gh, gw = x["ctx"]
+        _, upper, gh, gw = x["ctx"][:4]
         hidden = x["hidden"]
         up = upper.reshape(hidden.shape[0], -1, upper.shape[-1])
         return ops.nuwa_aggregate(hidden, x["visual_mask"], x["keep_mask"], x["scores"], up, gh, gw,

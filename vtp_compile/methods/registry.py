@@ -7,7 +7,7 @@ from ..errors import OptionError
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 # methods on the roadmap (METHODS.md) that are not implemented yet: a clear error, not a guess
-PLANNED = ("pdrop", "sparsevlm", "visionzip", "dart")
+PLANNED: tuple[str, ...] = ()
 
 
 def register(cls):
@@ -19,7 +19,8 @@ def register(cls):
 
 
 def _load():
-    from . import alvts, dcp, divprune, dstp, fastv, nuwa, random_select  # noqa: F401
+    from . import (alvts, cdpruner, chain, dart, dcp, divprune, dstp, fastv, nuwa, pdrop,  # noqa: F401
+                   random_select, sparsevlm, visionzip)
 
 
 def method_names() -> list[str]:

@@ -116,9 +116,10 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
     """
     if isinstance(site, LayerSite):
         K = site.layer
-        if not 1 <= K < vlm.num_layers:
+        lo = 0 if site.own_attention else 1
+        if not lo <= K < vlm.num_layers:
             raise OptionError(f"vtp: layer {K} is out of range; this model has {vlm.num_layers} "
-                             f"decoder layers, so the layer must be in [1, {vlm.num_layers - 1}]")
+                             f"decoder layers, so the layer must be in [{lo}, {vlm.num_layers - 1}]")
     else:
         K = getattr(site, "layer", 0)
     end = vlm.num_layers if end is None else end
@@ -164,16 +165,21 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
     first = next(n for n in g.nodes if n in set(vlm.layers[K].nodes))
     keep = site.keep
     budget = keep.budget or 0
-    num, den = (0, 1) if keep.budget else (keep.ratio.numerator, keep.ratio.denominator)
+    num, den = (0, 1) if keep.ratio is None else (keep.ratio.numerator, keep.ratio.denominator)
     vis, live, qpos = state.visual_mask, state.live, state.qpos
     ctx = vision_args.context_args(vlm, site) if getattr(site, "context", False) else None
     with g.inserting_before(first):
         n_vis = g.call_function(traced.count_visual, (vis,))
-        n_keep = g.call_function(traced.keep_count, (n_vis, budget, num, den))
+        if keep.schedule is not None:
+            n_orig = g.call_function(traced.count_visual, (state.first_visual,))
+            n_keep = g.call_function(keep.schedule, (n_vis, n_orig))
+        else:
+            n_keep = g.call_function(traced.keep_count, (n_vis, budget, num, den))
         if scores is not None:
             score = scores(g, entry, state, n_keep)
         elif isinstance(site, LayerSite):
-            score = _layer_score(g, vlm, _scoring_layer(vlm, K, site), site, entry, state, n_keep)
+            prev = vlm.layers[K] if site.own_attention else _scoring_layer(vlm, K, site)
+            score = _layer_score(g, vlm, prev, site, entry, state, n_keep, first)
         else:
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
             if ctx is not None:
@@ -189,7 +195,12 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         slot_live = g.call_function(operator.getitem, (sel, 1))
         src = entry
         if getattr(site, "merge", None) is not None:
-            kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
+            if isinstance(site, ReserveSite):   # the base's merge: into the active set only
+                live_vis = g.call_function(operator.and_, (vis, live))
+                n_act = g.call_function(torch.minimum, (n_keep, g.call_function(traced.count_visual, (live_vis,))))
+                kept = g.call_function(ops.topk_mask.default, (score, live_vis, n_act))
+            else:
+                kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
             inputs = {"hidden": entry, "visual_mask": vis, "keep_mask": kept, "scores": score}
             if ctx is not None:
                 inputs["ctx"] = ctx
@@ -282,20 +293,66 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
 
 
 def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactState,
-                 n_keep) -> fx.Node:
-    """Score node of a LayerSite, from layer ``K - 1``'s attention inputs (every head's, also
-    when tensor parallelism splits them across ranks)."""
-    att = sdpa_args(prev.sdpa)
+                 n_keep, first: fx.Node) -> fx.Node:
+    """Score node of a LayerSite, from layer ``prev``'s attention inputs (``K - 1``'s, every
+    head's, also when tensor parallelism splits them across ranks; or layer K's own, recomputed
+    on the full sequence, with ``own_attention``)."""
+    orig = sdpa_args(prev.sdpa)
+    att = _own_attention_inputs(g, prev, first) if site.own_attention else orig
     q, k, m = att["query"], att["key"], att["attn_mask"]
+    m = m if isinstance(m, fx.Node) else None
     q_row = g.call_function(traced.query_row, (q, state.qpos))
-    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, q, q_row, k)
+    q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
-    key_row = g.call_function(traced.query_key_row, (m if isinstance(m, fx.Node) else None,
-                                                     state.qpos, state.live, bool(att["is_causal"])))
+    key_row = g.call_function(traced.query_key_row, (m, state.qpos, state.live, bool(att["is_causal"])))
     inputs = {"q": q_row, "k": k, "key_mask": key_row, "scale": scale, "hidden": entry,
               "visual_mask": state.visual_mask, "live": state.live, "qpos": state.qpos,
               "n_keep": n_keep}
+    if "q_all" in site.inputs:
+        inputs["q_all"] = scaled_query(g, q, att)[0]
+    if "mask_all" in site.inputs:
+        inputs["mask_all"] = g.call_function(traced.query_key_rows, (m, state.live, bool(att["is_causal"])))
+    if "embeds" in site.inputs:
+        inputs["embeds"] = _current_layout(g, vlm.layers[0].entry, state)
+    if "n_orig" in site.inputs:
+        inputs["n_orig"] = g.call_function(traced.count_visual, (state.first_visual,))
     return g.call_function(site.score, (inputs,))
+
+
+def _current_layout(g: fx.Graph, x: fx.Node, state: CompactState) -> fx.Node:
+    """``x`` ``[B, L, ...]`` (original layout) gathered into the layout earlier sites left."""
+    pos = None
+    for site, idx, _, _ in state.keep_nodes:
+        if isinstance(site, RouteSite):
+            continue
+        pos = idx if pos is None else g.call_function(torch.gather, (pos, 1, idx))
+    return x if pos is None else g.call_function(ops.gather_seq.default, (x, pos, 1, 0))
+
+
+def _own_attention_inputs(g: fx.Graph, lv, first: fx.Node) -> dict:
+    """Layer ``lv``'s SDPA arguments with its query and key recomputed, before ``first``, from
+    the full sequence entering the layer: a copy of the layer's nodes they depend on."""
+    att = sdpa_args(lv.sdpa)
+    inside = set(lv.nodes)
+    need, stack = set(), [a for a in (att["query"], att["key"], att["scale"]) if isinstance(a, fx.Node)]
+    while stack:
+        n = stack.pop()
+        if n in inside and n not in need:
+            need.add(n)
+            stack.extend(n.all_input_nodes)
+    order = {n: i for i, n in enumerate(g.nodes)}
+    env = {}
+    for n in lv.nodes:
+        if n not in need:
+            continue
+        if n.op not in ("call_function", "call_method"):
+            raise Unsupported(f"cannot recompute layer {lv.index}'s attention inputs: {n.format_node()}")
+        for a in n.all_input_nodes:
+            if a not in env and order[a] >= order[first]:
+                raise Unsupported(f"layer {lv.index}'s attention inputs read {a.name}, defined inside "
+                                  "the pruned region")
+        env[n] = g.node_copy(n, lambda a: env.get(a, a))
+    return {**att, **{k: env.get(att[k], att[k]) for k in ("query", "key", "scale")}}
 
 
 def scaled_query(g: fx.Graph, q: fx.Node, att: dict):

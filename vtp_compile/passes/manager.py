@@ -121,7 +121,7 @@ def _sizes(vlm: VLMGraph):
 def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
     K = getattr(site, "layer", 0)
     V = sizes["cur_V"]
-    kept = min(int(site.keep.count(V)), V)
+    kept = min(int(site.keep.count(V, sizes["V"])), V)
     reserve = 0
     if isinstance(site, ReserveSite):
         reserve = min(kept if site.reserve is None else site.reserve, V - kept)

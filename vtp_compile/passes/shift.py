@@ -118,13 +118,14 @@ def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) 
 def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     g = vlm.gm.graph
     K = site.layer
-    if not 1 <= K < vlm.num_layers:
+    if not (0 if site.own_attention else 1) <= K < vlm.num_layers:
         return
     first = vlm.layers[0].sdpa
     k0 = sdpa_args(first)["key"]
     with g.inserting_before(first):
         cols = g.call_function(ops.dstp_columns.default, (k0, key))
-    score_layer = vlm.layers[K - 1].sdpa
+    # re-score with the attention the base scores with: layer K-1's, or K's own
+    score_layer = vlm.layers[K if site.own_attention else K - 1].sdpa
     a = sdpa_args(score_layer)
     with g.inserting_before(score_layer):
         m = a["attn_mask"]

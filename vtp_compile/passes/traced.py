@@ -88,6 +88,24 @@ def query_key_row(mask: Optional[torch.Tensor], qpos: torch.Tensor, live: torch.
     return row.masked_fill(~live, float("-inf"))
 
 
+def query_key_rows(mask: Optional[torch.Tensor], live: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``[B, L, S]``: what every query may attend to (live keys only): the attention mask's rows
+    (bool, or additive float), or causal-and-live when the call has no mask."""
+    B, S = live.shape
+    if mask is None:
+        allowed = live[:, None, :].expand(B, S, S)
+        if causal:
+            allowed = allowed & torch.ones(S, S, dtype=torch.bool, device=live.device).tril()
+        return allowed
+    m = mask
+    while m.dim() > 3:
+        m = m[:, 0]
+    m = m.expand(B, m.shape[-2], m.shape[-1])
+    if m.dtype == torch.bool:
+        return m & live[:, None, :]
+    return m.masked_fill(~live[:, None, :], float("-inf"))
+
+
 def seq_len(idx: torch.Tensor):
     return idx.shape[1]
 

@@ -10,7 +10,7 @@ import operator
 
 import torch
 
-from ..graph.fx_utils import insert_after
+from ..graph.fx_utils import Unsupported, insert_after, same_size, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import method_of
 from ..errors import OptionError
@@ -19,11 +19,16 @@ ops = torch.ops.vtp
 
 
 def context_args(vlm: VLMGraph, site) -> tuple:
-    """``(cls_attn, upper, grid_h, grid_w)`` nodes/values for a ``context`` site."""
+    """``(cls_attn, upper, grid_h, grid_w, keys, received)`` nodes/values for a ``context``
+    site."""
     from .. import vision_context
     tag = vlm.vision_context
+    want = getattr(site, "vision_layer", -2)
     if tag is not None:
-        return tuple(tag.args[1:5])
+        cls, upper, keys, received, gh, gw, layer = tag.args[1:8]
+        _check_layer(site, want, layer)
+        _check_one_feature_per_patch(vlm, site, tensor_val(cls))
+        return cls, upper, gh, gw, keys, received
     rec = vision_context.last_record()
     if rec is None:
         raise OptionError(
@@ -32,13 +37,37 @@ def context_args(vlm: VLMGraph, site) -> tuple:
             "model.compile(...) so that they reach it, and set "
             "torch._dynamo.config.capture_scalar_outputs = True (without it Dynamo splits the "
             "vision tower and the decoder into separate graphs) (README: Nüwa)")
+    _check_layer(site, want, rec.layer)
+    _check_one_feature_per_patch(vlm, site, rec.cls_attn)
     g = vlm.gm.graph
     gh, gw = rec.grid
     with insert_after(g, vlm.features):
-        out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1])))
+        out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1]),
+                                                          int(rec.keys.shape[-1])))
     with insert_after(g, out):
-        parts = [g.call_function(operator.getitem, (out, i)) for i in range(2)]
-    return (*parts, gh, gw)
+        cls, upper, keys, received = [g.call_function(operator.getitem, (out, i)) for i in range(4)]
+    return cls, upper, gh, gw, keys, received
+
+
+def _check_one_feature_per_patch(vlm: VLMGraph, site, cls) -> None:
+    """The internals are per vision patch, image after image; the splice must place exactly one
+    feature per patch in that order (not so for anyres packing with newline tokens, or pooled
+    or merged patches), else the scores would land on the wrong tokens."""
+    feats = tensor_val(vlm.features)
+    if cls is None or feats is None or feats.dim() < 2:
+        return
+    rows = feats.numel() // feats.shape[-1]
+    if not same_size(rows, cls.numel()):
+        raise Unsupported(f"{method_of(site)} reads per-patch vision internals ({cls.numel()} "
+                          f"patches) and this model splices {rows} visual features (the projector "
+                          "packs, pools or merges patches)")
+
+
+def _check_layer(site, want: int, have: int) -> None:
+    if want != have:
+        raise OptionError(f"vtp: method {method_of(site)!r} reads vision layer {want}, and "
+                          f"vtp_compile.attach(model) recorded layer {have}; call "
+                          f"vtp_compile.detach(model) and vtp_compile.attach(model, vision_layer={want})")
 
 
 def strip_vision_context(vlm: VLMGraph) -> None:

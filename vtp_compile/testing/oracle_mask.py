@@ -33,14 +33,19 @@ from fractions import Fraction
 
 import torch
 
-from . import oracle_dcp
+from typing import Callable
+
+from . import oracle_baselines, oracle_dcp
 
 NAME = "vtp_oracle"
 
 
 @dataclasses.dataclass(frozen=True)
 class Pruning:
-    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr"}; DCP-Prune's knobs."""
+    """What to keep: ``method`` in {"fastv", "random", "divprune", "acgr", "pdrop", "dart",
+    "sparsevlm"}; DCP-Prune's knobs; PDrop's stage ``layers`` (None: the paper's quarters of the
+    depth), SparseVLM's scoring ``layers`` (None: 2, 6, 15 of 32 scaled); ``dstp``: DSTP around
+    the method."""
     method: str
     budget: int | None = None
     ratio: float | None = None
@@ -51,6 +56,15 @@ class Pruning:
     m: int = 3
     iters: int = 5
     merge: bool = True
+    layers: tuple | None = None
+    pivots: int = 4
+    dstp: tuple | None = None     # DSTP around this method: (reserve or None, reserve_by, tau)
+    recycle: bool = False         # SparseVLM v1's recycling
+    chain: tuple = ()             # method "chain": the stages' Prunings, in order
+    theta: float = 0.5            # CDPruner's relevance weight
+    contextual: float = 0.15625   # VisionZip: contextual fraction of the kept tokens
+    score: str = "cls"            # VisionZip: dominant score, "cls" or "received"
+    vision_layer: int = -2        # VisionZip: the vision layer read
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -60,79 +74,281 @@ class Pruning:
 
     @property
     def K(self) -> int:
-        layer_site = self.method == "fastv" or (self.method == "acgr" and self.site == "layer")
+        layer_site = self.method in ("fastv", "dart") or (self.method == "acgr" and self.site == "layer")
         return self.layer if layer_site else 0
+
+    def stages(self, num_layers: int) -> list["Stage"]:
+        """The sites in order: where each selects and how many visual tokens it keeps."""
+        if self.method == "chain":
+            return [dataclasses.replace(st, p=sub) for sub in self.chain for st in sub.stages(num_layers)]
+        if self.method == "pdrop":
+            layers = self.layers or oracle_baselines.pdrop_default_layers(num_layers)
+            return [Stage("pdrop", layer, True,
+                          lambda V_now, V, s=s: oracle_baselines.pdrop_count(
+                              V, s, layers, num_layers, self.budget, self.ratio))
+                    for s, layer in enumerate(layers, start=1)]
+        if self.method == "sparsevlm":
+            layers = self.layers or oracle_baselines.sparsevlm_layers(num_layers)
+            return [Stage("sparsevlm", layer + 1, False,
+                          lambda V_now, V, s=s: oracle_baselines.sparsevlm_count(V, s, self.budget, self.ratio))
+                    for s, layer in enumerate(layers)]
+        return [Stage(self.method, self.K, False, lambda V_now, V: self.n_keep(V_now))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One site: ``rule`` selects before layer ``layer`` (0: on the input embedding) from the
+    visual tokens still kept; ``own``: with that layer's own q/k; ``count(V_now, V)``: how many
+    it keeps of ``V_now`` left (``V``: the row's visual count)."""
+    rule: str
+    layer: int
+    own: bool
+    count: Callable
+    p: "Pruning | None" = None    # the stage's own knobs (chains); None: the run's
 
 
 class _Run:
-    """State of one oracle call: the prompt, the selection, what each layer recorded."""
+    """State of one oracle call: the prompt, the selections, what each layer recorded."""
 
-    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor):
+    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor, num_layers: int):
         self.p = pruning
+        self.stages = pruning.stages(num_layers)
         self.visual, self.real = visual.bool(), real.bool()      # [B, P] prompt masks
         self.prompt_len = visual.shape[1]
-        self.removed = None                                      # [B, P] bool, once selected
-        self.kept: list[list[int]] | None = None                 # kept visual positions per row
+        self.removed_by: list[torch.Tensor] = []                 # per selected stage: [B, P] removed so far
+        self.kept_by: list[list[list[int]]] = []                 # per selected stage: kept visual positions
         self.layer = -1                                          # the decoder layer running
         self.attended = False                                    # it called attention
-        self.record = None           # (q, k, mask, scale) of the last attention layer before K
+        self.records: dict = {}      # layer -> (q, k, mask, scale) as that layer attended
+        self.reserve = None          # DSTP: reserve positions per row
+        self.recycled: dict = {}     # SparseVLM v1: stage -> per row (representatives, members)
+        self.hist: list = []         # DSTP: active positions per row after each step
+        self.dstp_layer = None
         self.inputs: dict = {}
+        self.vision: list = []       # VisionZip: per row (dominant scores, keys) of its visual tokens
+        self.targets: dict = {}      # VisionZip: per row, the contextual targets' positions
+
+    def read_vision(self, model, pixel_values) -> None:
+        """VisionZip's vision internals, split into the rows in splice order."""
+        p = next((st.p or self.p for st in self.stages if st.rule == "visionzip"), None)
+        if p is None or pixel_values is None or not self.visual.any():
+            return
+        dom, keys = oracle_baselines.visionzip_internals(model, pixel_values, p.score, p.vision_layer)
+        at = 0
+        for b in range(self.visual.shape[0]):
+            n = int(self.visual[b].sum())
+            self.vision.append((dom[at:at + n].tolist(), keys[at:at + n]))
+            at += n
+
+    @property
+    def kept(self):
+        """The finally kept visual positions per row (None before the first selection)."""
+        return self.kept_by[-1] if self.kept_by else None
+
+    @property
+    def removed(self):
+        return self.removed_by[-1] if self.removed_by else None
+
+    def pending(self, layer: int, own: bool):
+        """The stage that selects at ``layer`` now, if any (stages select in order)."""
+        n = len(self.removed_by)
+        if n < len(self.stages) and self.stages[n].layer == layer and self.stages[n].own == own \
+                and self.visual.any():
+            return self.stages[n]
+        return None
+
+    def removed_at(self, layer: int):
+        """Prompt positions removed before ``layer`` (None: none yet)."""
+        out = None
+        for st, rm in zip(self.stages, self.removed_by):
+            if st.layer <= layer:
+                out = rm
+        return out
 
     # ---- selection -------------------------------------------------------------------------
-    def select(self, hidden: torch.Tensor) -> None:
-        """Choose each row's kept visual tokens at the site (``hidden``: entering its layer)."""
-        p, B = self.p, hidden.shape[0]
-        kept = []
+    def select(self, stage: "Stage", hidden: torch.Tensor, record=None) -> None:
+        """Choose each row's kept visual tokens at ``stage`` (``hidden``: entering its layer;
+        ``record``: the attention inputs it scores with)."""
+        p, B = stage.p or self.p, hidden.shape[0]
+        prev = self.removed
+        kept, reserve = [], [[] for _ in range(B)]
+        recycled = [([], []) for _ in range(B)]
         for b in range(B):
-            pos = torch.nonzero(self.visual[b]).flatten().tolist()
+            allpos = torch.nonzero(self.visual[b]).flatten().tolist()
+            pos = [q for q in allpos if prev is None or not bool(prev[b, q])]
             V = len(pos)
             if V == 0:
                 kept.append([])
                 continue
-            k = p.n_keep(V)
+            k = min(V, stage.count(V, len(allpos)))
             feats = hidden[b, pos]
-            if p.method == "random":
+            rule = stage.rule
+            scores = None
+            if rule == "random":
                 x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
                 sel = _top([v - math.floor(v) for v in x], k)
-            elif p.method == "divprune":
+            elif rule == "divprune":
                 sel = _divprune(feats, k)
-            elif p.method == "fastv" or (p.method == "acgr" and p.site == "layer"):
-                probs = self._last_token_attention(b)
+            elif rule == "dart":
+                sel = self._dart(b, hidden, record, pos, k, p.pivots)
+            elif rule == "visionzip":
+                dom, keys = self.vision[b]
+                dominant, targets = oracle_baselines.visionzip_select(dom, k, p.contextual)
+                sel = dominant + targets
+                self.targets[b] = [pos[i] for i in targets]
+            elif rule == "cdpruner":
+                text = [i for i in range(hidden.shape[1]) if bool(self.real[b, i]) and not bool(self.visual[b, i])]
+                after = [i for i in text if i > pos[0]]
+                sel = oracle_baselines.cdpruner_select(feats, hidden[b, after or text], k, p.theta)
+            elif rule == "sparsevlm":
+                scores = self._rater_attention(b, record, pos)
+                sel = _top(scores, k)
+                if p.recycle:   # v1: the next best are recycled into cluster representatives
+                    order = _top(scores, V)
+                    n_rec, n_clu = oracle_baselines.sparsevlm_recycle_count(V - k)
+                    reps, members = order[k:k + n_clu], order[k + n_clu:k + n_rec]
+                    sel = sel + reps
+                    recycled[b] = ([pos[i] for i in reps], [pos[i] for i in members])
+            elif rule in ("fastv", "pdrop") or (rule == "acgr" and p.site == "layer"):
+                probs = self._last_token_attention(b, record)
                 scores = [probs[i] for i in pos]
-                sel = (_top(scores, k) if p.method == "fastv"
-                       else oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters))
+                sel = (oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters) if rule == "acgr"
+                       else _top(scores, k))
             else:   # acgr at the encoder: the last token's embedding against each visual one
                 last = _last_real(self.real[b])
                 D = feats.shape[-1]
                 scores = (feats.float() @ hidden[b, last].float() / math.sqrt(D)).softmax(0).tolist()
                 sel = oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters)
             kept.append([pos[i] for i in sorted(sel)])
-        self.kept = kept
-        self.removed = ~self.real.clone()
+            if p.dstp is not None and stage is self.stages[-1]:
+                reserve[b] = [pos[i] for i in sorted(self._reserve(feats, sel, k, V, scores if rule in ('fastv', 'pdrop') else None))]
+        removed = ~self.real.clone() if prev is None else prev.clone()
         for b in range(B):
-            self.removed[b] |= self.visual[b]
-            self.removed[b, kept[b]] = False
+            removed[b] |= self.visual[b]
+            removed[b, kept[b]] = False
+            removed[b, reserve[b]] = False
+        self.kept_by.append(kept)
+        self.removed_by.append(removed)
+        self.recycled[self.stages.index(stage)] = recycled
+        if p.dstp is not None and stage is self.stages[-1]:
+            self.reserve = reserve
+            self.hist = [kept]
+            self.dstp_layer = stage.layer
 
-    def merge(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _reserve(self, feats, sel: list[int], k: int, V: int, scores) -> list[int]:
+        """DSTP's reserve (indices into the stage's visual tokens): farthest points from the
+        active set ``sel`` in the stage's input hidden states, or the next best by score."""
+        reserve, reserve_by, _ = self.p.dstp
+        r = min(k if reserve is None else reserve, V - k)
+        rest = [i for i in range(V) if i not in sel]
+        if reserve_by == "coverage":
+            return oracle_baselines.cover_reserve(feats, list(sel), rest, r)
+        if scores is None:
+            raise NotImplementedError("the oracle ranks a score reserve for fastv/pdrop only")
+        return _top(scores, k + r)[k:]
+
+    def rescore(self, record) -> None:
+        """DSTP at a decode step: the newest query re-scores active ∪ reserve (head-mean
+        softmax over the columns it may see plus the reserve); a shift above tau swaps."""
+        q, k, _, scale = record
+        S = q.shape[2]
+        if S <= self.prompt_len or len(self.hist) != S - self.prompt_len:
+            return
+        tau = self.p.dstp[2]
+        new = []
+        for b in range(q.shape[0]):
+            act = self.hist[-1][b]
+            cand = sorted(set(self.hist[0][b]) | set(self.reserve[b]))
+            if not cand:
+                new.append(act)
+                continue
+            allowed = torch.ones(S, dtype=torch.bool)
+            allowed[:self.prompt_len] = self.real[b] & ~self.visual[b]
+            allowed[cand] = True
+            qh = q[b, :, S - 1].float()
+            kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)
+            probs = (torch.einsum("hd,hsd->hs", qh, kh) * scale).masked_fill(~allowed, float("-inf"))
+            probs = probs.softmax(-1).mean(0).tolist()
+            best = sorted(cand, key=lambda j: (-probs[j], j))[:len(self.hist[0][b])]
+            shift = 1 - sum(probs[j] for j in act) / max(sum(probs[j] for j in best), 1e-30)
+            new.append(sorted(best) if shift > tau else act)
+        self.hist.append(new)
+
+    def _rater_attention(self, b: int, record, pos: list[int]) -> list[float]:
+        """SparseVLM: the attention row ``b``'s raters pay each of ``pos`` (head mean, then
+        rater mean), from the recorded q/k of the scoring layer; raters from the input
+        embeddings against the visual tokens still kept."""
+        q, k, mask, scale = record
+        S = k.shape[2]
+        real = [i for i in range(S) if bool(self.real[b, i])]
+        text = [i for i in real if not bool(self.visual[b, i])]
+        after = [i for i in text if i > max(pos)]
+        raters = oracle_baselines.sparsevlm_raters(self.embeds[b], pos, after or text)
+        kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)
+        total = [0.0] * len(pos)
+        for r in raters:
+            logits = torch.einsum("hd,hsd->hs", q[b, :, r].float(), kh) * scale
+            if mask is None:
+                allowed = torch.arange(S) <= r
+            else:
+                m = mask[b if mask.shape[0] > 1 else 0, 0, r]
+                allowed = m if m.dtype == torch.bool else m > float("-inf")
+            allowed = allowed & self.real[b, :S]
+            probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1).mean(0)
+            for j, p in enumerate(pos):
+                total[j] += float(probs[p]) / len(raters)
+        return total
+
+    def _dart(self, b: int, hidden, record, pos: list[int], k: int, pivots: int) -> list[int]:
+        """DART's selection (indices into ``pos``) from the recorded keys of layer K-1."""
+        _, keys, _, _ = record
+        S = keys.shape[2]
+        norms = keys[b].float().abs().sum(dim=(0, 2)).tolist()
+        real = [i for i in range(S) if bool(self.real[b, i])]
+        text = [i for i in real if not bool(self.visual[b, i])]
+        last = max(pos)
+        kept = oracle_baselines.dart_select(norms, hidden[b].float(), pos, [i for i in text if i > last],
+                                            text, k, pivots)
+        return [pos.index(q) for q in kept]
+
+    def merge(self, stage: "Stage", hidden: torch.Tensor) -> torch.Tensor:
         """DCP-Prune's ACGR: removed visual tokens fold into their most similar kept ones (at
         every forward: generated tokens see the merged kept tokens)."""
-        if self.p.method != "acgr" or not self.p.merge:
+        if stage.rule == "sparsevlm" and (stage.p or self.p).recycle:
+            return oracle_baselines.sparsevlm_recycle_merge(hidden, self.recycled[self.stages.index(stage)])
+        p = stage.p or self.p
+        if stage.rule == "visionzip":
+            if not p.merge:
+                return hidden
+            out = hidden.clone()
+            for b, kept in enumerate(self.kept_by[self.stages.index(stage)]):
+                pos = torch.nonzero(self.visual[b]).flatten().tolist()
+                if self.targets.get(b):
+                    out[b, pos] = oracle_baselines.visionzip_merge(
+                        hidden[b, pos], self.vision[b][1], [pos.index(q) for q in kept],
+                        [pos.index(q) for q in self.targets[b]])
+            return out
+        if stage.rule != "acgr" or not p.merge:
             return hidden
         out = hidden.clone()
-        for b, kept in enumerate(self.kept):
+        for b, kept in enumerate(self.kept_by[self.stages.index(stage)]):
             pos = torch.nonzero(self.visual[b]).flatten().tolist()
             if len(kept) < len(pos):
                 sel = [pos.index(q) for q in kept]
-                out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, self.p.m).to(hidden.dtype)
+                out[b, pos] = oracle_dcp.acgr_merge(hidden[b, pos], sel, p.m).to(hidden.dtype)
         return out
 
-    def _last_token_attention(self, b: int) -> list[float]:
-        """Head-mean softmax of row ``b``'s last real query over the keys it may attend to, at
-        the last attention layer before K (layer K-1 unless that one has no attention), as
-        the model computed q and k."""
-        if self.record is None:
-            raise ValueError(f"no attention layer before layer {self.p.K}")
-        q, k, mask, scale = self.record
+    def last_record(self, layer: int):
+        """The last attention layer's inputs before ``layer``."""
+        before = [i for i in self.records if i < layer]
+        if not before:
+            raise ValueError(f"no attention layer before layer {layer}")
+        return self.records[max(before)]
+
+    def _last_token_attention(self, b: int, record) -> list[float]:
+        """Head-mean softmax of row ``b``'s last real query over the keys it may attend to, as
+        the model computed q and k (``record``)."""
+        q, k, mask, scale = record
         last = _last_real(self.real[b])
         qh = q[b, :, last].float()                                   # [H, D]
         kh = k[b].float().repeat_interleave(q.shape[1] // k.shape[1], 0)   # [H, S, D]
@@ -149,32 +365,57 @@ class _Run:
     # ---- masks -------------------------------------------------------------------------------
     def mask(self, q_len: int, S: int, mask, device):
         """The attention mask of the current layer with removed keys hidden, or None (as is)."""
-        if self.removed is None:
+        if not self.removed_by:
             return None
         B = self.removed.shape[0]
         q_pos = torch.arange(S - q_len, S, device=device)            # query positions (no cache)
-        blocked = torch.zeros(B, S, dtype=torch.bool, device=device)
         P = min(self.prompt_len, S)
-        blocked[:, :P] = self.removed[:, :P]
-        applies = (q_pos >= self.prompt_len) | (self.layer >= self.p.K)     # [q]
-        block = blocked[:, None, :] & applies[None, :, None]                  # [B, q, S]
-        block &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
+        prompt_rm = self.removed_at(self.layer)
+        blocked = torch.zeros(B, q_len, S, dtype=torch.bool, device=device)
+        gen = q_pos >= self.prompt_len                               # generated queries
+        blocked[:, gen, :P] = self.removed[:, None, :P]              # the compacted cache: final set
+        if prompt_rm is not None:
+            blocked[:, ~gen, :P] = prompt_rm[:, None, :P]
+        if self.reserve is not None:
+            self._dstp_mask(blocked, q_pos, gen, P)
+        blocked &= ~(q_pos[:, None] == torch.arange(S, device=device)[None, :])[None]   # never all-masked
         if mask is None:
             base = torch.ones(q_len, S, dtype=torch.bool, device=device).tril(S - q_len)[None, None]
         elif mask.dtype == torch.bool:
             base = mask
         else:
             base = mask > float("-inf")
-        return base & ~block[:, None]
+        return base & ~blocked[:, None]
+
+    def _dstp_mask(self, blocked, q_pos, gen, P) -> None:
+        """Prompt queries from the DSTP site on never see the reserve (unless they are one);
+        the token fed at decode step s sees the active set A[s-1] before the site, A[s] from
+        it on, and no other visual token."""
+        after = self.layer >= self.dstp_layer
+        for b in range(blocked.shape[0]):
+            res = torch.zeros(P, dtype=torch.bool)
+            res[[j for j in self.reserve[b] if j < P]] = True
+            if after:
+                rows = (~gen).nonzero().flatten()
+                for i in rows.tolist():
+                    if not res[int(q_pos[i])]:
+                        blocked[b, i, :P] |= res
+            for i in gen.nonzero().flatten().tolist():
+                g = int(q_pos[i]) - self.prompt_len
+                step = g + 1 if after else g
+                act = torch.zeros(P, dtype=torch.bool)
+                act[[j for j in self.hist[step][b] if j < P]] = True
+                blocked[b, i, :P] = (~self.real[b, :P]) | (self.visual[b, :P] & ~act)
 
     def skip(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Removed prompt positions leave an attention layer from K on unchanged."""
-        if self.removed is None or self.layer < self.p.K or not self.attended:
+        """Prompt positions removed before this layer leave it unchanged."""
+        removed = self.removed_at(self.layer)
+        if removed is None or not self.attended:
             return after
         P = min(self.prompt_len, after.shape[1])
         out = after.clone()
         rm = torch.zeros(after.shape[:2], dtype=torch.bool, device=after.device)
-        rm[:, :P] = self.removed[:, :P]
+        rm[:, :P] = removed[:, :P]
         out[rm] = before[rm].to(after.dtype)
         return out
 
@@ -187,10 +428,17 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     run = _ACTIVE
     if run is not None:
         run.attended = True
-        if run.removed is None and run.layer < run.p.K:     # keeps the last attention layer < K
-            run.record = (query.detach(), key.detach(), attention_mask, kwargs.get("scaling")
-                          or query.shape[-1] ** -0.5)
+        scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        stage = run.pending(run.layer, own=True)
+        if stage is not None:       # scores with this layer's own q/k, then prunes before it
+            eff = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
+            eff = attention_mask if eff is None else eff
+            run.select(stage, run.inputs[run.layer], (query.detach(), key.detach(), eff, scale))
+        elif run.reserve is not None and run.stages[-1].own and run.layer == run.dstp_layer:
+            run.rescore((query.detach(), key.detach(), None, scale))
         new = run.mask(query.shape[2], key.shape[2], attention_mask, query.device)
+        run.records[run.layer] = (query.detach(), key.detach(),
+                                  attention_mask if new is None else new, scale)
         if new is not None:
             attention_mask = new
             kwargs["is_causal"] = False
@@ -225,12 +473,20 @@ def _hooked(model, run: _Run):
         def pre(mod, args, kwargs, i=i):
             run.layer, run.attended = i, False
             hidden = args[0] if args else kwargs["hidden_states"]
-            if i == run.p.K and run.visual.any():
-                if run.removed is None:
-                    run.select(hidden)
-                hidden = run.merge(hidden)
+            merged = False
+            for stage in run.stages:
+                if stage.layer != i or stage.own or not run.visual.any():
+                    continue
+                if run.pending(i, own=False) is stage:
+                    run.select(stage, hidden, run.last_record(i) if i else None)
+                elif run.reserve is not None and stage is run.stages[-1] and i == run.dstp_layer:
+                    run.rescore(run.last_record(i))
+                hidden, merged = run.merge(stage, hidden), True
+            if merged:
                 args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
             run.inputs[i] = hidden
+            if i == 0:
+                run.embeds = hidden.detach()
             return args, kwargs
 
         def post(mod, args, kwargs, out, i=i):
@@ -257,7 +513,9 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
     """Logits ``[B, L, vocab]`` of the pruned model, and the kept visual positions per row.
     ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real)) as run:
+    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.read_vision(model, inputs.get("pixel_values"))
+    with _hooked(model, run):
         logits = model(**inputs).logits
     return logits, run.kept
 
@@ -269,7 +527,9 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     the kept visual positions, by ``generate`` without a cache: every step re-runs the whole
     sequence, the selection made at the first step stays."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    with _hooked(model, _Run(pruning, visual, real)) as run:
+    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.read_vision(model, inputs.get("pixel_values"))
+    with _hooked(model, run):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              use_cache=False, output_scores=True, return_dict_in_generate=True)
     scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed

@@ -1,0 +1,45 @@
+"""``reserve_cover``: DSTP's coverage reserve, the tokens farthest from what is already kept."""
+from __future__ import annotations
+
+import torch
+
+
+def reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.Tensor,
+                  n_reserve: torch.Tensor) -> torch.Tensor:
+    """Greedy farthest-point picks, per row, among ``candidates & ~active``.
+
+    Each pick maximises its cosine distance (``1 - cos`` of ``hidden`` ``[B, L, D]``) to the
+    nearest token of ``active`` ∪ earlier picks (ties: lower position); row ``b`` picks
+    ``min(n_reserve[b], its candidates left)``. Returns ``[B, L]`` float32: 3 on ``active``,
+    ``2 - t / (L + 1)`` on the ``t``-th pick (so picks rank in order, below the active set),
+    -1 elsewhere.
+    """
+    B, L, _ = hidden.shape
+    dev = hidden.device
+    f = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    dist = 1.0 - f @ f.transpose(1, 2)                                    # [B, L, L]
+    pool = candidates & ~active
+    near = dist.masked_fill(~active[:, None, :], float("inf")).amin(-1)  # to the active set
+    near = torch.where(active.any(1, keepdim=True), near, torch.full_like(near, 2.0))
+    r = torch.minimum(n_reserve.to(dev), pool.sum(1))
+    out = torch.where(active, torch.full_like(near, 3.0), torch.full_like(near, -1.0))
+    rows = torch.arange(B, device=dev)
+    steps = int(r.max()) if B else 0
+    for t in range(steps):
+        go = t < r
+        pick = near.masked_fill(~pool, float("-inf")).argmax(-1)            # first max: lower position
+        out[rows[go], pick[go]] = 2.0 - t / (L + 1)
+        pool[rows[go], pick[go]] = False
+        near = torch.where(go[:, None], torch.minimum(near, dist[rows, pick]), near)
+    return out
+
+
+@torch.library.custom_op("vtp::reserve_cover", mutates_args=())
+def _reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.Tensor,
+                   n_reserve: torch.Tensor) -> torch.Tensor:
+    return reserve_cover(hidden, candidates, active, n_reserve)
+
+
+@_reserve_cover.register_fake
+def _(hidden, candidates, active, n_reserve):
+    return hidden.new_empty(candidates.shape, dtype=torch.float32)
