@@ -54,7 +54,8 @@ def _inputs():
                            torch.empty(B, V + 3, **b), torch.empty(B, V + 3, **f),
                            torch.empty(B, V, 5, **f), grid, grid, 0.265, 0.45),
         "vision_context": (torch.empty(V, D, **f), torch.empty(2, grid * grid, **f),
-                           torch.empty(2, grid * grid, 5, **f), grid, grid),
+                           torch.empty(2, grid * grid, 5, **f), torch.empty(2, grid * grid, 4, **f),
+                           torch.empty(2, grid * grid, **f), grid, grid, -2),
         "select_keep": (torch.empty(B, L, **f), vis, live, n_keep),
         "divprune_scores": (hidden, vis, n_keep),
         "cluster_select_scores": (hidden, torch.empty(B, L, **f), vis, n_keep, 3),
@@ -144,7 +145,10 @@ def test_vision_lookup_reads_nothing_on_the_host(monkeypatch):
         feats = torch.empty(18, D, device=DEV)
         rec = types.SimpleNamespace(features=torch.empty(18, D, device=DEV), grid=(3, 3),
                                     cls_attn=torch.empty(2, 9, device=DEV),
-                                    upper=torch.empty(2, 9, 5, device=DEV))
+                                    upper=torch.empty(2, 9, 5, device=DEV),
+                                    keys=torch.empty(2, 9, 4, device=DEV),
+                                    received=torch.empty(2, 9, device=DEV))
         monkeypatch.setattr(vc, "last_record", lambda: rec)
-        cls, upper = vision.lookup(feats, 3, 3, 5)
+        cls, upper, keys, received = vision.lookup(feats, 3, 3, 5)
     assert cls.shape == (2, 9) and upper.shape == (2, 9, 5)
+    assert keys.shape == (2, 9, 4) and received.shape == (2, 9)

@@ -9,6 +9,10 @@
   data-dependent width, greedy max-min selection, k-means rounds). The op stays an extern call;
   its CUDA kernel launches hand-written Triton kernels (:mod:`.cuda`), its CPU kernel is the
   reference.
+* **extern**: the baselines' selection steps (PDrop, DART, SparseVLM, VisionZip, CDPruner,
+  DSTP's coverage reserve). They stay extern calls running their PyTorch reference on every
+  device: no Triton kernel and no decomposition yet (their sequential greedy loops or
+  data-dependent schedules would need one each; not measured on a GPU, none was available).
 * **stateful**: ops that read or write Python-side state (DSTP's runtime state, the vision
   internals recorded by ``attach``); they stay extern calls on every device and cannot be
   replayed by CUDA graphs (see :mod:`vtp_compile.shift_state`).
@@ -35,7 +39,7 @@ def _attn_row_scores(q, k, key_mask, scale, query_index):
     return scores.attn_row_scores(q, k, key_mask, scale, query_index)
 
 
-def _vision_context(features, cls_attn, upper, grid_h, grid_w):
+def _vision_context(features, cls_attn, upper, keys, received, grid_h, grid_w, layer):
     return features.clone()
 
 
@@ -58,6 +62,19 @@ TRITON = {
     "select_keep": "per-row top-k in position order; its width is the graph's one data-dependent size",
     "divprune_scores": "greedy max-min diversity: a sequential loop per row",
     "cluster_select_scores": "k-means rounds (TATCS): fused similarity + masked argmax",
+}
+EXTERN = {
+    "pdrop_keep": "PDrop's per-row stage schedule (a small solve per row)",
+    "dart_scores": "DART's duplication-aware greedy picks (sequential per row)",
+    "sparsevlm_scores": "SparseVLM's rater-attention scores",
+    "sparsevlm_keep": "SparseVLM's stage schedule",
+    "sparsevlm_recycle_rank": "SparseVLM v1's recycling ranks",
+    "sparsevlm_recycle_merge": "SparseVLM v1's recycling merge",
+    "visionzip_scores": "VisionZip's dominant and contextual picks",
+    "visionzip_merge": "VisionZip's contextual merge",
+    "dpp_greedy": "CDPruner's greedy DPP MAP (sequential Cholesky updates)",
+    "cdpruner_scores": "CDPruner's conditional kernel and greedy selection",
+    "reserve_cover": "DSTP's coverage reserve (greedy farthest points)",
 }
 STATEFUL = {
     "dstp_begin": "records DSTP's prefill layout in Python-side state",
