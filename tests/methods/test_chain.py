@@ -19,6 +19,11 @@ def _chain(*stages):
     return {"method": "chain", "stages": list(stages)}
 
 
+def test_alone_it_is_divprune_then_fastv_to_a_ninth():
+    enc, lay = get_method("chain").sites(PruneConfig.from_options({"method": "chain"}), 32)
+    assert (enc.name, lay.name, enc.keep.count(576), lay.keep.count(192)) == ("divprune", "fastv", 192, 64)
+
+
 def test_stages_become_sites_in_order():
     cfg = PruneConfig.from_options(_chain({"method": "divprune", "budget": 128},
                                           {"method": "fastv", "budget": 32, "layer": 3}))
@@ -29,7 +34,7 @@ def test_stages_become_sites_in_order():
 
 @pytest.mark.parametrize("opts, match", [
     (_chain({"method": "fastv"}), "at least two"),
-    ({"method": "chain"}, "at least two"),
+    ({"method": "chain", "stages": []}, "at least two"),
     (_chain({"method": "fastv"}, {"method": "divprune"}), "order the stages by depth"),
     (_chain({"method": "fastv", "layer": 2}, {"method": "dart", "layer": 2}), "order the stages by depth"),
     (_chain({"method": "divprune"}, {"method": "alvts"}), "cannot be chained"),
