@@ -82,9 +82,11 @@ class ReserveSite(LayerSite):
     """A :class:`LayerSite` that also carries a reserve through the later layers (DSTP).
 
     The top ``keep`` visual tokens are *active*; the next ``reserve`` by score (None: as many as
-    active) are computed in every later layer so their keys/values exist, but no non-reserve
-    token attends to them during prefill. At each decode step the current query re-scores
-    active ∪ reserve at layer ``layer - 1``; when the shift
+    active; DSTP's ``score`` ranks its chosen reserve right after the active set, see
+    ``reserve_by``) are computed in every later layer so their keys/values exist, but no
+    non-reserve token attends to them during prefill. At each decode step the current query
+    re-scores active ∪ reserve at layer ``layer - 1`` (``layer`` itself with
+    ``own_attention``); when the shift
     ``1 - mass(active) / mass(best keep)`` exceeds ``tau`` the active set becomes the best
     ``keep``. Decode steps attend to the active set plus every non-visual entry only.
     """

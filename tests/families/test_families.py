@@ -133,3 +133,19 @@ def test_unsupported_paths_run_unpruned_and_say_why(family, path, dynamo_for, ca
             assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), want)
     assert not any(r.sites for r in REPORTS[start:])
     assert any("left unpruned" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("family,method", [("gemma3", "sparsevlm"), ("qwen3_vl", "pdrop")])
+def test_multi_stage_methods_left_unpruned_say_why(family, method, dynamo_for, caplog):
+    """Where a second compaction cannot be planned (gemma3's sliding-window caches, Qwen3-VL's
+    deepstack injections) the prefill runs unpruned with the reason logged, never a wrong answer
+    or a crash."""
+    dynamo_for(family)
+    model, inputs, _ = _setup(family)
+    start = len(REPORTS)
+    with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
+        want = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        model.compile(backend="vtp", options={"method": method, "budget": 3, "inner_backend": "eager"})
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), want)
+    assert not any(r.sites for r in REPORTS[start:])
+    assert any("left unpruned" in r.getMessage() for r in caplog.records)

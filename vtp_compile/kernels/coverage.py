@@ -16,13 +16,14 @@ def reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.
     """
     B, L, _ = hidden.shape
     dev = hidden.device
-    f = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    # float64: duplicated tokens (tiled images) tie exactly, and ties go to the lower position
+    f = torch.nn.functional.normalize(hidden.double(), dim=-1)
     dist = 1.0 - f @ f.transpose(1, 2)                                    # [B, L, L]
     pool = candidates & ~active
     near = dist.masked_fill(~active[:, None, :], float("inf")).amin(-1)  # to the active set
     near = torch.where(active.any(1, keepdim=True), near, torch.full_like(near, 2.0))
     r = torch.minimum(n_reserve.to(dev), pool.sum(1))
-    out = torch.where(active, torch.full_like(near, 3.0), torch.full_like(near, -1.0))
+    out = torch.where(active, torch.full_like(near, 3.0), torch.full_like(near, -1.0)).float()
     rows = torch.arange(B, device=dev)
     steps = int(r.max()) if B else 0
     for t in range(steps):

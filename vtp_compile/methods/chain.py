@@ -7,7 +7,8 @@ previous stages kept; a ``budget`` counts kept tokens, a ``ratio`` is a fraction
 the stage (a multi-stage method's own schedule still counts from the original visual count).
 Stages must act in depth order: at most one encoder-site stage, first, then layer-site stages
 whose layers increase. Methods that route (``alvts``) or carry a reserve to decode (``dstp``)
-cannot be chained.
+cannot be chained. ``{"method": "chain"}`` alone is DivPrune to a third, then FastV to a third
+of that (1/9 overall).
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ class Chain(Method):
     """Chain: an encoder-site method, then layer-site methods, each with its own budget."""
     name = "chain"
     paper = "(composition of the stages' papers)"
-    defaults = {"stages": None}
+    # alone: DivPrune to a third at the encoder, then FastV to a third of that (1/9 overall, the
+    # documented default ratio)
+    defaults = {"stages": ({"method": "divprune", "ratio": 1 / 3}, {"method": "fastv", "ratio": 1 / 3})}
     takes_budget = False
 
     def stage_configs(self, params) -> list:

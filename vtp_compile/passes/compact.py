@@ -178,6 +178,10 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         if scores is not None:
             score = scores(g, entry, state, n_keep)
         elif isinstance(site, LayerSite):
+            if site.own_attention and vlm.layers[K].sdpa is None:
+                raise OptionError(f"vtp: {method_of(site)} scores with layer {K}'s own attention and "
+                                  f"layer {K} of this model has none (a linear-attention or "
+                                  "convolution layer); choose stage layers that are attention layers")
             prev = vlm.layers[K] if site.own_attention else _scoring_layer(vlm, K, site)
             score = _layer_score(g, vlm, prev, site, entry, state, n_keep, first)
         else:

@@ -7,7 +7,9 @@ import logging
 import torch.fx as fx
 
 from ..config import PruneConfig
-from ..graph.fx_utils import hint, refresh_meta, tensor_val
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+from ..graph.fx_utils import Unsupported, hint, refresh_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
 from ..sites import EncoderSite, ReserveSite, RouteSite
@@ -91,10 +93,21 @@ class PassManager:
                 if isinstance(site, ReserveSite):
                     shift.apply_shift(vlm, site, self.key)
         work.recompile()
-        refresh_meta(work, example_inputs)
+        try:
+            refresh_meta(work, example_inputs)
+        except GuardOnDataDependentSymNode as e:
+            if vlm.phase != "prefill":
+                raise
+            # nothing is cached yet: the prefill (and so every decode step) can run unpruned
+            raise Unsupported(f"the rewritten prefill's shapes cannot be propagated ({method_sites(report)}"
+                              f" on this graph: {str(e).splitlines()[0]})") from e
         for s in report.sites:
             log.info(s.line())
         return work, report
+
+
+def method_sites(report) -> str:
+    return "sites " + ", ".join(s.name for s in report.sites) if report.sites else "no sites"
 
 
 def _clone(gm: fx.GraphModule) -> fx.GraphModule:
