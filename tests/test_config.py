@@ -7,8 +7,6 @@ from vtp_compile.methods.registry import method_names
 
 def test_defaults_for_every_method():
     for name in method_names():
-        if name == "chain":     # no defaults: its stages are required (tests/methods/test_chain.py)
-            continue
         cfg = PruneConfig.from_options({"method": name})
         assert cfg.method == name
         assert cfg.keep.ratio is not None  # documented default: ratio 1/9
