@@ -31,8 +31,8 @@ def test_new_mixes_of_counts_reuse_the_compiled_graphs():
         for i, rows in enumerate(MIXES):
             inputs = F.make_inputs(family, model, rows, padding_side="left", seed=i)
             visual = F.visual_positions(family, model, inputs)
-            want, margins, _ = masked_generate(model, inputs, visual, Pruning("fastv", budget=3, layer=1), 3)
-            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            want, margins, _ = masked_generate(model, inputs, visual, Pruning("fastv", budget=3, layer=1), 2)
+            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
             assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
             record_case("family/generate")
     phases = [r.phase for r in REPORTS[start:] if r.phase in ("prefill", "decode")]
