@@ -127,7 +127,9 @@ def main(argv=None) -> None:
     with torch.inference_mode():
         g_ref = base.generate(**inputs, **gen)
         g_vtp = vtp.generate(**inputs, **gen)
-    kv_ref, kv_vtp = kv_cache_bytes(g_ref.past_key_values), kv_cache_bytes(g_vtp.past_key_values)
+    # transformers >= 5.24 names the generate output's cache `cache` (`past_key_values` warns)
+    cache_of = lambda out: out["cache"] if "cache" in out else out.past_key_values
+    kv_ref, kv_vtp = kv_cache_bytes(cache_of(g_ref)), kv_cache_bytes(cache_of(g_vtp))
     new_ref = g_ref.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     new_vtp = g_vtp.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     print(f"\ngenerate({args.new_tokens} tokens): KV cache unpruned {kv_ref / 1024:.1f} KiB, "
