@@ -64,6 +64,17 @@ def assert_keep_all_is_identity(model, inputs, method, n_visual, **params):
         record_case("keep-all")
 
 
+def assert_text_only_is_identity(model, spec, opts):
+    """A left- and right-padded text-only batch through ``opts`` gives the unpruned logits."""
+    from vtp_compile.testing.tiny import make_inputs
+    inputs = make_inputs(spec, batch=2, pad=(1, 0), text_only=True)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    torch._dynamo.reset()
+    got = compiled_logits(model, inputs, opts)
+    torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+
+
 def assert_tokens_match(got, want, margins, tol=1e-3):
     """Greedy tokens must agree up to the first step where the oracle had a near tie."""
     for b in range(want.shape[0]):
@@ -92,7 +103,7 @@ def last_report():
     return REPORTS[-1]
 
 
-__all__ = ["CASES", "record_case", "mask_oracle_logits", "mask_oracle_generate", "compiled_generate", "assert_cache_holds", "assert_keep_all_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
+__all__ = ["CASES", "record_case", "mask_oracle_logits", "mask_oracle_generate", "compiled_generate", "assert_cache_holds", "assert_keep_all_is_identity", "assert_text_only_is_identity", "options", "oracle_spec", "compiled_logits", "oracle_logits", "oracle_generate",
            "assert_tokens_match", "valid", "last_report"]
 
 

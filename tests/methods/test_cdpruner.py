@@ -12,8 +12,8 @@ from vtp_compile.sites import EncoderSite
 from vtp_compile.testing.oracle_mask import Pruning
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import (check_forward_batches, check_generate, compiled_logits,
-                       mask_oracle_logits, options, valid)
+from ..helpers import (assert_text_only_is_identity, check_forward_batches, check_generate,
+                       compiled_logits, mask_oracle_logits, options, valid)
 from ..strategies import NO_SHRINK, prompt_batches
 
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
@@ -69,12 +69,7 @@ def test_keep_all_is_identity():
 
 def test_text_only_is_identity():
     spec = TinySpec(layers=2)
-    model = tiny_llava(spec)
-    inputs = make_inputs(spec, batch=2, pad=(1, 0), text_only=True)
-    with torch.no_grad():
-        ref = model(**inputs).logits
-    got = compiled_logits(model, inputs, options("cdpruner", budget=2))
-    torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+    assert_text_only_is_identity(tiny_llava(spec), spec, options("cdpruner", budget=2))
 
 
 @pytest.mark.inductor

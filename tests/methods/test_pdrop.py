@@ -8,15 +8,14 @@ import vtp_compile
 from vtp_compile.config import PruneConfig
 from vtp_compile.methods import pdrop
 from vtp_compile.methods.registry import get_method
-from vtp_compile.passes.manager import REPORTS
 from vtp_compile.sites import LayerSite
 from vtp_compile.testing import oracle_baselines
 from vtp_compile.testing.oracle_mask import Pruning
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from ..helpers import (assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match,
-                       compiled_generate, compiled_logits, mask_oracle_generate, mask_oracle_logits,
-                       options, record_case, valid)
+                       check_forward_batches, compiled_generate, mask_oracle_generate,
+                       mask_oracle_logits, options, record_case)
 from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
 
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
@@ -73,17 +72,7 @@ def test_forward_equals_mask_oracle(case):
     model = tiny_llava(spec)
     extra = {} if layers is None else {"layers": layers}
     pruning = Pruning("pdrop", layers=None if layers is None else tuple(layers), **keep)
-    fast = None
-    with torch.no_grad():
-        for batch in batches:
-            inputs = make_inputs(spec, **batch)
-            if fast is None:
-                model(**inputs)
-                fast = torch.compile(model, backend="vtp", options=options("pdrop", **keep, **extra))
-            got = fast(**inputs).logits
-            want, _ = mask_oracle_logits(model, inputs, pruning)
-            torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
-            record_case("forward/eager")
+    check_forward_batches(spec, batches, options("pdrop", **keep, **extra), pruning, model=model)
 
 
 @settings(max_examples=2, **SETTINGS)
