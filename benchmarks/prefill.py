@@ -16,6 +16,13 @@ report: ``flops_total / (flops_total - flops_saved)`` (decoder FLOPs only).
 
     python benchmarks/prefill.py                       # fastv (layer 2) + random, budgets 64,144,288
     python benchmarks/prefill.py --json prefill.json --runs 9
+    python benchmarks/prefill.py --methods pdrop,sparsevlm,dart,divprune,cdpruner,visionzip,nuwa,chain --budgets 64
+
+Layer-site methods run with their defaults except FastV's ``--layer``; PDrop's ``budget`` is
+its average kept count over the decoder layers (as the paper reports it); ``chain`` is
+DivPrune to 3x the budget at the encoder, then FastV to the budget at ``--layer``. VisionZip
+and Nüwa read the vision tower's internals: they run on a copy of the model with
+``vtp_compile.attach`` (same weights; the unpruned baseline runs on the plain model).
 """
 from __future__ import annotations
 
@@ -37,6 +44,19 @@ def model_spec(args) -> TinySpec:
     return TinySpec(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers,
                     heads=args.heads, kv_heads=args.heads, image_size=384, patch=16, vocab=1024,
                     vision_hidden=64, max_positions=2048, seed=args.seed)
+
+
+ATTACH = ("visionzip", "nuwa")     # methods that read the vision tower's internals
+
+
+def method_options(method: str, budget: int, layer: int) -> dict:
+    """The benchmarked options of ``method`` at ``budget`` kept visual tokens."""
+    if method == "fastv":
+        return {"method": "fastv", "budget": budget, "layer": layer}
+    if method == "chain":
+        return {"method": "chain", "stages": [{"method": "divprune", "budget": 3 * budget},
+                                              {"method": "fastv", "budget": budget, "layer": layer}]}
+    return {"method": method, "budget": budget}
 
 
 def main(argv=None) -> int:
@@ -72,13 +92,16 @@ def main(argv=None) -> int:
     configs = [("none", None, None)]
     for m in methods:
         for b in budgets:
-            opts = {"method": m, "budget": b}
-            if m == "fastv":
-                opts["layer"] = args.layer
-            configs.append((m, b, opts))
+            configs.append((m, b, method_options(m, b, args.layer)))
+    attached = None
+    if any(m in ATTACH for m in methods):
+        import copy
+        attached = vtp_compile.attach(copy.deepcopy(model))
 
     with torch.inference_mode():
         ref_logits = model(**inputs).logits[0, -1].float()   # eager warm-up (output-capture hooks)
+        if attached is not None:
+            attached(**inputs)
 
     compiled, rows = {}, []
     for name, budget, opts in tqdm(configs, desc="compile", unit="cfg", file=sys.stdout):
@@ -86,7 +109,7 @@ def main(argv=None) -> int:
         if opts is None:
             fn = torch.compile(model, backend="inductor")
         else:
-            fn = torch.compile(model, backend="vtp", options=opts)
+            fn = torch.compile(attached if name in ATTACH else model, backend="vtp", options=opts)
         n_before = len(REPORTS)
         t0 = time.perf_counter()
         with torch.inference_mode():

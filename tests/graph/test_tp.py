@@ -1,8 +1,9 @@
 """Tensor-parallel models (transformers' ``tp_plan="auto"``): two ``gloo`` ranks on CPU prune
 exactly as one process does.
 
-The module fixture builds the tiny models, saves them and runs two spawned ranks once
-(``tp_worker.py``: load sharded, compiled forward and ``generate``, batch 2 left-padded); each
+The module fixture builds the tiny models, saves them and runs two spawned ranks once per
+session (``tp_worker.py``: load sharded, compiled forward and ``generate`` for every method,
+batch 2 left-padded; under xdist the first worker to need them spawns, the others read); each
 test compares one part of what the ranks saw with the single-process pruned model or the
 independent oracles.
 """
@@ -27,6 +28,23 @@ pytest.importorskip("accelerate")   # from_pretrained(tp_plan=...) needs it (tes
 WORLD = 2
 FASTV = dict(budget=4, layer=1)
 NEW = {"llava": 3, "qwen": 2}       # 3: the prefill, a static and a dynamic decode graph
+# every other method once on LLaVA (forward; DSTP's decode-time gathers through generate):
+# the layer sites (one stage, several stages, key norms, raters, a low-rank selector built
+# from all-gathered weights), the encoder sites, the vision-internals sites and a chain
+OTHERS = {
+    "acgr": options("acgr", budget=5, layer=1),
+    "pdrop": options("pdrop", budget=6, layers=[1, 2]),
+    "dart": options("dart", budget=5, layer=1),
+    "sparsevlm": options("sparsevlm", budget=6, recycle=True),
+    "alvts": options("alvts", budget=5, layer=1),
+    "random": options("random", budget=5),
+    "divprune": options("divprune", budget=5),
+    "cdpruner": options("cdpruner", budget=5),
+    "chain": options("chain", stages=[{"method": "divprune", "budget": 10},
+                                      {"method": "fastv", "budget": 4, "layer": 1}]),
+}
+ATTACHED = {"nuwa": options("nuwa", budget=5), "visionzip": options("visionzip", budget=5)}
+DSTP = options("dstp", budget=3, layer=1, tau=0.0)
 
 
 def _free_port() -> int:
@@ -36,29 +54,53 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tp")
+def run(tmp_path_factory, worker_id):
     spec = TinySpec()
-    llava = tiny_llava(spec)
-    llava.save_pretrained(tmp / "llava")
+    llava = tiny_llava(spec)              # seeded: every xdist worker builds the same models
     li = make_inputs(spec, rows=[(5, 4, 1), (3, 4, 1)], side="left", seed=1)   # row 1: 2 pads
     qwen = families.build_model("qwen2_5_vl")
-    qwen.save_pretrained(tmp / "qwen")
     qi = families.make_inputs("qwen2_5_vl", qwen, [families.RowSpec(5, 4), families.RowSpec(3, 4)],
                               padding_side="left")
-    jobs = [dict(name="llava", path=str(tmp / "llava"), inputs=li, options=options("fastv", **FASTV),
-                 what=("forward", "generate"), new=NEW["llava"]),
-            dict(name="qwen", path=str(tmp / "qwen"), inputs=qi, options=options("fastv", **FASTV),
-                 what=("generate",), new=NEW["qwen"])]
-    torch.multiprocessing.spawn(tp_worker.run, args=(WORLD, _free_port(), str(tmp), jobs),
-                                nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    if worker_id == "master":
+        tmp = tmp_path_factory.mktemp("tp")
+        ranks = _spawn(tmp, llava, li, qwen, qi)
+    else:   # tests of this module on several xdist workers: the first spawns, the others read
+        from filelock import FileLock
+        tmp = tmp_path_factory.getbasetemp().parent / "tp"
+        with FileLock(str(tmp) + ".lock"):
+            ranks = _read(tmp) if (tmp / "done").exists() else _spawn(tmp, llava, li, qwen, qi)
     return dict(ranks=ranks, llava=llava, li=li, qwen=qwen, qi=qi)
 
 
-def _pruned(reports):
+def _read(tmp):
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _spawn(tmp, llava, li, qwen, qi):
+    tmp.mkdir(parents=True, exist_ok=True)
+    llava.save_pretrained(tmp / "llava")
+    qwen.save_pretrained(tmp / "qwen")
+    fwd = [dict(label=k, options=o, what=("forward",)) for k, o in OTHERS.items()]
+    jobs = [dict(name="llava", path=str(tmp / "llava"), inputs=li, runs=[
+                dict(label="fastv", options=options("fastv", **FASTV), what=("forward", "generate"),
+                     new=NEW["llava"]),
+                dict(label="dstp", options=DSTP, what=("generate",), new=NEW["llava"]), *fwd]),
+            dict(name="llava", path=str(tmp / "llava"), inputs=li, attach=True,
+                 runs=[dict(label=k, options=o, what=("forward",)) for k, o in ATTACHED.items()]),
+            dict(name="qwen", path=str(tmp / "qwen"), inputs=qi, runs=[
+                dict(label="fastv", options=options("fastv", **FASTV), what=("generate",),
+                     new=NEW["qwen"]),
+                dict(label="divprune", options=options("divprune", budget=4), what=("generate",),
+                     new=NEW["qwen"])])]
+    torch.multiprocessing.spawn(tp_worker.run, args=(WORLD, _free_port(), str(tmp), jobs),
+                                nprocs=WORLD, join=True)
+    (tmp / "done").touch()
+    return _read(tmp)
+
+
+def _pruned(reports, kept="16 -> 4"):
     prefill = [r for r in reports if r[0] == "prefill"]
-    return bool(prefill) and all(r[1] is None and "16 -> 4" in r[2][0] for r in prefill)
+    return bool(prefill) and all(r[1] is None and r[2] and kept in r[2][0] for r in prefill)
 
 
 def test_traced_collectives_order_heads_by_rank_and_agree_on_rank_0(run):
@@ -76,8 +118,8 @@ def test_llava_forward_equals_one_process_and_oracle(run):
     oracle = oracle_forward(model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
                             spec=OracleSpec("fastv", **FASTV))[0]
     for res in run["ranks"]:
-        got = res["llava"]["logits"]
-        assert _pruned(res["llava"]["reports"]), res["llava"]["reports"]
+        got = res[("llava", "fastv")]["logits"]
+        assert _pruned(res[("llava", "fastv")]["reports"]), res[("llava", "fastv")]["reports"]
         torch.testing.assert_close(got[m], want[m], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got[m], oracle[m], atol=1e-4, rtol=1e-4)
     record_case("tensor-parallel")
@@ -90,13 +132,14 @@ def test_llava_generate_equals_one_process_and_oracle(run):
     model.compile(backend="vtp", options=options("fastv", **FASTV))
     o = model.generate(**inputs, max_new_tokens=n, do_sample=False, return_dict_in_generate=True,
                        output_logits=True)
+    model._compiled_call_impl = None
     tokens, steps = o.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(o.logits, 1)
     oracle, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
                                       inputs["pixel_values"], spec=OracleSpec("fastv", **FASTV),
                                       max_new_tokens=n)[:2]
     L = inputs["input_ids"].shape[1]
     for r, res in enumerate(run["ranks"]):
-        got = res["llava"]
+        got = res[("llava", "fastv")]
         assert torch.equal(got["tokens"], tokens)
         torch.testing.assert_close(got["step_logits"], steps, atol=1e-4, rtol=1e-4)
         for k_tp, lyr in zip(got["keys"], o.past_key_values.layers):
@@ -108,17 +151,19 @@ def test_llava_generate_equals_one_process_and_oracle(run):
     record_case("tensor-parallel")
 
 
-def test_qwen2_5_vl_generate_equals_oracle(run):
+@pytest.mark.parametrize("method", ["fastv", "divprune"])
+def test_qwen2_5_vl_generate_equals_oracle(run, method):
     """M-RoPE; the direct forward is split into several graphs (unpruned, as in one process),
-    ``generate`` is pruned."""
+    ``generate`` is pruned (a layer site and an encoder site)."""
     model, inputs = run["qwen"], run["qi"]
     n = NEW["qwen"]
+    pruning = Pruning(method, **FASTV) if method == "fastv" else Pruning(method, budget=4)
     visual = families.visual_positions("qwen2_5_vl", model, inputs)
-    logits = masked_forward(model, inputs, visual, Pruning("fastv", **FASTV))[0]
-    oracle, margins, _ = masked_generate(model, inputs, visual, Pruning("fastv", **FASTV), n)
+    logits = masked_forward(model, inputs, visual, pruning)[0]
+    oracle, margins, _ = masked_generate(model, inputs, visual, pruning, n)
     real = inputs["attention_mask"].sum(1)
     for res in run["ranks"]:
-        got = res["qwen"]
+        got = res[("qwen", method)]
         assert _pruned(got["reports"]), got["reports"]
         torch.testing.assert_close(got["step_logits"][:, 0], logits[:, -1], atol=1e-4, rtol=1e-4)
         assert_tokens_match(got["tokens"], oracle, margins)
@@ -126,5 +171,52 @@ def test_qwen2_5_vl_generate_equals_oracle(run):
             assert k.shape[1] == model.config.text_config.num_key_value_heads // WORLD
             live = (~dead_columns(v)[0]).sum(1)         # 12 of 16 visual tokens left every row
             assert torch.equal(live, real - 12 + n - 1)
-    assert torch.equal(run["ranks"][0]["qwen"]["tokens"], run["ranks"][1]["qwen"]["tokens"])
+    assert torch.equal(run["ranks"][0][("qwen", method)]["tokens"],
+                       run["ranks"][1][("qwen", method)]["tokens"])
+    record_case("tensor-parallel")
+
+
+@pytest.mark.parametrize("label", [*OTHERS, *ATTACHED])
+def test_other_methods_forward_equals_one_process(run, label):
+    """Every rank prunes (the report names a site) and its logits equal one process's."""
+    import vtp_compile
+    model, inputs, m = run["llava"], run["li"], valid(run["li"])
+    opts = {**OTHERS, **ATTACHED}[label]
+    torch._dynamo.reset()
+    if label in ATTACHED:
+        vtp_compile.attach(model)
+    try:
+        want = compiled_logits(model, inputs, opts)
+    finally:
+        if label in ATTACHED:
+            vtp_compile.detach(model)
+    for res in run["ranks"]:
+        got = res[("llava", label)]
+        assert _pruned(got["reports"], kept=""), got["reports"]
+        torch.testing.assert_close(got["logits"][m], want[m], atol=1e-4, rtol=1e-4)
+    assert torch.equal(run["ranks"][0][("llava", label)]["logits"],
+                       run["ranks"][1][("llava", label)]["logits"])
+    record_case("tensor-parallel")
+
+
+@torch.no_grad()
+def test_dstp_generate_equals_one_process(run):
+    """DSTP gathers every head at each decode step: tokens, step logits and each rank's
+    share of the cache equal one process's."""
+    model, inputs = run["llava"], run["li"]
+    torch._dynamo.reset()
+    model._compiled_call_impl = None
+    model.compile(backend="vtp", options=DSTP)
+    o = model.generate(**inputs, max_new_tokens=NEW["llava"], do_sample=False,
+                       return_dict_in_generate=True, output_logits=True)
+    model._compiled_call_impl = None
+    tokens, steps = o.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(o.logits, 1)
+    for r, res in enumerate(run["ranks"]):
+        got = res[("llava", "dstp")]
+        assert _pruned(got["reports"], kept=""), got["reports"]
+        assert torch.equal(got["tokens"], tokens)
+        torch.testing.assert_close(got["step_logits"], steps, atol=1e-4, rtol=1e-4)
+        for v_tp, lyr in zip(got["values"], o.past_key_values.layers):
+            h = lyr.values.shape[1] // WORLD
+            torch.testing.assert_close(v_tp, lyr.values[:, r * h:(r + 1) * h], atol=1e-5, rtol=1e-5)
     record_case("tensor-parallel")

@@ -31,6 +31,28 @@ def collectives(world: int) -> dict:
             "agree": tp.agree(torch.full((2, 5), float(r)), world, name)}
 
 
+def _one(m, inputs, run_: dict) -> dict:
+    """One compiled forward and/or ``generate`` with ``run_["options"]``: what the rank saw."""
+    from vtp_compile.passes.manager import REPORTS
+    got = {}
+    m._compiled_call_impl = None                      # drop a previous run's m.compile(...)
+    with torch.no_grad():
+        m(**inputs)                                   # eager warm-up
+        if "forward" in run_["what"]:
+            got["logits"] = torch.compile(m, backend="vtp", options=run_["options"])(**inputs).logits
+        if "generate" in run_["what"]:
+            torch._dynamo.reset()
+            m.compile(backend="vtp", options=run_["options"])
+            o = m.generate(**inputs, max_new_tokens=run_["new"], do_sample=False,
+                           return_dict_in_generate=True, output_logits=True)
+            got["tokens"] = o.sequences[:, inputs["input_ids"].shape[1]:]
+            got["step_logits"] = torch.stack(o.logits, 1)
+            got["keys"] = [lyr.keys.clone() for lyr in o.past_key_values.layers]
+            got["values"] = [lyr.values.clone() for lyr in o.past_key_values.layers]
+    got["reports"] = [(r.phase, r.skipped, [s.line() for s in r.sites]) for r in REPORTS]
+    return got
+
+
 def run(rank: int, world: int, port: int, out: str, jobs: list) -> None:
     import torch.distributed as dist
 
@@ -44,26 +66,15 @@ def run(rank: int, world: int, port: int, out: str, jobs: list) -> None:
     from vtp_compile.passes.manager import REPORTS
     res = {"collectives": collectives(world)}
     for job in jobs:
-        torch._dynamo.reset()
-        REPORTS.clear()
         m = _load(job["path"])
+        if job.get("attach"):
+            import vtp_compile
+            vtp_compile.attach(m)
         inputs = job["inputs"]
-        got = {}
-        with torch.no_grad():
-            m(**inputs)                                   # eager warm-up
-            if "forward" in job["what"]:
-                got["logits"] = torch.compile(m, backend="vtp", options=job["options"])(**inputs).logits
-            if "generate" in job["what"]:
-                torch._dynamo.reset()
-                m.compile(backend="vtp", options=job["options"])
-                o = m.generate(**inputs, max_new_tokens=job["new"], do_sample=False,
-                               return_dict_in_generate=True, output_logits=True)
-                got["tokens"] = o.sequences[:, inputs["input_ids"].shape[1]:]
-                got["step_logits"] = torch.stack(o.logits, 1)
-                got["keys"] = [lyr.keys.clone() for lyr in o.past_key_values.layers]
-                got["values"] = [lyr.values.clone() for lyr in o.past_key_values.layers]
-        got["reports"] = [(r.phase, r.skipped, [s.line() for s in r.sites]) for r in REPORTS]
-        res[job["name"]] = got
+        for run_ in job["runs"]:
+            torch._dynamo.reset()
+            REPORTS.clear()
+            res[(job["name"], run_["label"])] = _one(m, inputs, run_)
     torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

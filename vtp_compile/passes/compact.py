@@ -182,7 +182,7 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
                 raise OptionError(f"vtp: {method_of(site)} scores with layer {K}'s own attention and "
                                   f"layer {K} of this model has none (a linear-attention or "
                                   "convolution layer); choose stage layers that are attention layers")
-            prev = vlm.layers[K] if site.own_attention else _scoring_layer(vlm, K, site)
+            prev = vlm.layers[K] if site.own_attention else scoring_layer(vlm, K, site)
             score = _layer_score(g, vlm, prev, site, entry, state, n_keep, first)
         else:
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
@@ -215,7 +215,7 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
     return Selection(score, idx, slot_live, n_keep, src, vis_c, qpos_c, origin)
 
 
-def _scoring_layer(vlm: VLMGraph, K: int, site) -> LayerView:
+def scoring_layer(vlm: VLMGraph, K: int, site) -> LayerView:
     """The last attention layer before K (layer K-1 unless that one has no attention)."""
     for lv in reversed(vlm.layers[:K]):
         if lv.sdpa is not None:

@@ -72,6 +72,8 @@ class PassManager:
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
             routes = [s for s in sites if isinstance(s, RouteSite)]
+            if any(isinstance(s, ReserveSite) for s in sites):
+                shift.check_layout(vlm)
             for i, site in enumerate(sites):
                 if isinstance(site, RouteSite):
                     continue

@@ -21,7 +21,8 @@ from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import ReserveSite
 from . import traced
-from .compact import SiteNodes, scaled_query, set_mask
+from .cache_layout import is_cache_update, window_slice
+from .compact import SiteNodes, scaled_query, scoring_layer, set_mask
 
 ops = torch.ops.vtp
 
@@ -86,6 +87,23 @@ def _remask(g: fx.Graph, sdpas: list, fn, extra) -> None:
 
 
 # ---- prefill ------------------------------------------------------------------------------------
+def check_layout(vlm: VLMGraph) -> None:
+    """DSTP hides its reserve from every query by attention masks, and its decode masks address
+    one cache layout shared by every attention layer. Layers that mix tokens without attention
+    (linear attention) cannot be masked; layers that keep a window of positions (sliding-window
+    or chunked attention) cache another layout."""
+    for lv in vlm.layers:
+        if lv.sdpa is None:
+            raise Unsupported(f"dstp: layer {lv.index} mixes tokens without attention (linear "
+                              "attention); the reserve DSTP carries through prefill, hidden from "
+                              "attention by masks, would reach it")
+    for lv in vlm.attention_layers:
+        if any(is_cache_update(n) and window_slice(n) is not None for n in lv.nodes):
+            raise Unsupported(f"dstp: layer {lv.index} keeps a sliding window of positions; DSTP's "
+                              "active/reserve columns address one compacted cache layout for "
+                              "every layer, which such layers do not have")
+
+
 def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) -> None:
     g = vlm.gm.graph
     K = site.layer
@@ -120,20 +138,27 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     K = site.layer
     if not (0 if site.own_attention else 1) <= K < vlm.num_layers:
         return
-    first = vlm.layers[0].sdpa
+    attn = vlm.attention_layers         # layers without attention (linear) keep no columns
+    first = attn[0].sdpa
     k0 = sdpa_args(first)["key"]
+    lengths = {str(tensor_val(sdpa_args(lv.sdpa)["key"]).shape[2]) for lv in attn}
+    if len(lengths) != 1:
+        raise Unsupported("dstp: the decode step's layers hold caches of different lengths "
+                          "(sliding windows); its columns address one cache layout")
     with g.inserting_before(first):
         cols = g.call_function(ops.dstp_columns.default, (k0, key))
-    # re-score with the attention the base scores with: layer K-1's, or K's own
-    score_layer = vlm.layers[K if site.own_attention else K - 1].sdpa
+    # re-score with the attention the base scores with: the last attention layer before K
+    # (K-1 unless that one has none), or K's own
+    lv_score = vlm.layers[K] if site.own_attention else scoring_layer(vlm, K, site)
+    score_layer = lv_score.sdpa
     a = sdpa_args(score_layer)
     with g.inserting_before(score_layer):
         m = a["attn_mask"]
         row = g.call_function(last_query_row, (m,)) if isinstance(m, fx.Node) else None
         # every rank re-scores with every head: the swap decision is the same everywhere
-        q, k = tp.full_heads(g, vlm.tp, vlm.layers[K - 1].nodes, a["query"], a["query"], a["key"])
+        q, k = tp.full_heads(g, vlm.tp, lv_score.nodes, a["query"], a["query"], a["key"])
         q, scale = scaled_query(g, q, a)
         new_cols = g.call_function(ops.dstp_update.default, (q, k, row, scale, cols, key))
-    _remask(g, [lv.sdpa for lv in vlm.layers[:K]], column_mask, (cols,))
-    _remask(g, [lv.sdpa for lv in vlm.layers[K:]], column_mask, (new_cols,))
+    _remask(g, [lv.sdpa for lv in attn if lv.index < K], column_mask, (cols,))
+    _remask(g, [lv.sdpa for lv in attn if lv.index >= K], column_mask, (new_cols,))
     g.lint()
