@@ -47,7 +47,8 @@ METHODS = ("fastv", "divprune", "acgr")
 # methods checked beyond LLaVA on some families only (tests/families/test_alvts.py), on the
 # family's paths in PRUNED, against the mask oracle
 EXTRA: dict[str, tuple[str, ...]] = {
-    "alvts": ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "internvl", "mistral3"),
+    "alvts": ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "glm4v", "idefics3", "smolvlm",
+              "internvl", "mistral3"),
 }
 
 
@@ -69,10 +70,10 @@ LLAVA_ONLY: dict[str, str] = {
             "mask oracle",
     "alvts": "checked in CI on the families marked (tests/families/test_alvts.py; biased q "
              "projections add the selector's q bias term); families with per-head q/k norms "
-             "(Qwen3-VL, Qwen3.5, Gemma 3) run unpruned with one log line: their attention logits "
-             "are not a bilinear form of the layer input, which the selector is built from; "
-             "LLaVA-NeXT, GLM-4V and PaliGemma are not claimed yet (Gemma's (1 + w) input norm "
-             "is not read)",
+             "(Qwen3-VL, Qwen3.5, Gemma 3; tested on Qwen3.5 and Gemma 3) run unpruned with one log "
+             "line: their attention logits are not a bilinear form of the layer input, which the "
+             "selector is built from; "
+             "PaliGemma is refused too (Gemma's (1 + w) input-norm weight is not read)",
     "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy='default' "
             "only (CLS-free towers need another anchor rule); on LLaVA-NeXT's anyres packing (padded "
             "patches dropped) its first call raises a ValueError naming the count mismatch",
