@@ -11,6 +11,12 @@ time; scores are the head-mean softmax over visual tokens of
 ``scale * (x_last A_h) . (x_v B_h)`` with ``x = h / rms(h)``. ``rank="auto"`` picks the smallest
 ``r <= rank_cap`` whose top-k agrees with the full-rank selector on >= ``consistency`` of the
 tokens, on the example inputs' hidden states at that layer.
+
+A biased q projection (Qwen2-VL, Qwen2.5-VL, Qwen2 text models) adds a term linear in the key
+token: ``(W_q xn_t + b_q) . (W_k xn_s + b_k)`` with ``xn = w_norm * x`` has, besides the bilinear
+part, ``c_h . x_s`` with ``c_h = diag(w_norm) W_k^g^T b_q^h`` (the ``b_k`` terms are constant over
+the keys ``s`` of one query, so they leave the softmax unchanged). It is the selector's third
+factor ``C`` ``[H, D]`` (scale folded in, never truncated).
 """
 from __future__ import annotations
 
@@ -47,31 +53,45 @@ def truncate(A, B, S, r: int, scale: float):
     return (A[..., :r] * root * scale).float(), (B[..., :r] * root).float()
 
 
-def selector_scores(hidden, visual_mask, qpos, A, B):
+def bias_factor(wk, w_norm, bq, heads: int, kv_heads: int, scale: float):
+    """The q bias's key-linear term per head, ``C_h = scale * diag(w_norm) W_k^g^T b_q^h``,
+    ``[H, D]`` (float32)."""
+    D = wk.shape[1]
+    hd = wk.shape[0] // kv_heads
+    wkn = (wk.double() * w_norm.double()).view(kv_heads, hd, D)
+    wkn = wkn.repeat_interleave(heads // kv_heads, dim=0)        # [H, hd, D]
+    c = torch.einsum("he,hed->hd", bq.double().view(heads, hd), wkn)
+    return (c * scale).float()
+
+
+def selector_scores(hidden, visual_mask, qpos, A, B, C=None):
     """Head-mean softmax over visual tokens of the low-rank logits of each row's last token
-    (at ``qpos``), ``[B, L]``."""
+    (at ``qpos``), ``[B, L]``; ``C``: the q bias's term linear in the key token (or None)."""
     x = hidden.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
     last = torch.gather(x, 1, qpos.view(-1, 1, 1).expand(x.shape[0], 1, x.shape[-1]))[:, 0]
     qa = torch.einsum("bd,hdr->bhr", last, A)                 # [B, H, r]
     kb = torch.einsum("bld,hdr->bhlr", x, B)                  # [B, H, L, r]
     logits = torch.einsum("bhr,bhlr->bhl", qa, kb)
+    if C is not None:
+        logits = logits + torch.einsum("bld,hd->bhl", x, C)
     logits = logits.masked_fill(~visual_mask[:, None, :], float("-inf"))
     return torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(1)
 
 
-def choose_rank(A, B, S, scale, calib, cap: int, consistency: float) -> int:
+def choose_rank(A, B, S, scale, calib, cap: int, consistency: float, C=None) -> int:
     """Smallest rank whose top-k matches the full-rank selector's on >= ``consistency`` of the
-    tokens of every calibration sample; ``cap`` when none does or there is no sample."""
+    tokens of every calibration sample; ``cap`` when none does or there is no sample. ``C`` (the
+    q bias term) is part of both: only the bilinear part is truncated."""
     full = S.shape[1]
     cap = min(cap, full)
     if not calib:
         return cap
     Af, Bf = truncate(A, B, S, full, scale)
-    exact = [selector_scores(h, m, qp, Af, Bf) for h, m, qp, _ in calib]
+    exact = [selector_scores(h, m, qp, Af, Bf, C) for h, m, qp, _ in calib]
     for r in range(1, cap + 1):
         Ar, Br = truncate(A, B, S, r, scale)
-        if all(top_overlap(selector_scores(h, m, qp, Ar, Br), ref, m, k) >= consistency
+        if all(top_overlap(selector_scores(h, m, qp, Ar, Br, C), ref, m, k) >= consistency
                for (h, m, qp, k), ref in zip(calib, exact)):
             return r
     return cap
@@ -87,11 +107,15 @@ def top_overlap(a, b, mask, k: int) -> float:
 
 
 def builder(rank, cap: int, consistency: float):
-    def build(wq, wk, w_norm, heads, kv_heads, calib):
+    """``build(wq, wk, w_norm, heads, kv_heads, calib, bq=None)``: the selector's factors,
+    ``(A, B)``, or ``(A, B, C)`` with a q bias ``bq``."""
+    def build(wq, wk, w_norm, heads, kv_heads, calib, bq=None):
         A, B, S = bilinear_factors(wq, wk, w_norm, heads, kv_heads)
         scale = (wq.shape[0] // heads) ** -0.5
-        r = rank if rank != "auto" else choose_rank(A, B, S, scale, calib, cap, consistency)
-        return truncate(A, B, S, min(r, S.shape[1]), scale)
+        C = None if bq is None else bias_factor(wk, w_norm, bq, heads, kv_heads, scale)
+        r = rank if rank != "auto" else choose_rank(A, B, S, scale, calib, cap, consistency, C)
+        factors = truncate(A, B, S, min(r, S.shape[1]), scale)
+        return factors if C is None else (*factors, C)
     return build
 
 

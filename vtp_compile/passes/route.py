@@ -36,16 +36,16 @@ def apply_routes(vlm: VLMGraph, sites: list[RouteSite], state, example_inputs) -
     results = []
     for site in sorted(sites, key=lambda s: s.layer):
         lv = vlm.layers[site.layer]
-        wq, wk, w_norm = _weights(lv, real)
+        wq, wk, w_norm, bq = _weights(lv, real)
         att = sdpa_args(lv.sdpa)
         heads = int(tensor_val(att["query"]).shape[1])
         if tp.heads_sharded(vlm.tp, lv.nodes, att["query"]):
             heads *= vlm.tp.size     # the selector is built from every rank's heads
         hd = int(tensor_val(att["query"]).shape[-1])
         kv_heads = wk.shape[0] // hd
-        selector = site.build(wq, wk, w_norm, heads, kv_heads, calib.get(site.layer, []))
-        log.info("vtp %s: layer %d selector %s (%s)", site.name, site.layer,
-                 "x".join(str(d) for d in selector[0].shape),
+        selector = site.build(wq, wk, w_norm, heads, kv_heads, calib.get(site.layer, []), bq=bq)
+        log.info("vtp %s: layer %d selector %s%s (%s)", site.name, site.layer,
+                 "x".join(str(d) for d in selector[0].shape), " + q bias term" if bq is not None else "",
                  "calibrated on the example inputs" if site.layer in calib else "no calibration")
         attrs = []
         for i, t in enumerate(selector):
@@ -89,21 +89,46 @@ def _back_to_linear(n: fx.Node, stop: set) -> fx.Node | None:
     return None
 
 
+def _normed_after(n: fx.Node, lin: fx.Node, stop: set) -> bool:
+    """Whether an RMS/layer norm (an ``rsqrt``) sits between ``lin`` and ``n``."""
+    seen, frontier = set(), [n]
+    while frontier:
+        nxt = []
+        for x in frontier:
+            if x in seen or x not in stop or x is lin:
+                continue
+            seen.add(x)
+            if "rsqrt" in (getattr(x.target, "__name__", None) or str(x.target)):
+                return True
+            nxt.extend(x.all_input_nodes)
+        frontier = nxt
+    return False
+
+
 def _weights(lv, real: dict):
+    """``(wq, wk, w_norm, bq)`` of a layer whose attention logits (without RoPE) are a bilinear
+    form of its RMS-normed input, plus a q bias term (``bq``: None without one)."""
     nodes = set(lv.nodes)
     att = sdpa_args(lv.sdpa)
     q_lin, k_lin = _back_to_linear(att["query"], nodes), _back_to_linear(att["key"], nodes)
     if q_lin is None or k_lin is None:
         raise Unsupported(f"layer {lv.index}: cannot find the q/k projections")
+    if _normed_after(att["query"], q_lin, nodes) or _normed_after(att["key"], k_lin, nodes):
+        raise Unsupported(f"layer {lv.index}: q/k norms after the projections (per-head "
+                          "RMSNorm): the attention logits are not a bilinear form of the layer "
+                          "input, which the alvts selector is built from")
     x = q_lin.args[0]
     norm_w = [a for a in getattr(x, "all_input_nodes", []) if a in real and tensor_val(a) is not None
               and tensor_val(a).dim() == 1]
     wq, wk = _full_weight(q_lin.args[1], real), _full_weight(k_lin.args[1], real)
     if x is not k_lin.args[0] or len(norm_w) != 1 or wq is None or wk is None:
         raise Unsupported(f"layer {lv.index}: q/k projections do not read one RMS-normed input")
+    bq = None
     if len(q_lin.args) > 2 and q_lin.args[2] is not None:
-        raise Unsupported(f"layer {lv.index}: biased q projection (not covered by the selector)")
-    return wq, wk, _full_weight(norm_w[0], real)
+        bq = _full_weight(q_lin.args[2], real)
+        if bq is None:
+            raise Unsupported(f"layer {lv.index}: the q projection's bias is not a parameter")
+    return wq, wk, _full_weight(norm_w[0], real), bq
 
 
 def _full_weight(n, real: dict):

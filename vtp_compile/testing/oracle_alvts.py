@@ -27,14 +27,30 @@ def lowrank(layer, heads: int, kv_heads: int, rank: int):
     return out, hd ** -0.5
 
 
-def selector(h_row: torch.Tensor, vis_pos: list[int], factors, scale, last: int = -1) -> list[float]:
+def bias_terms(layer, heads: int, kv_heads: int):
+    """Per head the q bias's term linear in the key token, ``c_h = (W_k^g diag(w))^T b_q^h``
+    (``(W_q xn + b_q) . (W_k xn_s + b_k)``: the ``b_k`` terms do not depend on the key ``s``);
+    None without a q bias."""
+    attn = layer.self_attn
+    if getattr(attn.q_proj, "bias", None) is None:
+        return None
+    wk, bq = attn.k_proj.weight.double(), attn.q_proj.bias.double()
+    w = layer.input_layernorm.weight.double()
+    hd = wk.shape[0] // kv_heads
+    return [(wk[(h // (heads // kv_heads)) * hd:(h // (heads // kv_heads) + 1) * hd] * w).T
+            @ bq[h * hd:(h + 1) * hd] for h in range(heads)]
+
+
+def selector(h_row: torch.Tensor, vis_pos: list[int], factors, scale, last: int = -1,
+             bias=None) -> list[float]:
     """Head-mean softmax over the visual positions of the low-rank logits of the token at
-    ``last`` (the row's last real token)."""
+    ``last`` (the row's last real token); ``bias``: :func:`bias_terms` (added untruncated)."""
     x = h_row.double()
     x = x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
     per_head = []
-    for A, B in factors:
-        logits = torch.stack([(x[last] @ A) @ (x[p] @ B) for p in vis_pos]) * scale
+    for h, (A, B) in enumerate(factors):
+        logits = torch.stack([(x[last] @ A) @ (x[p] @ B) + (0 if bias is None else x[p] @ bias[h])
+                              for p in vis_pos]) * scale
         per_head.append(logits.softmax(0))
     return torch.stack(per_head).mean(0).tolist()
 
@@ -78,7 +94,8 @@ def alvts_forward(model, ids, mask, pixel_values, spec: OracleSpec, rank: int, r
             continue
         if i not in routes:
             factors, scale = lowrank(layer, cfg.num_attention_heads, cfg.num_key_value_heads, rank)
-            routes[i] = [_top(selector(h[b], vis_pos[b], factors, scale, last_valid(mask[b])), k)
+            bias = bias_terms(layer, cfg.num_attention_heads, cfg.num_key_value_heads)
+            routes[i] = [_top(selector(h[b], vis_pos[b], factors, scale, last_valid(mask[b]), bias), k)
                          for b in range(B)]
         new = h.clone()
         for b in range(B):

@@ -23,6 +23,14 @@ What it computes, for a site at layer K with the kept visual tokens chosen per r
 The selection itself is re-derived here from the method definitions (METHODS.md): FastV and
 DCP-Prune from the recorded query and keys of layer K-1; random, DivPrune and DCP-Prune's encoder
 site from the spliced embedding entering layer 0.
+
+ALVTS (``method="alvts"``) routes per layer instead of pruning for good: at every decoder layer
+``i >= layer`` its low-rank selector (rebuilt from that layer's ``q_proj``/``k_proj`` weights, q
+bias and ``input_layernorm`` weight as full ``D x D`` matrices truncated by SVD to ``rank``:
+testing/oracle_alvts.py) scores the visual tokens from the hidden state entering layer ``i``; the
+top k go through layer ``i``, the others have their keys masked in layer ``i`` only and skip it.
+Generated tokens see layer ``max(i, layer)``'s routed set at layer ``i`` (layers before the first
+routed one cache the first routed layer's set).
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ import torch
 
 from typing import Callable
 
-from . import oracle_baselines, oracle_dcp
+from . import oracle_alvts, oracle_baselines, oracle_dcp
 
 NAME = "vtp_oracle"
 
@@ -65,6 +73,7 @@ class Pruning:
     contextual: float = 0.15625   # VisionZip: contextual fraction of the kept tokens
     score: str = "cls"            # VisionZip: dominant score, "cls" or "received"
     vision_layer: int = -2        # VisionZip: the vision layer read
+    rank: int | tuple = 3         # ALVTS: the selector's rank, or ((layer, rank), ...) per layer
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -79,6 +88,8 @@ class Pruning:
 
     def stages(self, num_layers: int) -> list["Stage"]:
         """The sites in order: where each selects and how many visual tokens it keeps."""
+        if self.method == "alvts":    # routes per layer: _Run.route, not stages
+            return []
         if self.method == "chain":
             return [dataclasses.replace(st, p=sub) for sub in self.chain for st in sub.stages(num_layers)]
         if self.method == "pdrop":
@@ -127,6 +138,9 @@ class _Run:
         self.inputs: dict = {}
         self.vision: list = []       # VisionZip: per row (dominant scores, keys) of its visual tokens
         self.targets: dict = {}      # VisionZip: per row, the contextual targets' positions
+        self.routes: dict = {}       # ALVTS: layer -> per row, the routed visual positions
+        self.route_rm: dict = {}     # ALVTS: layer -> [B, P] not routed through that layer
+        self.text_cfg = None         # ALVTS: the text config (head counts)
 
     def read_vision(self, model, pixel_values) -> None:
         """VisionZip's vision internals, split into the rows in splice order."""
@@ -142,8 +156,40 @@ class _Run:
 
     @property
     def kept(self):
-        """The finally kept visual positions per row (None before the first selection)."""
+        """The finally kept visual positions per row (None before the first selection); ALVTS:
+        ``{layer: per row routed visual positions}``."""
+        if self.p.method == "alvts":
+            return self.routes
         return self.kept_by[-1] if self.kept_by else None
+
+    # ---- ALVTS -------------------------------------------------------------------------------
+    def route(self, i: int, layer, hidden: torch.Tensor) -> None:
+        """ALVTS at decoder layer ``i``: each row's top-k visual tokens by the selector of
+        ``layer`` (the module) on ``hidden`` (entering it), ties by lower index."""
+        heads, kv = self.text_cfg.num_attention_heads, self.text_cfg.num_key_value_heads
+        rank = dict(self.p.rank)[i] if isinstance(self.p.rank, tuple) else self.p.rank
+        factors, scale = oracle_alvts.lowrank(layer, heads, kv, rank)
+        bias = oracle_alvts.bias_terms(layer, heads, kv)
+        kept = []
+        for b in range(hidden.shape[0]):
+            pos = torch.nonzero(self.visual[b]).flatten().tolist()
+            if not pos:
+                kept.append([])
+                continue
+            scores = oracle_alvts.selector(hidden[b, :self.prompt_len], pos, factors, scale,
+                                           _last_real(self.real[b]), bias)
+            kept.append([pos[j] for j in sorted(_top(scores, min(len(pos), self.p.n_keep(len(pos)))))])
+        removed = ~self.real.clone() | self.visual
+        for b in range(len(kept)):
+            removed[b, kept[b]] = False
+        self.routes[i], self.route_rm[i] = kept, removed
+
+    def _removed_sets(self):
+        """``(prompt, generated)``: the prompt positions the current layer hides from prompt
+        queries and from generated queries (None: none)."""
+        if self.p.method == "alvts":
+            return self.route_rm.get(self.layer), self.route_rm.get(max(self.layer, self.p.layer))
+        return self.removed_at(self.layer), self.removed
 
     @property
     def removed(self):
@@ -365,15 +411,15 @@ class _Run:
     # ---- masks -------------------------------------------------------------------------------
     def mask(self, q_len: int, S: int, mask, device):
         """The attention mask of the current layer with removed keys hidden, or None (as is)."""
-        if not self.removed_by:
+        prompt_rm, gen_rm = self._removed_sets()
+        if gen_rm is None:
             return None
-        B = self.removed.shape[0]
+        B = gen_rm.shape[0]
         q_pos = torch.arange(S - q_len, S, device=device)            # query positions (no cache)
         P = min(self.prompt_len, S)
-        prompt_rm = self.removed_at(self.layer)
         blocked = torch.zeros(B, q_len, S, dtype=torch.bool, device=device)
         gen = q_pos >= self.prompt_len                               # generated queries
-        blocked[:, gen, :P] = self.removed[:, None, :P]              # the compacted cache: final set
+        blocked[:, gen, :P] = gen_rm[:, None, :P]                    # the compacted cache: final set
         if prompt_rm is not None:
             blocked[:, ~gen, :P] = prompt_rm[:, None, :P]
         if self.reserve is not None:
@@ -409,7 +455,7 @@ class _Run:
 
     def skip(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Prompt positions removed before this layer leave it unchanged."""
-        removed = self.removed_at(self.layer)
+        removed = self._removed_sets()[0]
         if removed is None or not self.attended:
             return after
         P = min(self.prompt_len, after.shape[1])
@@ -484,6 +530,9 @@ def _hooked(model, run: _Run):
                 hidden, merged = run.merge(stage, hidden), True
             if merged:
                 args, kwargs = ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+            if run.p.method == "alvts" and i >= run.p.layer and i not in run.routes \
+                    and run.visual.any():
+                run.route(i, mod, hidden)
             run.inputs[i] = hidden
             if i == 0:
                 run.embeds = hidden.detach()
@@ -514,6 +563,7 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
     ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
     run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.text_cfg = model.config.get_text_config()
     run.read_vision(model, inputs.get("pixel_values"))
     with _hooked(model, run):
         logits = model(**inputs).logits
@@ -528,6 +578,7 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     sequence, the selection made at the first step stays."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
     run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run.text_cfg = model.config.get_text_config()
     run.read_vision(model, inputs.get("pixel_values"))
     with _hooked(model, run):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

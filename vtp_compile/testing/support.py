@@ -44,6 +44,13 @@ DYNAMO = {"qwen3_vl": {"capture_dynamic_output_shape_ops": True}}
 # methods checked on every family in PRUNED (generate path) against the mask oracle
 METHODS = ("fastv", "divprune", "acgr")
 
+# methods checked beyond LLaVA on some families only (tests/families/test_alvts.py), on the
+# family's paths in PRUNED, against the mask oracle
+EXTRA: dict[str, tuple[str, ...]] = {
+    "alvts": ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "glm4v", "idefics3", "smolvlm",
+              "internvl", "mistral3"),
+}
+
 
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
 # tests/test_inductor.py), and why the other families are not claimed yet
@@ -61,10 +68,12 @@ LLAVA_ONLY: dict[str, str] = {
     "dstp": "its decode-time re-scoring is checked by a cache-replaying oracle "
             "(testing/oracle_dstp.py) that runs LLaVA's layers by hand; not yet written for the "
             "mask oracle",
-    "alvts": "the selector is built from the q/k weights: biased q projections (Qwen2-VL, "
-             "Qwen2.5-VL) are refused with one log line, q/k norms (Qwen3, Gemma 3) are not a "
-             "bilinear form, and the routing oracle (testing/oracle_alvts.py) runs LLaVA's layers "
-             "by hand",
+    "alvts": "checked in CI on the families marked (tests/families/test_alvts.py; biased q "
+             "projections add the selector's q bias term); families with per-head q/k norms "
+             "(Qwen3-VL, Qwen3.5, Gemma 3; tested on Qwen3.5 and Gemma 3) run unpruned with one log "
+             "line: their attention logits are not a bilinear form of the layer input, which the "
+             "selector is built from; "
+             "PaliGemma is refused too (Gemma's (1 + w) input-norm weight is not read)",
     "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy='default' "
             "only (CLS-free towers need another anchor rule); on LLaVA-NeXT's anyres packing (padded "
             "patches dropped) its first call raises a ValueError naming the count mismatch",
@@ -87,6 +96,8 @@ def matrix() -> str:
         for m in methods:
             if f == "llava":        # every method's own oracle tests (tests/passes, tests/methods)
                 cells.append("F G")
+            elif f in EXTRA.get(m, ()):
+                cells.append(" ".join(p[0].upper() for p in paths))
             elif m in LLAVA_ONLY:
                 cells.append("—")
             elif m == "fastv":
