@@ -18,8 +18,7 @@ from ..helpers import assert_tokens_match, record_case
 
 ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec())),
         F.RowSpec(4, 3, ())]                      # one image, two images, a text-only row
-FAMILIES = support.EXTRA["alvts"]
-CASES = [(f, p) for f in FAMILIES for p in support.PRUNED[f]]
+CASES = [(f, p) for f, paths in support.EXTRA["alvts"].items() for p in paths]
 
 
 def _setup(family, seed=4):
@@ -164,7 +163,7 @@ def test_auto_rank_equals_the_routing_oracle(caplog):
     record_case("family/alvts-forward")
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "gemma3"])
+@pytest.mark.parametrize("family", support.REFUSED["alvts"])
 def test_qk_norm_families_run_unpruned_and_say_why(family, caplog):
     """Per-head q/k RMSNorm: the logits are not a bilinear form of the layer input; the model
     runs unpruned (the unpruned model's tokens) with one log line naming that reason."""

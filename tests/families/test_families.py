@@ -116,6 +116,48 @@ def test_methods_on_every_family(family, method, dynamo_for):
     record_case("family/generate")
 
 
+def _dstp(family):
+    """DSTP around FastV with tau 0 (every decode step may swap the active set), default
+    (coverage) reserve: the compiled options and the mask oracle's."""
+    layer = support.layer_for(family)
+    return ({"method": "dstp", "inner_backend": "eager", "budget": 3, "layer": layer, "tau": 0.0},
+            Pruning("fastv", budget=3, layer=layer, dstp=(None, "coverage", 0.0)))
+
+
+@pytest.mark.parametrize("family", list(support.EXTRA["dstp"]))
+def test_dstp_on_families(family, dynamo_for):
+    """Ragged rows, left-padded; three new tokens: the prefill with its reserve and two decode
+    steps that re-score active and reserve."""
+    dynamo_for(family)
+    model, inputs, visual = _setup(family, seed=4)
+    opts, pruning = _dstp(family)
+    start = len(REPORTS)
+    with torch.no_grad():
+        want, margins, _ = masked_generate(model, inputs, visual, pruning, 3)
+        model(**inputs)
+        model.compile(backend="vtp", options=opts)
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    assert any(r.phase == "prefill" and any(s.reserve for s in r.sites) for r in REPORTS[start:])
+    record_case("family/generate")
+
+
+@pytest.mark.parametrize("family", support.REFUSED["dstp"])
+def test_dstp_refuses_layers_it_cannot_mask(family, dynamo_for, caplog):
+    """Linear-attention layers (Qwen3.5) cannot be kept from the reserve by masks; sliding-window
+    layers (Gemma 3) cache another layout: the unpruned model's tokens, one log line why."""
+    dynamo_for(family)
+    model, inputs, _ = _setup(family, seed=4)
+    start = len(REPORTS)
+    with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
+        want = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        model.compile(backend="vtp", options=_dstp(family)[0])
+        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), want)
+    assert not any(r.sites for r in REPORTS[start:])
+    why = {"qwen3_5": "without attention", "gemma3": "sliding window"}[family]
+    assert any("left unpruned" in r.getMessage() and why in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("family,path", list(support.NOT_PRUNED))
 def test_unsupported_paths_run_unpruned_and_say_why(family, path, dynamo_for, caplog):
     if path == "generate":   # Qwen3-VL's flag breaks its direct forward inside Dynamo itself

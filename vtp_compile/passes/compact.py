@@ -312,8 +312,9 @@ def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactSt
     inputs = {"q": q_row, "k": k, "key_mask": key_row, "scale": scale, "hidden": entry,
               "visual_mask": state.visual_mask, "live": state.live, "qpos": state.qpos,
               "n_keep": n_keep}
-    if "q_all" in site.inputs:
-        inputs["q_all"] = scaled_query(g, q, att)[0]
+    if "q_all" in site.inputs:      # every query, every head (all ranks' heads under TP)
+        (q_all,) = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q)
+        inputs["q_all"] = scaled_query(g, q_all, att)[0]
     if "mask_all" in site.inputs:
         inputs["mask_all"] = g.call_function(traced.query_key_rows, (m, state.live, bool(att["is_causal"])))
     if "embeds" in site.inputs:

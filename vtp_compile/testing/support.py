@@ -44,12 +44,17 @@ DYNAMO = {"qwen3_vl": {"capture_dynamic_output_shape_ops": True}}
 # methods checked on every family in PRUNED (generate path) against the mask oracle
 METHODS = ("fastv", "divprune", "acgr")
 
-# methods checked beyond LLaVA on some families only (tests/families/test_alvts.py), on the
-# family's paths in PRUNED, against the mask oracle
-EXTRA: dict[str, tuple[str, ...]] = {
-    "alvts": ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "glm4v", "idefics3", "smolvlm",
-              "internvl", "mistral3"),
+# methods checked beyond LLaVA on some families only, against the mask oracle: family -> paths
+# (tests/families/test_alvts.py, tests/families/test_families.py::test_dstp_on_families)
+EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
+    "alvts": {**{f: ("generate",) for f in ("llava_next", "qwen2_vl", "glm4v", "idefics3", "smolvlm",
+                                             "internvl", "mistral3")},
+              "llava_onevision": ("forward", "generate"), "qwen2_5_vl": ("forward", "generate")},
+    "dstp": {f: ("generate",) for f in ("llava_next", "qwen2_5_vl", "qwen3_vl", "paligemma",
+                                         "internvl")},
 }
+# where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
+REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3")}
 
 
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
@@ -65,9 +70,12 @@ LLAVA_ONLY: dict[str, str] = {
                  "patches (LLaVA-NeXT) are left unpruned with one log line",
     "cdpruner": "checked by hand on all 14 pruned families (docs/methods.md), not in CI",
     "chain": "as its stages",
-    "dstp": "its decode-time re-scoring is checked by a cache-replaying oracle "
-            "(testing/oracle_dstp.py) that runs LLaVA's layers by hand; not yet written for the "
-            "mask oracle",
+    "dstp": "checked in CI on the families marked (tests/families/test_families.py, against the "
+            "mask oracle); the other families' attention layouts are the same as those checked "
+            "(not claimed); on hybrid models (linear-attention layers: Qwen3.5) and sliding-window "
+            "layers (Gemma 3) it runs unpruned with one log line: its reserve is hidden from "
+            "attention by masks, which linear layers do not read, and its decode masks address "
+            "one cache layout shared by every layer",
     "alvts": "checked in CI on the families marked (tests/families/test_alvts.py; biased q "
              "projections add the selector's q bias term); families with per-head q/k norms "
              "(Qwen3-VL, Qwen3.5, Gemma 3; tested on Qwen3.5 and Gemma 3) run unpruned with one log "
@@ -96,8 +104,10 @@ def matrix() -> str:
         for m in methods:
             if f == "llava":        # every method's own oracle tests (tests/passes, tests/methods)
                 cells.append("F G")
-            elif f in EXTRA.get(m, ()):
-                cells.append(" ".join(p[0].upper() for p in paths))
+            elif f in EXTRA.get(m, {}):
+                cells.append(" ".join(p[0].upper() for p in EXTRA[m][f]))
+            elif f in REFUSED.get(m, ()):
+                cells.append("no")
             elif m in LLAVA_ONLY:
                 cells.append("—")
             elif m == "fastv":
@@ -109,7 +119,8 @@ def matrix() -> str:
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {why} |")
     lines.append("")
     lines.append("F: direct compiled forward, G: `generate` (prefill and decode), each oracle-checked "
-                 "in CI; —: not claimed.")
+                 "in CI; no: the method's mechanism cannot apply, the model runs unpruned with one "
+                 "log line saying why (tested); —: not claimed.")
     lines.append("")
     lines += [f"* `{m}` beyond LLaVA: {why}." for m, why in LLAVA_ONLY.items()]
     return "\n".join(lines)
