@@ -21,7 +21,7 @@ SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=N
 METHODS = ("fastv", "random", "divprune", "acgr")
 
 
-@settings(max_examples=3, **SETTINGS)
+@settings(max_examples=2, **SETTINGS)
 @given(data=st.data())
 def test_forward_through_inductor_equals_oracle(data):
     spec = data.draw(tiny_specs(layers=(2, 3)))
@@ -32,7 +32,7 @@ def test_forward_through_inductor_equals_oracle(data):
     opts = {"method": method, **keep, **params}
     with torch.no_grad():
         fast = None
-        for _ in range(2):     # a static graph, then the dynamic one
+        for _ in range(3):     # a static graph, then the dynamic one (compiled, then reused)
             inputs = make_inputs(spec, **data.draw(prompt_batches()))
             if fast is None:
                 model(**inputs)
@@ -43,7 +43,7 @@ def test_forward_through_inductor_equals_oracle(data):
             record_case("forward/inductor")
 
 
-@settings(max_examples=2, **SETTINGS)
+@settings(max_examples=1, **SETTINGS)
 @given(data=st.data())
 def test_generate_through_inductor_equals_oracle(data):
     spec = data.draw(tiny_specs(layers=(2, 3)))
@@ -52,7 +52,7 @@ def test_generate_through_inductor_equals_oracle(data):
     layer = {"layer": 1} if method in ("fastv", "acgr") else {}
     model = tiny_llava(spec)
     with torch.no_grad():
-        for i in range(2):
+        for i in range(3):   # static prefill and decode graphs, dynamic ones, then reused
             inputs = make_inputs(spec, **dict(data.draw(prompt_batches()), side="left"))
             want, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
                                             inputs["pixel_values"], OracleSpec(method, layer=1, **keep), 4)
@@ -116,8 +116,8 @@ def test_alvts_through_inductor_equals_oracle():
                             inputs["pixel_values"], OracleSpec("alvts", budget=5, layer=1), 3)
     torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
     record_case("forward/inductor")
-    torch._dynamo.reset()
-    compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1})
+    torch._dynamo.reset()      # rank="auto": calibration is the pass's, whatever lowers it
+    compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1, "inner_backend": "eager"})
     assert any(r.phase == "prefill" and len(r.sites) == 2 for r in REPORTS[-3:])
 
 

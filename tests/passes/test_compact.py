@@ -10,7 +10,7 @@ from ..helpers import (assert_keep_all_is_identity, compiled_logits, last_report
                        oracle_logits, oracle_spec, record_case, valid)
 from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
 
-SETTINGS = dict(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @st.composite
@@ -55,7 +55,7 @@ def test_compiled_equals_oracle(case):
     assert rep.phase == "prefill" and len(rep.sites) == 1
 
 
-@settings(**dict(SETTINGS, max_examples=6), phases=NO_SHRINK)
+@settings(**dict(SETTINGS, max_examples=4), phases=NO_SHRINK)
 @given(cases())
 def test_keep_all_is_identity(case):
     spec, batch, method, _, params = case

@@ -12,7 +12,7 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 from ..helpers import (assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match, compiled_logits,
                        options, valid)
 
-SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @st.composite
