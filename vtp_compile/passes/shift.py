@@ -138,13 +138,10 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     K = site.layer
     if not (0 if site.own_attention else 1) <= K < vlm.num_layers:
         return
-    attn = vlm.attention_layers         # layers without attention (linear) keep no columns
+    attn = vlm.attention_layers
     first = attn[0].sdpa
     k0 = sdpa_args(first)["key"]
-    lengths = {str(tensor_val(sdpa_args(lv.sdpa)["key"]).shape[2]) for lv in attn}
-    if len(lengths) != 1:
-        raise Unsupported("dstp: the decode step's layers hold caches of different lengths "
-                          "(sliding windows); its columns address one cache layout")
+    check_layout(vlm)     # as the prefill did: no reserve state exists for such a model
     with g.inserting_before(first):
         cols = g.call_function(ops.dstp_columns.default, (k0, key))
     # re-score with the attention the base scores with: the last attention layer before K
