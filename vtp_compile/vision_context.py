@@ -43,7 +43,7 @@ _LAYER_ATTR = "_vtp_vision_layer"
 class Record:
     """The internals of the images of one ``generate`` call, with their projected features."""
     features: torch.Tensor      # [n_img * N, D] as the prefill splices them
-    cls_attn: torch.Tensor      # [n_img, N]
+    cls_attn: torch.Tensor      # [n_img, N]; N = gh * gw, plus 1 (the CLS token, first) with "full"
     upper: torch.Tensor         # [n_img, N, Dv]
     keys: torch.Tensor          # [n_img, N, hd]
     received: torch.Tensor      # [n_img, N]
@@ -85,7 +85,10 @@ def attach(model, vision_layer: int = -2):
     ``vision_layer`` (default -2, the papers'): the vision layer whose attention the internals
     read (CLS attention, keys, attention received); a method option asking for another layer is
     an error until ``attach`` is called again with it (after :func:`detach`). Idempotent. Raises ``ValueError`` for models it cannot serve (no CLS token in the vision
-    tower, a feature-select strategy other than ``"default"``). Eager results are unchanged;
+    tower, a feature-select strategy other than ``"default"`` or ``"full"``). With ``"full"`` the
+    CLS token is the first visual token of each image and the internals hold it too (first
+    column; its CLS attention is the CLS query's attention to itself); Nüwa keeps it as an anchor
+    and pillar (see docs/methods.md). Eager results are unchanged;
     :func:`detach` removes the hooks.
     """
     handles = getattr(model, _ATTR, None)
@@ -96,9 +99,12 @@ def attach(model, vision_layer: int = -2):
         return model
     cfg = model.config
     layer = getattr(cfg, "vision_feature_layer", None)
-    if getattr(cfg, "vision_feature_select_strategy", None) != "default" or not isinstance(layer, int):
+    strategy = getattr(cfg, "vision_feature_select_strategy", None)
+    if strategy not in ("default", "full") or not isinstance(layer, int):
         raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
-                         "dropped) with one int vision_feature_layer")
+                         "dropped) or 'full' (CLS kept as the first visual token of each image) "
+                         "with one int vision_feature_layer")
+    keep_cls = strategy == "full"
     tower, layers = _vision_layers(model)
     if not -len(layers) <= vision_layer < len(layers):
         raise ValueError(f"vtp: vision_layer {vision_layer} is out of range for a vision tower of "
@@ -116,7 +122,7 @@ def attach(model, vision_layer: int = -2):
         if not torch.compiler.is_compiling() or getattr(output, "hidden_states", None) is None:
             return None
         hidden = list(output.hidden_states)
-        parts = vision_internals(layers, hidden, at)
+        parts = vision_internals(layers, hidden, at, keep_cls=keep_cls)
         hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], *parts, *grid, vision_layer)
         output.hidden_states = tuple(hidden)
         return output
@@ -129,7 +135,7 @@ def attach(model, vision_layer: int = -2):
         if hidden is None or any(h is None for h in hidden):
             return None
         with torch.no_grad():
-            cls, upper, keys, received = vision_internals(layers, hidden, at)
+            cls, upper, keys, received = vision_internals(layers, hidden, at, keep_cls=keep_cls)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
         _RECORD = Record(feats, cls, upper, keys, received, grid, vision_layer)
         return None
@@ -159,9 +165,10 @@ def detach(model):
     return model
 
 
-def vision_internals(layers, hidden_states, at: int | None = None):
+def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: bool = False):
     """``(cls_attn [n, N], upper [n, N, Dv], keys [n, N, hd], received [n, N])`` in float32,
-    CLS column dropped, from vision layer ``at`` (default: -2), recomputed from that layer's
+    CLS column dropped (``keep_cls``: kept, first, as ``vision_feature_select_strategy="full"``
+    splices it), from vision layer ``at`` (default: -2), recomputed from that layer's
     input (``hidden_states[at]``) with its own ``layer_norm1``/``q_proj``/``k_proj``:
 
     - ``cls_attn``: the attention the CLS query pays each patch, summed over heads;
@@ -180,8 +187,9 @@ def vision_internals(layers, hidden_states, at: int | None = None):
     q = attn.q_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     k = attn.k_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)                  # [n, H, T, T]
-    cls = att[:, :, 0].sum(1)[:, 1:]
-    received = att.mean(dim=(1, 2))[:, 1:]
-    keys = k.mean(1)[:, 1:]
+    s = 0 if keep_cls else 1
+    cls = att[:, :, 0].sum(1)[:, s:]               # with the CLS column: the CLS query's self-attention
+    received = att.mean(dim=(1, 2))[:, s:]
+    keys = k.mean(1)[:, s:]
     upper = torch.stack([hidden_states[i].float() for i in range(n_layers // 2 + 1, n_layers + 1)])
-    return cls, upper.mean(0)[:, 1:], keys, received
+    return cls, upper.mean(0)[:, s:], keys, received

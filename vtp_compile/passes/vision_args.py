@@ -43,7 +43,8 @@ def context_args(vlm: VLMGraph, site) -> tuple:
     gh, gw = rec.grid
     with insert_after(g, vlm.features):
         out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1]),
-                                                          int(rec.keys.shape[-1])))
+                                                          int(rec.keys.shape[-1]),
+                                                          int(rec.cls_attn.shape[-1]) - gh * gw))
     with insert_after(g, out):
         cls, upper, keys, received = [g.call_function(operator.getitem, (out, i)) for i in range(4)]
     return cls, upper, gh, gw, keys, received

@@ -82,9 +82,11 @@ LLAVA_ONLY: dict[str, str] = {
              "line: their attention logits are not a bilinear form of the layer input, which the "
              "selector is built from; "
              "PaliGemma is refused too (Gemma's (1 + w) input-norm weight is not read)",
-    "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy='default' "
-            "only (CLS-free towers need another anchor rule); on LLaVA-NeXT's anyres packing (padded "
-            "patches dropped) its first call raises a ValueError naming the count mismatch",
+    "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy 'default' "
+            "or 'full' (the kept CLS token is always an anchor, tested on LLaVA); CLS-free (SigLIP) "
+            "towers are refused with a ValueError (they need another anchor rule, and of their "
+            "families only PaliGemma splices one feature per patch); on LLaVA-NeXT's anyres packing "
+            "(padded patches dropped) its first call raises a ValueError naming the count mismatch",
 }
 
 
