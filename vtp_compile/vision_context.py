@@ -60,17 +60,38 @@ def last_record() -> Record | None:
 
 
 def _vision_layers(model):
+    """``(tower, layers, has_cls)``: a CLIP-style (CLS embedding) or SigLIP-style (none) tower."""
     tower = getattr(model.base_model, "vision_tower", None)
     inner = getattr(tower, "vision_model", tower)       # older transformers wrap it once more
     layers = getattr(getattr(inner, "encoder", None), "layers", None)
-    if layers is None or not hasattr(getattr(inner, "embeddings", None), "class_embedding"):
+    emb = getattr(inner, "embeddings", None)
+    if layers is None or emb is None or not hasattr(layers[0], "layer_norm1") \
+            or not hasattr(getattr(layers[0], "self_attn", None), "q_proj"):
         raise ValueError(
-            "vtp: attach() needs a CLIP-style vision tower (encoder.layers and a CLS embedding); "
-            f"{type(tower).__name__} has none")
+            "vtp: attach() needs a CLIP- or SigLIP-style vision tower (vision_tower with "
+            f"embeddings and encoder.layers); {type(tower).__name__} has none")
     if len(layers) < 2:
         raise ValueError("vtp: the vision tower needs at least 2 layers (CLS attention is read "
                          "at vision layer -2)")
-    return tower, layers
+    return tower, layers, hasattr(emb, "class_embedding")
+
+
+def _feature_source(cfg, has_cls: bool):
+    """``(vision_feature_layer or None, keep_cls)``: which tower output the projector reads (an
+    int hidden-state index, or None: ``last_hidden_state``, as PaliGemma) and whether the CLS
+    token is spliced. Raises ``ValueError`` for layouts whose tokens are not the tower's."""
+    layer = getattr(cfg, "vision_feature_layer", None)
+    strategy = getattr(cfg, "vision_feature_select_strategy", None)
+    if layer is None and strategy is None and not has_cls:
+        return None, False                          # PaliGemma: projector(last_hidden_state)
+    if not isinstance(layer, int) or strategy not in ("default", "full"):
+        raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
+                         "dropped) or 'full' (CLS kept as the first visual token of each image) "
+                         "with one int vision_feature_layer")
+    if strategy == "default" and not has_cls:
+        raise ValueError("vtp: vision_feature_select_strategy='default' drops the first token, "
+                         "and this vision tower has no CLS token (a patch would be dropped)")
+    return layer, strategy == "full" and has_cls
 
 
 def attach(model, vision_layer: int = -2):
@@ -97,15 +118,8 @@ def attach(model, vision_layer: int = -2):
             raise ValueError(f"vtp: attach() already read vision layer {getattr(model, _LAYER_ATTR, -2)}; "
                              f"detach(model) first to read layer {vision_layer}")
         return model
-    cfg = model.config
-    layer = getattr(cfg, "vision_feature_layer", None)
-    strategy = getattr(cfg, "vision_feature_select_strategy", None)
-    if strategy not in ("default", "full") or not isinstance(layer, int):
-        raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
-                         "dropped) or 'full' (CLS kept as the first visual token of each image) "
-                         "with one int vision_feature_layer")
-    keep_cls = strategy == "full"
-    tower, layers = _vision_layers(model)
+    tower, layers, has_cls = _vision_layers(model)
+    layer, keep_cls = _feature_source(model.config, has_cls)
     if not -len(layers) <= vision_layer < len(layers):
         raise ValueError(f"vtp: vision_layer {vision_layer} is out of range for a vision tower of "
                          f"{len(layers)} layers")
@@ -122,7 +136,11 @@ def attach(model, vision_layer: int = -2):
         if not torch.compiler.is_compiling() or getattr(output, "hidden_states", None) is None:
             return None
         hidden = list(output.hidden_states)
-        parts = vision_internals(layers, hidden, at, keep_cls=keep_cls)
+        parts = vision_internals(layers, hidden, at, keep_cls=keep_cls, has_cls=has_cls)
+        if layer is None:       # the projector reads last_hidden_state
+            output.last_hidden_state = torch.ops.vtp.vision_context(output.last_hidden_state, *parts,
+                                                                    *grid, vision_layer)
+            return output
         hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], *parts, *grid, vision_layer)
         output.hidden_states = tuple(hidden)
         return output
@@ -135,7 +153,8 @@ def attach(model, vision_layer: int = -2):
         if hidden is None or any(h is None for h in hidden):
             return None
         with torch.no_grad():
-            cls, upper, keys, received = vision_internals(layers, hidden, at, keep_cls=keep_cls)
+            cls, upper, keys, received = vision_internals(layers, hidden, at, keep_cls=keep_cls,
+                                                           has_cls=has_cls)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
         _RECORD = Record(feats, cls, upper, keys, received, grid, vision_layer)
         return None
@@ -165,7 +184,8 @@ def detach(model):
     return model
 
 
-def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: bool = False):
+def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: bool = False,
+                     has_cls: bool = True):
     """``(cls_attn [n, N], upper [n, N, Dv], keys [n, N, hd], received [n, N])`` in float32,
     CLS column dropped (``keep_cls``: kept, first, as ``vision_feature_select_strategy="full"``
     splices it), from vision layer ``at`` (default: -2), recomputed from that layer's
@@ -176,6 +196,10 @@ def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: boo
     - ``received``: the attention each patch receives, mean over every query and head (the score
       of towers without a CLS token);
     - ``upper``: the mean of the hidden states the upper half of the layers output.
+
+    ``has_cls=False`` (SigLIP-style towers): no column is dropped and ``cls_attn`` is the
+    attention each patch receives, summed over heads and averaged over every query (Nüwa's anchor
+    score without a CLS token: docs/methods.md).
     """
     n_layers = len(layers)
     at = n_layers - 2 if at is None else at
@@ -187,8 +211,11 @@ def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: boo
     q = attn.q_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     k = attn.k_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)                  # [n, H, T, T]
-    s = 0 if keep_cls else 1
-    cls = att[:, :, 0].sum(1)[:, s:]               # with the CLS column: the CLS query's self-attention
+    s = 0 if keep_cls or not has_cls else 1
+    if has_cls:
+        cls = att[:, :, 0].sum(1)[:, s:]           # with the CLS column: the CLS query's self-attention
+    else:
+        cls = att.sum(1).mean(1)                   # attention received: head-summed, query mean
     received = att.mean(dim=(1, 2))[:, s:]
     keys = k.mean(1)[:, s:]
     upper = torch.stack([hidden_states[i].float() for i in range(n_layers // 2 + 1, n_layers + 1)])

@@ -37,6 +37,24 @@ def internals(model, pixel_values, keep_cls: bool = False):
     return cls, upper
 
 
+@torch.no_grad()
+def received_internals(model, pixel_values):
+    """CLS-free towers (SigLIP): ``(received [n, N], upper [n, N, Dv])``, every token a patch;
+    ``received``: the attention each patch receives at vision layer -2 (the returned
+    probabilities), summed over heads and averaged over the queries (docs/methods.md, Nüwa)."""
+    tower = model.model.vision_tower
+    old = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = old
+    L = len(out.attentions)
+    received = out.attentions[L - 2].float().sum(1).mean(1)
+    upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)
+    return received, upper
+
+
 def full_anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
     """"full" strategy (docs/methods.md, Nüwa): images of ``1 + grid²`` tokens, CLS first. The CLS
     tokens are anchors first (by index); the patches get the remaining ``k`` by the region rule."""

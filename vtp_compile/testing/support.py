@@ -52,9 +52,11 @@ EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
               "llava_onevision": ("forward", "generate"), "qwen2_5_vl": ("forward", "generate")},
     "dstp": {f: ("generate",) for f in ("llava_next", "qwen2_5_vl", "qwen3_vl", "paligemma",
                                          "internvl")},
+    # tests/families/test_nuwa_families.py: a SigLIP tower without CLS, one feature per patch
+    "nuwa": {"paligemma": ("forward", "generate")},
 }
 # where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
-REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3")}
+REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision")}
 
 
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
@@ -84,10 +86,16 @@ LLAVA_ONLY: dict[str, str] = {
              "selector is built from; "
              "PaliGemma is refused too (Gemma's (1 + w) input-norm weight is not read)",
     "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy 'default' "
-            "or 'full' (the kept CLS token is always an anchor, tested on LLaVA); CLS-free (SigLIP) "
-            "towers are refused with a ValueError (they need another anchor rule, and of their "
-            "families only PaliGemma splices one feature per patch); on LLaVA-NeXT's anyres packing "
-            "(padded patches dropped) its first call raises a ValueError naming the count mismatch",
+            "or 'full' (the kept CLS token is always an anchor, tested on LLaVA) and CLS-free SigLIP "
+            "towers (anchors by the attention a patch receives; checked on PaliGemma, the SigLIP "
+            "family that splices one feature per patch, tests/families/test_nuwa_families.py); "
+            "every row must hold the same number of images; where the projector packs or pools "
+            "patches (LLaVA-NeXT and LLaVA-OneVision anyres, Gemma 3) per-patch anchors cannot be "
+            "placed: generate runs unpruned with one log line (tested on LLaVA-NeXT and "
+            "LLaVA-OneVision), and a "
+            "direct forward whose vision tower Dynamo splits into another graph (LLaVA-OneVision) "
+            "raises the OptionError that asks for attach; other towers (Qwen, GLM-4V, "
+            "Idefics3/SmolVLM, InternVL, Pixtral) are refused by attach with a ValueError",
 }
 
 
