@@ -65,6 +65,34 @@ def test_nuwa_on_families(family, path):
                for r in REPORTS[start:])
 
 
+@pytest.mark.parametrize("family,path", [(f, p) for f, paths in support.EXTRA["visionzip"].items()
+                                         for p in paths])
+@pytest.mark.parametrize("score", ["cls", "received"])
+def test_visionzip_on_families(family, path, score):
+    """VisionZip reads the same record: on a CLS-free tower "cls" is the received attention."""
+    torch._dynamo.reset()
+    model = vtp_compile.attach(F.build_model(family))
+    inputs = F.make_inputs(family, model, ROWS, padding_side="left", seed=2)
+    visual = F.visual_positions(family, model, inputs)
+    opts = {"method": "visionzip", "inner_backend": "eager", "budget": 6, "score": score}
+    pruning = Pruning("visionzip", budget=6, score=score)
+    start = len(REPORTS)
+    with torch.no_grad():
+        model(**inputs)
+        if path == "forward":
+            want, kept = masked_forward(model, inputs, visual, pruning)
+            got = torch.compile(model, backend="vtp", options=opts)(**inputs).logits
+            keep = _kept_positions(inputs, visual, kept)
+            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
+        else:
+            want, margins, _ = masked_generate(model, inputs, visual, pruning, 2)
+            model.compile(backend="vtp", options=opts)
+            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    record_case(f"family/{path}")
+    assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
+
+
 @pytest.mark.parametrize("family", support.REFUSED["nuwa"])
 def test_packed_families_are_left_unpruned_and_say_why(family):
     """LLaVA-NeXT (CLIP) and LLaVA-OneVision (SigLIP, strategy "full") pack anyres crops with

@@ -116,7 +116,12 @@ def visionzip_internals(model, pixel_values, score: str = "cls", vision_layer: i
     probs = out.attentions[at].float()                                       # [n, H, T, T]
     # vision_feature_select_strategy="full": the CLS token is a visual token, ranked like a patch
     s = 0 if getattr(model.config, "vision_feature_select_strategy", None) == "full" else 1
-    if score == "cls":
+    has_cls = hasattr(getattr(tower, "vision_model", tower).embeddings, "class_embedding")
+    if not has_cls:     # SigLIP: every token a patch; "cls" is the attention received (head sum)
+        s = 0
+    if score == "cls" and not has_cls:
+        dom = probs.sum(1).mean(1)
+    elif score == "cls":
         dom = probs[:, :, 0, s:].sum(1)
     else:
         dom = probs[:, :, :, s:].mean(dim=(1, 2))

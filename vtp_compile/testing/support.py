@@ -54,6 +54,7 @@ EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
                                          "internvl")},
     # tests/families/test_nuwa_families.py: a SigLIP tower without CLS, one feature per patch
     "nuwa": {"paligemma": ("forward", "generate")},
+    "visionzip": {"paligemma": ("generate",)},
 }
 # where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
 REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision")}
@@ -68,9 +69,11 @@ LLAVA_ONLY: dict[str, str] = {
     "sparsevlm": "checked by hand on 11 families (docs/methods.md), not in CI; as pdrop on "
                  "Gemma 3 and Qwen3-VL",
     "dart": "checked by hand on LLaVA-NeXT, Qwen2-VL, Qwen3-VL and SmolVLM, not in CI",
-    "visionzip": "vtp_compile.attach reads CLS towers only (strategy 'default', or 'full' where "
-                 "the CLS token is ranked like a patch, tested on LLaVA), and projectors that pack "
-                 "or merge patches (LLaVA-NeXT) are left unpruned with one log line",
+    "visionzip": "vtp_compile.attach reads CLIP towers (strategy 'default', or 'full' where "
+                 "the CLS token is ranked like a patch, tested on LLaVA) and CLS-free SigLIP towers "
+                 "(score 'cls' there is the attention a patch receives; tested on PaliGemma, "
+                 "tests/families/test_nuwa_families.py); projectors that pack or merge patches "
+                 "(LLaVA-NeXT) are left unpruned with one log line",
     "cdpruner": "checked by hand on all 14 pruned families (docs/methods.md), not in CI",
     "chain": "as its stages",
     "dstp": "checked in CI on the families marked (tests/families/test_families.py, against the "
