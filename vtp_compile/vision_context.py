@@ -105,11 +105,16 @@ def attach(model, vision_layer: int = -2):
 
     ``vision_layer`` (default -2, the papers'): the vision layer whose attention the internals
     read (CLS attention, keys, attention received); a method option asking for another layer is
-    an error until ``attach`` is called again with it (after :func:`detach`). Idempotent. Raises ``ValueError`` for models it cannot serve (no CLS token in the vision
-    tower, a feature-select strategy other than ``"default"`` or ``"full"``). With ``"full"`` the
-    CLS token is the first visual token of each image and the internals hold it too (first
-    column; its CLS attention is the CLS query's attention to itself); Nüwa keeps it as an anchor
-    and pillar (see docs/methods.md). Eager results are unchanged;
+    an error until ``attach`` is called again with it (after :func:`detach`). Idempotent.
+
+    Towers: CLIP-style (a CLS embedding) with ``vision_feature_select_strategy`` ``"default"``
+    (CLS dropped) or ``"full"`` (the CLS token is the first visual token of each image and the
+    internals hold it too, first column; its CLS attention is the CLS query's attention to
+    itself; Nüwa keeps it as an anchor, untouched), and SigLIP-style (no CLS) with ``"full"`` or
+    with no feature-select fields (PaliGemma: the projector reads ``last_hidden_state``); there
+    ``cls_attn`` is the attention each patch receives (see docs/methods.md, Nüwa). Raises
+    ``ValueError`` for models it cannot serve (another tower, another strategy, ``"default"``
+    on a tower without CLS). Eager results are unchanged;
     :func:`detach` removes the hooks.
     """
     handles = getattr(model, _ATTR, None)
