@@ -74,6 +74,26 @@ def test_generate_records_and_the_lookup_checks_the_features(monkeypatch):
 
 def test_unsupported_models_are_clear_errors():
     model = tiny_llava(TinySpec())
-    model.config.vision_feature_select_strategy = "full"
+    model.config.__dict__["vision_feature_select_strategy"] = "cls_only"    # past the config's validator
     with pytest.raises(ValueError, match="vision_feature_select_strategy='default'"):
         vtp_compile.attach(model)
+    model.config.vision_feature_select_strategy = "full"
+    model.config.vision_feature_layer = [-2, -1]
+    with pytest.raises(ValueError, match="one int vision_feature_layer"):
+        vtp_compile.attach(model)
+
+
+def test_full_strategy_internals_keep_the_cls_column():
+    """"full": the record lines up with the N+1 features per image, CLS first."""
+    spec = TinySpec(strategy="full")
+    model = vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, batch=2)
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    rec = vision_context.last_record()
+    assert rec.cls_attn.shape == (2, spec.visual_tokens) and rec.features.shape[0] == 2 * spec.visual_tokens
+    want_cls, want_upper = oracle_nuwa.internals(model, inputs["pixel_values"], keep_cls=True)
+    torch.testing.assert_close(rec.cls_attn, want_cls, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rec.upper, want_upper, atol=1e-6, rtol=1e-5)
+    out = torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1], 1)
+    torch.testing.assert_close(out[0], rec.cls_attn)

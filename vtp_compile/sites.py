@@ -66,7 +66,9 @@ class EncoderSite:
     ``context=True``: the site reads the vision tower's internals (see
     :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer``; both callables get
     ``x["ctx"] = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w, keys [n_img, N, hd],
-    received [n_img, N])``, image after image in the order the splice places them.
+    received [n_img, N])``, image after image in the order the splice places them; ``N`` is
+    ``grid_h * grid_w`` plus the tokens each image starts with that are not patches (1: a CLS token
+    kept by ``vision_feature_select_strategy="full"``, first), ``N - grid_h * grid_w``.
     """
     keep: KeepRule
     score: Callable

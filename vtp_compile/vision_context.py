@@ -43,7 +43,7 @@ _LAYER_ATTR = "_vtp_vision_layer"
 class Record:
     """The internals of the images of one ``generate`` call, with their projected features."""
     features: torch.Tensor      # [n_img * N, D] as the prefill splices them
-    cls_attn: torch.Tensor      # [n_img, N]
+    cls_attn: torch.Tensor      # [n_img, N]; N = gh * gw, plus 1 (the CLS token, first) with "full"
     upper: torch.Tensor         # [n_img, N, Dv]
     keys: torch.Tensor          # [n_img, N, hd]
     received: torch.Tensor      # [n_img, N]
@@ -60,17 +60,38 @@ def last_record() -> Record | None:
 
 
 def _vision_layers(model):
+    """``(tower, layers, has_cls)``: a CLIP-style (CLS embedding) or SigLIP-style (none) tower."""
     tower = getattr(model.base_model, "vision_tower", None)
     inner = getattr(tower, "vision_model", tower)       # older transformers wrap it once more
     layers = getattr(getattr(inner, "encoder", None), "layers", None)
-    if layers is None or not hasattr(getattr(inner, "embeddings", None), "class_embedding"):
+    emb = getattr(inner, "embeddings", None)
+    if layers is None or emb is None or not hasattr(layers[0], "layer_norm1") \
+            or not hasattr(getattr(layers[0], "self_attn", None), "q_proj"):
         raise ValueError(
-            "vtp: attach() needs a CLIP-style vision tower (encoder.layers and a CLS embedding); "
-            f"{type(tower).__name__} has none")
+            "vtp: attach() needs a CLIP- or SigLIP-style vision tower (vision_tower with "
+            f"embeddings and encoder.layers); {type(tower).__name__} has none")
     if len(layers) < 2:
         raise ValueError("vtp: the vision tower needs at least 2 layers (CLS attention is read "
                          "at vision layer -2)")
-    return tower, layers
+    return tower, layers, hasattr(emb, "class_embedding")
+
+
+def _feature_source(cfg, has_cls: bool):
+    """``(vision_feature_layer or None, keep_cls)``: which tower output the projector reads (an
+    int hidden-state index, or None: ``last_hidden_state``, as PaliGemma) and whether the CLS
+    token is spliced. Raises ``ValueError`` for layouts whose tokens are not the tower's."""
+    layer = getattr(cfg, "vision_feature_layer", None)
+    strategy = getattr(cfg, "vision_feature_select_strategy", None)
+    if layer is None and strategy is None and not has_cls:
+        return None, False                          # PaliGemma: projector(last_hidden_state)
+    if not isinstance(layer, int) or strategy not in ("default", "full"):
+        raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
+                         "dropped) or 'full' (CLS kept as the first visual token of each image) "
+                         "with one int vision_feature_layer")
+    if strategy == "default" and not has_cls:
+        raise ValueError("vtp: vision_feature_select_strategy='default' drops the first token, "
+                         "and this vision tower has no CLS token (a patch would be dropped)")
+    return layer, strategy == "full" and has_cls
 
 
 def attach(model, vision_layer: int = -2):
@@ -84,8 +105,16 @@ def attach(model, vision_layer: int = -2):
 
     ``vision_layer`` (default -2, the papers'): the vision layer whose attention the internals
     read (CLS attention, keys, attention received); a method option asking for another layer is
-    an error until ``attach`` is called again with it (after :func:`detach`). Idempotent. Raises ``ValueError`` for models it cannot serve (no CLS token in the vision
-    tower, a feature-select strategy other than ``"default"``). Eager results are unchanged;
+    an error until ``attach`` is called again with it (after :func:`detach`). Idempotent.
+
+    Towers: CLIP-style (a CLS embedding) with ``vision_feature_select_strategy`` ``"default"``
+    (CLS dropped) or ``"full"`` (the CLS token is the first visual token of each image and the
+    internals hold it too, first column; its CLS attention is the CLS query's attention to
+    itself; Nüwa keeps it as an anchor, untouched), and SigLIP-style (no CLS) with ``"full"`` or
+    with no feature-select fields (PaliGemma: the projector reads ``last_hidden_state``); there
+    ``cls_attn`` is the attention each patch receives (see docs/methods.md, Nüwa). Raises
+    ``ValueError`` for models it cannot serve (another tower, another strategy, ``"default"``
+    on a tower without CLS). Eager results are unchanged;
     :func:`detach` removes the hooks.
     """
     handles = getattr(model, _ATTR, None)
@@ -94,12 +123,8 @@ def attach(model, vision_layer: int = -2):
             raise ValueError(f"vtp: attach() already read vision layer {getattr(model, _LAYER_ATTR, -2)}; "
                              f"detach(model) first to read layer {vision_layer}")
         return model
-    cfg = model.config
-    layer = getattr(cfg, "vision_feature_layer", None)
-    if getattr(cfg, "vision_feature_select_strategy", None) != "default" or not isinstance(layer, int):
-        raise ValueError("vtp: attach() supports vision_feature_select_strategy='default' (CLS "
-                         "dropped) with one int vision_feature_layer")
-    tower, layers = _vision_layers(model)
+    tower, layers, has_cls = _vision_layers(model)
+    layer, keep_cls = _feature_source(model.config, has_cls)
     if not -len(layers) <= vision_layer < len(layers):
         raise ValueError(f"vtp: vision_layer {vision_layer} is out of range for a vision tower of "
                          f"{len(layers)} layers")
@@ -116,7 +141,11 @@ def attach(model, vision_layer: int = -2):
         if not torch.compiler.is_compiling() or getattr(output, "hidden_states", None) is None:
             return None
         hidden = list(output.hidden_states)
-        parts = vision_internals(layers, hidden, at)
+        parts = vision_internals(layers, hidden, at, keep_cls=keep_cls, has_cls=has_cls)
+        if layer is None:       # the projector reads last_hidden_state
+            output.last_hidden_state = torch.ops.vtp.vision_context(output.last_hidden_state, *parts,
+                                                                    *grid, vision_layer)
+            return output
         hidden[layer] = torch.ops.vtp.vision_context(hidden[layer], *parts, *grid, vision_layer)
         output.hidden_states = tuple(hidden)
         return output
@@ -129,7 +158,8 @@ def attach(model, vision_layer: int = -2):
         if hidden is None or any(h is None for h in hidden):
             return None
         with torch.no_grad():
-            cls, upper, keys, received = vision_internals(layers, hidden, at)
+            cls, upper, keys, received = vision_internals(layers, hidden, at, keep_cls=keep_cls,
+                                                           has_cls=has_cls)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
         _RECORD = Record(feats, cls, upper, keys, received, grid, vision_layer)
         return None
@@ -159,9 +189,11 @@ def detach(model):
     return model
 
 
-def vision_internals(layers, hidden_states, at: int | None = None):
+def vision_internals(layers, hidden_states, at: int | None = None, keep_cls: bool = False,
+                     has_cls: bool = True):
     """``(cls_attn [n, N], upper [n, N, Dv], keys [n, N, hd], received [n, N])`` in float32,
-    CLS column dropped, from vision layer ``at`` (default: -2), recomputed from that layer's
+    CLS column dropped (``keep_cls``: kept, first, as ``vision_feature_select_strategy="full"``
+    splices it), from vision layer ``at`` (default: -2), recomputed from that layer's
     input (``hidden_states[at]``) with its own ``layer_norm1``/``q_proj``/``k_proj``:
 
     - ``cls_attn``: the attention the CLS query pays each patch, summed over heads;
@@ -169,6 +201,10 @@ def vision_internals(layers, hidden_states, at: int | None = None):
     - ``received``: the attention each patch receives, mean over every query and head (the score
       of towers without a CLS token);
     - ``upper``: the mean of the hidden states the upper half of the layers output.
+
+    ``has_cls=False`` (SigLIP-style towers): no column is dropped and ``cls_attn`` is the
+    attention each patch receives, summed over heads and averaged over every query (Nüwa's anchor
+    score without a CLS token: docs/methods.md).
     """
     n_layers = len(layers)
     at = n_layers - 2 if at is None else at
@@ -180,8 +216,12 @@ def vision_internals(layers, hidden_states, at: int | None = None):
     q = attn.q_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     k = attn.k_proj(x).float().view(n, T, H, hd).transpose(1, 2)
     att = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)                  # [n, H, T, T]
-    cls = att[:, :, 0].sum(1)[:, 1:]
-    received = att.mean(dim=(1, 2))[:, 1:]
-    keys = k.mean(1)[:, 1:]
+    s = 0 if keep_cls or not has_cls else 1
+    if has_cls:
+        cls = att[:, :, 0].sum(1)[:, s:]           # with the CLS column: the CLS query's self-attention
+    else:
+        cls = att.sum(1).mean(1)                   # attention received: head-summed, query mean
+    received = att.mean(dim=(1, 2))[:, s:]
+    keys = k.mean(1)[:, s:]
     upper = torch.stack([hidden_states[i].float() for i in range(n_layers // 2 + 1, n_layers + 1)])
-    return cls, upper.mean(0)[:, 1:], keys, received
+    return cls, upper.mean(0)[:, s:], keys, received

@@ -132,3 +132,45 @@ def test_explain_reports_both_stages_and_attaches_only_for_the_capture():
     want = oracle_nuwa.nuwa_forward(model, inputs["input_ids"], inputs["attention_mask"],
                                     inputs["pixel_values"], 6)[1]
     assert ex.sites[0].kept_visual_index[0].tolist() == want[0][0]
+
+
+# vision_feature_select_strategy="full": each image's CLS token is its first visual token, always
+# an anchor, never aggregated (docs/methods.md, Nüwa)
+FULL = [
+    (TinySpec(image_size=48, layers=3, strategy="full", seed=3), dict(batch=2, pad=(0, 2), seed=1), 5, None, {}),
+    (TinySpec(image_size=32, layers=4, strategy="full", seed=7), dict(batch=1, seed=2), 1, 1, {"region": 3}),
+    (TinySpec(image_size=32, layers=3, strategy="full", seed=5), dict(batch=2, images=2, seed=4), 3, None,
+     {"pillars": 0.0}),
+    (TinySpec(image_size=32, layers=3, strategy="full", seed=5), dict(batch=1, images=2, seed=4), 4, None,
+     {"anchors": 1}),
+]
+
+
+@pytest.mark.parametrize("spec, inp_kw, budget, layer, extra", FULL)
+def test_full_strategy_forward_equals_oracle(spec, inp_kw, budget, layer, extra):
+    model, inputs, args = _attached(spec, inp_kw)
+    got = compiled_logits(model, inputs, options("nuwa", budget=budget, layer=layer, **extra))
+    okw = {("n_anchors" if k == "anchors" else k): v for k, v in extra.items()}
+    want, (sel1, _) = oracle_nuwa.nuwa_forward(model, *args, budget, layer=layer, **okw)
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=3e-5, rtol=1e-4)
+    per = spec.visual_tokens
+    n_img = inp_kw.get("images", 1)
+    assert all({i * per for i in range(min(n_img, len(s)))} <= set(s) for s in sel1)   # CLS anchors
+
+
+@pytest.mark.parametrize("spec, inp_kw, budget, layer, extra", FULL[:2])
+def test_full_strategy_generate_equals_oracle(spec, inp_kw, budget, layer, extra):
+    model, inputs, args = _attached(spec, inp_kw)
+    want, margins = oracle_nuwa.nuwa_generate(model, *args, budget, 2, layer=layer, **extra)
+    with torch.no_grad():
+        model(**inputs)
+        model.compile(backend="vtp", options=options("nuwa", budget=budget, layer=layer, **extra))
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    assert_tokens_match(out.sequences[:, inputs["input_ids"].shape[1]:], want, margins)
+
+
+def test_full_strategy_keep_all_is_identity():
+    spec = TinySpec(image_size=32, strategy="full")
+    model = vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, batch=2, pad=(0, 2))
+    assert_keep_all_is_identity(model, inputs, "nuwa", spec.visual_tokens)

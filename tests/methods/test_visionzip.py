@@ -67,6 +67,15 @@ def test_generate_equals_mask_oracle_with_left_padding():
                    Pruning("visionzip", budget=6), model=_model(spec))
 
 
+@pytest.mark.parametrize("params", [{}, {"score": "received"}])
+def test_full_strategy_equals_mask_oracle(params):
+    """vision_feature_select_strategy="full": the CLS token is a visual token ranked like a patch."""
+    spec = TinySpec(image_size=32, layers=2, seed=4, strategy="full")
+    check_generate(spec, dict(batch=2, pad=(0, 2), prefix=2, suffix=3),
+                   options("visionzip", budget=6, **params), Pruning("visionzip", budget=6, **params),
+                   n=2, model=_model(spec))
+
+
 def test_the_oracle_merge_is_live():
     """With targets, the oracle's logits differ from keeping the same tokens unmerged, so the
     forward cases (contextual 5/32 and 0.4) check the merge, not only the selection."""

@@ -22,10 +22,11 @@ def _(features, cls_attn, upper, keys, received, grid_h, grid_w, layer):
 
 @torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL)
 def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int,
-                  hd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  hd: int, lead: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
     projected ``features`` ``[n_img * N, D]``: ``(cls_attn [n_img, N], upper [n_img, N, dv],
-    keys [n_img, N, hd], received [n_img, N])``."""
+    keys [n_img, N, hd], received [n_img, N])``, ``N = lead + grid_h * grid_w`` (``lead``: the
+    non-patch tokens each image starts with, 1 for a kept CLS token)."""
     return lookup(features, grid_h, grid_w, dv)
 
 
@@ -56,9 +57,9 @@ def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
 
 
 @vision_lookup.register_fake
-def _(features, grid_h, grid_w, dv, hd):
-    n = features.shape[0] // (grid_h * grid_w)
-    N = grid_h * grid_w
+def _(features, grid_h, grid_w, dv, hd, lead=0):
+    N = lead + grid_h * grid_w
+    n = features.shape[0] // N
     return (features.new_empty((n, N), dtype=torch.float32),
             features.new_empty((n, N, dv), dtype=torch.float32),
             features.new_empty((n, N, hd), dtype=torch.float32),

@@ -17,6 +17,12 @@ tower's internals (:func:`vtp_compile.attach`):
 Stage 2, a :class:`~vtp_compile.sites.LayerSite` at ``layer`` (default: the middle decoder
 layer): the top ``budget`` anchors by the attention the last token pays them (FastV's score).
 ``anchors`` defaults to ``ceil(1.75 * budget)`` (112/224/336 for budgets 64/128/192).
+
+``vision_feature_select_strategy="full"`` (our reading; the paper drops the CLS token): each
+image's CLS token is a visual token without a grid position. It is always an anchor (it takes
+one of the ``anchors``; the patches compete for the rest, region by region) and is left as it
+is: not a pillar nor a collector, and not in any collector's mean (the pillar fraction counts
+the patch anchors). Stage 2 scores it like every other anchor.
 """
 from __future__ import annotations
 
@@ -36,23 +42,48 @@ ops = torch.ops.vtp
 ANCHOR_FACTOR = Fraction(7, 4)
 
 
+def _patch_mask(vis: torch.Tensor, per_image: int, lead: int) -> torch.Tensor:
+    """The visual positions that are patches: each image's first ``lead`` visual tokens (its CLS
+    token, ``vision_feature_select_strategy="full"``) are not."""
+    if lead == 0:
+        return vis
+    local = (vis.long().cumsum(1) - 1) % per_image
+    return vis & (local >= lead)
+
+
 def anchor_scorer(region: int):
     def score(x):
         cls, _, gh, gw = x["ctx"][:4]
         vis = x["visual_mask"]
         B = vis.shape[0]
-        vscores = ops.nuwa_anchor_scores(cls.reshape(B, -1), x["n_keep"], gh, gw, region)
+        per = cls.shape[-1]
+        lead = per - gh * gw
+        n_keep = x["n_keep"]
+        patches = _patch_mask(vis, per, lead)
+        if lead:
+            # a kept CLS token is always an anchor (score above every patch's, ties by position);
+            # the patches compete for the rest of the anchor budget
+            n_img = vis.sum(1) // per
+            n_keep = (n_keep - lead * n_img).clamp(min=0)
+            cls = cls[:, lead:]
+        vscores = ops.nuwa_anchor_scores(cls.reshape(B, -1), n_keep, gh, gw, region)
         out = torch.full(vis.shape, float("-inf"), dtype=torch.float32, device=vis.device)
-        return out.masked_scatter(vis, vscores)
+        out = out.masked_scatter(patches, vscores)
+        return out.masked_fill(vis & ~patches, 1.0) if lead else out
     return score
 
 
 def aggregator(distance: float, pillars: float):
     def merge(x):
-        _, upper, gh, gw = x["ctx"][:4]
+        cls, upper, gh, gw = x["ctx"][:4]
         hidden = x["hidden"]
-        up = upper.reshape(hidden.shape[0], -1, upper.shape[-1])
-        return ops.nuwa_aggregate(hidden, x["visual_mask"], x["keep_mask"], x["scores"], up, gh, gw,
+        per = cls.shape[-1]
+        lead = per - gh * gw
+        vis = x["visual_mask"]
+        patches = _patch_mask(vis, per, lead)
+        # the CLS token has no grid position: never aggregated, never a member of a mean
+        up = upper[:, lead:].reshape(hidden.shape[0], -1, upper.shape[-1])
+        return ops.nuwa_aggregate(hidden, patches, x["keep_mask"] & patches, x["scores"], up, gh, gw,
                                   distance, pillars)
     return merge
 

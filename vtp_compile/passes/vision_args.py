@@ -41,9 +41,18 @@ def context_args(vlm: VLMGraph, site) -> tuple:
     _check_one_feature_per_patch(vlm, site, rec.cls_attn)
     g = vlm.gm.graph
     gh, gw = rec.grid
-    with insert_after(g, vlm.features):
-        out = g.call_function(ops.vision_lookup.default, (vlm.features, gh, gw, int(rec.upper.shape[-1]),
-                                                          int(rec.keys.shape[-1])))
+    feats = vlm.features
+    fv = tensor_val(feats)
+    if fv is not None and fv.dim() > 2:     # [n_img, N, D] (PaliGemma): as recorded, [n_img * N, D]
+        with insert_after(g, feats):
+            feats = g.call_method("reshape", (feats, -1, fv.shape[-1]))
+        anchor = feats
+    else:
+        anchor = vlm.features
+    with insert_after(g, anchor):
+        out = g.call_function(ops.vision_lookup.default, (feats, gh, gw, int(rec.upper.shape[-1]),
+                                                          int(rec.keys.shape[-1]),
+                                                          int(rec.cls_attn.shape[-1]) - gh * gw))
     with insert_after(g, out):
         cls, upper, keys, received = [g.call_function(operator.getitem, (out, i)) for i in range(4)]
     return cls, upper, gh, gw, keys, received

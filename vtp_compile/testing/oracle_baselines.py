@@ -96,7 +96,8 @@ def dart_select(norms: list[float], hidden: torch.Tensor, visual: list[int], tex
 # ---- VisionZip -------------------------------------------------------------------------------
 @torch.no_grad()
 def visionzip_internals(model, pixel_values, score: str = "cls", vision_layer: int = -2):
-    """``(dominant [n*N], keys [n*N, hd])`` image after image, CLS dropped, read from the vision
+    """``(dominant [n*N], keys [n*N, hd])`` image after image, CLS dropped (kept, first, with
+    ``vision_feature_select_strategy="full"``), read from the vision
     tower run eagerly with ``output_attentions=True`` (the attention probabilities it returns)
     and a hook on vision layer ``vision_layer``'s ``k_proj`` (its keys, mean over heads)."""
     tower = model.model.vision_tower
@@ -113,13 +114,20 @@ def visionzip_internals(model, pixel_values, score: str = "cls", vision_layer: i
         tower.config._attn_implementation = old
         h.remove()
     probs = out.attentions[at].float()                                       # [n, H, T, T]
-    if score == "cls":
-        dom = probs[:, :, 0, 1:].sum(1)
+    # vision_feature_select_strategy="full": the CLS token is a visual token, ranked like a patch
+    s = 0 if getattr(model.config, "vision_feature_select_strategy", None) == "full" else 1
+    has_cls = hasattr(getattr(tower, "vision_model", tower).embeddings, "class_embedding")
+    if not has_cls:     # SigLIP: every token a patch; "cls" is the attention received (head sum)
+        s = 0
+    if score == "cls" and not has_cls:
+        dom = probs.sum(1).mean(1)
+    elif score == "cls":
+        dom = probs[:, :, 0, s:].sum(1)
     else:
-        dom = probs[:, :, :, 1:].mean(dim=(1, 2))
+        dom = probs[:, :, :, s:].mean(dim=(1, 2))
     k = seen[0]
     n, T, _ = k.shape
-    keys = k.view(n, T, attn.num_heads, -1).mean(2)[:, 1:]
+    keys = k.view(n, T, attn.num_heads, -1).mean(2)[:, s:]
     return dom.reshape(-1), keys.reshape(-1, keys.shape[-1])
 
 

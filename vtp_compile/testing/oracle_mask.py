@@ -43,7 +43,7 @@ import torch
 
 from typing import Callable
 
-from . import oracle_alvts, oracle_baselines, oracle_dcp
+from . import oracle_alvts, oracle_baselines, oracle_dcp, oracle_nuwa
 
 NAME = "vtp_oracle"
 
@@ -74,6 +74,10 @@ class Pruning:
     score: str = "cls"            # VisionZip: dominant score, "cls" or "received"
     vision_layer: int = -2        # VisionZip: the vision layer read
     rank: int | tuple = 3         # ALVTS: the selector's rank, or ((layer, rank), ...) per layer
+    anchors: int | None = None    # Nüwa: stage 1's anchors (None: ceil(1.75 x budget))
+    region: int = 2               # Nüwa: block side
+    distance: float = 0.265       # Nüwa: alignment radius
+    pillars: float = 0.45         # Nüwa: fraction of anchors left as they are
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:
@@ -90,6 +94,16 @@ class Pruning:
         """The sites in order: where each selects and how many visual tokens it keeps."""
         if self.method == "alvts":    # routes per layer: _Run.route, not stages
             return []
+        if self.method == "nuwa":     # anchors on the spliced features, then FastV at `layer`
+            def n_anchors(V_now, V):
+                if self.anchors is not None:
+                    return min(V_now, self.anchors)
+                if self.budget is not None:
+                    return min(V_now, math.ceil(self.budget * 7 / 4))
+                r = min(Fraction(1), Fraction(self.ratio).limit_denominator(10_000) * Fraction(7, 4))
+                return min(V_now, math.ceil(V_now * r))
+            return [Stage("nuwa", 0, False, n_anchors),
+                    Stage("fastv", self.layer, False, lambda V_now, V: self.n_keep(V_now))]
         if self.method == "chain":
             return [dataclasses.replace(st, p=sub) for sub in self.chain for st in sub.stages(num_layers)]
         if self.method == "pdrop":
@@ -137,13 +151,31 @@ class _Run:
         self.dstp_layer = None
         self.inputs: dict = {}
         self.vision: list = []       # VisionZip: per row (dominant scores, keys) of its visual tokens
+        self.nuwa: list = []         # Nüwa: per row (anchor scores, upper features) of its visual tokens
+        self.grid = 0                # Nüwa: the patch grid's side
         self.targets: dict = {}      # VisionZip: per row, the contextual targets' positions
         self.routes: dict = {}       # ALVTS: layer -> per row, the routed visual positions
         self.route_rm: dict = {}     # ALVTS: layer -> [B, P] not routed through that layer
         self.text_cfg = None         # ALVTS: the text config (head counts)
 
     def read_vision(self, model, pixel_values) -> None:
-        """VisionZip's vision internals, split into the rows in splice order."""
+        """VisionZip's (or Nüwa's) vision internals, split into the rows in splice order."""
+        if self.p.method == "nuwa" and pixel_values is not None and self.visual.any():
+            tower = model.model.vision_tower
+            if hasattr(getattr(tower, "vision_model", tower).embeddings, "class_embedding"):
+                if getattr(model.config, "vision_feature_select_strategy", None) != "default":
+                    raise NotImplementedError("the mask oracle's Nüwa reads CLS towers with 'default'")
+                score, upper = oracle_nuwa.internals(model, pixel_values)
+            else:
+                score, upper = oracle_nuwa.received_internals(model, pixel_values)
+            score, upper = score.reshape(-1), upper.reshape(-1, upper.shape[-1])
+            self.grid = tower.config.image_size // tower.config.patch_size
+            at = 0
+            for b in range(self.visual.shape[0]):
+                n = int(self.visual[b].sum())
+                self.nuwa.append((score[at:at + n].tolist(), upper[at:at + n]))
+                at += n
+            return
         p = next((st.p or self.p for st in self.stages if st.rule == "visionzip"), None)
         if p is None or pixel_values is None or not self.visual.any():
             return
@@ -237,6 +269,8 @@ class _Run:
                 sel = _divprune(feats, k)
             elif rule == "dart":
                 sel = self._dart(b, hidden, record, pos, k, p.pivots)
+            elif rule == "nuwa":
+                sel = oracle_nuwa.anchors(self.nuwa[b][0], k, self.grid, p.region)
             elif rule == "visionzip":
                 dom, keys = self.vision[b]
                 dominant, targets = oracle_baselines.visionzip_select(dom, k, p.contextual)
@@ -363,6 +397,18 @@ class _Run:
         if stage.rule == "sparsevlm" and (stage.p or self.p).recycle:
             return oracle_baselines.sparsevlm_recycle_merge(hidden, self.recycled[self.stages.index(stage)])
         p = stage.p or self.p
+        if stage.rule == "nuwa":     # collectors become alignment-weighted means of their image
+            out = hidden.clone()
+            for b, kept in enumerate(self.kept_by[self.stages.index(stage)]):
+                pos = torch.nonzero(self.visual[b]).flatten().tolist()
+                if not pos or len(kept) == len(pos):
+                    continue
+                score, upper = self.nuwa[b]
+                chosen = [pos.index(q) for q in kept]
+                order = oracle_nuwa.anchor_order(score, len(chosen), self.grid, p.region)
+                out[b, pos] = oracle_nuwa.aggregate(hidden[b, pos], upper, chosen, self.grid, p.distance,
+                                                    p.pillars, order)
+            return out
         if stage.rule == "visionzip":
             if not p.merge:
                 return hidden

@@ -14,9 +14,15 @@ from .oracle import (_fastv_probs, _image_features, _keep_positions, _select_top
                      greedy_step, restore)
 
 
+def keeps_cls(model) -> bool:
+    """``vision_feature_select_strategy="full"``: each image's CLS token is spliced first."""
+    return getattr(model.config, "vision_feature_select_strategy", None) == "full"
+
+
 @torch.no_grad()
-def internals(model, pixel_values):
-    """``(cls [n, N], upper [n, N, Dv])`` from the vision tower's returned attentions."""
+def internals(model, pixel_values, keep_cls: bool = False):
+    """``(cls [n, N], upper [n, N, Dv])`` from the vision tower's returned attentions
+    (``keep_cls``: with the CLS column, first; its CLS attention is CLS's attention to itself)."""
     tower = model.model.vision_tower
     old = tower.config._attn_implementation
     tower.config._attn_implementation = "eager"
@@ -25,9 +31,40 @@ def internals(model, pixel_values):
     finally:
         tower.config._attn_implementation = old
     L = len(out.attentions)
-    cls = out.attentions[L - 2][:, :, 0, 1:].float().sum(1)
-    upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)[:, 1:]
+    s = 0 if keep_cls else 1
+    cls = out.attentions[L - 2][:, :, 0, s:].float().sum(1)
+    upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)[:, s:]
     return cls, upper
+
+
+@torch.no_grad()
+def received_internals(model, pixel_values):
+    """CLS-free towers (SigLIP): ``(received [n, N], upper [n, N, Dv])``, every token a patch;
+    ``received``: the attention each patch receives at vision layer -2 (the returned
+    probabilities), summed over heads and averaged over the queries (docs/methods.md, Nüwa)."""
+    tower = model.model.vision_tower
+    old = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = old
+    L = len(out.attentions)
+    received = out.attentions[L - 2].float().sum(1).mean(1)
+    upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)
+    return received, upper
+
+
+def full_anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
+    """"full" strategy (docs/methods.md, Nüwa): images of ``1 + grid²`` tokens, CLS first. The CLS
+    tokens are anchors first (by index); the patches get the remaining ``k`` by the region rule."""
+    per = grid * grid + 1
+    cls_idx = [i for i in range(len(cls_row)) if i % per == 0]
+    patch_idx = [i for i in range(len(cls_row)) if i % per != 0]
+    kept_cls = cls_idx[:k]
+    kp = max(k - len(cls_idx), 0)
+    chosen = anchors([cls_row[i] for i in patch_idx], kp, grid, region)
+    return sorted(kept_cls + [patch_idx[j] for j in chosen])
 
 
 def candidates(cls_row: list[float], k: int, grid: int, region: int) -> set[int]:
@@ -104,16 +141,25 @@ def nuwa_forward(model, input_ids, attention_mask, pixel_values, budget: int, la
         h[vis] = _image_features(model, pixel_values).to(h.dtype)
         tower_cfg = model.config.vision_config
         grid = tower_cfg.image_size // tower_cfg.patch_size
-        cls, upper = internals(model, pixel_values)
+        full = keeps_cls(model)
+        cls, upper = internals(model, pixel_values, full)
         cls, upper = cls.reshape(B, V), upper.reshape(B, V, -1)
         k1 = min(V, n_anchors if n_anchors is not None else math.ceil(budget * 7 / 4))
-        sel1 = selection[0] if selection else [anchors(cls[b].tolist(), k1, grid, region) for b in range(B)]
+        pick = full_anchors if full else anchors
+        sel1 = selection[0] if selection else [pick(cls[b].tolist(), k1, grid, region) for b in range(B)]
+        per = grid * grid + 1
         for b in range(B):
-            if len(sel1[b]) == V:
-                continue        # all anchors: nothing removed, nothing aggregated
             row = cls[b].tolist()
-            h[b, vis_pos[b]] = aggregate(h[b, vis_pos[b]], upper[b], sel1[b], grid, distance, pillars,
-                                         anchor_order(row, k1, grid, region))
+            # the patches (with "full", every visual index but each image's first, the CLS token)
+            patch = [j for j in range(V) if not (full and j % per == 0)]
+            chosen = [patch.index(j) for j in sel1[b] if j in patch]
+            if len(chosen) == len(patch):
+                continue        # all patches anchors: nothing removed, nothing aggregated
+            prow = [row[j] for j in patch]
+            kp = len(chosen) if full else k1
+            pos = [vis_pos[b][j] for j in patch]
+            h[b, pos] = aggregate(h[b, pos], upper[b, patch], chosen, grid, distance, pillars,
+                                  anchor_order(prow, kp, grid, region))
         keep1 = _keep_positions(vis, vis_pos, sel1, L)
     entry0 = h
     sel2 = selection[1] if selection else None

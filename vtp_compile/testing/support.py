@@ -52,9 +52,12 @@ EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
               "llava_onevision": ("forward", "generate"), "qwen2_5_vl": ("forward", "generate")},
     "dstp": {f: ("generate",) for f in ("llava_next", "qwen2_5_vl", "qwen3_vl", "paligemma",
                                          "internvl")},
+    # tests/families/test_nuwa_families.py: a SigLIP tower without CLS, one feature per patch
+    "nuwa": {"paligemma": ("forward", "generate")},
+    "visionzip": {"paligemma": ("generate",)},
 }
 # where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
-REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3")}
+REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision")}
 
 
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
@@ -66,8 +69,11 @@ LLAVA_ONLY: dict[str, str] = {
     "sparsevlm": "checked by hand on 11 families (docs/methods.md), not in CI; as pdrop on "
                  "Gemma 3 and Qwen3-VL",
     "dart": "checked by hand on LLaVA-NeXT, Qwen2-VL, Qwen3-VL and SmolVLM, not in CI",
-    "visionzip": "vtp_compile.attach reads CLS towers only, and projectors that pack or merge "
-                 "patches (LLaVA-NeXT) are left unpruned with one log line",
+    "visionzip": "vtp_compile.attach reads CLIP towers (strategy 'default', or 'full' where "
+                 "the CLS token is ranked like a patch, tested on LLaVA) and CLS-free SigLIP towers "
+                 "(score 'cls' there is the attention a patch receives; tested on PaliGemma, "
+                 "tests/families/test_nuwa_families.py); projectors that pack or merge patches "
+                 "(LLaVA-NeXT) are left unpruned with one log line",
     "cdpruner": "checked by hand on all 14 pruned families (docs/methods.md), not in CI",
     "chain": "as its stages",
     "dstp": "checked in CI on the families marked (tests/families/test_families.py, against the "
@@ -82,9 +88,17 @@ LLAVA_ONLY: dict[str, str] = {
              "line: their attention logits are not a bilinear form of the layer input, which the "
              "selector is built from; "
              "PaliGemma is refused too (Gemma's (1 + w) input-norm weight is not read)",
-    "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy='default' "
-            "only (CLS-free towers need another anchor rule); on LLaVA-NeXT's anyres packing (padded "
-            "patches dropped) its first call raises a ValueError naming the count mismatch",
+    "nuwa": "vtp_compile.attach reads CLIP towers with vision_feature_select_strategy 'default' "
+            "or 'full' (the kept CLS token is always an anchor, tested on LLaVA) and CLS-free SigLIP "
+            "towers (anchors by the attention a patch receives; checked on PaliGemma, the SigLIP "
+            "family that splices one feature per patch, tests/families/test_nuwa_families.py); "
+            "every row must hold the same number of images; where the projector packs or pools "
+            "patches (LLaVA-NeXT and LLaVA-OneVision anyres, Gemma 3) per-patch anchors cannot be "
+            "placed: generate runs unpruned with one log line (tested on LLaVA-NeXT and "
+            "LLaVA-OneVision), and a "
+            "direct forward whose vision tower Dynamo splits into another graph (LLaVA-OneVision) "
+            "raises the OptionError that asks for attach; other towers (Qwen, GLM-4V, "
+            "Idefics3/SmolVLM, InternVL, Pixtral) are refused by attach with a ValueError",
 }
 
 

@@ -21,6 +21,7 @@ class TinySpec:
     vision_layers: int = 2
     max_positions: int = 1024
     seed: int = 0
+    strategy: str = "default"     # vision_feature_select_strategy ("full": the CLS token is a visual token)
 
     @property
     def image_token_id(self) -> int:
@@ -28,7 +29,7 @@ class TinySpec:
 
     @property
     def visual_tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2
+        return (self.image_size // self.patch) ** 2 + (self.strategy == "full")
 
 
 def tiny_llava(spec: TinySpec = TinySpec()):
@@ -44,7 +45,7 @@ def tiny_llava(spec: TinySpec = TinySpec()):
                      num_key_value_heads=spec.kv_heads, vocab_size=spec.vocab,
                      max_position_embeddings=spec.max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=spec.image_token_id,
-                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+                      vision_feature_layer=-2, vision_feature_select_strategy=spec.strategy)
     cfg._attn_implementation = "sdpa"
     model = LlavaForConditionalGeneration(cfg).eval()
     # random init gives near-uniform logits; sharpen so greedy decoding has clear winners
