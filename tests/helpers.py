@@ -99,6 +99,32 @@ def assert_cache_holds(cache, inputs, removed, generated):
         assert live == [r - x + generated for r, x in zip(real, removed)], (live, real, removed)
 
 
+def kept_positions(inputs, visual, kept):
+    """Real positions whose logits the pruned model defines: text, and the kept visual ones."""
+    mask = inputs["attention_mask"].bool() & ~visual
+    for b, ks in enumerate(kept):
+        mask[b, ks] = True
+    return mask
+
+
+def check_against_mask_oracle(model, inputs, visual, path, opts, pruning, new_tokens=2):
+    """``path`` "forward": a direct compiled forward's logits at the kept positions; "generate":
+    greedy tokens, each against the mask oracle's ``pruning``."""
+    from vtp_compile.testing.oracle_mask import masked_forward, masked_generate
+    with torch.no_grad():
+        model(**inputs)
+        if path == "forward":
+            want, kept = masked_forward(model, inputs, visual, pruning)
+            got = torch.compile(model, backend="vtp", options=opts)(**inputs).logits
+            keep = kept_positions(inputs, visual, kept)
+            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
+        else:
+            want, margins, _ = masked_generate(model, inputs, visual, pruning, new_tokens)
+            model.compile(backend="vtp", options=opts)
+            out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+
+
 def last_report():
     return REPORTS[-1]
 

@@ -7,9 +7,9 @@ import torch
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import support
-from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
+from vtp_compile.testing.oracle_mask import Pruning
 
-from ..helpers import assert_tokens_match, record_case
+from ..helpers import check_against_mask_oracle, record_case
 
 ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec())),
         F.RowSpec(4, 3, ())]                      # one image, two images, a text-only row
@@ -41,14 +41,6 @@ def _pruning(family, method="fastv", **keep):
     return Pruning(method, layer=support.layer_for(family), **keep)
 
 
-def _kept_positions(inputs, visual, kept):
-    """Real positions whose logits the pruned model defines: text, and the kept visual ones."""
-    mask = inputs["attention_mask"].bool() & ~visual
-    for b, ks in enumerate(kept):
-        mask[b, ks] = True
-    return mask
-
-
 @pytest.mark.parametrize("family,path", PRUNED)
 def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
     """Forward: ragged rows (one image, two images, text only), left-padded. Generate: batch 1
@@ -56,18 +48,7 @@ def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
     dynamo_for(family)
     model, inputs, visual = _setup(family, ROWS if path == "forward" else ROWS[1:2])
     start = len(REPORTS)
-    with torch.no_grad():
-        model(**inputs)
-        if path == "forward":
-            want, kept = masked_forward(model, inputs, visual, _pruning(family))
-            got = torch.compile(model, backend="vtp", options=_opts(family))(**inputs).logits
-            keep = _kept_positions(inputs, visual, kept)
-            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
-        else:
-            want, margins, _ = masked_generate(model, inputs, visual, _pruning(family), 4)
-            model.compile(backend="vtp", options=_opts(family))
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    check_against_mask_oracle(model, inputs, visual, path, _opts(family), _pruning(family), 4)
     record_case(f"family/{path}")
     assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
 
@@ -112,14 +93,10 @@ def test_methods_on_every_family(family, method, dynamo_for):
     dynamo_for(family)
     model, inputs, visual = _setup(family, seed=4)
     start = len(REPORTS)
-    with torch.no_grad():
-        # two new tokens: the prefill and one decode step from the compacted cache (the
-        # dynamic-shape decode graph is exercised per family by the fastv test)
-        want, margins, _ = masked_generate(model, inputs, visual, _pruning(family, method), 2)
-        model(**inputs)
-        model.compile(backend="vtp", options=_opts(family, method))
-        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    # two new tokens: the prefill and one decode step from the compacted cache (the
+    # dynamic-shape decode graph is exercised per family by the fastv test)
+    check_against_mask_oracle(model, inputs, visual, "generate", _opts(family, method),
+                              _pruning(family, method), 2)
     assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:])
     record_case("family/generate")
 
@@ -140,12 +117,7 @@ def test_dstp_on_families(family, dynamo_for):
     model, inputs, visual = _setup(family, seed=4)
     opts, pruning = _dstp(family)
     start = len(REPORTS)
-    with torch.no_grad():
-        want, margins, _ = masked_generate(model, inputs, visual, pruning, 3)
-        model(**inputs)
-        model.compile(backend="vtp", options=opts)
-        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    check_against_mask_oracle(model, inputs, visual, "generate", opts, pruning, 3)
     assert any(r.phase == "prefill" and any(s.reserve for s in r.sites) for r in REPORTS[start:])
     record_case("family/generate")
 

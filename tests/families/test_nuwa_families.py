@@ -9,20 +9,13 @@ import vtp_compile
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import oracle_nuwa, support
-from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
+from vtp_compile.testing.oracle_mask import Pruning, masked_forward
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import assert_tokens_match, record_case
+from ..helpers import check_against_mask_oracle, kept_positions, record_case
 
 # PaliGemma's processor puts the image first; Nüwa needs the same image count in every row
 ROWS = [F.RowSpec(0, 4, (F.ImageSpec(),)), F.RowSpec(0, 2, (F.ImageSpec(),))]
-
-
-def _kept_positions(inputs, visual, kept):
-    mask = inputs["attention_mask"].bool() & ~visual
-    for b, ks in enumerate(kept):
-        mask[b, ks] = True
-    return mask
 
 
 def test_the_mask_oracle_is_the_nuwa_oracle_on_llava():
@@ -34,7 +27,7 @@ def test_the_mask_oracle_is_the_nuwa_oracle_on_llava():
     got, kept = masked_forward(model, inputs, visual, Pruning("nuwa", budget=5, layer=1, pillars=0.3))
     want, _ = oracle_nuwa.nuwa_forward(model, inputs["input_ids"], inputs["attention_mask"],
                                        inputs["pixel_values"], 5, layer=1, pillars=0.3)
-    keep = _kept_positions(inputs, visual, kept)
+    keep = kept_positions(inputs, visual, kept)
     torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
 
 
@@ -48,18 +41,7 @@ def test_nuwa_on_families(family, path):
     opts = {"method": "nuwa", "inner_backend": "eager", "budget": 3, "layer": layer}
     pruning = Pruning("nuwa", budget=3, layer=layer)
     start = len(REPORTS)
-    with torch.no_grad():
-        model(**inputs)
-        if path == "forward":
-            want, kept = masked_forward(model, inputs, visual, pruning)
-            got = torch.compile(model, backend="vtp", options=opts)(**inputs).logits
-            keep = _kept_positions(inputs, visual, kept)
-            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
-        else:
-            want, margins, _ = masked_generate(model, inputs, visual, pruning, 2)
-            model.compile(backend="vtp", options=opts)
-            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    check_against_mask_oracle(model, inputs, visual, path, opts, pruning)
     record_case(f"family/{path}")
     assert any(r.phase == "prefill" and [s.name for s in r.sites] == ["nuwa-anchors", "nuwa"]
                for r in REPORTS[start:])
@@ -77,18 +59,7 @@ def test_visionzip_on_families(family, path, score):
     opts = {"method": "visionzip", "inner_backend": "eager", "budget": 6, "score": score}
     pruning = Pruning("visionzip", budget=6, score=score)
     start = len(REPORTS)
-    with torch.no_grad():
-        model(**inputs)
-        if path == "forward":
-            want, kept = masked_forward(model, inputs, visual, pruning)
-            got = torch.compile(model, backend="vtp", options=opts)(**inputs).logits
-            keep = _kept_positions(inputs, visual, kept)
-            torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
-        else:
-            want, margins, _ = masked_generate(model, inputs, visual, pruning, 2)
-            model.compile(backend="vtp", options=opts)
-            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+    check_against_mask_oracle(model, inputs, visual, path, opts, pruning)
     record_case(f"family/{path}")
     assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
 

@@ -76,20 +76,27 @@ def test_forward_equals_oracle(case):
     assert [s.name for s in rep.sites] == ["nuwa-anchors", "nuwa"]
 
 
+def _generate_equals_oracle(spec, inp_kw, budget, layer, extra, n):
+    """Greedy ``generate`` through vtp (attached model) equals oracle_nuwa's; returns the
+    output and the inputs."""
+    model, inputs, args = _attached(spec, inp_kw)
+    want, margins = oracle_nuwa.nuwa_generate(model, *args, budget, n, layer=layer, **extra)
+    with torch.no_grad():
+        model(**inputs)
+        model.compile(backend="vtp", options=options("nuwa", budget=budget, layer=layer, **extra))
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, return_dict_in_generate=True)
+    assert_tokens_match(out.sequences[:, inputs["input_ids"].shape[1]:], want, margins)
+    return out, inputs
+
+
 @settings(**SETTINGS)
 @given(cases())
 def test_generate_equals_oracle(case):
     """generate: transformers encodes the images eagerly; the recorded internals are used."""
     spec, inp_kw, budget, layer, extra = case
-    model, inputs, args = _attached(spec, inp_kw)
-    want, margins = oracle_nuwa.nuwa_generate(model, *args, budget, 4, layer=layer, **extra)
-    with torch.no_grad():
-        model(**inputs)
-        model.compile(backend="vtp", options=options("nuwa", budget=budget, layer=layer, **extra))
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    assert_tokens_match(out.sequences[:, inputs["input_ids"].shape[1]:], want, margins)
+    out, inputs = _generate_equals_oracle(spec, inp_kw, budget, layer, extra, 4)
     # every layer caches the text and the finally kept tokens: one length for all layers
-    V, L = spec.visual_tokens, inputs["input_ids"].shape[1]
+    V = spec.visual_tokens
     assert_cache_holds(out.past_key_values, inputs, V - min(budget, V), 3)
 
 
@@ -160,13 +167,7 @@ def test_full_strategy_forward_equals_oracle(spec, inp_kw, budget, layer, extra)
 
 @pytest.mark.parametrize("spec, inp_kw, budget, layer, extra", FULL[:2])
 def test_full_strategy_generate_equals_oracle(spec, inp_kw, budget, layer, extra):
-    model, inputs, args = _attached(spec, inp_kw)
-    want, margins = oracle_nuwa.nuwa_generate(model, *args, budget, 2, layer=layer, **extra)
-    with torch.no_grad():
-        model(**inputs)
-        model.compile(backend="vtp", options=options("nuwa", budget=budget, layer=layer, **extra))
-        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
-    assert_tokens_match(out.sequences[:, inputs["input_ids"].shape[1]:], want, margins)
+    _generate_equals_oracle(spec, inp_kw, budget, layer, extra, 2)
 
 
 def test_full_strategy_keep_all_is_identity():

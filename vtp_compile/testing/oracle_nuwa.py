@@ -19,17 +19,23 @@ def keeps_cls(model) -> bool:
     return getattr(model.config, "vision_feature_select_strategy", None) == "full"
 
 
-@torch.no_grad()
-def internals(model, pixel_values, keep_cls: bool = False):
-    """``(cls [n, N], upper [n, N, Dv])`` from the vision tower's returned attentions
-    (``keep_cls``: with the CLS column, first; its CLS attention is CLS's attention to itself)."""
+def _eager_tower(model, pixel_values):
+    """The vision tower's output with every hidden state and its attention probabilities (eager
+    attention for the call)."""
     tower = model.model.vision_tower
     old = tower.config._attn_implementation
     tower.config._attn_implementation = "eager"
     try:
-        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+        return tower(pixel_values, output_hidden_states=True, output_attentions=True)
     finally:
         tower.config._attn_implementation = old
+
+
+@torch.no_grad()
+def internals(model, pixel_values, keep_cls: bool = False):
+    """``(cls [n, N], upper [n, N, Dv])`` from the vision tower's returned attentions
+    (``keep_cls``: with the CLS column, first; its CLS attention is CLS's attention to itself)."""
+    out = _eager_tower(model, pixel_values)
     L = len(out.attentions)
     s = 0 if keep_cls else 1
     cls = out.attentions[L - 2][:, :, 0, s:].float().sum(1)
@@ -42,13 +48,7 @@ def received_internals(model, pixel_values):
     """CLS-free towers (SigLIP): ``(received [n, N], upper [n, N, Dv])``, every token a patch;
     ``received``: the attention each patch receives at vision layer -2 (the returned
     probabilities), summed over heads and averaged over the queries (docs/methods.md, Nüwa)."""
-    tower = model.model.vision_tower
-    old = tower.config._attn_implementation
-    tower.config._attn_implementation = "eager"
-    try:
-        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
-    finally:
-        tower.config._attn_implementation = old
+    out = _eager_tower(model, pixel_values)
     L = len(out.attentions)
     received = out.attentions[L - 2].float().sum(1).mean(1)
     upper = torch.stack([h.float() for h in out.hidden_states[L // 2 + 1:]]).mean(0)
