@@ -107,21 +107,26 @@ def kept_positions(inputs, visual, kept):
     return mask
 
 
-def check_against_mask_oracle(model, inputs, visual, path, opts, pruning, new_tokens=2):
+def check_against_mask_oracle(model, inputs, visual, path, opts, pruning, new_tokens=2, backend=None):
     """``path`` "forward": a direct compiled forward's logits at the kept positions; "generate":
-    greedy tokens, each against the mask oracle's ``pruning``."""
+    greedy tokens, each against the mask oracle's ``pruning``. ``backend``: compile with it instead
+    of ``"vtp"`` with ``opts`` (a ``testing.multiplex.Multiplex``, its configuration selected)."""
     from vtp_compile.testing.oracle_mask import masked_forward, masked_generate
+    compile_kw = {"backend": backend} if backend is not None else {"backend": "vtp", "options": opts}
     with torch.no_grad():
         model(**inputs)
         if path == "forward":
             want, kept = masked_forward(model, inputs, visual, pruning)
-            got = torch.compile(model, backend="vtp", options=opts)(**inputs).logits
+            got = torch.compile(model, **compile_kw)(**inputs).logits
             keep = kept_positions(inputs, visual, kept)
             torch.testing.assert_close(got[keep], want[keep], atol=3e-5, rtol=1e-4)
         else:
             want, margins, _ = masked_generate(model, inputs, visual, pruning, new_tokens)
-            model.compile(backend="vtp", options=opts)
-            out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+            model.compile(**compile_kw)
+            try:
+                out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+            finally:
+                model._compiled_call_impl = None     # the next oracle runs the model eagerly
             assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
 
 

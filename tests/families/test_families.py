@@ -7,9 +7,10 @@ import torch
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import support
-from vtp_compile.testing.oracle_mask import Pruning
+from vtp_compile.testing.multiplex import Multiplex
+from vtp_compile.testing.oracle_mask import Pruning, masked_generate
 
-from ..helpers import check_against_mask_oracle, record_case
+from ..helpers import assert_tokens_match, check_against_mask_oracle, record_case
 
 ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec())),
         F.RowSpec(4, 3, ())]                      # one image, two images, a text-only row
@@ -32,25 +33,15 @@ def _setup(family, rows=ROWS, seed=1):
 
 def _opts(family, method="fastv", **keep):
     keep = keep or {"budget": 3}
-    layer = {"layer": support.layer_for(family)} if method in ("fastv", "acgr") else {}
-    return {"method": method, "inner_backend": "eager", **keep, **layer}
+    layer = {"layer": support.layer_for(family)} if method in ("fastv", "acgr", "dart") else {}
+    extra = support.METHOD_OPTIONS.get(family, {}).get(method, {})
+    return {"method": method, "inner_backend": "eager", **keep, **layer, **extra}
 
 
 def _pruning(family, method="fastv", **keep):
     keep = keep or {"budget": 3}
-    return Pruning(method, layer=support.layer_for(family), **keep)
-
-
-@pytest.mark.parametrize("family,path", PRUNED)
-def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
-    """Forward: ragged rows (one image, two images, text only), left-padded. Generate: batch 1
-    with two images (the ragged batch runs in the methods test below)."""
-    dynamo_for(family)
-    model, inputs, visual = _setup(family, ROWS if path == "forward" else ROWS[1:2])
-    start = len(REPORTS)
-    check_against_mask_oracle(model, inputs, visual, path, _opts(family), _pruning(family), 4)
-    record_case(f"family/{path}")
-    assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
+    extra = {k: tuple(v) for k, v in support.METHOD_OPTIONS.get(family, {}).get(method, {}).items()}
+    return Pruning(method, layer=support.layer_for(family), **keep, **extra)
 
 
 # a text-only batch is its own graph (no vision inputs): checked on the families whose text
@@ -59,46 +50,45 @@ def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
 TEXT_ONLY = ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "gemma3", "paligemma", "mistral3")
 
 
-@pytest.mark.parametrize("family", list(support.PRUNED))
-def test_keep_all_and_text_only_are_the_unpruned_model(family, dynamo_for):
-    """A budget above every visual count (and, on TEXT_ONLY families, a text-only batch) through
-    the same compiled model: the unpruned model's outputs."""
+@pytest.mark.parametrize("family,path", PRUNED)
+def test_fastv_equals_the_mask_oracle(family, path, dynamo_for):
+    """Forward: ragged rows (one image, two images, text only), left-padded. Generate: batch 1
+    with two images (the ragged batch runs in the methods test below). On the family's first
+    path the same trace (testing/multiplex.py) also checks keep-all: a budget above every visual
+    count (and, on TEXT_ONLY families, a text-only batch) gives the unpruned model's outputs."""
     dynamo_for(family)
-    model, inputs, _ = _setup(family)
-    batches = [inputs]
+    model, inputs, visual = _setup(family, ROWS if path == "forward" else ROWS[1:2])
+    keep_all = path == support.PRUNED[family][0]
+    mux = Multiplex({"fastv": _opts(family), **({"keep-all": _opts(family, budget=100_000)} if keep_all else {})})
+    with mux.select("fastv"):
+        check_against_mask_oracle(model, inputs, visual, path, None, _pruning(family), 4, backend=mux)
+    record_case(f"family/{path}")
+    assert any(r.phase == "prefill" and r.sites for r in mux.reports["fastv"]), "nothing was pruned"
+    if keep_all:
+        with mux.select("keep-all"):
+            _check_keep_all(family, model, path, mux)
+
+
+def _check_keep_all(family, model, path, mux):
+    batches = [F.make_inputs(family, model, ROWS, padding_side="left", seed=1)]
     if family in TEXT_ONLY:
         batches.append(F.make_inputs(family, model, [F.RowSpec(3, 2, ()), F.RowSpec(6, 1, ())], seed=3))
-    path = support.PRUNED[family][0]
     with torch.no_grad():
-        model(**inputs)
-        opts = _opts(family, budget=100_000)
         if path == "forward":
-            fast = torch.compile(model, backend="vtp", options=opts)
+            fast = torch.compile(model, backend=mux)
             for x in batches:
                 real = x["attention_mask"].bool()
                 torch.testing.assert_close(fast(**x).logits[real], model(**x).logits[real],
                                            atol=3e-5, rtol=1e-4)
         else:
             want = [model.generate(**x, max_new_tokens=2, do_sample=False) for x in batches]
-            model.compile(backend="vtp", options=opts)
-            for x, w in zip(batches, want):
-                assert torch.equal(model.generate(**x, max_new_tokens=2, do_sample=False), w)
+            model.compile(backend=mux)
+            try:
+                for x, w in zip(batches, want):
+                    assert torch.equal(model.generate(**x, max_new_tokens=2, do_sample=False), w)
+            finally:
+                model._compiled_call_impl = None
     record_case("family/keep-all", len(batches))
-
-
-@pytest.mark.parametrize("family,method", [(f, m) for f, paths in support.PRUNED.items()
-                                           if "generate" in paths for m in support.METHODS
-                                           if m != "fastv"])
-def test_methods_on_every_family(family, method, dynamo_for):
-    dynamo_for(family)
-    model, inputs, visual = _setup(family, seed=4)
-    start = len(REPORTS)
-    # two new tokens: the prefill and one decode step from the compacted cache (the
-    # dynamic-shape decode graph is exercised per family by the fastv test)
-    check_against_mask_oracle(model, inputs, visual, "generate", _opts(family, method),
-                              _pruning(family, method), 2)
-    assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:])
-    record_case("family/generate")
 
 
 def _dstp(family):
@@ -109,33 +99,62 @@ def _dstp(family):
             Pruning("fastv", budget=3, layer=layer, dstp=(None, "coverage", 0.0)))
 
 
-@pytest.mark.parametrize("family", list(support.EXTRA["dstp"]))
-def test_dstp_on_families(family, dynamo_for):
-    """Ragged rows, left-padded; three new tokens: the prefill with its reserve and two decode
-    steps that re-score active and reserve."""
+# a method refused on a family: what its report (and the INFO line) must say
+WHY_REFUSED = {("dstp", "qwen3_5"): "without attention", ("dstp", "gemma3"): "sliding window",
+               ("pdrop", "gemma3"): "", ("pdrop", "qwen3_vl"): "",
+               ("sparsevlm", "gemma3"): "", ("sparsevlm", "qwen3_vl"): ""}
+
+
+@pytest.mark.parametrize("family", [f for f, paths in support.PRUNED.items() if "generate" in paths])
+def test_methods_on_every_family(family, dynamo_for):
+    """Every method of ``support.METHODS`` (and DSTP where ``support.EXTRA`` claims it) from one
+    trace of the family's ``generate`` (testing/multiplex.py: each method rewrites its own copy of
+    every graph): ragged rows, left-padded, greedy tokens equal to the mask oracle's. Two new
+    tokens: the prefill and one decode step from the compacted cache (the dynamic-shape decode
+    graph is exercised per family by the fastv test); DSTP three: the prefill with its reserve
+    and two decode steps that re-score active and reserve. A method ``support.REFUSED`` lists for
+    the family (multi-stage sites on Gemma 3 and Qwen3-VL; DSTP on linear-attention and
+    sliding-window layers) runs unpruned, equal to the uncompiled model, its report saying why."""
     dynamo_for(family)
     model, inputs, visual = _setup(family, seed=4)
-    opts, pruning = _dstp(family)
-    start = len(REPORTS)
-    check_against_mask_oracle(model, inputs, visual, "generate", opts, pruning, 3)
-    assert any(r.phase == "prefill" and any(s.reserve for s in r.sites) for r in REPORTS[start:])
-    record_case("family/generate")
-
-
-@pytest.mark.parametrize("family", support.REFUSED["dstp"])
-def test_dstp_refuses_layers_it_cannot_mask(family, dynamo_for, caplog):
-    """Linear-attention layers (Qwen3.5) cannot be kept from the reserve by masks; sliding-window
-    layers (Gemma 3) cache another layout: the unpruned model's tokens, one log line why."""
-    dynamo_for(family)
-    model, inputs, _ = _setup(family, seed=4)
-    start = len(REPORTS)
-    with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
-        want = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-        model.compile(backend="vtp", options=_dstp(family)[0])
-        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), want)
-    assert not any(r.sites for r in REPORTS[start:])
-    why = {"qwen3_5": "without attention", "gemma3": "sliding window"}[family]
-    assert any("left unpruned" in r.getMessage() and why in r.getMessage() for r in caplog.records)
+    cases = {m: (_opts(family, m), _pruning(family, m), 2) for m in support.METHODS
+             if m != "fastv" and family not in support.REFUSED.get(m, ())}
+    if family in support.EXTRA["dstp"]:
+        cases["dstp"] = (*_dstp(family), 3)
+    refused = {m: _dstp(family)[0] if m == "dstp" else {"method": m, "budget": 3, "inner_backend": "eager"}
+               for m in ("dstp", "pdrop", "sparsevlm") if family in support.REFUSED.get(m, ())}
+    mux = Multiplex({**{m: c[0] for m, c in cases.items()}, **refused})
+    failures = []
+    with torch.no_grad():
+        model(**inputs)
+        want = {m: masked_generate(model, inputs, visual, pruning, n) for m, (_, pruning, n) in cases.items()}
+        unpruned = model.generate(**inputs, max_new_tokens=3, do_sample=False) if refused else None
+        model.compile(backend=mux)
+        try:
+            for m, (_, _, n) in cases.items():
+                with mux.select(m):
+                    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+                tokens, margins, _ = want[m]
+                try:
+                    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], tokens, margins)
+                    assert any(r.phase == "prefill" and r.sites for r in mux.reports[m]), "nothing was pruned"
+                    if m == "dstp":
+                        assert any(r.phase == "prefill" and any(s.reserve for s in r.sites)
+                                   for r in mux.reports[m]), "no reserve"
+                    record_case("family/generate")
+                except AssertionError as e:
+                    failures.append(f"{m}: {e}")
+            for m in refused:
+                with mux.select(m):
+                    got = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+                if not torch.equal(got, unpruned) or any(r.sites for r in mux.reports[m]):
+                    failures.append(f"{m}: refused, yet not the unpruned model's tokens")
+                why = [r.skipped for r in mux.reports[m] if r.skipped]    # what the INFO line says
+                if not any(WHY_REFUSED[m, family] in w for w in why):
+                    failures.append(f"{m}: no reason {WHY_REFUSED[m, family]!r} in {why}")
+        finally:
+            model._compiled_call_impl = None
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("family,path", list(support.NOT_PRUNED))
@@ -155,21 +174,5 @@ def test_unsupported_paths_run_unpruned_and_say_why(family, path, dynamo_for, ca
             want = model.generate(**inputs, max_new_tokens=2, do_sample=False)
             model.compile(backend="vtp", options=_opts(family))
             assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), want)
-    assert not any(r.sites for r in REPORTS[start:])
-    assert any("left unpruned" in r.getMessage() for r in caplog.records)
-
-
-@pytest.mark.parametrize("family,method", [("gemma3", "sparsevlm"), ("qwen3_vl", "pdrop")])
-def test_multi_stage_methods_left_unpruned_say_why(family, method, dynamo_for, caplog):
-    """Where a second compaction cannot be planned (gemma3's sliding-window caches, Qwen3-VL's
-    deepstack injections) the prefill runs unpruned with the reason logged, never a wrong answer
-    or a crash."""
-    dynamo_for(family)
-    model, inputs, _ = _setup(family)
-    start = len(REPORTS)
-    with torch.no_grad(), caplog.at_level("INFO", logger="vtp_compile"):
-        want = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-        model.compile(backend="vtp", options={"method": method, "budget": 3, "inner_backend": "eager"})
-        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), want)
     assert not any(r.sites for r in REPORTS[start:])
     assert any("left unpruned" in r.getMessage() for r in caplog.records)

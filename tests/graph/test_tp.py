@@ -9,6 +9,7 @@ independent oracles.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -28,22 +29,30 @@ pytest.importorskip("accelerate")   # from_pretrained(tp_plan=...) needs it (tes
 WORLD = 2
 FASTV = dict(budget=4, layer=1)
 NEW = {"llava": 3, "qwen": 2}       # 3: the prefill, a static and a dynamic decode graph
-# every other method once on LLaVA (forward; DSTP's decode-time gathers through generate):
-# the layer sites (one stage, several stages, key norms, raters, a low-rank selector built
-# from all-gathered weights), the encoder sites, the vision-internals sites and a chain
+# every other method once on LLaVA (forward; DSTP's decode-time gathers through generate), one
+# per distinct way a rank could see different values: the layer sites (several stages: pdrop,
+# key norms: dart, rater queries: sparsevlm, a low-rank selector built from all-gathered
+# weights: alvts), an encoder site (divprune) and the vision-internals sites (nuwa). The others
+# add no TP path of their own (acgr scores as fastv; random reads no features; cdpruner's
+# features are replicated like divprune's; a chain is its stages; visionzip reads nuwa's
+# internals): VTP_TP_ALL=1 runs them too (README: "Models across GPUs").
 OTHERS = {
-    "acgr": options("acgr", budget=5, layer=1),
     "pdrop": options("pdrop", budget=6, layers=[1, 2]),
     "dart": options("dart", budget=5, layer=1),
     "sparsevlm": options("sparsevlm", budget=6, recycle=True),
     "alvts": options("alvts", budget=5, layer=1),
-    "random": options("random", budget=5),
     "divprune": options("divprune", budget=5),
-    "cdpruner": options("cdpruner", budget=5),
-    "chain": options("chain", stages=[{"method": "divprune", "budget": 10},
-                                      {"method": "fastv", "budget": 4, "layer": 1}]),
 }
-ATTACHED = {"nuwa": options("nuwa", budget=5), "visionzip": options("visionzip", budget=5)}
+ATTACHED = {"nuwa": options("nuwa", budget=5)}
+if os.environ.get("VTP_TP_ALL"):
+    OTHERS.update({
+        "acgr": options("acgr", budget=5, layer=1),
+        "random": options("random", budget=5),
+        "cdpruner": options("cdpruner", budget=5),
+        "chain": options("chain", stages=[{"method": "divprune", "budget": 10},
+                                          {"method": "fastv", "budget": 4, "layer": 1}]),
+    })
+    ATTACHED["visionzip"] = options("visionzip", budget=5)
 DSTP = options("dstp", budget=3, layer=1, tau=0.0)
 
 

@@ -41,11 +41,18 @@ NOT_PRUNED: dict[tuple[str, str], str] = {
 LAYER = {"qwen3_5": 2, "gemma3": 1}
 DYNAMO = {"qwen3_vl": {"capture_dynamic_output_shape_ops": True}}
 
-# methods checked on every family in PRUNED (generate path) against the mask oracle
-METHODS = ("fastv", "divprune", "acgr")
+# methods checked on every family in PRUNED (generate path) against the mask oracle, but where
+# REFUSED says otherwise (tests/families/test_families.py: every method from one trace per family)
+METHODS = ("fastv", "divprune", "acgr", "random", "pdrop", "sparsevlm", "dart", "cdpruner")
+
+# per family, a method's options where its defaults do not apply: Qwen3.5's default stage layers
+# land on linear-attention layers (PDrop and SparseVLM then raise a clear error naming the layer)
+METHOD_OPTIONS: dict[str, dict[str, dict]] = {
+    "qwen3_5": {"pdrop": {"layers": [1]}, "sparsevlm": {"layers": [1]}},
+}
 
 # methods checked beyond LLaVA on some families only, against the mask oracle: family -> paths
-# (tests/families/test_alvts.py, tests/families/test_families.py::test_dstp_on_families)
+# (tests/families/test_alvts.py, tests/families/test_families.py::test_methods_on_every_family)
 EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
     "alvts": {**{f: ("generate",) for f in ("llava_next", "qwen2_vl", "glm4v", "idefics3", "smolvlm",
                                              "internvl", "mistral3")},
@@ -57,24 +64,19 @@ EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
     "visionzip": {"paligemma": ("generate",)},
 }
 # where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
-REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision")}
+REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision"),
+           # a second compaction cannot be planned: sliding-window caches, deepstack injections
+           "pdrop": ("gemma3", "qwen3_vl"), "sparsevlm": ("gemma3", "qwen3_vl")}
 
 
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
 # tests/test_inductor.py), and why the other families are not claimed yet
 LLAVA_ONLY: dict[str, str] = {
-    "random": "a baseline; its encoder site is the mechanism divprune's family tests check",
-    "pdrop": "checked by hand on 11 families (docs/methods.md), not in CI; multi-stage sites on "
-             "Gemma 3 and Qwen3-VL run unpruned (one log line), tested",
-    "sparsevlm": "checked by hand on 11 families (docs/methods.md), not in CI; as pdrop on "
-                 "Gemma 3 and Qwen3-VL",
-    "dart": "checked by hand on LLaVA-NeXT, Qwen2-VL, Qwen3-VL and SmolVLM, not in CI",
     "visionzip": "vtp_compile.attach reads CLIP towers (strategy 'default', or 'full' where "
                  "the CLS token is ranked like a patch, tested on LLaVA) and CLS-free SigLIP towers "
                  "(score 'cls' there is the attention a patch receives; tested on PaliGemma, "
                  "tests/families/test_nuwa_families.py); projectors that pack or merge patches "
                  "(LLaVA-NeXT) are left unpruned with one log line",
-    "cdpruner": "checked by hand on all 14 pruned families (docs/methods.md), not in CI",
     "chain": "as its stages",
     "dstp": "checked in CI on the families marked (tests/families/test_families.py, against the "
             "mask oracle); the other families' attention layouts are the same as those checked "
