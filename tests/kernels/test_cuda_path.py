@@ -99,11 +99,11 @@ class _Launch:
 
 @pytest.fixture
 def recorded(monkeypatch):
-    from vtp_compile.kernels.triton import cdpruner, coverage, dcp, divprune, select
+    from vtp_compile.kernels.triton import cdpruner, coverage, dcp, divprune, pdrop, select
     calls = []
     for mod, name in [(select, "_keep_kernel"), (select, "_layout_kernel"),
                       (divprune, "_greedy_kernel"), (dcp, "_assign_kernel"),
-                      (cdpruner, "_dpp_kernel"), (coverage, "_cover_kernel")]:
+                      (cdpruner, "_dpp_kernel"), (coverage, "_cover_kernel"), (pdrop, "_bisect_kernel")]:
         monkeypatch.setattr(mod, name, _Launch(calls))
     return calls
 
@@ -114,7 +114,7 @@ def test_triton_launcher_reads_nothing_on_the_host(name, recorded):
     with FakeTensorMode():
         args = _inputs()[name]
         out = getattr(cuda, f"_{name}_cuda")(*args)
-    assert out.shape == (B, L) and out.device.type == DEV
+    assert out.shape == ((B,) if name == "pdrop_keep" else (B, L)) and out.device.type == DEV
     assert recorded, "no Triton kernel was launched"
     for _, args, _ in recorded:   # every scalar argument is a Python number, not device data
         assert all(isinstance(a, (torch.Tensor, int, float)) for a in args)

@@ -31,8 +31,6 @@ def _case(name, B, L, g):
     x = torch.randn(B, L, D, generator=g)
     vis, live, n = _rows(g, B, L)
     s = torch.rand(B, L, generator=g)
-    if name == "pdrop_keep":
-        return [(n, [1, 3, 5, 8], stage, budget, 1, 3) for stage in (1, 3) for budget in (0, 2, L + 4)]
     if name == "sparsevlm_keep":
         return [(n, stage, budget, 2, 9) for stage in (0, 2) for budget in (0, 1, L + 4)]
     if name == "sparsevlm_scores":
@@ -61,7 +59,7 @@ def _case(name, B, L, g):
     raise AssertionError(name)
 
 
-BASELINES = ["pdrop_keep", "sparsevlm_keep", "sparsevlm_scores", "sparsevlm_recycle_rank",
+BASELINES = ["sparsevlm_keep", "sparsevlm_scores", "sparsevlm_recycle_rank",
              "sparsevlm_recycle_merge", "dart_scores", "visionzip_scores", "visionzip_merge",
              "cdpruner_scores"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cdpruner, coverage, dcp, divprune, select  # noqa: F401  (the ops must be defined first)
+from . import cdpruner, coverage, dcp, divprune, pdrop, select  # noqa: F401  (the ops must be defined first)
 
 
 @torch.library.register_kernel("vtp::select_keep", "cuda")
@@ -39,3 +39,9 @@ def _dpp_greedy_cuda(kernel, valid, k):
 def _reserve_cover_cuda(hidden, candidates, active, n_reserve):
     from .triton.coverage import reserve_cover
     return reserve_cover(hidden, candidates, active, n_reserve)
+
+
+@torch.library.register_kernel("vtp::pdrop_keep", "cuda")
+def _pdrop_keep_cuda(n_orig, bounds, stage, budget, num, den):
+    from .triton.pdrop import pdrop_keep
+    return pdrop_keep(n_orig, bounds, stage, budget, num, den)

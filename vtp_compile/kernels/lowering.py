@@ -7,7 +7,7 @@
   backends.
 * **triton**: steps plain ops express poorly (per-row top-k in position order with a
   data-dependent width, greedy max-min and farthest-point selection, greedy DPP MAP, k-means
-  rounds). The op stays a call; its CUDA kernel launches hand-written Triton kernels
+  rounds, PDrop's bisection). The op stays a call; its CUDA kernel launches hand-written Triton kernels
   (:mod:`.cuda`), its CPU kernel is the reference.
 * **stateful**: ops that read or write Python-side state (DSTP's runtime state, the vision
   internals recorded by ``attach``); they stay extern calls on every device and cannot be
@@ -28,7 +28,7 @@ import logging
 
 import torch
 
-from . import (cache, cdpruner, dart, dcp, nuwa, pdrop, scores, select, sparsevlm,  # noqa: F401
+from . import (cache, cdpruner, dart, dcp, nuwa, scores, select, sparsevlm,  # noqa: F401
                visionzip)
 
 log = logging.getLogger("vtp_compile")
@@ -61,7 +61,6 @@ DECOMPOSED = {
     "nuwa_aggregate": nuwa.nuwa_aggregate,
     "vision_context": _vision_context,   # a carrier the passes remove; never left in a graph
     # the baselines' schedules, scores and merges (each reference's docstring: why)
-    "pdrop_keep": pdrop.pdrop_keep,
     "sparsevlm_keep": sparsevlm.sparsevlm_keep,
     "sparsevlm_scores": sparsevlm.sparsevlm_scores,
     "sparsevlm_recycle_rank": sparsevlm.recycle_rank,
@@ -77,6 +76,8 @@ TRITON = {
     "cluster_select_scores": "k-means rounds (TATCS): fused similarity + masked argmax",
     "dpp_greedy": "CDPruner's greedy DPP MAP: one Cholesky row per pick, sequential per row",
     "reserve_cover": "DSTP's coverage reserve: greedy farthest points, sequential per row",
+    "pdrop_keep": "PDrop's schedule: 60 bisection halvings per row (unrolled, Inductor's inliner "
+                  "blows up on the chain)",
 }
 STATEFUL = {
     "dstp_begin": "records DSTP's prefill layout in Python-side state",

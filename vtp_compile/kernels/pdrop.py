@@ -34,10 +34,8 @@ def pdrop_keep(n_orig: torch.Tensor, bounds: list[int], stage: int, budget: int,
     ``budget / V`` (``budget`` > 0) or ``num / den``. ``bounds``: the stage layers, then the
     model's depth ``L``.
 
-    Decomposed (:mod:`.lowering`): a few elementwise ops on ``[B]`` int64/float64 with loops
-    bounded by graph constants (60 bisection halvings times the stage count, unrolled: ~10 ops per
-    halving and stage); Inductor fuses them into one small kernel (no Triton
-    kernel needed, nothing per token). Not timed on a GPU (none was available)."""
+    A Triton kernel on CUDA (:mod:`.triton.pdrop`, with why: not a decomposition, as unrolled
+    halvings stall Inductor's compile); this reference on CPU."""
     v = n_orig.to(torch.float64)
     if budget > 0:
         target = torch.full_like(v, float(budget)) / v.clamp(min=1.0)
