@@ -56,9 +56,22 @@ def _inputs():
         "vision_context": (torch.empty(V, D, **f), torch.empty(2, grid * grid, **f),
                            torch.empty(2, grid * grid, 5, **f), torch.empty(2, grid * grid, 4, **f),
                            torch.empty(2, grid * grid, **f), grid, grid, -2),
+        "pdrop_keep": (n_keep, [2, 4, 8], 2, 5, 0, 1),
+        "sparsevlm_keep": (n_keep, 1, 0, 1, 3),
+        "sparsevlm_scores": (torch.empty(B, H, L, HD, **f), cache, torch.empty(B, L, L, **b), 0.4,
+                             hidden, vis, live),
+        "sparsevlm_recycle_rank": (torch.empty(B, L, **f), vis, live, n_keep),
+        "sparsevlm_recycle_merge": (hidden, vis, torch.empty(B, L, **b), torch.empty(B, L, **f)),
+        "dart_scores": (cache, hidden, vis, live, n_keep, 2),
+        "visionzip_scores": (torch.empty(B, L, **f), vis, n_keep, 5, 32),
+        "visionzip_merge": (hidden, vis, torch.empty(B, L, **b), torch.empty(B, L, **f),
+                            torch.empty(B, L, HD, **f)),
+        "cdpruner_scores": (hidden, vis, live, n_keep, 0.5),
         "select_keep": (torch.empty(B, L, **f), vis, live, n_keep),
         "divprune_scores": (hidden, vis, n_keep),
         "cluster_select_scores": (hidden, torch.empty(B, L, **f), vis, n_keep, 3),
+        "dpp_greedy": (torch.empty(B, L, L, **f), vis, n_keep),
+        "reserve_cover": (hidden, vis, live, n_keep),
     }
 
 
@@ -86,21 +99,22 @@ class _Launch:
 
 @pytest.fixture
 def recorded(monkeypatch):
-    from vtp_compile.kernels.triton import dcp, divprune, select
+    from vtp_compile.kernels.triton import cdpruner, coverage, dcp, divprune, pdrop, select
     calls = []
     for mod, name in [(select, "_keep_kernel"), (select, "_layout_kernel"),
-                      (divprune, "_greedy_kernel"), (dcp, "_assign_kernel")]:
+                      (divprune, "_greedy_kernel"), (dcp, "_assign_kernel"),
+                      (cdpruner, "_dpp_kernel"), (coverage, "_cover_kernel"), (pdrop, "_bisect_kernel")]:
         monkeypatch.setattr(mod, name, _Launch(calls))
     return calls
 
 
-@pytest.mark.parametrize("name", ["divprune_scores", "cluster_select_scores"])
+@pytest.mark.parametrize("name", sorted(set(lowering.TRITON) - {"select_keep"}))
 def test_triton_launcher_reads_nothing_on_the_host(name, recorded):
     from vtp_compile.kernels import cuda
     with FakeTensorMode():
         args = _inputs()[name]
         out = getattr(cuda, f"_{name}_cuda")(*args)
-    assert out.shape == (B, L) and out.device.type == DEV
+    assert out.shape == ((B,) if name == "pdrop_keep" else (B, L)) and out.device.type == DEV
     assert recorded, "no Triton kernel was launched"
     for _, args, _ in recorded:   # every scalar argument is a Python number, not device data
         assert all(isinstance(a, (torch.Tensor, int, float)) for a in args)

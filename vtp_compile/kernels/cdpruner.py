@@ -34,7 +34,9 @@ def dpp_greedy(kernel: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> to
     det(L_S)`` (ties: lower index), kept up to date by one Cholesky row per pick:
     ``e = (L_j - C^T c_j) / d_j``, ``d^2 -= e^2``. Returns ``[B, V]`` float32: the ``t``-th pick
     scores ``k[b] - t``, every other token -1. A gain at or below ``1e-12`` (the kernel's rank is
-    spent) adds no Cholesky row: later picks follow the gains as they are."""
+    spent) adds no Cholesky row: later picks follow the gains as they are.
+
+    A Triton kernel on CUDA (:mod:`.triton.cdpruner`, with why); this reference on CPU."""
     B, V, _ = kernel.shape
     dev = kernel.device
     L = kernel.float()
@@ -58,18 +60,12 @@ def dpp_greedy(kernel: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> to
     return out
 
 
-def cdpruner_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
-                    n_keep: torch.Tensor, theta: float) -> torch.Tensor:
-    """CDPruner on the spliced embedding ``hidden`` ``[B, L, D]``: the DPP kernel
-    ``L = diag(q) S diag(q)`` over each row's visual tokens, ``S`` their cosine similarity and
-    ``q`` their relevance (:func:`relevance_weights`) to the row's instruction: its live text
-    tokens after its first visual token (all its live text tokens if none follows). Row ``b``
-    picks ``min(n_keep[b], V_b)`` by :func:`dpp_greedy`; returns ``[B, L]`` float32 scores whose
-    top ``n_keep[b]`` are the picks (pick order, then -1)."""
+def dpp_kernel(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+               vidx: torch.Tensor, valid: torch.Tensor, theta: float) -> torch.Tensor:
+    """``[B, V, V]`` float32: the conditional DPP kernel ``diag(q) S diag(q)`` over the visual
+    tokens at ``vidx`` ``[B, V]`` (``valid`` marks the real ones; padding reads position 0)."""
     B, L, D = hidden.shape
     dev = hidden.device
-    vidx, valid = visual_layout(visual_mask)
-    vidx = torch.where(valid, vidx, torch.zeros_like(vidx))
     V = vidx.shape[1]
     vis = torch.gather(hidden.float(), 1, vidx[..., None].expand(B, V, D))
     text = live & ~visual_mask
@@ -81,12 +77,46 @@ def cdpruner_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch
     f = torch.nn.functional.normalize(vis, dim=-1)
     eye = torch.eye(V, dtype=torch.bool, device=dev)
     S = (f @ f.transpose(1, 2)).masked_fill(eye, 1.0)        # cos(v, v) = 1 exactly: equal gains tie
-    kernel = q[:, :, None] * S * q[:, None, :]
-    k = torch.minimum(n_keep.to(dev).long(), valid.sum(1))
-    out_v = dpp_greedy(kernel, valid, k)
-    out = torch.full((B, L + 1), -1.0, dtype=torch.float32, device=dev)
-    out.scatter_(1, torch.where(valid, vidx, torch.full_like(vidx, L)), out_v)
+    return q[:, :, None] * S * q[:, None, :]
+
+
+def _spread(out_v: torch.Tensor, vidx: torch.Tensor, valid: torch.Tensor, L: int) -> torch.Tensor:
+    """``[B, L]``: the per-visual-token scores ``out_v`` at their positions, -1 elsewhere."""
+    B = out_v.shape[0]
+    out = torch.full((B, L + 1), -1.0, dtype=torch.float32, device=out_v.device)
+    out = out.scatter(1, torch.where(valid, vidx, torch.full_like(vidx, L)), out_v)
     return out[:, :L].contiguous()
+
+
+def cdpruner_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                    n_keep: torch.Tensor, theta: float) -> torch.Tensor:
+    """CDPruner on the spliced embedding ``hidden`` ``[B, L, D]``: the DPP kernel
+    ``L = diag(q) S diag(q)`` over each row's visual tokens, ``S`` their cosine similarity and
+    ``q`` their relevance (:func:`relevance_weights`) to the row's instruction: its live text
+    tokens after its first visual token (all its live text tokens if none follows). Row ``b``
+    picks ``min(n_keep[b], V_b)`` by :func:`dpp_greedy`; returns ``[B, L]`` float32 scores whose
+    top ``n_keep[b]`` are the picks (pick order, then -1)."""
+    vidx, valid = visual_layout(visual_mask)
+    vidx = torch.where(valid, vidx, torch.zeros_like(vidx))
+    kernel = dpp_kernel(hidden, visual_mask, live, vidx, valid, theta)
+    k = torch.minimum(n_keep.to(hidden.device).long(), valid.sum(1))
+    return _spread(dpp_greedy(kernel, valid, k), vidx, valid, hidden.shape[1])
+
+
+def cdpruner_scores_decomposed(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
+                               n_keep: torch.Tensor, theta: float) -> torch.Tensor:
+    """:func:`cdpruner_scores` as Inductor compiles it: the kernel matrix is plain tensor math
+    (decomposed: gathers, one batched matmul, elementwise weights, which Inductor fuses), the
+    greedy MAP stays the op ``vtp::dpp_greedy`` (a Triton kernel on CUDA). Every shape is static:
+    each row's visual positions come first in a width-``L`` layout (a stable sort of "not
+    visual") instead of the reference's compacted width (a host read)."""
+    B, L, _ = hidden.shape
+    dev = hidden.device
+    order = torch.sort((~visual_mask).to(torch.uint8), dim=1, stable=True).indices   # [B, L]
+    valid = torch.arange(L, device=dev)[None, :] < visual_mask.sum(1)[:, None]
+    kernel = dpp_kernel(hidden, visual_mask, live, order, valid, theta)
+    k = torch.minimum(n_keep.to(dev).long(), valid.sum(1))
+    return _spread(torch.ops.vtp.dpp_greedy(kernel, valid, k), order, valid, L)
 
 
 @torch.library.custom_op("vtp::dpp_greedy", mutates_args=())

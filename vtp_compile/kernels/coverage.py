@@ -4,6 +4,22 @@ from __future__ import annotations
 import torch
 
 
+def cover_setup(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.Tensor,
+                n_reserve: torch.Tensor):
+    """``(dist [B, L, L] float64, near [B, L], pool [B, L], r [B])``: the cosine distances, each
+    token's distance to the nearest active one (2 in a row without any), the candidates left and
+    each row's pick count. Shared by the reference and the CUDA kernel; reads nothing on the host."""
+    dev = hidden.device
+    # float64: duplicated tokens (tiled images) tie exactly, and ties go to the lower position
+    f = torch.nn.functional.normalize(hidden.double(), dim=-1)
+    dist = 1.0 - f @ f.transpose(1, 2)                                    # [B, L, L]
+    pool = candidates & ~active
+    near = dist.masked_fill(~active[:, None, :], float("inf")).amin(-1)  # to the active set
+    near = torch.where(active.any(1, keepdim=True), near, torch.full_like(near, 2.0))
+    r = torch.minimum(n_reserve.to(dev), pool.sum(1))
+    return dist, near, pool, r
+
+
 def reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.Tensor,
                   n_reserve: torch.Tensor) -> torch.Tensor:
     """Greedy farthest-point picks, per row, among ``candidates & ~active``.
@@ -13,16 +29,12 @@ def reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.
     ``min(n_reserve[b], its candidates left)``. Returns ``[B, L]`` float32: 3 on ``active``,
     ``2 - t / (L + 1)`` on the ``t``-th pick (so picks rank in order, below the active set),
     -1 elsewhere.
+
+    A Triton kernel on CUDA (:mod:`.triton.coverage`, with why); this reference on CPU.
     """
     B, L, _ = hidden.shape
     dev = hidden.device
-    # float64: duplicated tokens (tiled images) tie exactly, and ties go to the lower position
-    f = torch.nn.functional.normalize(hidden.double(), dim=-1)
-    dist = 1.0 - f @ f.transpose(1, 2)                                    # [B, L, L]
-    pool = candidates & ~active
-    near = dist.masked_fill(~active[:, None, :], float("inf")).amin(-1)  # to the active set
-    near = torch.where(active.any(1, keepdim=True), near, torch.full_like(near, 2.0))
-    r = torch.minimum(n_reserve.to(dev), pool.sum(1))
+    dist, near, pool, r = cover_setup(hidden, candidates, active, n_reserve)
     out = torch.where(active, torch.full_like(near, 3.0), torch.full_like(near, -1.0)).float()
     rows = torch.arange(B, device=dev)
     steps = int(r.max()) if B else 0

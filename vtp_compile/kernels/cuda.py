@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dcp, divprune, select  # noqa: F401  (the ops must be defined first)
+from . import cdpruner, coverage, dcp, divprune, pdrop, select  # noqa: F401  (the ops must be defined first)
 
 
 @torch.library.register_kernel("vtp::select_keep", "cuda")
@@ -27,3 +27,21 @@ def _divprune_scores_cuda(hidden, visual_mask, n_keep):
 def _cluster_select_scores_cuda(features, scores, valid, k, iters):
     from .triton.dcp import cluster_select_scores
     return cluster_select_scores(features, scores, valid, k, iters)
+
+
+@torch.library.register_kernel("vtp::dpp_greedy", "cuda")
+def _dpp_greedy_cuda(kernel, valid, k):
+    from .triton.cdpruner import dpp_greedy
+    return dpp_greedy(kernel, valid, k)
+
+
+@torch.library.register_kernel("vtp::reserve_cover", "cuda")
+def _reserve_cover_cuda(hidden, candidates, active, n_reserve):
+    from .triton.coverage import reserve_cover
+    return reserve_cover(hidden, candidates, active, n_reserve)
+
+
+@torch.library.register_kernel("vtp::pdrop_keep", "cuda")
+def _pdrop_keep_cuda(n_orig, bounds, stage, budget, num, den):
+    from .triton.pdrop import pdrop_keep
+    return pdrop_keep(n_orig, bounds, stage, budget, num, den)

@@ -10,9 +10,7 @@ def _rank_ascending(key: torch.Tensor) -> torch.Tensor:
     """Rank of each entry of every row when sorted ascending (ties: lower position first)."""
     B, L = key.shape
     order = torch.sort(key, dim=1, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(L, device=key.device).expand(B, L))
-    return rank
+    return torch.empty_like(order).scatter(1, order, torch.arange(L, device=key.device).expand(B, L))
 
 
 def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Tensor,
@@ -30,6 +28,11 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
 
     Returns ``[B, L]`` float32: 1 on the row's ``k`` retained visual tokens, -1 elsewhere.
     Ties: lower position first.
+
+    Decomposed (:mod:`.lowering`): every step is plain tensor math on static shapes (stable
+    sorts for ranks, one similarity row per pivot, masks instead of index lists), and the pivot
+    loop has the static bound ``2 * pivots`` (a graph argument), so Inductor fuses it into a few
+    kernels; no Triton kernel needed. Not timed on a GPU (none was available).
     """
     B, L = visual_mask.shape
     dev = hidden.device
@@ -56,7 +59,7 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
     is_piv = is_img_piv | is_txt_piv
     piv_order = _rank_ascending(torch.where(is_piv, pos.float(), torch.full_like(norm, _BIG)))
     h = torch.nn.functional.normalize(hidden.float(), dim=-1)
-    chosen = is_img_piv.clone()
+    chosen = is_img_piv
     pool = vis & ~is_img_piv
     rows = torch.arange(B, device=dev)
     for j in range(2 * pivots):
@@ -65,15 +68,15 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
         cos = torch.einsum("bld,bd->bl", h, h[rows, p])
         rank = _rank_ascending(torch.where(pool, cos, torch.full_like(cos, _BIG)))
         take = pool & (rank < T[:, None]) & has[:, None]
-        chosen |= take
-        pool &= ~take
+        chosen = chosen | take
+        pool = pool & ~take
     # top-up: the least duplicated remaining candidates
     sim = torch.einsum("bld,bmd->blm", h, h)
     worst = sim.masked_fill(~chosen[:, None, :], -_BIG).amax(-1)           # [B, L]
     worst = torch.where(chosen.any(1, keepdim=True), worst, torch.zeros_like(worst))
     rest = k - chosen.sum(1)
     rank = _rank_ascending(torch.where(pool, worst, torch.full_like(worst, _BIG)))
-    chosen |= pool & (rank < rest[:, None])
+    chosen = chosen | (pool & (rank < rest[:, None]))
     return torch.where(chosen, torch.ones_like(norm), -torch.ones_like(norm))
 
 

@@ -6,16 +6,18 @@
   FX graph the passes work on (the passes find their own nodes by it) and for other inner
   backends.
 * **triton**: steps plain ops express poorly (per-row top-k in position order with a
-  data-dependent width, greedy max-min selection, k-means rounds). The op stays an extern call;
-  its CUDA kernel launches hand-written Triton kernels (:mod:`.cuda`), its CPU kernel is the
-  reference.
-* **extern**: the baselines' selection steps (PDrop, DART, SparseVLM, VisionZip, CDPruner,
-  DSTP's coverage reserve). They stay extern calls running their PyTorch reference on every
-  device: no Triton kernel and no decomposition yet (their sequential greedy loops or
-  data-dependent schedules would need one each; not measured on a GPU, none was available).
+  data-dependent width, greedy max-min and farthest-point selection, greedy DPP MAP, k-means
+  rounds, PDrop's bisection). The op stays a call; its CUDA kernel launches hand-written Triton kernels
+  (:mod:`.cuda`), its CPU kernel is the reference.
 * **stateful**: ops that read or write Python-side state (DSTP's runtime state, the vision
   internals recorded by ``attach``); they stay extern calls on every device and cannot be
   replayed by CUDA graphs (see :mod:`vtp_compile.shift_state`).
+
+There is no "extern" class any more: every op the passes insert reaches Inductor either as
+code it generates or as a declared Triton kernel (stateful ops aside). Where a method's op
+mixes both (CDPruner: kernel matrix, then greedy MAP), its decomposition builds the plain part
+and calls the Triton op for the rest. None of these choices was measured on a GPU (none was
+available); each kernel's or decomposition's docstring says why it was made.
 
 A new op must be classified here (``tests/kernels/test_lowering.py`` checks every registered
 op). :func:`decompositions` is what :func:`vtp_compile.passes.manager.lower` gives Inductor.
@@ -26,7 +28,8 @@ import logging
 
 import torch
 
-from . import cache, dcp, nuwa, scores, select
+from . import (cache, cdpruner, dart, dcp, nuwa, scores, select, sparsevlm,  # noqa: F401
+               visionzip)
 
 log = logging.getLogger("vtp_compile")
 
@@ -57,24 +60,24 @@ DECOMPOSED = {
     "nuwa_anchor_scores": nuwa.nuwa_anchor_scores,
     "nuwa_aggregate": nuwa.nuwa_aggregate,
     "vision_context": _vision_context,   # a carrier the passes remove; never left in a graph
+    # the baselines' schedules, scores and merges (each reference's docstring: why)
+    "sparsevlm_keep": sparsevlm.sparsevlm_keep,
+    "sparsevlm_scores": sparsevlm.sparsevlm_scores,
+    "sparsevlm_recycle_rank": sparsevlm.recycle_rank,
+    "sparsevlm_recycle_merge": sparsevlm.recycle_merge,
+    "dart_scores": dart.dart_scores,
+    "visionzip_scores": visionzip.visionzip_scores,
+    "visionzip_merge": visionzip.visionzip_merge_decomposed,
+    "cdpruner_scores": cdpruner.cdpruner_scores_decomposed,   # calls the Triton op dpp_greedy
 }
 TRITON = {
     "select_keep": "per-row top-k in position order; its width is the graph's one data-dependent size",
     "divprune_scores": "greedy max-min diversity: a sequential loop per row",
     "cluster_select_scores": "k-means rounds (TATCS): fused similarity + masked argmax",
-}
-EXTERN = {
-    "pdrop_keep": "PDrop's per-row stage schedule (a small solve per row)",
-    "dart_scores": "DART's duplication-aware greedy picks (sequential per row)",
-    "sparsevlm_scores": "SparseVLM's rater-attention scores",
-    "sparsevlm_keep": "SparseVLM's stage schedule",
-    "sparsevlm_recycle_rank": "SparseVLM v1's recycling ranks",
-    "sparsevlm_recycle_merge": "SparseVLM v1's recycling merge",
-    "visionzip_scores": "VisionZip's dominant and contextual picks",
-    "visionzip_merge": "VisionZip's contextual merge",
-    "dpp_greedy": "CDPruner's greedy DPP MAP (sequential Cholesky updates)",
-    "cdpruner_scores": "CDPruner's conditional kernel and greedy selection",
-    "reserve_cover": "DSTP's coverage reserve (greedy farthest points)",
+    "dpp_greedy": "CDPruner's greedy DPP MAP: one Cholesky row per pick, sequential per row",
+    "reserve_cover": "DSTP's coverage reserve: greedy farthest points, sequential per row",
+    "pdrop_keep": "PDrop's schedule: 60 bisection halvings per row (unrolled, Inductor's inliner "
+                  "blows up on the chain)",
 }
 STATEFUL = {
     "dstp_begin": "records DSTP's prefill layout in Python-side state",

@@ -33,7 +33,9 @@ def pdrop_keep(n_orig: torch.Tensor, bounds: list[int], stage: int, budget: int,
     ``V = n_orig`` (each row's visual count before the first stage); the layer-average target is
     ``budget / V`` (``budget`` > 0) or ``num / den``. ``bounds``: the stage layers, then the
     model's depth ``L``.
-    """
+
+    A Triton kernel on CUDA (:mod:`.triton.pdrop`, with why: not a decomposition, as unrolled
+    halvings stall Inductor's compile); this reference on CPU."""
     v = n_orig.to(torch.float64)
     if budget > 0:
         target = torch.full_like(v, float(budget)) / v.clamp(min=1.0)

@@ -34,7 +34,11 @@ def profile_fraction(t, stage: int):
 
 def sparsevlm_keep(n_orig: torch.Tensor, stage: int, budget: int, num: int, den: int) -> torch.Tensor:
     """Stage ``stage``'s (0-based) kept count per row: ``clamp(floor(V p + 1/2), 1, V)`` with
-    ``p = profile_fraction(budget / V)`` (or ``num / den``), ``V = n_orig``."""
+    ``p = profile_fraction(budget / V)`` (or ``num / den``), ``V = n_orig``.
+
+    Decomposed (:mod:`.lowering`): a few elementwise ops on ``[B]`` int64/float64 with loops
+    bounded by graph constants; Inductor fuses them into one small kernel (no Triton
+    kernel needed, nothing per token). Not timed on a GPU (none was available)."""
     v = n_orig.to(torch.float64)
     if budget > 0:
         t = torch.full_like(v, float(budget)) / v.clamp(min=1.0)
@@ -72,7 +76,11 @@ def sparsevlm_scores(q_all: torch.Tensor, k: torch.Tensor, mask_all: Optional[to
                      live: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` float32: the attention the row's raters pay each token, averaged over heads
     and raters (softmax of ``scale q k^T`` over what each rater may attend to, ``mask_all``
-    ``[B, L, S]`` bool or additive)."""
+    ``[B, L, S]`` bool or additive).
+
+    Decomposed (:mod:`.lowering`): attention of the rater rows (a batched matmul, a masked
+    softmax, means) and the rater mask (one embedding similarity, a softmax, comparisons); plain
+    tensor math on static shapes that Inductor fuses. Not timed on a GPU (none was available)."""
     B, H, L, D = q_all.shape
     r = raters(embeds, visual_mask, live)
     kk = k.float()
@@ -130,13 +138,15 @@ def recycle_rank(score: torch.Tensor, visual_mask: torch.Tensor, live: torch.Ten
     """Scores that rank, per row, the top ``k`` visual tokens (``3 + s/2``), then the cluster
     representatives (``2 + s/2``: the best ``clusters`` of the pruned), then the other recycled
     tokens (``1 + s/2``), then the rest (``s/2``); -1 off the visual tokens. ``s``: the rater
-    score; ranks ties to the lower position."""
+    score; ranks ties to the lower position.
+
+    Decomposed (:mod:`.lowering`): one stable sort for the ranks, then elementwise; no Triton
+    kernel needed. Not timed on a GPU (none was available)."""
     B, L = score.shape
     vis = visual_mask & live
     s = score.float()
     order = torch.sort(torch.where(vis, -s, torch.full_like(s, float("inf"))), dim=1, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(L, device=s.device).expand(B, L))
+    rank = torch.empty_like(order).scatter(1, order, torch.arange(L, device=s.device).expand(B, L))
     V = vis.sum(1)
     k = torch.minimum(k.to(s.device), V)
     rec, clusters = recycle_count(V - k)
@@ -152,14 +162,19 @@ def recycle_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: to
                   scores: torch.Tensor) -> torch.Tensor:
     """Each recycled token (``scores`` from :func:`recycle_rank`: in [1, 2) and not kept) joins
     its most cosine-similar kept representative (in [2, 3); ties: lower position); every
-    representative becomes the mean of itself and its members."""
+    representative becomes the mean of itself and its members.
+
+    Decomposed (:mod:`.lowering`): one similarity matmul, a masked argmax, a one-hot matmul for
+    the member sums (the one-hot by comparison: ``one_hot`` range-checks its input on the host);
+    no Triton kernel needed. Not timed on a GPU (none was available)."""
     reps = keep_mask & visual_mask & (scores >= 2.0) & (scores < 3.0)
     rec = visual_mask & ~keep_mask & (scores >= 1.0) & (scores < 2.0)
     h = hidden.float()
     f = torch.nn.functional.normalize(h, dim=-1)
     sim = (f @ f.transpose(1, 2)).masked_fill(~reps[:, None, :], float("-inf"))   # [B, t, rep]
     to = sim.argmax(-1)                                                            # first max
-    assign = torch.nn.functional.one_hot(to, hidden.shape[1]).to(h.dtype) * rec[:, :, None]
+    cols = torch.arange(hidden.shape[1], device=hidden.device)
+    assign = (to[:, :, None] == cols).to(h.dtype) * rec[:, :, None]     # one-hot, no range check
     assign = assign + torch.diag_embed(reps.to(h.dtype))                            # [B, t, rep]
     total = assign.transpose(1, 2) @ h                                              # [B, rep, D]
     count = assign.sum(1)[:, :, None]

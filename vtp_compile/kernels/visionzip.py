@@ -24,6 +24,10 @@ def visionzip_scores(dominant: torch.Tensor, visual_mask: torch.Tensor, n_keep: 
     ``step = max(1, R // c)``-th from the first (``R`` of them), the first ``c`` of those.
     Returns ``[B, L]`` float32: dominant 2, target 1, every other position -1, so the top
     ``k`` are exactly dominant ∪ targets and the merge can tell them apart.
+
+    Decomposed (:mod:`.lowering`; this function is the decomposition): one stable sort for the
+    dominant ranks, a cumulative sum for the contextual ordinals, masks; no Triton kernel
+    needed. Not timed on a GPU (none was available).
     """
     B, L = visual_mask.shape
     dev = visual_mask.device
@@ -33,7 +37,7 @@ def visionzip_scores(dominant: torch.Tensor, visual_mask: torch.Tensor, n_keep: 
     d = k - c
     s = dominant.float().masked_fill(~visual_mask, float("-inf"))
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=dev).expand(B, L))
+    rank = torch.empty_like(order).scatter(1, order, torch.arange(L, device=dev).expand(B, L))
     dom = visual_mask & (rank < d[:, None])
     rest = visual_mask & ~dom
     R = V - d
@@ -75,6 +79,28 @@ def visionzip_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: 
     ext = torch.cat([out, out.new_zeros(B, 1, D)], 1)
     ext.scatter_(1, pos[..., None].expand(B, V, D), torch.where(upd[..., None], merged, out.new_zeros(())))
     return ext[:, :L].contiguous()
+
+
+def visionzip_merge_decomposed(hidden: torch.Tensor, visual_mask: torch.Tensor,
+                               keep_mask: torch.Tensor, scores: torch.Tensor,
+                               keys: torch.Tensor) -> torch.Tensor:
+    """:func:`visionzip_merge` as Inductor compiles it (:mod:`.lowering`): the same assignment
+    and merge over all ``L`` positions with masks, instead of the reference's compacted visual
+    layout (whose width is a host read). Plain tensor math: one key-similarity matmul, a masked
+    argmax, a one-hot matmul for the member sums, which Inductor fuses; no Triton kernel
+    needed. Not timed on a GPU (none was available)."""
+    L = hidden.shape[1]
+    tgt = visual_mask & keep_mask & (scores == TARGET)
+    src = visual_mask & ~keep_mask & tgt.any(1, keepdim=True)
+    kv = torch.nn.functional.normalize(keys.float(), dim=-1)
+    sim = (kv @ kv.transpose(1, 2)).masked_fill(~tgt[:, None, :], float("-inf"))   # [B, src, tgt]
+    to = sim.argmax(-1)                                                            # first max
+    assign = ((to[..., None] == torch.arange(L, device=hidden.device)) & src[..., None]).float()
+    x = hidden.float()
+    count = assign.sum(1)                                                          # [B, L] per target
+    agg = (assign.transpose(1, 2) @ x) / count.clamp(min=1)[..., None]
+    merged = (x + agg).to(hidden.dtype)
+    return torch.where((tgt & (count > 0))[..., None], merged, hidden)
 
 
 @torch.library.custom_op("vtp::visionzip_scores", mutates_args=())
