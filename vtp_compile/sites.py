@@ -64,7 +64,8 @@ class EncoderSite:
     positions hold the projected visual features). ``merge`` as for :class:`LayerSite`.
 
     ``context=True``: the site reads the vision tower's internals (see
-    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer``; both callables get
+    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer`` (None: the layer
+    :func:`vtp_compile.attach` read, by default the tower's own default); both callables get
     ``x["ctx"] = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w, keys [n_img, N, hd],
     received [n_img, N])``, image after image in the order the splice places them; ``N`` is
     ``grid_h * grid_w`` plus the tokens each image starts with that are not patches (1: a CLS token
@@ -76,7 +77,7 @@ class EncoderSite:
     merge: Callable | None = None
     context: bool = False
     method: str = ""
-    vision_layer: int = -2
+    vision_layer: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
