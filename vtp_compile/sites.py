@@ -70,6 +70,8 @@ class EncoderSite:
     received [n_img, N])``, image after image in the order the splice places them; ``N`` is
     ``grid_h * grid_w`` plus the tokens each image starts with that are not patches (1: a CLS token
     kept by ``vision_feature_select_strategy="full"``, first), ``N - grid_h * grid_w``.
+    ``grid=False``: the site reads the internals per token only, never the grid, so it also
+    runs where the images have no one grid (Qwen images of different sizes: ``(1, T)``).
     """
     keep: KeepRule
     score: Callable
@@ -78,6 +80,7 @@ class EncoderSite:
     context: bool = False
     method: str = ""
     vision_layer: int | None = None
+    grid: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

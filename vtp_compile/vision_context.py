@@ -32,7 +32,9 @@ a graph break inside the tower in a direct compiled forward, where Dynamo splits
 into fragments anyway), keep what the tower saw (block input, ``cu_seqlens``, rotary
 ``position_embeddings``, outputs); the tower's forward hook records
 :func:`qwen_internals` (per merged token, in the order the language model receives the tokens:
-Qwen2.5-VL's window permutation undone) with the merged features. The decoder graph, which
+Qwen2.5-VL's window permutation undone) with the merged features, and a traced pre-hook on the
+language model reads the current grid so that Dynamo guards on it (the grid is baked into the
+prefill graph; two images can have as many tokens on different grids). The decoder graph, which
 starts from the spliced embeddings in a direct forward, gathers its visual rows for the lookup
 (:func:`vtp_compile.passes.vision_args.spliced_features`).
 
@@ -48,6 +50,7 @@ from . import kernels  # noqa: F401  (registers torch.ops.vtp.vision_context / v
 
 _ATTR = "_vtp_vision_hooks"
 _LAYER_ATTR = "_vtp_vision_layer"
+_GRID_ATTR = "_vtp_vision_grid"
 
 
 @dataclasses.dataclass
@@ -61,6 +64,8 @@ class Record:
     grid: tuple[int, int]
     layer: int = -2             # the vision layer whose attention cls_attn/keys/received read
     refused: str = ""           # why these images' internals cannot be used (then all else empty)
+    no_grid: str = ""           # why there is no one patch grid (then grid = (1, T): every token
+                                # in one row; sites that read the grid refuse, VisionZip does not)
 
 
 _RECORD: Record | None = None
@@ -231,8 +236,9 @@ def detach(model):
         for h in handles:
             h.remove()
         delattr(model, _ATTR)
-        if hasattr(model, _LAYER_ATTR):
-            delattr(model, _LAYER_ATTR)
+        for attr in (_LAYER_ATTR, _GRID_ATTR):
+            if hasattr(model, attr):
+                delattr(model, attr)
     return model
 
 
@@ -317,14 +323,26 @@ def _attach_qwen(model, tower, vision_layer: int):
             feats = output.pooler_output.detach()
             _RECORD = _qwen_record(tower, blocks[at], seen, feats.reshape(-1, feats.shape[-1]),
                                    vision_layer)
+            key = f"{_RECORD.grid} {_RECORD.features.shape[0]} {_RECORD.refused}{_RECORD.no_grid}"
+            setattr(model, _GRID_ATTR, key)
         seen.clear()
+        return None
+
+    def guard_grid(module, args, kwargs):
+        # traced, not disabled, in the frame that runs the decoder layers: Dynamo guards on this
+        # string, so a prefill graph, whose grid (and, in a direct forward, visual count) is baked
+        # in, is not reused for images of another grid with the same token count
+        if getattr(model, _GRID_ATTR, "") == "":
+            return None
         return None
 
     upper = range(n // 2, n)
     handles = (tower.register_forward_pre_hook(start, with_kwargs=True),
                blocks[at].register_forward_pre_hook(read_block, with_kwargs=True),
                *(blocks[i].register_forward_hook(keep_output) for i in upper),
-               tower.register_forward_hook(finish, with_kwargs=True))
+               tower.register_forward_hook(finish, with_kwargs=True),
+               getattr(model.base_model, "language_model", model).register_forward_pre_hook(
+                   guard_grid, with_kwargs=True))
     setattr(model, _ATTR, handles)
     setattr(model, _LAYER_ATTR, vision_layer)
     return model
@@ -344,16 +362,20 @@ def _qwen_record(tower, block, seen: dict, feats: torch.Tensor, layer: int) -> R
                         "images only", layer)
     if feats.shape[0] != sum(h * w for _, h, w in grids):
         return _refusal("the tower's merged tokens do not match its grid_thw", layer)
-    if len({g[1:] for g in grids}) > 1:
-        return _refusal("images of different sizes in one batch (merged grids "
-                        f"{sorted({g[1:] for g in grids})}): the encoder-stage kernels take one patch "
-                        "grid per call; prune such batches one size at a time", layer)
     if seen.get("pe") is None or seen.get("cu") is None:
         return _refusal("this Qwen-style tower passes no rotary position_embeddings / cu_seqlens "
                         "to its blocks", layer)
     with torch.no_grad():
         cls, upper, keys, received = qwen_internals(tower, block, seen["x"], seen["cu"], seen["pe"],
                                                     seen["upper"], thw)
+    if len({g[1:] for g in grids}) > 1:
+        # per-token internals still line up with the tokens (VisionZip); a grid does not (Nüwa)
+        T = cls.shape[0]
+        why = (f"images of different sizes in one batch (merged grids {sorted({g[1:] for g in grids})}"
+               "): the anchor kernels take one patch grid per call; prune such batches one size at "
+               "a time")
+        return Record(feats, cls.view(1, T), upper.view(1, T, -1), keys.view(1, T, -1),
+                      received.view(1, T), (1, T), layer, no_grid=f"vtp: {why}")
     gh, gw = grids[0][1:]
     n_img = len(grids)
     return Record(feats, cls.view(n_img, -1), upper.view(n_img, gh * gw, -1),

@@ -2,7 +2,8 @@
 attention each patch receives) and Qwen2-VL's / Qwen2.5-VL's towers (no CLS, merged patches,
 windows) against the mask oracle, on the paths support.EXTRA claims; LLaVA-NeXT's and
 LLaVA-OneVision's anyres packing (newline tokens, padded patches dropped) is left unpruned, and
-so is a Qwen batch with images of different sizes."""
+so is Nüwa on a Qwen batch with images of different sizes (VisionZip, which reads no grid,
+prunes it)."""
 import pytest
 import torch
 
@@ -22,6 +23,8 @@ ROWS = [F.RowSpec(0, 4, (F.ImageSpec(64, 96),)), F.RowSpec(0, 2, (F.ImageSpec(64
 # VisionZip's score on a tower without CLS: both variants on PaliGemma, "received" on Qwen2.5-VL
 # (its "cls" is the head sum: the same ranking, the same record)
 VZ_SCORES = {"paligemma": ("cls", "received"), "qwen2_5_vl": ("received",)}
+# Qwen: two images of different sizes (4x6 and 2x6 merged tokens) in a left-padded batch
+MIXED = [F.RowSpec(0, 4, (F.ImageSpec(64, 96),)), F.RowSpec(0, 2, (F.ImageSpec(32, 96),))]
 
 
 def check_qwen_record(model, inputs):
@@ -33,7 +36,8 @@ def check_qwen_record(model, inputs):
     rec = vtp_compile.vision_context.last_record()
     summed, received, upper, keys, grid = oracle_nuwa.qwen_internals(
         model, inputs["pixel_values"], inputs["image_grid_thw"])
-    assert rec.grid == grid and not rec.refused
+    assert not rec.refused and bool(rec.no_grid) == (grid is None)
+    assert rec.grid == (grid if grid is not None else (1, rec.features.shape[0]))
     for got, want in ((rec.cls_attn, summed), (rec.received, received), (rec.upper, upper),
                       (rec.keys, keys)):
         torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-4)
@@ -72,10 +76,12 @@ def test_nuwa_on_families(family, path):
 @pytest.mark.parametrize("family,path,score", [(f, p, s) for f, paths in support.EXTRA["visionzip"].items()
                                                for p in paths for s in VZ_SCORES[f]])
 def test_visionzip_on_families(family, path, score):
-    """VisionZip reads the same record: on a CLS-free tower "cls" is the received attention."""
+    """VisionZip reads the same record: on a CLS-free tower "cls" is the received attention. It
+    reads no grid, so Qwen images of different sizes are pruned (per-token internals)."""
     torch._dynamo.reset()
     model = vtp_compile.attach(F.build_model(family))
-    inputs = F.make_inputs(family, model, ROWS, padding_side="left", seed=2)
+    rows = MIXED if "qwen" in family else ROWS
+    inputs = F.make_inputs(family, model, rows, padding_side="left", seed=2)
     visual = F.visual_positions(family, model, inputs)
     opts = {"method": "visionzip", "inner_backend": "eager", "budget": 6, "score": score}
     pruning = Pruning("visionzip", budget=6, score=score)
@@ -86,14 +92,13 @@ def test_visionzip_on_families(family, path, score):
     assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
 
 
-def test_qwen_images_of_different_sizes_are_left_unpruned_and_say_why():
-    """Two images of different sizes in a left-padded batch (4x6 and 2x6 merged tokens): the
-    encoder-stage kernels take one patch grid per call, so generate runs unpruned and the
-    report says why."""
+def test_nuwa_on_qwen_images_of_different_sizes_is_left_unpruned_and_says_why():
+    """Two images of different sizes in a left-padded batch (4x6 and 2x6 merged tokens): Nüwa's
+    anchor kernels take one patch grid per call, so generate runs unpruned and the report says
+    why."""
     torch._dynamo.reset()
     model = vtp_compile.attach(F.build_model("qwen2_5_vl"))
-    rows = [F.RowSpec(0, 4, (F.ImageSpec(64, 96),)), F.RowSpec(0, 2, (F.ImageSpec(32, 96),))]
-    inputs = F.make_inputs("qwen2_5_vl", model, rows, padding_side="left", seed=3)
+    inputs = F.make_inputs("qwen2_5_vl", model, MIXED, padding_side="left", seed=3)
     start = len(REPORTS)
     with torch.no_grad():
         want = model.generate(**inputs, max_new_tokens=2, do_sample=False)

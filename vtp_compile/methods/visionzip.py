@@ -16,6 +16,9 @@ visual tokens:
   layer keys, mean over heads, L2-normalised) is the most similar, and a target with members
   becomes ``x_t + mean(members)``.
 
+It reads the internals per token, never the patch grid (``EncoderSite(grid=False)``), so a Qwen
+batch with images of different sizes is pruned too.
+
 Kept tokens keep their positions (the paper appends the contextual tokens after the dominant
 ones); the merge acts on the projected features the language model receives (the paper merges
 the vision tower's hidden states before the projector).
@@ -86,4 +89,5 @@ class VisionZip(Method):
         p = cfg.params
         frac = contextual_fraction(p["contextual"])
         return [EncoderSite(keep=cfg.keep, score=scorer(p["score"], frac), merge=merge, context=True,
-                            name="visionzip", method="visionzip", vision_layer=p["vision_layer"])]
+                            name="visionzip", method="visionzip", vision_layer=p["vision_layer"],
+                            grid=False)]

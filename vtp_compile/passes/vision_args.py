@@ -46,11 +46,11 @@ def context_args(vlm: VLMGraph, site, visual_mask=None) -> tuple:
             "layers), which are not in this graph; call vtp_compile.attach(model) once before "
             "model.compile(...) so that they reach it, and set "
             "torch._dynamo.config.capture_scalar_outputs = True (without it Dynamo splits the "
-            "vision tower and the decoder into separate graphs); on Qwen-style towers it serves "
-            "generate only (a direct forward's vision tower is split from the decoder graph) "
-            "(README: Nüwa)")
+            "vision tower and the decoder into separate graphs) (README: Nüwa)")
     if rec.refused:
         raise Unsupported(f"{method_of(site)}: {rec.refused}")
+    if rec.no_grid and getattr(site, "grid", True):
+        raise Unsupported(f"{method_of(site)}: {rec.no_grid}")
     _check_layer(site, want, rec.layer)
     _check_one_feature_per_patch(vlm, site, rec.cls_attn)
     g = vlm.gm.graph

@@ -115,6 +115,8 @@ class _Run:
         layer = -1 if p.vision_layer is None else p.vision_layer
         summed, received, upper, keys, self.grid = oracle_nuwa.qwen_internals(model, pixel_values,
                                                                               grid_thw, layer)
+        if p.method == "nuwa" and self.grid is None:
+            raise NotImplementedError("the mask oracle's Nüwa reads images of one size")
         dom = received if p.score == "received" and p.method != "nuwa" else summed
         at = 0
         for b in range(self.visual.shape[0]):

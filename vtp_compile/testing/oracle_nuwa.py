@@ -105,15 +105,13 @@ def qwen_internals(model, pixel_values, grid_thw, vision_layer: int = -1):
     segment; ``summed``: the same summed over heads; ``keys``: the block's keys before the rotary
     embedding (its ``qkv`` output), mean over heads; ``upper``: the mean of the upper half of
     the blocks' outputs; each averaged over the merged patches. ``grid``: the merged grid, one
-    for every image (else ``NotImplementedError``)."""
+    for every image (None: images of different sizes)."""
     from transformers import AttentionInterface
     tower = model.model.visual
     blocks = list(tower.blocks)
     at = vision_layer % len(blocks)
     m = tower.spatial_merge_size
     grids = {(h // m, w // m) for _, h, w in grid_thw.tolist()}
-    if len(grids) != 1:
-        raise NotImplementedError("the oracle reads batches of one image size")
     AttentionInterface.register("vtp_oracle_probe", _probe_attention)
     seen = []
     hook = blocks[at].attn.qkv.register_forward_hook(lambda mod, a, out: seen.append(out.float()))
@@ -140,7 +138,7 @@ def qwen_internals(model, pixel_values, grid_thw, vision_layer: int = -1):
         for src, dst in zip(per, natural):
             dst[u] = src[j]
     received, upper, keys = natural
-    return received * H, received, upper, keys, grids.pop()
+    return received * H, received, upper, keys, grids.pop() if len(grids) == 1 else None
 
 
 def full_anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:

@@ -75,7 +75,8 @@ LLAVA_ONLY: dict[str, str] = {
                  "the CLS token is ranked like a patch, tested on LLaVA) and CLS-free SigLIP towers "
                  "(score 'cls' there is the attention a patch receives; tested on PaliGemma, "
                  "tests/families/test_nuwa_families.py), and Qwen2-VL's and Qwen2.5-VL's towers as "
-                 "for nuwa (tested on Qwen2.5-VL's generate with 'received'; Qwen2-VL, whose "
+                 "for nuwa (tested on Qwen2.5-VL's generate with 'received' and two images of "
+                 "different sizes, which VisionZip prunes: it reads no grid; Qwen2-VL, whose "
                  "record nuwa's test checks, by hand only); "
                  "projectors that pack or merge patches (LLaVA-NeXT) are left unpruned with one "
                  "log line",
@@ -106,8 +107,9 @@ LLAVA_ONLY: dict[str, str] = {
             "anchors by the attention a patch receives in the last vision block, per merged "
             "token, Qwen2.5-VL's window order undone; tested on generate, where the internals "
             "also equal the oracle's; the direct forward is pruned too, checked by hand against "
-            "the oracle, not in CI: 40-70 s a case); a Qwen batch with images of different sizes runs "
-            "unpruned with one log line (tested), video inputs likewise (not tested); Qwen3-VL (deepstack), "
+            "the oracle, not in CI: 40-70 s a case); a Qwen batch with images of different sizes "
+            "runs unpruned with one log line (the anchor kernels take one grid; tested), video "
+            "inputs likewise (not tested); Qwen3-VL (deepstack), "
             "Qwen3.5 (its Nüwa differs from the oracle on the hybrid decoder: not served), "
             "GLM-4V (downsampling merger), Idefics3/SmolVLM, InternVL and Pixtral towers are "
             "refused by attach with a ValueError",
