@@ -37,9 +37,10 @@ def explain(model, inputs, options=None):
     return _explain(model, inputs, options)
 
 
-def attach(model, vision_layer: int = -2):
+def attach(model, vision_layer: int | None = None):
     """Let encoder-stage methods (Nüwa, VisionZip) read the vision tower's internals (of vision
-    layer ``vision_layer``); see :mod:`vtp_compile.vision_context`. Returns ``model``."""
+    layer ``vision_layer``; None: -2 on CLIP/SigLIP towers, the last block on Qwen towers); see
+    :mod:`vtp_compile.vision_context`. Returns ``model``."""
     from .vision_context import attach as _attach
     return _attach(model, vision_layer)
 

@@ -66,7 +66,7 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     from .methods.registry import get_method
     temporary = get_method(cfg.method).needs_vision(cfg) and not vision_context.is_attached(model)
     if temporary:   # the method reads the vision tower's internals: attach for this capture
-        vision_context.attach(model, cfg.params.get("vision_layer", -2))
+        vision_context.attach(model, cfg.params.get("vision_layer"))
     scalars = torch._dynamo.config.capture_scalar_outputs
     with torch.no_grad():
         model(**inputs)   # transformers installs its output hooks on a first call, untraceably

@@ -64,11 +64,14 @@ class EncoderSite:
     positions hold the projected visual features). ``merge`` as for :class:`LayerSite`.
 
     ``context=True``: the site reads the vision tower's internals (see
-    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer``; both callables get
+    :mod:`vtp_compile.vision_context`) of vision layer ``vision_layer`` (None: the layer
+    :func:`vtp_compile.attach` read, by default the tower's own default); both callables get
     ``x["ctx"] = (cls_attn [n_img, N], upper [n_img, N, Dv], grid_h, grid_w, keys [n_img, N, hd],
     received [n_img, N])``, image after image in the order the splice places them; ``N`` is
     ``grid_h * grid_w`` plus the tokens each image starts with that are not patches (1: a CLS token
     kept by ``vision_feature_select_strategy="full"``, first), ``N - grid_h * grid_w``.
+    ``grid=False``: the site reads the internals per token only, never the grid, so it also
+    runs where the images have no one grid (Qwen images of different sizes: ``(1, T)``).
     """
     keep: KeepRule
     score: Callable
@@ -76,7 +79,8 @@ class EncoderSite:
     merge: Callable | None = None
     context: bool = False
     method: str = ""
-    vision_layer: int = -2
+    vision_layer: int | None = None
+    grid: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

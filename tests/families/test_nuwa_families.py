@@ -1,7 +1,9 @@
 """Nüwa beyond LLaVA's CLIP towers: PaliGemma's SigLIP tower (no CLS token: anchors by the
-attention each patch receives) against the mask oracle, on the paths support.EXTRA claims;
-LLaVA-NeXT's and LLaVA-OneVision's anyres packing (newline tokens, padded patches dropped) is
-left unpruned."""
+attention each patch receives) and Qwen2-VL's / Qwen2.5-VL's towers (no CLS, merged patches,
+windows) against the mask oracle, on the paths support.EXTRA claims; LLaVA-NeXT's and
+LLaVA-OneVision's anyres packing (newline tokens, padded patches dropped) is left unpruned, and
+so is Nüwa on a Qwen batch with images of different sizes (VisionZip, which reads no grid,
+prunes it)."""
 import pytest
 import torch
 
@@ -14,8 +16,31 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from ..helpers import check_against_mask_oracle, kept_positions, record_case
 
-# PaliGemma's processor puts the image first; Nüwa needs the same image count in every row
-ROWS = [F.RowSpec(0, 4, (F.ImageSpec(),)), F.RowSpec(0, 2, (F.ImageSpec(),))]
+# PaliGemma's processor puts the image first; Nüwa needs the same image count in every row.
+# Qwen: 64x96 pixels -> an 8x12 patch grid, 4x6 merged tokens (6 windows of 2x2 in Qwen2.5-VL);
+# fixed-size towers ignore the size
+ROWS = [F.RowSpec(0, 4, (F.ImageSpec(64, 96),)), F.RowSpec(0, 2, (F.ImageSpec(64, 96),))]
+# VisionZip's score on a tower without CLS: both variants on PaliGemma, "received" on Qwen2.5-VL
+# (its "cls" is the head sum: the same ranking, the same record)
+VZ_SCORES = {"paligemma": ("cls", "received"), "qwen2_5_vl": ("received",)}
+# Qwen: two images of different sizes (4x6 and 2x6 merged tokens) in a left-padded batch
+MIXED = [F.RowSpec(0, 4, (F.ImageSpec(64, 96),)), F.RowSpec(0, 2, (F.ImageSpec(32, 96),))]
+
+
+def check_qwen_record(model, inputs):
+    """Qwen towers: the internals attach recorded under generate equal the oracle's, per merged
+    token in the language model's order (a misplaced window or merge group shows here even when
+    the greedy tokens do not move)."""
+    if "image_grid_thw" not in inputs:
+        return
+    rec = vtp_compile.vision_context.last_record()
+    summed, received, upper, keys, grid = oracle_nuwa.qwen_internals(
+        model, inputs["pixel_values"], inputs["image_grid_thw"])
+    assert not rec.refused and bool(rec.no_grid) == (grid is None)
+    assert rec.grid == (grid if grid is not None else (1, rec.features.shape[0]))
+    for got, want in ((rec.cls_attn, summed), (rec.received, received), (rec.upper, upper),
+                      (rec.keys, keys)):
+        torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-4)
 
 
 def test_the_mask_oracle_is_the_nuwa_oracle_on_llava():
@@ -43,25 +68,46 @@ def test_nuwa_on_families(family, path):
     start = len(REPORTS)
     check_against_mask_oracle(model, inputs, visual, path, opts, pruning)
     record_case(f"family/{path}")
+    check_qwen_record(model, inputs)
     assert any(r.phase == "prefill" and [s.name for s in r.sites] == ["nuwa-anchors", "nuwa"]
                for r in REPORTS[start:])
 
 
-@pytest.mark.parametrize("family,path", [(f, p) for f, paths in support.EXTRA["visionzip"].items()
-                                         for p in paths])
-@pytest.mark.parametrize("score", ["cls", "received"])
+@pytest.mark.parametrize("family,path,score", [(f, p, s) for f, paths in support.EXTRA["visionzip"].items()
+                                               for p in paths for s in VZ_SCORES[f]])
 def test_visionzip_on_families(family, path, score):
-    """VisionZip reads the same record: on a CLS-free tower "cls" is the received attention."""
+    """VisionZip reads the same record: on a CLS-free tower "cls" is the received attention. It
+    reads no grid, so Qwen images of different sizes are pruned (per-token internals)."""
     torch._dynamo.reset()
     model = vtp_compile.attach(F.build_model(family))
-    inputs = F.make_inputs(family, model, ROWS, padding_side="left", seed=2)
+    rows = MIXED if "qwen" in family else ROWS
+    inputs = F.make_inputs(family, model, rows, padding_side="left", seed=2)
     visual = F.visual_positions(family, model, inputs)
     opts = {"method": "visionzip", "inner_backend": "eager", "budget": 6, "score": score}
     pruning = Pruning("visionzip", budget=6, score=score)
     start = len(REPORTS)
     check_against_mask_oracle(model, inputs, visual, path, opts, pruning)
     record_case(f"family/{path}")
+    check_qwen_record(model, inputs)
     assert any(r.phase == "prefill" and r.sites for r in REPORTS[start:]), "nothing was pruned"
+
+
+def test_nuwa_on_qwen_images_of_different_sizes_is_left_unpruned_and_says_why():
+    """Two images of different sizes in a left-padded batch (4x6 and 2x6 merged tokens): Nüwa's
+    anchor kernels take one patch grid per call, so generate runs unpruned and the report says
+    why."""
+    torch._dynamo.reset()
+    model = vtp_compile.attach(F.build_model("qwen2_5_vl"))
+    inputs = F.make_inputs("qwen2_5_vl", model, MIXED, padding_side="left", seed=3)
+    start = len(REPORTS)
+    with torch.no_grad():
+        want = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        model.compile(backend="vtp", options={"method": "nuwa", "budget": 3, "layer": 1,
+                                              "inner_backend": "eager"})
+        got = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert torch.equal(got, want)
+    assert any("images of different sizes" in (r.skipped or "") for r in REPORTS[start:])
+    assert not any(r.sites for r in REPORTS[start:])
 
 
 @pytest.mark.parametrize("family", support.REFUSED["nuwa"])

@@ -23,8 +23,8 @@ def test_defaults_and_registry():
     assert "visionzip" in vtp_compile.available_methods()
     cfg = PruneConfig.from_options({"method": "visionzip", "budget": 64})
     (site,) = get_method("visionzip").sites(cfg, 32)
-    assert isinstance(site, EncoderSite) and site.context and site.vision_layer == -2
-    assert cfg.params == {"contextual": 0.15625, "score": "cls", "vision_layer": -2}
+    assert isinstance(site, EncoderSite) and site.context and site.vision_layer is None
+    assert cfg.params == {"contextual": 0.15625, "score": "cls", "vision_layer": None}
 
 
 @pytest.mark.parametrize("bad, match", [

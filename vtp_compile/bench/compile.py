@@ -224,6 +224,6 @@ def compiled_copy(base_model, method: str, budget: int | float | None = None,
     cfg = PruneConfig.from_options(options)
     if get_method(options["method"]).needs_vision(cfg):
         from ..vision_context import attach
-        attach(model, cfg.params.get("vision_layer", -2))
+        attach(model, cfg.params.get("vision_layer"))
     model.compile(backend=vtp_backend(), options=options)
     return model

@@ -39,6 +39,8 @@ def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
            "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
            "direct forward splits the vision tower from the decoder), and do not pass "
            "mm_encoder_outputs computed elsewhere")
+    if rec is not None and rec.refused:
+        raise ValueError(rec.refused)
     if rec is None or rec.features.shape != features.shape or rec.grid != (grid_h, grid_w):
         raise ValueError(msg)
     if features.shape[0] != rec.cls_attn.numel():

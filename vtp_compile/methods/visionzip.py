@@ -1,17 +1,23 @@
 """VisionZip (Yang et al., CVPR'25, arXiv 2412.04467): dominant tokens plus merged context.
 
 An :class:`~vtp_compile.sites.EncoderSite` on the spliced features that reads the vision tower's
-internals (:func:`vtp_compile.attach`) of vision layer ``vision_layer`` (default -2). Row ``b``
-keeps ``k`` visual tokens:
+internals (:func:`vtp_compile.attach`) of vision layer ``vision_layer`` (default None: the layer
+attach read, -2 on CLIP/SigLIP towers, the last block on Qwen towers). Row ``b`` keeps ``k``
+visual tokens:
 
 - **dominant**: the top ``k - c`` by the CLS attention summed over heads (``score="cls"``), or,
   the CLS-free variant (``score="received"``), by the attention each patch *receives*, averaged
-  over every query and head;
+  over every query and head; on a tower without CLS (SigLIP, Qwen) ``"cls"`` is the received
+  attention too (summed over heads: the same ranking); on Qwen towers per merged token (the mean
+  over its ``spatial_merge_size²`` patches; in a windowed block the queries of its window);
 - **contextual**: ``c = round(k * contextual)`` (default 5/32: the paper's 54 + 10 of 64,
   108 + 20 of 128, 162 + 30 of 192) targets picked by a uniform stride over the remaining
   tokens in position order; every other remaining token joins the target whose key (vision
   layer keys, mean over heads, L2-normalised) is the most similar, and a target with members
   becomes ``x_t + mean(members)``.
+
+It reads the internals per token, never the patch grid (``EncoderSite(grid=False)``), so a Qwen
+batch with images of different sizes is pruned too.
 
 Kept tokens keep their positions (the paper appends the contextual tokens after the dominant
 ones); the merge acts on the projected features the language model receives (the paper merges
@@ -69,18 +75,19 @@ class VisionZip(Method):
     name = "visionzip"
     paper = "CVPR 2025 (arXiv 2412.04467)"
     vision_internals = True
-    defaults = {"contextual": 0.15625, "score": "cls", "vision_layer": -2}
+    defaults = {"contextual": 0.15625, "score": "cls", "vision_layer": None}
 
     def validate(self, params):
         contextual_fraction(params["contextual"])
         if params["score"] not in SCORES:
             raise OptionError(f"vtp: option 'score' must be one of {list(SCORES)}, got {params['score']!r}")
         v = params["vision_layer"]
-        if isinstance(v, bool) or not isinstance(v, int):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             raise OptionError(f"vtp: option 'vision_layer' must be an int, got {v!r}")
 
     def sites(self, cfg, num_layers):
         p = cfg.params
         frac = contextual_fraction(p["contextual"])
         return [EncoderSite(keep=cfg.keep, score=scorer(p["score"], frac), merge=merge, context=True,
-                            name="visionzip", method="visionzip", vision_layer=p["vision_layer"])]
+                            name="visionzip", method="visionzip", vision_layer=p["vision_layer"],
+                            grid=False)]

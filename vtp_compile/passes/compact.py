@@ -167,7 +167,8 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
     budget = keep.budget or 0
     num, den = (0, 1) if keep.ratio is None else (keep.ratio.numerator, keep.ratio.denominator)
     vis, live, qpos = state.visual_mask, state.live, state.qpos
-    ctx = vision_args.context_args(vlm, site) if getattr(site, "context", False) else None
+    ctx = (vision_args.context_args(vlm, site, state.first_visual)
+           if getattr(site, "context", False) else None)
     with g.inserting_before(first):
         n_vis = g.call_function(traced.count_visual, (vis,))
         if keep.schedule is not None:

@@ -18,12 +18,22 @@ from ..errors import OptionError
 ops = torch.ops.vtp
 
 
-def context_args(vlm: VLMGraph, site) -> tuple:
+def spliced_features(embeds: torch.Tensor, visual_mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` visual rows of ``embeds`` ``[B, L, D]`` in splice order (row after
+    row), a fixed shape: the features a decoder graph that starts from spliced embeddings holds
+    (Qwen's direct forward, kernels/splice.py). Traced into the graph."""
+    flat = embeds.reshape(-1, embeds.shape[-1])
+    order = torch.sort((~visual_mask.reshape(-1)).to(torch.uint8), stable=True).indices[:count]
+    return flat[order]
+
+
+def context_args(vlm: VLMGraph, site, visual_mask=None) -> tuple:
     """``(cls_attn, upper, grid_h, grid_w, keys, received)`` nodes/values for a ``context``
-    site."""
+    site. ``visual_mask``: the graph's ``[B, L]`` visual-mask node, where the splice happened in
+    an earlier graph (no features node here)."""
     from .. import vision_context
     tag = vlm.vision_context
-    want = getattr(site, "vision_layer", -2)
+    want = getattr(site, "vision_layer", None)
     if tag is not None:
         cls, upper, keys, received, gh, gw, layer = tag.args[1:8]
         _check_layer(site, want, layer)
@@ -37,11 +47,28 @@ def context_args(vlm: VLMGraph, site) -> tuple:
             "model.compile(...) so that they reach it, and set "
             "torch._dynamo.config.capture_scalar_outputs = True (without it Dynamo splits the "
             "vision tower and the decoder into separate graphs) (README: Nüwa)")
+    if rec.refused:
+        raise Unsupported(f"{method_of(site)}: {rec.refused}")
+    if rec.no_grid and getattr(site, "grid", True):
+        raise Unsupported(f"{method_of(site)}: {rec.no_grid}")
     _check_layer(site, want, rec.layer)
     _check_one_feature_per_patch(vlm, site, rec.cls_attn)
     g = vlm.gm.graph
     gh, gw = rec.grid
     feats = vlm.features
+    if feats is None and vlm.splice is None and visual_mask is not None:
+        # spliced in an earlier graph: the recorded count of visual rows of the input embeddings
+        # (a different count gives other rows, which the lookup refuses)
+        with insert_after(g, visual_mask):
+            feats = g.call_function(spliced_features, (vlm.embeds_input, visual_mask,
+                                                       int(rec.features.shape[0])))
+        with insert_after(g, feats):
+            out = g.call_function(ops.vision_lookup.default, (feats, gh, gw, int(rec.upper.shape[-1]),
+                                                              int(rec.keys.shape[-1]),
+                                                              int(rec.cls_attn.shape[-1]) - gh * gw))
+        with insert_after(g, out):
+            parts = [g.call_function(operator.getitem, (out, i)) for i in range(4)]
+        return parts[0], parts[1], gh, gw, parts[2], parts[3]
     fv = tensor_val(feats)
     if fv is not None and fv.dim() > 2:     # [n_img, N, D] (PaliGemma): as recorded, [n_img * N, D]
         with insert_after(g, feats):
@@ -72,8 +99,8 @@ def _check_one_feature_per_patch(vlm: VLMGraph, site, cls) -> None:
                           "packs, pools or merges patches)")
 
 
-def _check_layer(site, want: int, have: int) -> None:
-    if want != have:
+def _check_layer(site, want: int | None, have: int) -> None:
+    if want is not None and want != have:
         raise OptionError(f"vtp: method {method_of(site)!r} reads vision layer {want}, and "
                           f"vtp_compile.attach(model) recorded layer {have}; call "
                           f"vtp_compile.detach(model) and vtp_compile.attach(model, vision_layer={want})")

@@ -67,14 +67,17 @@ class _Run:
         self.inputs: dict = {}
         self.vision: list = []       # VisionZip: per row (dominant scores, keys) of its visual tokens
         self.nuwa: list = []         # Nüwa: per row (anchor scores, upper features) of its visual tokens
-        self.grid = 0                # Nüwa: the patch grid's side
+        self.grid = 0                # Nüwa: the patch grid's side, or (rows, cols)
         self.targets: dict = {}      # VisionZip: per row, the contextual targets' positions
         self.routes: dict = {}       # ALVTS: layer -> per row, the routed visual positions
         self.route_rm: dict = {}     # ALVTS: layer -> [B, P] not routed through that layer
         self.text_cfg = None         # ALVTS: the text config (head counts)
 
-    def read_vision(self, model, pixel_values) -> None:
+    def read_vision(self, model, pixel_values, grid_thw=None) -> None:
         """VisionZip's (or Nüwa's) vision internals, split into the rows in splice order."""
+        if grid_thw is not None and pixel_values is not None and self.visual.any():
+            self._read_qwen_vision(model, pixel_values, grid_thw)
+            return
         if self.p.method == "nuwa" and pixel_values is not None and self.visual.any():
             tower = model.model.vision_tower
             if hasattr(getattr(tower, "vision_model", tower).embeddings, "class_embedding"):
@@ -94,11 +97,34 @@ class _Run:
         p = next((st.p or self.p for st in self.stages if st.rule == "visionzip"), None)
         if p is None or pixel_values is None or not self.visual.any():
             return
-        dom, keys = oracle_baselines.visionzip_internals(model, pixel_values, p.score, p.vision_layer)
+        dom, keys = oracle_baselines.visionzip_internals(model, pixel_values, p.score,
+                                                         -2 if p.vision_layer is None else p.vision_layer)
         at = 0
         for b in range(self.visual.shape[0]):
             n = int(self.visual[b].sum())
             self.vision.append((dom[at:at + n].tolist(), keys[at:at + n]))
+            at += n
+
+    def _read_qwen_vision(self, model, pixel_values, grid_thw) -> None:
+        """Qwen-style towers: per merged token (oracle_nuwa.qwen_internals), for Nüwa (summed
+        received attention) or VisionZip (``score``: "cls" = summed, "received" = mean)."""
+        p = self.p if self.p.method == "nuwa" else \
+            next((st.p or self.p for st in self.stages if st.rule == "visionzip"), None)
+        if p is None:
+            return
+        layer = -1 if p.vision_layer is None else p.vision_layer
+        summed, received, upper, keys, self.grid = oracle_nuwa.qwen_internals(model, pixel_values,
+                                                                              grid_thw, layer)
+        if p.method == "nuwa" and self.grid is None:
+            raise NotImplementedError("the mask oracle's Nüwa reads images of one size")
+        dom = received if p.score == "received" and p.method != "nuwa" else summed
+        at = 0
+        for b in range(self.visual.shape[0]):
+            n = int(self.visual[b].sum())
+            if p.method == "nuwa":
+                self.nuwa.append((summed[at:at + n].tolist(), upper[at:at + n]))
+            else:
+                self.vision.append((dom[at:at + n].tolist(), keys[at:at + n]))
             at += n
 
     @property
@@ -525,7 +551,7 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
     run = _Run(pruning, visual, real, len(decoder_layers(model)))
     run.text_cfg = model.config.get_text_config()
-    run.read_vision(model, inputs.get("pixel_values"))
+    run.read_vision(model, inputs.get("pixel_values"), inputs.get("image_grid_thw"))
     with _hooked(model, run):
         logits = model(**inputs).logits
     return logits, run.kept
@@ -540,7 +566,7 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
     run = _Run(pruning, visual, real, len(decoder_layers(model)))
     run.text_cfg = model.config.get_text_config()
-    run.read_vision(model, inputs.get("pixel_values"))
+    run.read_vision(model, inputs.get("pixel_values"), inputs.get("image_grid_thw"))
     with _hooked(model, run):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              use_cache=False, output_scores=True, return_dict_in_generate=True)

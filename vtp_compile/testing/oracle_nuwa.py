@@ -3,6 +3,11 @@
 The vision internals come from the vision tower run with eager attention and
 ``output_attentions=True`` (the probabilities of vision layer -2, CLS row), not from
 :mod:`vtp_compile.vision_context`; anchors, pillars and the aggregation are plain loops.
+Qwen-style towers (no CLS, patches merged ``spatial_merge_size²`` to one token, Qwen2.5-VL's
+window permutation): :func:`qwen_internals` reads the probabilities an attention function of
+its own sees, and undoes the window order with a loop written from the window definition.
+
+``grid``: a square grid's side, or ``(rows, cols)``.
 """
 from __future__ import annotations
 
@@ -55,6 +60,87 @@ def received_internals(model, pixel_values):
     return received, upper
 
 
+def _hw(grid) -> tuple[int, int]:
+    return (grid, grid) if isinstance(grid, int) else tuple(grid)
+
+
+_PROBED: list = []
+
+
+def _probe_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                     **kwargs):
+    """An attention function that keeps its probabilities: ``softmax(q kᵀ * scaling)``."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = (query.float() @ key.float().transpose(-1, -2)) * scale
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    probs = logits.softmax(-1)
+    _PROBED.append((module, probs))
+    return (probs @ value.float()).to(query.dtype).transpose(1, 2).contiguous(), probs
+
+
+def _window_units(grid_thw, merge: int, window: int | None) -> list[int]:
+    """The natural index of each merged unit in the order a windowed tower's blocks see them:
+    per image, windows of ``window x window`` units in raster order, units in raster order
+    within a window (None: no windows, the natural order)."""
+    order, base = [], 0
+    for t, h, w in grid_thw.tolist():
+        gh, gw = h // merge, w // merge
+        ws = window or max(gh, gw)
+        for f in range(t):
+            for wr in range(0, gh, ws):
+                for wc in range(0, gw, ws):
+                    order += [base + (f * gh + r) * gw + c for r in range(wr, min(wr + ws, gh))
+                              for c in range(wc, min(wc + ws, gw))]
+        base += t * gh * gw
+    return order
+
+
+@torch.no_grad()
+def qwen_internals(model, pixel_values, grid_thw, vision_layer: int = -1):
+    """Qwen-style towers: ``(summed [T], received [T], upper [T, Dv], keys [T, hd], grid)`` per
+    merged token, image after image in the language model's order. ``received``: the attention
+    each patch receives in block ``vision_layer`` (the probabilities an attention function of
+    our own sees, one call per image or window), mean over heads and the queries of its
+    segment; ``summed``: the same summed over heads; ``keys``: the block's keys before the rotary
+    embedding (its ``qkv`` output), mean over heads; ``upper``: the mean of the upper half of
+    the blocks' outputs; each averaged over the merged patches. ``grid``: the merged grid, one
+    for every image (None: images of different sizes)."""
+    from transformers import AttentionInterface
+    tower = model.model.visual
+    blocks = list(tower.blocks)
+    at = vision_layer % len(blocks)
+    m = tower.spatial_merge_size
+    grids = {(h // m, w // m) for _, h, w in grid_thw.tolist()}
+    AttentionInterface.register("vtp_oracle_probe", _probe_attention)
+    seen = []
+    hook = blocks[at].attn.qkv.register_forward_hook(lambda mod, a, out: seen.append(out.float()))
+    old = tower.config._attn_implementation
+    tower.config._attn_implementation = "vtp_oracle_probe"
+    _PROBED.clear()
+    try:
+        out = tower(pixel_values, grid_thw=grid_thw, output_hidden_states=True)
+    finally:
+        tower.config._attn_implementation = old
+        hook.remove()
+    received = torch.cat([p[0].mean(0).mean(0) for mod, p in _PROBED if mod is blocks[at].attn])
+    H = blocks[at].attn.num_heads
+    S = received.shape[0]
+    keys = seen[0].reshape(S, 3, H, -1)[:, 1].mean(1)
+    n = len(blocks)
+    upper = torch.stack([h.float() for h in out.hidden_states[n // 2 + 1:]]).mean(0)
+    unit = m * m
+    per = [t.reshape(S // unit, unit, *t.shape[1:]).mean(1) for t in (received, upper, keys)]
+    windowed = getattr(tower, "fullatt_block_indexes", None) is not None
+    order = _window_units(grid_thw, m, tower.window_size // m // tower.patch_size if windowed else None)
+    natural = [torch.empty_like(t) for t in per]
+    for j, u in enumerate(order):
+        for src, dst in zip(per, natural):
+            dst[u] = src[j]
+    received, upper, keys = natural
+    return received * H, received, upper, keys, grids.pop() if len(grids) == 1 else None
+
+
 def full_anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
     """"full" strategy (docs/methods.md, Nüwa): images of ``1 + grid²`` tokens, CLS first. The CLS
     tokens are anchors first (by index); the patches get the remaining ``k`` by the region rule."""
@@ -69,10 +155,11 @@ def full_anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[i
 
 def candidates(cls_row: list[float], k: int, grid: int, region: int) -> set[int]:
     """The top ``ceil(k / blocks)`` tokens of every ``region x region`` block of each image."""
-    V, N = len(cls_row), grid * grid
+    gh, gw = _hw(grid)
+    V, N = len(cls_row), gh * gw
     blocks: dict[tuple, list[int]] = {}
     for i in range(V):
-        r, c = (i % N) // grid, (i % N) % grid
+        r, c = (i % N) // gw, (i % N) % gw
         blocks.setdefault((i // N, r // region, c // region), []).append(i)
     n = math.ceil(k / len(blocks))
     cand = set()
@@ -95,8 +182,9 @@ def anchors(cls_row: list[float], k: int, grid: int, region: int) -> list[int]:
 def aggregate(x: torch.Tensor, upper: torch.Tensor, chosen: list[int], grid: int, distance: float,
               pillars: float, k_rank) -> torch.Tensor:
     """Collectors (anchors below the top ``pillars`` fraction) become weighted means."""
-    V, N = x.shape[0], grid * grid
-    d_max = math.sqrt(distance * 2 * (grid - 1) ** 2)
+    gh, gw = _hw(grid)
+    V, N = x.shape[0], gh * gw
+    d_max = math.sqrt(distance * ((gh - 1) ** 2 + (gw - 1) ** 2))
     ranked = sorted(chosen, key=k_rank)
     collectors = ranked[math.ceil(pillars * len(chosen)):]
     u = torch.nn.functional.normalize(upper.float(), dim=-1)
@@ -106,7 +194,7 @@ def aggregate(x: torch.Tensor, upper: torch.Tensor, chosen: list[int], grid: int
         for j in range(V):
             if i // N != j // N:
                 continue
-            ri, ci, rj, cj = (i % N) // grid, (i % N) % grid, (j % N) // grid, (j % N) % grid
+            ri, ci, rj, cj = (i % N) // gw, (i % N) % gw, (j % N) // gw, (j % N) % gw
             d = math.hypot(ri - rj, ci - cj)
             prox = 1.0 - min(d / d_max, 1.0) if d_max > 0 else float(d == 0)
             w = 1.0 if i == j else max(float(u[i] @ u[j]), 0.0) * prox

@@ -35,7 +35,8 @@ class Pruning:
     theta: float = 0.5            # CDPruner's relevance weight
     contextual: float = 0.15625   # VisionZip: contextual fraction of the kept tokens
     score: str = "cls"            # VisionZip: dominant score, "cls" or "received"
-    vision_layer: int = -2        # VisionZip: the vision layer read
+    vision_layer: int | None = None   # VisionZip (and Nüwa on Qwen towers): the vision layer
+                                      # read (None: -2, the last block on Qwen towers)
     rank: int | tuple = 3         # ALVTS: the selector's rank, or ((layer, rank), ...) per layer
     anchors: int | None = None    # Nüwa: stage 1's anchors (None: ceil(1.75 x budget))
     region: int = 2               # Nüwa: block side

@@ -60,8 +60,10 @@ EXTRA: dict[str, dict[str, tuple[str, ...]]] = {
     "dstp": {f: ("generate",) for f in ("llava_next", "qwen2_5_vl", "qwen3_vl", "paligemma",
                                          "internvl")},
     # tests/families/test_nuwa_families.py: a SigLIP tower without CLS, one feature per patch
-    "nuwa": {"paligemma": ("forward", "generate")},
-    "visionzip": {"paligemma": ("generate",)},
+    # and Qwen's towers (no CLS, merged patches, Qwen2.5-VL's windows): generate only
+    "nuwa": {"paligemma": ("forward", "generate"), "qwen2_vl": ("generate",),
+             "qwen2_5_vl": ("generate",)},
+    "visionzip": {"paligemma": ("generate",), "qwen2_5_vl": ("generate",)},
 }
 # where a method's mechanism cannot apply: the family runs unpruned with one log line (tested)
 REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa": ("llava_next", "llava_onevision"),
@@ -75,8 +77,12 @@ LLAVA_ONLY: dict[str, str] = {
     "visionzip": "vtp_compile.attach reads CLIP towers (strategy 'default', or 'full' where "
                  "the CLS token is ranked like a patch, tested on LLaVA) and CLS-free SigLIP towers "
                  "(score 'cls' there is the attention a patch receives; tested on PaliGemma, "
-                 "tests/families/test_nuwa_families.py); projectors that pack or merge patches "
-                 "(LLaVA-NeXT) are left unpruned with one log line",
+                 "tests/families/test_nuwa_families.py), and Qwen2-VL's and Qwen2.5-VL's towers as "
+                 "for nuwa (tested on Qwen2.5-VL's generate with 'received' and two images of "
+                 "different sizes, which VisionZip prunes: it reads no grid; Qwen2-VL, whose "
+                 "record nuwa's test checks, by hand only); "
+                 "projectors that pack or merge patches (LLaVA-NeXT) are left unpruned with one "
+                 "log line",
     "chain": "as its stages",
     "dstp": "checked in CI on the families marked (tests/families/test_families.py, against the "
             "mask oracle); the other families' attention layouts are the same as those checked "
@@ -99,8 +105,16 @@ LLAVA_ONLY: dict[str, str] = {
             "placed: generate runs unpruned with one log line (tested on LLaVA-NeXT and "
             "LLaVA-OneVision), and a "
             "direct forward whose vision tower Dynamo splits into another graph (LLaVA-OneVision) "
-            "raises the OptionError that asks for attach; other towers (Qwen, GLM-4V, "
-            "Idefics3/SmolVLM, InternVL, Pixtral) are refused by attach with a ValueError",
+            "raises the OptionError that asks for attach; Qwen2-VL and Qwen2.5-VL towers (no CLS: "
+            "anchors by the attention a patch receives in the last vision block, per merged "
+            "token, Qwen2.5-VL's window order undone; tested on generate, where the internals "
+            "also equal the oracle's; the direct forward is pruned too, checked by hand against "
+            "the oracle, not in CI: 40-70 s a case); a Qwen batch with images of different sizes "
+            "runs unpruned with one log line (the anchor kernels take one grid; tested), video "
+            "inputs likewise (not tested); Qwen3-VL (deepstack), "
+            "Qwen3.5 (its Nüwa differs from the oracle on the hybrid decoder: not served), "
+            "GLM-4V (downsampling merger), Idefics3/SmolVLM, InternVL and Pixtral towers are "
+            "refused by attach with a ValueError",
 }
 
 
@@ -139,6 +153,9 @@ def matrix() -> str:
                  "log line saying why (tested); —: not claimed.")
     lines.append("")
     lines += [f"* `{m}` beyond LLaVA: {why}." for m, why in LLAVA_ONLY.items()]
+    lines += [f"* `{m}` on {f} is checked with `{opts}`: its default stage layers land on "
+              "linear-attention layers, where it raises an error naming the layer."
+              for f, per in METHOD_OPTIONS.items() for m, opts in per.items()]
     return "\n".join(lines)
 
 
