@@ -53,15 +53,20 @@ def oracle_logits(model, inputs, spec):
 
 
 def assert_keep_all_is_identity(model, inputs, method, n_visual, **params):
-    """Keeping every visual token (by budget and by ratio) gives the unpruned logits."""
+    """Keeping every visual token (by budget and by ratio) gives the unpruned logits: one trace,
+    both rewrites (testing/multiplex.py)."""
+    from vtp_compile.testing.multiplex import Multiplex
     with torch.no_grad():
         model(**inputs)
         ref = model(**inputs).logits
-    for keep in ({"budget": n_visual}, {"ratio": 1.0}):
-        torch._dynamo.reset()
-        got = compiled_logits(model, inputs, options(method, **keep, **params))
-        torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
-        record_case("keep-all")
+        keeps = {"budget": {"budget": n_visual}, "ratio": {"ratio": 1.0}}
+        mux = Multiplex({k: options(method, **keep, **params) for k, keep in keeps.items()})
+        fast = torch.compile(model, backend=mux)
+        for k in keeps:
+            with mux.select(k):
+                got = fast(**inputs).logits
+            torch.testing.assert_close(got[valid(inputs)], ref[valid(inputs)], atol=1e-5, rtol=1e-5)
+            record_case("keep-all")
 
 
 def assert_text_only_is_identity(model, spec, opts):

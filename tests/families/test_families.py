@@ -11,6 +11,7 @@ from vtp_compile.testing.multiplex import Multiplex
 from vtp_compile.testing.oracle_mask import Pruning, masked_generate
 
 from ..helpers import assert_tokens_match, check_against_mask_oracle, record_case
+from .test_alvts import draw_selector_weights
 
 ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.ImageSpec())),
         F.RowSpec(4, 3, ())]                      # one image, two images, a text-only row
@@ -100,29 +101,39 @@ def _dstp(family):
 
 
 # a method refused on a family: what its report (and the INFO line) must say
+ALVTS = {"method": "alvts", "inner_backend": "eager", "budget": 3, "layer": 1, "rank": 3}
 WHY_REFUSED = {("dstp", "qwen3_5"): "without attention", ("dstp", "gemma3"): "sliding window",
+               ("alvts", "qwen3_5"): "not a bilinear form of the layer input",
+               ("alvts", "gemma3"): "not a bilinear form of the layer input",
                ("pdrop", "gemma3"): "", ("pdrop", "qwen3_vl"): "",
                ("sparsevlm", "gemma3"): "", ("sparsevlm", "qwen3_vl"): ""}
 
 
 @pytest.mark.parametrize("family", [f for f, paths in support.PRUNED.items() if "generate" in paths])
 def test_methods_on_every_family(family, dynamo_for):
-    """Every method of ``support.METHODS`` (and DSTP where ``support.EXTRA`` claims it) from one
+    """Every method of ``support.METHODS`` (and DSTP, ALVTS where ``support.EXTRA`` claims them) from one
     trace of the family's ``generate`` (testing/multiplex.py: each method rewrites its own copy of
     every graph): ragged rows, left-padded, greedy tokens equal to the mask oracle's. Two new
     tokens: the prefill and one decode step from the compacted cache (the dynamic-shape decode
     graph is exercised per family by the fastv test); DSTP three: the prefill with its reserve
     and two decode steps that re-score active and reserve. A method ``support.REFUSED`` lists for
     the family (multi-stage sites on Gemma 3 and Qwen3-VL; DSTP on linear-attention and
-    sliding-window layers) runs unpruned, equal to the uncompiled model, its report saying why."""
+    sliding-window layers; ALVTS where per-head q/k norms make the logits non-bilinear) runs
+    unpruned, equal to the uncompiled model, its report saying why. On the families ALVTS is
+    claimed for, the model's q/k biases and norm weights are drawn (tests/families/test_alvts.py)
+    so that its bias term and norm folding are exercised; the other methods see the same model."""
     dynamo_for(family)
     model, inputs, visual = _setup(family, seed=4)
     cases = {m: (_opts(family, m), _pruning(family, m), 2) for m in support.METHODS
              if m != "fastv" and family not in support.REFUSED.get(m, ())}
+    if family in support.EXTRA["alvts"]:     # q/k biases, norm weights away from 0 and 1 (ALVTS)
+        draw_selector_weights(model, 4)
     if family in support.EXTRA["dstp"]:
         cases["dstp"] = (*_dstp(family), 3)
-    refused = {m: _dstp(family)[0] if m == "dstp" else {"method": m, "budget": 3, "inner_backend": "eager"}
-               for m in ("dstp", "pdrop", "sparsevlm") if family in support.REFUSED.get(m, ())}
+    if "generate" in support.EXTRA["alvts"].get(family, ()):
+        cases["alvts"] = (ALVTS, Pruning("alvts", budget=3, layer=1, rank=3), 2)
+    refused = {m: {"dstp": _dstp(family)[0], "alvts": ALVTS}.get(m, {"method": m, "budget": 3, "inner_backend": "eager"})
+               for m in ("dstp", "pdrop", "sparsevlm", "alvts") if family in support.REFUSED.get(m, ())}
     mux = Multiplex({**{m: c[0] for m, c in cases.items()}, **refused})
     failures = []
     with torch.no_grad():
@@ -141,6 +152,10 @@ def test_methods_on_every_family(family, dynamo_for):
                     if m == "dstp":
                         assert any(r.phase == "prefill" and any(s.reserve for s in r.sites)
                                    for r in mux.reports[m]), "no reserve"
+                    if m == "alvts":            # routed in every layer from 1
+                        n_layers = model.config.get_text_config().num_hidden_layers
+                        assert [s.layer for s in next(r for r in mux.reports[m] if r.phase == "prefill"
+                                                      and r.sites).sites] == list(range(1, n_layers))
                     record_case("family/generate")
                 except AssertionError as e:
                     failures.append(f"{m}: {e}")
