@@ -71,6 +71,18 @@ REFUSED = {"dstp": ("qwen3_5", "gemma3"), "alvts": ("qwen3_5", "gemma3"), "nuwa"
            "pdrop": ("gemma3", "qwen3_vl"), "sparsevlm": ("gemma3", "qwen3_vl")}
 
 
+# (method, family) whose CI check passes but which differs from the mask oracle on other
+# weights: printed "G*" with the note, not claimed without it (found when the family test drew
+# the q/k biases and norm weights of every family; not yet explained)
+DIFFERS: dict[tuple[str, str], str] = {
+    ("acgr", "qwen3_5"): "with the input-norm weights drawn away from 1 (tests/families/test_alvts."
+                         "draw_selector_weights) the prefill logits of image rows differ from the "
+                         "mask oracle's and a greedy token follows",
+    ("dstp", "qwen3_vl"): "as acgr on qwen3_5: with drawn input-norm weights the prefill logits of "
+                          "image rows differ from the mask oracle's, a greedy token at the third step",
+}
+
+
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
 # tests/test_inductor.py), and why the other families are not claimed yet
 LLAVA_ONLY: dict[str, str] = {
@@ -134,6 +146,8 @@ def matrix() -> str:
         for m in methods:
             if f == "llava":        # every method's own oracle tests (tests/passes, tests/methods)
                 cells.append("F G")
+            elif (m, f) in DIFFERS:
+                cells.append("G*")
             elif f in EXTRA.get(m, {}):
                 cells.append(" ".join(p[0].upper() for p in EXTRA[m][f]))
             elif f in REFUSED.get(m, ()):
@@ -152,6 +166,8 @@ def matrix() -> str:
                  "in CI; no: the method's mechanism cannot apply, the model runs unpruned with one "
                  "log line saying why (tested); —: not claimed.")
     lines.append("")
+    lines += [f"* `{m}` on {f} (G*): passes the CI check, but {why}; not yet explained, so not "
+              "claimed beyond that check." for (m, f), why in DIFFERS.items()]
     lines += [f"* `{m}` beyond LLaVA: {why}." for m, why in LLAVA_ONLY.items()]
     lines += [f"* `{m}` on {f} is checked with `{opts}`: its default stage layers land on "
               "linear-attention layers, where it raises an error naming the layer."
