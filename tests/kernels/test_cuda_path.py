@@ -161,7 +161,7 @@ def test_vision_lookup_reads_nothing_on_the_host(monkeypatch):
                                     cls_attn=torch.empty(2, 9, device=DEV),
                                     upper=torch.empty(2, 9, 5, device=DEV),
                                     keys=torch.empty(2, 9, 4, device=DEV),
-                                    received=torch.empty(2, 9, device=DEV))
+                                    received=torch.empty(2, 9, device=DEV), refused="")
         monkeypatch.setattr(vc, "last_record", lambda: rec)
         cls, upper, keys, received = vision.lookup(feats, 3, 3, 5)
     assert cls.shape == (2, 9) and upper.shape == (2, 9, 5)
