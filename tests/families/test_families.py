@@ -41,8 +41,9 @@ def _opts(family, method="fastv", **keep):
 
 def _pruning(family, method="fastv", **keep):
     keep = keep or {"budget": 3}
-    extra = {k: tuple(v) for k, v in support.METHOD_OPTIONS.get(family, {}).get(method, {}).items()}
-    return Pruning(method, layer=support.layer_for(family), **keep, **extra)
+    extra = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in support.METHOD_OPTIONS.get(family, {}).get(method, {}).items()}
+    return Pruning(method, **{"layer": support.layer_for(family), **keep, **extra})
 
 
 # a text-only batch is its own graph (no vision inputs): checked on the families whose text
@@ -105,6 +106,7 @@ ALVTS = {"method": "alvts", "inner_backend": "eager", "budget": 3, "layer": 1, "
 WHY_REFUSED = {("dstp", "qwen3_5"): "without attention", ("dstp", "gemma3"): "sliding window",
                ("alvts", "qwen3_5"): "not a bilinear form of the layer input",
                ("alvts", "gemma3"): "not a bilinear form of the layer input",
+               ("acgr@2", "qwen3_5"): "merges removed tokens into kept ones at layer 2",
                ("pdrop", "gemma3"): "", ("pdrop", "qwen3_vl"): "",
                ("sparsevlm", "gemma3"): "", ("sparsevlm", "qwen3_vl"): ""}
 
@@ -134,6 +136,8 @@ def test_methods_on_every_family(family, dynamo_for):
         cases["alvts"] = (ALVTS, Pruning("alvts", budget=3, layer=1, rank=3), 2)
     refused = {m: {"dstp": _dstp(family)[0], "alvts": ALVTS}.get(m, {"method": m, "budget": 3, "inner_backend": "eager"})
                for m in ("dstp", "pdrop", "sparsevlm", "alvts") if family in support.REFUSED.get(m, ())}
+    if family == "qwen3_5":      # ACGR's merge at a linear-attention layer (support.METHOD_OPTIONS)
+        refused["acgr@2"] = {"method": "acgr", "budget": 3, "layer": 2, "inner_backend": "eager"}
     mux = Multiplex({**{m: c[0] for m, c in cases.items()}, **refused})
     failures = []
     with torch.no_grad():

@@ -124,8 +124,15 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
         K = getattr(site, "layer", 0)
     end = vlm.num_layers if end is None else end
     entry = vlm.layers[K].entry
-    sel = _select(vlm, site, state, K, scores)
     layers = vlm.layers[K:end]
+    if getattr(site, "merge", None) is not None and layers and layers[0].sdpa is None:
+        # the merged hidden state would feed layer K's compaction, and layer K mixes tokens
+        # without attention (hybrid models): it is not compacted, so the merge would be lost
+        raise Unsupported(f"{method_of(site)} merges removed tokens into kept ones at layer {K}, "
+                          "which mixes tokens without attention (a linear-attention or convolution "
+                          "layer) and so is not compacted: the merge would not reach it; choose a "
+                          "layer that is an attention layer")
+    sel = _select(vlm, site, state, K, scores)
     if all(lv.sdpa is not None for lv in layers):
         spans = [(K, end)]
     else:
