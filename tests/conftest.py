@@ -9,7 +9,7 @@ if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "" and not os.path.exists("/d
 import pytest
 import torch
 
-from .helpers import CASES
+from .helpers import CASES, FULL
 
 # under pytest-xdist (`make test` runs one worker per core) each worker gets one thread
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -20,6 +20,35 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 # is a tracing-speed knob with no effect on graphs or results. VTP_FAKE_CACHE=1 turns it back on.
 if not os.environ.get("VTP_FAKE_CACHE"):
     torch._dynamo.config.fake_tensor_cache_enabled = False
+
+
+# The extended tier (VTP_FULL=1): tests marked ``extended`` repeat, through Inductor or across
+# more methods, what CI checks with the eager inner backend or with one method of a kind
+# (README: Tests). CI skips them to stay within its time; run them before a release.
+FULL = bool(os.environ.get("VTP_FULL"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL:
+        return
+    skip = pytest.mark.skip(reason="extended tier: VTP_FULL=1 runs it (README: Tests)")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _inductor_only_where_marked(request, monkeypatch):
+    """An Inductor compile costs a minute of CPU here: a test not marked ``inductor`` that
+    reaches one (a forgotten ``inner_backend="eager"``) fails instead of slowing CI."""
+    if "inductor" in request.keywords:
+        return
+    import torch._inductor.compile_fx as compile_fx
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an Inductor compile in a test not marked `inductor`: pass "
+                             "inner_backend='eager' or mark the test (tests/conftest.py)")
+    monkeypatch.setattr(compile_fx, "compile_fx", refuse)
 
 
 @pytest.fixture(autouse=True)

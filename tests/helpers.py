@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import collections
+import os
 
 import torch
 
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_generate
+
+# the extended tier (tests/conftest.py, README: Tests)
+FULL = bool(os.environ.get("VTP_FULL"))
 
 
 # generated cases checked against an oracle or the unpruned model, by kind; printed at the end

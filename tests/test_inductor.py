@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from vtp_compile.testing.oracle import OracleSpec, oracle_generate
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from .helpers import (assert_tokens_match, compiled_logits, oracle_logits, oracle_spec,
+from .helpers import (FULL, assert_tokens_match, compiled_logits, oracle_logits, oracle_spec,
                       record_case, valid)
 from .passes.test_compact import method_params
 from .strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
@@ -21,7 +21,7 @@ SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=N
 METHODS = ("fastv", "random", "divprune", "acgr")
 
 
-@settings(max_examples=2, **SETTINGS)
+@settings(max_examples=2 if FULL else 1, **SETTINGS)
 @given(data=st.data())
 def test_forward_through_inductor_equals_oracle(data):
     spec = data.draw(tiny_specs(layers=(2, 3)))
@@ -64,26 +64,6 @@ def test_generate_through_inductor_equals_oracle(data):
             record_case("generate/inductor")
 
 
-def test_odd_prompt_lengths():
-    """Regression: odd kept widths crashed Inductor's alignment check on select_keep's output
-    (71, 73, 79 tokens failed; 72, 80 worked). Under ``inference_mode`` here; the generated
-    forward and generate cases above draw odd and even lengths under ``no_grad``."""
-    grad_mode = torch.inference_mode
-    spec = TinySpec(layers=2)
-    model = tiny_llava(spec)
-    fast = None
-    with grad_mode():
-        for suffix in (3, 4, 5, 10):
-            inputs = make_inputs(spec, prefix=3, suffix=suffix)
-            if fast is None:
-                model(**inputs)
-                fast = torch.compile(model, backend="vtp", options={"method": "fastv", "budget": 5,
-                                                                  "layer": 1})
-            got = fast(**inputs).logits
-            want = oracle_logits(model, inputs, OracleSpec("fastv", budget=5, layer=1))
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-
-
 def test_dstp_generate_through_inductor_equals_oracle():
     """DSTP's decode ops read and update runtime state; Inductor must call them every step."""
     from vtp_compile.testing.oracle_dstp import dstp_generate
@@ -103,6 +83,7 @@ def test_dstp_generate_through_inductor_equals_oracle():
     record_case("generate/inductor")
 
 
+@pytest.mark.extended
 def test_alvts_through_inductor_equals_oracle():
     """Per-layer routing with selector constants (get_attr buffers) through Inductor; the
     default rank="auto" calibrates on the example inputs while compiling."""
@@ -122,42 +103,55 @@ def test_alvts_through_inductor_equals_oracle():
     assert any(r.phase == "prefill" and len(r.sites) == 2 for r in REPORTS[-3:])
 
 
-def test_nuwa_through_inductor_equals_oracle():
-    """Nüwa's carrier node and both stages through Inductor: forward (internals in the graph)
-    and generate (internals looked up from generate's eager encoding)."""
+def _nuwa():
     import vtp_compile
     from vtp_compile.testing import oracle_nuwa
 
     spec = TinySpec(layers=3, image_size=48)
     model = vtp_compile.attach(tiny_llava(spec))
     inputs = make_inputs(spec, batch=2, pad=(0, 2))
-    args = (inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], 5)
-    got = compiled_logits(model, inputs, {"method": "nuwa", "budget": 5})
-    want, _ = oracle_nuwa.nuwa_forward(model, *args)
-    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
-    record_case("forward/inductor")
-    torch._dynamo.reset()
+    return oracle_nuwa, model, inputs, (inputs["input_ids"], inputs["attention_mask"],
+                                        inputs["pixel_values"], 5)
+
+
+def test_nuwa_generate_through_inductor_equals_oracle():
+    """Nüwa's carrier node and both stages through Inductor, internals looked up from
+    generate's eager encoding: the prefill and the decode graph."""
+    oracle_nuwa, model, inputs, args = _nuwa()
     want, margins = oracle_nuwa.nuwa_generate(model, *args, max_new_tokens=2)
     with torch.no_grad():
+        model(**inputs)
         model.compile(backend="vtp", options={"method": "nuwa", "budget": 5})
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
     record_case("generate/inductor")
 
 
+@pytest.mark.extended
+def test_nuwa_forward_through_inductor_equals_oracle():
+    """The direct forward: the vision internals computed inside the compiled graph."""
+    oracle_nuwa, model, inputs, args = _nuwa()
+    got = compiled_logits(model, inputs, {"method": "nuwa", "budget": 5})
+    want, _ = oracle_nuwa.nuwa_forward(model, *args)
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
+    record_case("forward/inductor")
+
+
 @pytest.mark.parametrize("opts,pruning", [
     ({"method": "pdrop", "budget": 6, "layers": [1, 2]}, dict(method="pdrop", budget=6, layers=(1, 2))),
-    ({"method": "dart", "budget": 5, "layer": 1}, dict(method="dart", budget=5, layer=1)),
+    pytest.param({"method": "dart", "budget": 5, "layer": 1}, dict(method="dart", budget=5, layer=1),
+                 marks=pytest.mark.extended),
 ], ids=["pdrop", "dart"])
 def test_baselines_through_inductor_equal_the_mask_oracle(opts, pruning):
-    """One compile each: PDrop a static then a dynamic (other length, other padding) batch; DART
-    (the same layer-site machinery, its own decomposed scoring) the static one."""
+    """PDrop (several sites, its Triton op's CPU reference): a static batch, and in the
+    extended tier a dynamic one (other length, other padding); DART (the same layer-site
+    machinery, its own decomposed scoring), extended tier, the static one."""
     from vtp_compile.testing.oracle_mask import Pruning
 
     from .helpers import check_forward_batches
     spec = TinySpec(layers=3)
     batches = [dict(batch=2, side="left", pad=(0, 2), seed=1),
                dict(batch=3, side="right", pad=(1, 0, 3), suffix=5, seed=2)]
-    if opts["method"] == "dart":
+    if opts["method"] == "dart" or not FULL:
         batches = batches[:1]
     check_forward_batches(spec, batches, opts, Pruning(**pruning), atol=1e-4)

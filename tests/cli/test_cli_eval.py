@@ -111,7 +111,22 @@ def test_show_without_explain_is_a_clear_error(monkeypatch, capsys):
     assert "explain is not available" in capsys.readouterr().err
 
 
+@shipped
+def test_eval_pruned_with_method_options(tmp_path):
+    """A pruned run end to end through vtp, its inner backend set from the command line (the
+    Inductor default is the extended-tier test below)."""
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--tasks", "attribute", "--methods", "random:inner_backend=eager",
+               "--budgets", "12", "--n", "2", "--eager", "--out", str(out)])
+    assert rc == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert "error" not in run, run
+    assert (run["method_name"], run["options"], run["budget"]) == ("random", {"inner_backend": "eager"}, 12)
+    assert 0.0 <= run["mean_accuracy"] <= 1.0
+
+
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.inductor
 @shipped
 def test_eval_inductor_and_pruned(tmp_path):

@@ -29,23 +29,27 @@ pytest.importorskip("accelerate")   # from_pretrained(tp_plan=...) needs it (tes
 WORLD = 2
 FASTV = dict(budget=4, layer=1)
 NEW = {"llava": 3, "qwen": 2}       # 3: the prefill, a static and a dynamic decode graph
-# every other method once on LLaVA (forward; DSTP's decode-time gathers through generate), one
-# per distinct way a rank could see different values: the layer sites (several stages: pdrop,
-# key norms: dart, rater queries: sparsevlm, a low-rank selector built from all-gathered
-# weights: alvts), an encoder site (divprune) and the vision-internals sites (nuwa). The others
-# add no TP path of their own (acgr scores as fastv; random reads no features; cdpruner's
-# features are replicated like divprune's; a chain is its stages; visionzip reads nuwa's
-# internals): VTP_TP_ALL=1 runs them too (README: "Models across GPUs").
+# every other method once on LLaVA (forward; DSTP's decode-time gathers through generate). CI
+# runs one per distinct way a rank could see different values beyond FastV's all-gathered
+# queries and keys: rater queries (sparsevlm), a low-rank selector built from all-gathered
+# weights (alvts), the vision internals (nuwa), DSTP's decode-time gathers. VTP_TP_ALL=1 (or
+# the extended tier, VTP_FULL=1) adds the rest: stages (pdrop) and key norms over every head
+# (dart) score from the same gathered keys; an encoder site on replicated features (divprune,
+# also on Qwen2.5-VL); acgr scores as fastv; random reads no features; cdpruner's features are
+# replicated like divprune's; a chain is its stages; visionzip reads nuwa's internals
+# (README: "Models across GPUs").
+ALL = bool(os.environ.get("VTP_TP_ALL") or os.environ.get("VTP_FULL"))
 OTHERS = {
-    "pdrop": options("pdrop", budget=6, layers=[1, 2]),
-    "dart": options("dart", budget=5, layer=1),
     "sparsevlm": options("sparsevlm", budget=6, recycle=True),
     "alvts": options("alvts", budget=5, layer=1),
-    "divprune": options("divprune", budget=5),
 }
 ATTACHED = {"nuwa": options("nuwa", budget=5)}
-if os.environ.get("VTP_TP_ALL"):
+QWEN = ["fastv"]
+if ALL:
     OTHERS.update({
+        "pdrop": options("pdrop", budget=6, layers=[1, 2]),
+        "dart": options("dart", budget=5, layer=1),
+        "divprune": options("divprune", budget=5),
         "acgr": options("acgr", budget=5, layer=1),
         "random": options("random", budget=5),
         "cdpruner": options("cdpruner", budget=5),
@@ -53,6 +57,7 @@ if os.environ.get("VTP_TP_ALL"):
                                           {"method": "fastv", "budget": 4, "layer": 1}]),
     })
     ATTACHED["visionzip"] = options("visionzip", budget=5)
+    QWEN.append("divprune")
 DSTP = options("dstp", budget=3, layer=1, tau=0.0)
 
 
@@ -97,10 +102,8 @@ def _spawn(tmp, llava, li, qwen, qi):
             dict(name="llava", path=str(tmp / "llava"), inputs=li, attach=True,
                  runs=[dict(label=k, options=o, what=("forward",)) for k, o in ATTACHED.items()]),
             dict(name="qwen", path=str(tmp / "qwen"), inputs=qi, runs=[
-                dict(label="fastv", options=options("fastv", **FASTV), what=("generate",),
-                     new=NEW["qwen"]),
-                dict(label="divprune", options=options("divprune", budget=4), what=("generate",),
-                     new=NEW["qwen"])])]
+                dict(label=m, options=options(m, **(FASTV if m == "fastv" else {"budget": 4})),
+                     what=("generate",), new=NEW["qwen"]) for m in QWEN])]
     torch.multiprocessing.spawn(tp_worker.run, args=(WORLD, _free_port(), str(tmp), jobs),
                                 nprocs=WORLD, join=True)
     (tmp / "done").touch()
@@ -160,7 +163,7 @@ def test_llava_generate_equals_one_process_and_oracle(run):
     record_case("tensor-parallel")
 
 
-@pytest.mark.parametrize("method", ["fastv", "divprune"])
+@pytest.mark.parametrize("method", QWEN)
 def test_qwen2_5_vl_generate_equals_oracle(run, method):
     """M-RoPE; the direct forward is split into several graphs (unpruned, as in one process),
     ``generate`` is pruned (a layer site and an encoder site)."""

@@ -72,6 +72,7 @@ def test_text_only_is_identity():
     assert_text_only_is_identity(tiny_llava(spec), spec, options("cdpruner", budget=2))
 
 
+@pytest.mark.extended
 @pytest.mark.inductor
 def test_inductor_end_to_end():
     spec = TinySpec(image_size=24, layers=2, seed=6)

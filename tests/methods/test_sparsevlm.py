@@ -106,6 +106,7 @@ def test_explain_and_reports_list_every_stage():
     assert [[v.index(p) for p in k] for k, v in zip(kept, vis)] == ex.sites[-1].kept_visual_index.tolist()
 
 
+@pytest.mark.extended
 @pytest.mark.inductor
 def test_through_inductor_equals_mask_oracle():
     spec = TinySpec(layers=2)

@@ -110,6 +110,7 @@ def test_another_vision_layer_needs_attach_for_it():
         compiled_logits(model, inputs, options("visionzip", budget=4, vision_layer=-1))
 
 
+@pytest.mark.extended
 @pytest.mark.inductor
 def test_inductor_end_to_end():
     spec = TinySpec(image_size=24, layers=2, seed=5)

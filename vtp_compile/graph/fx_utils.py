@@ -145,10 +145,106 @@ def _KeepScalars(gm, mode):
     return Prop(gm, mode)
 
 
-def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
-    """Re-run fake propagation so every node's ``example_value`` matches the rewritten graph."""
-    from torch._guards import TracingContext
+def _signature(n: fx.Node):
+    """What a node computes from, by input names: equal signatures on the same inputs give the
+    same value (names survive ``graph_copy``)."""
+    return (n.op, n.target, fx.node.map_arg((n.args, n.kwargs), lambda a: a.name))
+
+
+def stamp_meta(gm: fx.GraphModule) -> None:
+    """Record each node's signature next to the value Dynamo traced for it: ``refresh_meta``
+    then re-propagates only what a pass inserted or rewired, and what reads it."""
+    for n in gm.graph.nodes:
+        n.meta["vtp_sig"] = _signature(n)
+
+
+def _touched(n: fx.Node) -> bool:
+    """Inserted or rewired by a pass since ``stamp_meta`` (or never given a value)."""
+    if "vtp_sig" not in n.meta or n.meta.get("example_value", n.meta.get("val")) is None:
+        return True
+    try:
+        return not bool(n.meta["vtp_sig"] == _signature(n))
+    except Exception:       # an argument without a meaningful ==
+        return True
+
+
+def _same_meta(a, b) -> bool:
+    """Equal fake-value metadata (dtype, device, symbolic sizes and strides), compared on the
+    expressions so that no guard is installed."""
+    import torch.utils._pytree as pytree
+    la, sa = pytree.tree_flatten(a)
+    lb, sb = pytree.tree_flatten(b)
+    if sa != sb or len(la) != len(lb):
+        return False
+
+    def key(x):
+        return x.node.expr if isinstance(x, torch.SymInt) else x
+    for x, y in zip(la, lb):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            if (x.dtype != y.dtype or x.device != y.device or x.dim() != y.dim()
+                    or any(key(p) != key(q) for p, q in zip(x.shape, y.shape))
+                    or any(key(p) != key(q) for p, q in zip(x.stride(), y.stride()))):
+                return False
+        elif isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) or isinstance(
+                y, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            if not (type(x) is type(y) and x.node.expr == y.node.expr):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _KeepScalars(gm, mode, incremental=False):
+    """FakeTensorProp that keeps Dynamo's scalar values (an ``.item()`` re-run would make a
+    fresh unbacked symbol that later ops cannot reason about). ``incremental``: a node no pass
+    touched, whose inputs' values did not change, keeps its value; a re-run node whose value
+    has the old metadata does not make its users re-run (a rewritten decode mask, say)."""
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    class Prop(FakeTensorProp):
+        changed: set = set()
+
+        def run_node(self, n):
+            old = n.meta.get("example_value", n.meta.get("val"))
+            if n.op == "call_method" and n.target == "item" and old is not None:
+                n.meta["val"] = old
+                return old
+            if not incremental or n.op in ("placeholder", "output"):
+                return super().run_node(n)
+            if not _touched(n) and not any(a in self.changed for a in n.all_input_nodes):
+                return old      # its inputs and arguments are what Dynamo traced
+            for a in n.all_input_nodes:     # an old value (Dynamo's mode) read by a re-run node
+                self.env[a] = _into(mode, self.env[a])
+            new = super().run_node(n)
+            if old is None or not _same_meta(old, n.meta.get("val")):
+                self.changed.add(n)
+            return new
+
+    prop = Prop(gm, mode)
+    prop.changed = set()
+    return prop
+
+
+def _into(mode, v):
+    """``v`` (fake tensors, possibly nested) as values of ``mode``: Dynamo traced in a sibling
+    mode that shares the shape environment."""
+    import torch.utils._pytree as pytree
+
+    def one(t):
+        if isinstance(t, torch.Tensor) and getattr(t, "fake_mode", None) is not mode:
+            return mode.from_tensor(t)
+        return t
+    return pytree.tree_map(one, v)
+
+
+def refresh_meta(gm: fx.GraphModule, example_inputs, incremental: bool = True) -> None:
+    """Re-run fake propagation so every node's ``example_value`` matches the rewritten graph.
+    Nodes ``stamp_meta`` recorded and no pass touched (with every input untouched) keep their
+    values: on a pruned prefill that is everything before the first site, a large share of
+    each compile's time when every node is re-run (``incremental=False``)."""
+    from torch._guards import TracingContext
 
     ctx = TracingContext.try_get()
     if ctx is None or ctx.fake_mode is None:
@@ -157,12 +253,12 @@ def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
     # (Dynamo traces in a sibling mode sharing the shape env). Re-fakeifying the real example
     # inputs instead loses dynamic sizes under inference_mode and fails on recompiles.
     mode = ctx.fake_mode
-    prop = _KeepScalars(gm, mode)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     vals = [n.meta.get("example_value", n.meta.get("val")) for n in placeholders]
     if len(vals) != len(example_inputs) or any(v is None for v in vals):
-        prop.propagate(*example_inputs)
+        _KeepScalars(gm, mode).propagate(*example_inputs)
     else:
+        prop = _KeepScalars(gm, mode, incremental)
         vals = [mode.from_tensor(v) if isinstance(v, torch.Tensor) and getattr(v, "fake_mode", None)
                 is not mode else v for v in vals]
         # the Python dispatcher gives composite ops (expand in masked_scatter's meta) their
@@ -179,6 +275,7 @@ def refresh_meta(gm: fx.GraphModule, example_inputs) -> None:
     for n in gm.graph.nodes:
         if "val" in n.meta:
             n.meta["example_value"] = n.meta["val"]
+    stamp_meta(gm)
 
 
 PYTHON_OPS = {

@@ -9,7 +9,7 @@ import torch.fx as fx
 from ..config import PruneConfig
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from ..graph.fx_utils import Unsupported, hint, refresh_meta, tensor_val
+from ..graph.fx_utils import Unsupported, hint, refresh_meta, stamp_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
 from ..sites import EncoderSite, ReserveSite, RouteSite
@@ -62,6 +62,7 @@ class PassManager:
 
     def __call__(self, gm: fx.GraphModule, example_inputs) -> tuple[fx.GraphModule, GraphReport]:
         work = _clone(gm)
+        stamp_meta(work)
         vlm = VLMGraph.match(work)
         report = GraphReport(vlm.phase)
         if vlm.phase == "splice":
