@@ -129,26 +129,16 @@ def insert_after(graph: fx.Graph, anchor: fx.Node):
     return graph.inserting_before(anchor.next)
 
 
-def _KeepScalars(gm, mode):
-    """FakeTensorProp that keeps Dynamo's scalar values (an ``.item()`` re-run would make a
-    fresh unbacked symbol that later ops cannot reason about)."""
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-
-    class Prop(FakeTensorProp):
-        def run_node(self, n):
-            old = n.meta.get("example_value", n.meta.get("val"))
-            if n.op == "call_method" and n.target == "item" and old is not None:
-                n.meta["val"] = old
-                return old
-            return super().run_node(n)
-
-    return Prop(gm, mode)
-
-
 def _signature(n: fx.Node):
     """What a node computes from, by input names: equal signatures on the same inputs give the
     same value (names survive ``graph_copy``)."""
-    return (n.op, n.target, fx.node.map_arg((n.args, n.kwargs), lambda a: a.name))
+    def key(a):
+        if isinstance(a, fx.Node):
+            return a.name
+        if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return ("sym", str(a.node.expr))    # compared as text: no guard is installed
+        return a
+    return (n.op, n.target, fx.node.map_aggregate((n.args, n.kwargs), key))
 
 
 def stamp_meta(gm: fx.GraphModule) -> None:
