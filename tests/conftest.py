@@ -24,8 +24,8 @@ if not os.environ.get("VTP_FAKE_CACHE"):
 
 # The extended tier (VTP_FULL=1): tests marked ``extended`` repeat, through Inductor or across
 # more methods, what CI checks with the eager inner backend or with one method of a kind
-# (README: Tests). CI skips them to stay within its time; run them before a release.
-FULL = bool(os.environ.get("VTP_FULL"))
+# (README: Tests). CI skips them to stay within its time; run them before a release
+# (FULL: tests/helpers.py).
 
 
 def pytest_collection_modifyitems(config, items):

@@ -21,7 +21,7 @@ from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_genera
 from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from ..helpers import assert_tokens_match, compiled_logits, options, record_case, valid
+from ..helpers import FULL, assert_tokens_match, compiled_logits, options, record_case, valid
 from . import tp_worker
 
 pytest.importorskip("accelerate")   # from_pretrained(tp_plan=...) needs it (test extra)
@@ -38,7 +38,7 @@ NEW = {"llava": 3, "qwen": 2}       # 3: the prefill, a static and a dynamic dec
 # also on Qwen2.5-VL); acgr scores as fastv; random reads no features; cdpruner's features are
 # replicated like divprune's; a chain is its stages; visionzip reads nuwa's internals
 # (README: "Models across GPUs").
-ALL = bool(os.environ.get("VTP_TP_ALL") or os.environ.get("VTP_FULL"))
+ALL = FULL or bool(os.environ.get("VTP_TP_ALL"))
 OTHERS = {
     "sparsevlm": options("sparsevlm", budget=6, recycle=True),
     "alvts": options("alvts", budget=5, layer=1),

@@ -61,8 +61,9 @@ def test_fastv_prefill_has_no_opaque_vtp_calls():
     """Inductor's generated code for a pruned FastV prefill (CPU, padded batch) calls no vtp op
     except the declared Triton-kernel ones. The same compile is the regression for odd kept
     widths, which crashed Inductor's alignment check on select_keep's output under
-    ``inference_mode`` (71, 73, 79 tokens failed; 72, 80 worked): a padded batch, then prompt
-    lengths odd and even (a static graph, then the dynamic one), each equal to the oracle."""
+    ``inference_mode`` (71, 73, 79 tokens failed; 72, 80 worked): a padded batch (equal to the
+    eager inner backend at every position), then prompt lengths odd and even (a static graph,
+    then the dynamic one), each equal to the oracle."""
     from torch._inductor.utils import run_and_get_code
 
     from vtp_compile.testing.oracle import OracleSpec
@@ -71,26 +72,25 @@ def test_fastv_prefill_has_no_opaque_vtp_calls():
     spec = TinySpec(layers=2)
     model = tiny_llava(spec)
     opts = {"method": "fastv", "budget": 5, "layer": 1}
-    batches = [dict(batch=2, pad=(0, 2), suffix=3), dict(suffix=4), dict(suffix=5), dict(suffix=10)]
-    fast = None
+    batches = [make_inputs(spec, prefix=3, **b) for b in
+               (dict(batch=2, pad=(0, 2), suffix=3), dict(suffix=4), dict(suffix=5), dict(suffix=10))]
     with torch.inference_mode():
-        for i, batch in enumerate(batches):
-            inputs = make_inputs(spec, prefix=3, **batch)
-            if fast is None:
-                model(**inputs)
-                fast = torch.compile(model, backend="vtp", options=opts)
-                out, codes = run_and_get_code(lambda: fast(**inputs))
-                called = set()
-                for code in codes:
-                    called |= set(re.findall(r"torch\.ops\.vtp\.(\w+)", code))
-                assert called <= set(lowering.TRITON), \
-                    f"opaque vtp calls: {sorted(called - set(lowering.TRITON))}"
-                assert "select_keep" in called                 # the pass did prune
-                assert "gather" in "".join(codes)              # ... and the gathers are generated code
-            else:
-                out = fast(**inputs)
+        model(**batches[0])
+        eager = torch.compile(model, backend="vtp", options={**opts, "inner_backend": "eager"})(**batches[0]).logits
+        torch._dynamo.reset()
+        fast = torch.compile(model, backend="vtp", options=opts)
+        out, codes = run_and_get_code(lambda: fast(**batches[0]))
+        called = set()
+        for code in codes:
+            called |= set(re.findall(r"torch\.ops\.vtp\.(\w+)", code))
+        assert called <= set(lowering.TRITON), f"opaque vtp calls: {sorted(called - set(lowering.TRITON))}"
+        assert "select_keep" in called                 # the pass did prune
+        assert "gather" in "".join(codes)              # ... and the gathers are generated code
+        torch.testing.assert_close(out.logits, eager, atol=1e-4, rtol=1e-4)
+        for inputs in batches:
+            got = out.logits if inputs is batches[0] else fast(**inputs).logits
             want = oracle_logits(model, inputs, OracleSpec("fastv", budget=5, layer=1))
-            torch.testing.assert_close(out.logits[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
 
 
 def test_stateful_ops_are_cudagraph_unsafe():

@@ -194,7 +194,9 @@ def _KeepScalars(gm, mode, incremental=False):
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     class Prop(FakeTensorProp):
-        changed: set = set()
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.changed = set()     # re-run nodes whose value's metadata changed
 
         def run_node(self, n):
             old = n.meta.get("example_value", n.meta.get("val"))
@@ -212,9 +214,7 @@ def _KeepScalars(gm, mode, incremental=False):
                 self.changed.add(n)
             return new
 
-    prop = Prop(gm, mode)
-    prop.changed = set()
-    return prop
+    return Prop(gm, mode)
 
 
 def _into(mode, v):
@@ -249,8 +249,7 @@ def refresh_meta(gm: fx.GraphModule, example_inputs, incremental: bool = True) -
         _KeepScalars(gm, mode).propagate(*example_inputs)
     else:
         prop = _KeepScalars(gm, mode, incremental)
-        vals = [mode.from_tensor(v) if isinstance(v, torch.Tensor) and getattr(v, "fake_mode", None)
-                is not mode else v for v in vals]
+        vals = [_into(mode, v) for v in vals]
         # the Python dispatcher gives composite ops (expand in masked_scatter's meta) their
         # SymInt-aware paths; without it, inference_mode hits the concrete-int C++ kernels
         from torch._dispatch.python import enable_python_dispatcher
