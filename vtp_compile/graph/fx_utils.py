@@ -22,7 +22,8 @@ class Unsupported(Exception):
 
 
 class StaticCacheUnsupported(Unsupported):
-    """The decoder writes a static KV cache in place (``cache_implementation="static"``)."""
+    """A static KV cache (``cache_implementation="static"``) in a form vtp does not prune
+    (sliding-window buffers, or a method that needs the dynamic cache): warned once."""
 
 
 def is_static_cache_write(n: Any) -> bool:

@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 
 from . import tp
-from .fx_utils import (IDENTITY_METHODS, Unsupported, is_one, is_pointwise, is_sdpa, op_name,
-                       same_size, sdpa_args, tensor_val, val)
+from .fx_utils import (IDENTITY_METHODS, Unsupported, is_one, is_pointwise, is_sdpa,
+                       is_static_cache_write, op_name, same_size, sdpa_args, tensor_val, val)
 
 SEQ, BATCH = ("<seq>", 0), ("<batch>", 0)
 _SCALARS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
@@ -48,6 +48,7 @@ class SeqDims:
         self._slices: list[tuple] = []  # (node, input, input dim) of partial slices
         self._multis: dict = {}         # multi-output node -> (input, dim, dim removed)
         self._consts: list = []         # tensors created in the region from no tensor input
+        self.static_writes: list = []   # static-cache writes (index_copy_): the pass places them
         self._union((entry, seq_dim), SEQ)
         self._union((entry, batch_dim), BATCH)
         for n in region:
@@ -126,6 +127,11 @@ class SeqDims:
             return
         if is_sdpa(n):
             return self._sdpa(n)
+        if is_static_cache_write(n):
+            # buffer slots are not the sequence; the states are written at positions the pass
+            # chooses (passes/static_cache.py), so nothing is tied
+            self.static_writes.append(n)
+            return
         if n.op == "call_function" and n.target in (torch._C._nn.linear, torch.nn.functional.linear):
             x = n.args[0]
             for d in range(out.dim() - 1):

@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 
 from .tp import TPInfo, find_tp
-from .fx_utils import (StaticCacheUnsupported, Unsupported, is_static_cache_write, is_masked_scatter, is_param_like, is_sdpa, layer_path,
+from .fx_utils import (Unsupported, is_static_cache_write, is_masked_scatter, is_param_like, is_sdpa, layer_path,
                        op_name, same_size, sdpa_args, tensor_val, to_networkx)
 
 
@@ -64,11 +64,6 @@ class VLMGraph:
         if not sdpas:
             raise Unsupported("no scaled_dot_product_attention call in this graph (a fragment without "
                               "decoder layers, or eager attention, which is not supported)")
-        if any(is_static_cache_write(n) for n in graph.nodes):
-            raise StaticCacheUnsupported(
-                "static KV cache (cache_implementation='static'): the decoder writes its cache "
-                "in place at cache_position (index_copy_), which vtp does not rewrite yet; this "
-                "graph runs unpruned and correct. Use the default dynamic cache to prune.")
         nxg = to_networkx(graph)
         if splices:
             splice = splices[0]
@@ -184,7 +179,10 @@ def _embeds_input(graph: fx.Graph, nxg: nx.DiGraph, entry: fx.Node) -> fx.Node |
 
 
 def _reads_cache(n: fx.Node) -> bool:
-    """A KV-cache update ``cat([past, new], dim=-2)`` whose ``past`` is a graph input."""
+    """A KV-cache update ``cat([past, new], dim=-2)`` whose ``past`` is a graph input, or a
+    static cache write into a buffer that is a graph input."""
+    if is_static_cache_write(n):
+        return n.args[0].op == "placeholder"
     if n.op != "call_function" or getattr(n.target, "__name__", "") != "cat" or not n.args:
         return False
     parts = n.args[0]

@@ -93,6 +93,27 @@ def decode_mask(mask: Optional[torch.Tensor], past_values: torch.Tensor, q_len: 
     return torch.zeros_like(allowed, dtype=mask.dtype).masked_fill(~allowed, float("-inf"))
 
 
+def positional_mask(mask: torch.Tensor, values: torch.Tensor,
+                    slot_live: Optional[torch.Tensor]) -> torch.Tensor:
+    """The attention mask of a layer that reads a static (preallocated) cache: ``mask``
+    (``[B or 1, 1, q, S]`` bool or additive float, its key columns the buffer's slots, which
+    are positions) minus the slots ``values`` ``[B, H, S, D]`` marks dead (positional marker).
+
+    ``slot_live`` ``[B, q]`` (a compacted prefill; None in decode): a dead query slot may attend
+    to every key, so that no row is all-masked (its output is never read). A cache without
+    markers (an unpruned prefill) leaves ``mask`` as it is. Returns ``mask``'s dtype,
+    ``[B, mask's dim 1, q, S]``.
+    """
+    _, pos = dead_columns(values)
+    base = mask if mask.dtype == torch.bool else mask > float("-inf")
+    allowed = base & ~pos[:, None, None, :]
+    if slot_live is not None:
+        allowed = allowed | ~slot_live[:, None, :, None]
+    if mask.dtype == torch.bool:
+        return allowed
+    return torch.zeros_like(allowed, dtype=mask.dtype).masked_fill(~allowed, float("-inf"))
+
+
 # ---- registration -------------------------------------------------------------------------------
 @torch.library.custom_op("vtp::mark_dead", mutates_args=())
 def _mark_dead(cache: torch.Tensor, dead: torch.Tensor, is_value: bool, layout: int) -> torch.Tensor:
@@ -127,3 +148,15 @@ def _(mask, past_values, q_len, is_causal):
     B, _, P, _ = past_values.shape
     return past_values.new_empty((B, 1, q_len, P + q_len),
                                  dtype=torch.bool if mask is None else mask.dtype)
+
+
+@torch.library.custom_op("vtp::positional_mask", mutates_args=())
+def _positional_mask(mask: torch.Tensor, values: torch.Tensor,
+                     slot_live: Optional[torch.Tensor]) -> torch.Tensor:
+    return positional_mask(mask, values, slot_live)
+
+
+@_positional_mask.register_fake
+def _(mask, values, slot_live):
+    B = values.shape[0]
+    return mask.new_empty((B, mask.shape[1], mask.shape[2], mask.shape[3]))

@@ -53,6 +53,7 @@ DECOMPOSED = {
     "mark_dead": cache.mark_dead,
     "to_positional": cache.to_positional,
     "decode_mask": cache.decode_mask,
+    "positional_mask": cache.positional_mask,
     "attn_row_scores": _attn_row_scores,
     "topk_mask": dcp.topk_mask,
     "dist_consistency": _dist_consistency,

@@ -97,6 +97,7 @@ def evict_early_cache(vlm, K: int, idx: fx.Node, slot_live: fx.Node, origin: fx.
                       final: bool) -> None:
     """Layers before the site cache only the kept tokens too: compacted like the later layers,
     or, for a sliding-window cache, in positions with the removed ones dead."""
+    from . import static_cache
     g = vlm.gm.graph
     out = next(n for n in reversed(g.nodes) if n.op == "output")
     removed = None
@@ -105,6 +106,14 @@ def evict_early_cache(vlm, K: int, idx: fx.Node, slot_live: fx.Node, origin: fx.
             continue   # an earlier site already decided what this layer caches
         if final:
             state.fixed.add(lv.index)
+        writes = static_cache.static_writes(lv.nodes)
+        if writes:      # a static buffer: every position is there; mark the removed ones
+            if removed is None:
+                with g.inserting_before(out):
+                    removed = g.call_function(traced.removed_positions,
+                                              (origin, slot_live, state.first_visual))
+            static_cache.mark_removed(g, writes, removed, out)
+            continue
         for n in lv.nodes:
             if not is_cache_update(n):
                 continue

@@ -25,7 +25,7 @@ from ..graph import tp
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import LayerView, VLMGraph
 from ..sites import LayerSite, ReserveSite, RouteSite, method_of
-from . import cache_layout, traced, vision_args
+from . import cache_layout, static_cache, traced, vision_args
 from ..errors import OptionError
 
 log = logging.getLogger("vtp_compile")
@@ -45,6 +45,9 @@ class CompactState:
     keep_nodes: list = dataclasses.field(default_factory=list)  # (site, idx, slot_live, n_keep)
     cache_outputs: dict = dataclasses.field(default_factory=dict)  # cache `cat` -> current output
     fixed: set = dataclasses.field(default_factory=set)  # layers whose cache holds its final set
+    # static-cache writes -> (origin, slot_live) of the last compaction covering them, placed
+    # once every site is applied (passes/static_cache.py)
+    static_writes: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -73,6 +76,8 @@ def init_state(vlm: VLMGraph) -> CompactState:
             vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
         else:   # spliced in an earlier graph (see kernels/splice.py)
             vis = g.call_function(ops.splice_lookup.default, (vlm.embeds_input,))
+        if mask is not None and static_cache.values_buffer(sdpa_args(vlm.attention_layers[0].sdpa)):
+            mask = static_cache.prompt_slots(g, None, mask, vis)[1]   # key columns: S slots
         live = g.call_function(traced.live_from_mask, (mask, vis))
         qpos = g.call_function(traced.last_live, (live,))
     return CompactState(vis, live, qpos, first_visual=vis)
@@ -299,6 +304,8 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
         _replace_in(n, full, set(outside))
         exits.append(full)
 
+    for n in sd.static_writes:   # static caches keep positions: placed after the last site
+        state.static_writes[n] = (sel.origin, slot_live)
     for n, x, d in sd.seq_slices:   # sliding-window caches keep positions
         cache_layout.positional_window(g, n, x, d, sel.origin, slot_live, state)
     return exits
@@ -313,6 +320,13 @@ def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactSt
     att = _own_attention_inputs(g, prev, first) if site.own_attention else orig
     q, k, m = att["query"], att["key"], att["attn_mask"]
     m = m if isinstance(m, fx.Node) else None
+    if static_cache.values_buffer(orig) is not None:   # keys: the buffer's slots (positions)
+        if site.own_attention:   # recomputed keys: the current layout in the first slots
+            k = g.call_function(traced.first_slots, (k, g.call_function(traced.seq_length, (state.live,)), 2))
+            m = static_cache.prompt_slots(g, None, static_cache.unrestricted(m), state.first_visual,
+                                          state.origin)[1]
+        else:
+            k, m = static_cache.prompt_slots(g, k, m, state.first_visual, state.origin)
     q_row = g.call_function(traced.query_row, (q, state.qpos))
     q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
@@ -347,15 +361,26 @@ def _own_attention_inputs(g: fx.Graph, lv, first: fx.Node) -> dict:
     the full sequence entering the layer: a copy of the layer's nodes they depend on."""
     att = sdpa_args(lv.sdpa)
     inside = set(lv.nodes)
+    # a static buffer is read, not computed: its recomputed stand-in is the layer's new states
+    # in the first slots (the write itself is in place, so no data edge leads to it)
+    writes = {w.buffer: w for w in static_cache.static_writes(lv.nodes)}
     need, stack = set(), [a for a in (att["query"], att["key"], att["scale"]) if isinstance(a, fx.Node)]
     while stack:
         n = stack.pop()
-        if n in inside and n not in need:
+        if n in writes:
+            stack.append(writes[n].states)
+        elif n in inside and n not in need:
             need.add(n)
             stack.extend(n.all_input_nodes)
     order = {n: i for i, n in enumerate(g.nodes)}
     env = {}
     for n in lv.nodes:
+        if n in writes and writes[n].states in env:
+            slots = n if n.op == "placeholder" else tensor_val(n).shape[2]
+            if not isinstance(slots, (int, fx.Node)):
+                raise Unsupported(f"static cache {n.name} made in the graph with a symbolic size")
+            env[n] = g.call_function(traced.pad_slots, (env[writes[n].states], slots))
+            continue
         if n not in need:
             continue
         if n.op not in ("call_function", "call_method"):
@@ -388,6 +413,13 @@ def _restrict_masks(g: fx.Graph, region: list, slot_live: fx.Node) -> None:
             continue
         a = sdpa_args(n)
         m = a["attn_mask"]
+        values = static_cache.values_buffer(a)
+        if values is not None:   # keys are the buffer's slots, i.e. positions (static_cache.py)
+            if (m, values) not in made:
+                with g.inserting_before(n):
+                    made[m, values] = static_cache.positional_mask(g, m, values, slot_live)
+            set_mask(n, made[m, values], causal=False)
+            continue
         if m is None and a["is_causal"]:
             continue
         if m not in made:

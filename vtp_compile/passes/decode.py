@@ -5,7 +5,8 @@ A pruned prefill leaves compacted caches whose dead slots are marked
 ``j`` were prompt position ``j``; this pass gives every attention call
 ``decode_mask(its mask, its layer's past values)`` instead, which keeps transformers' mask for
 rows whose cache was not compacted and attends to the live columns of rows whose cache was. No
-state crosses calls and any padding side works.
+state crosses calls and any padding side works. A static cache (:mod:`.static_cache`) keeps
+positions: its mask only loses the dead slots.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.fx as fx
 from ..graph.fx_utils import Unsupported, op_name, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from .cache_layout import _PASS_THROUGH, is_cache_update
+from . import static_cache
 from .compact import set_mask
 
 ops = torch.ops.vtp
@@ -42,9 +44,17 @@ def past_values(sdpa: fx.Node) -> fx.Node:
 def apply_decode(vlm: VLMGraph) -> int:
     """Replace every layer's decode mask; returns the number of attention calls changed."""
     g = vlm.gm.graph
+    if static_cache.has_static_cache(g):
+        static_cache.check_static(g)
     for lv in vlm.attention_layers:
         a = sdpa_args(lv.sdpa)
         m = a["attn_mask"]
+        values = static_cache.values_buffer(a)
+        if values is not None:      # a static cache: positional, dead slots marked
+            with g.inserting_before(lv.sdpa):
+                new = static_cache.positional_mask(g, m, values, None)
+            set_mask(lv.sdpa, new, causal=False)
+            continue
         pv = past_values(lv.sdpa)
         if tensor_val(pv).shape[-1] < 2:
             raise Unsupported("head dim < 2 cannot carry the dead-slot marker")

@@ -9,11 +9,11 @@ import torch.fx as fx
 from ..config import PruneConfig
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from ..graph.fx_utils import Unsupported, hint, refresh_meta, stamp_meta, tensor_val
+from ..graph.fx_utils import StaticCacheUnsupported, Unsupported, hint, refresh_meta, stamp_meta, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..methods.registry import get_method
 from ..sites import EncoderSite, ReserveSite, RouteSite
-from . import compact, decode, flops, route, shift, vision_args
+from . import compact, decode, flops, route, shift, static_cache, vision_args
 
 log = logging.getLogger("vtp_compile")
 
@@ -29,14 +29,16 @@ class SiteReport:
     flops_total: int
     kv_bytes_saved: int
     reserve: int = 0           # DSTP: tokens carried (keys/values kept) but not attended to
+    static_cache: bool = False  # a preallocated cache: its size does not change (kv_bytes_saved 0)
 
     def line(self) -> str:
         where = "encoder (before layer 0)" if self.layer is None else f"layer {self.layer}"
         pct = 100.0 * self.flops_saved / max(1, self.flops_total)
         res = f" (+{self.reserve} reserve)" if self.reserve else ""
+        kv = ("static KV cache (preallocated: same size, removed slots masked)" if self.static_cache
+              else f"KV cache -{self.kv_bytes_saved / 1024:.1f} KiB")
         return (f"vtp: {self.name} at {where}: visual tokens {self.visual_count} -> {self.kept}{res}, "
-                f"~{self.flops_saved / 1e9:.3g} GFLOPs saved ({pct:.1f}% of the decoder), "
-                f"KV cache -{self.kv_bytes_saved / 1024:.1f} KiB")
+                f"~{self.flops_saved / 1e9:.3g} GFLOPs saved ({pct:.1f}% of the decoder), {kv}")
 
 
 @dataclasses.dataclass
@@ -73,6 +75,13 @@ class PassManager:
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
             routes = [s for s in sites if isinstance(s, RouteSite)]
+            if static_cache.has_static_cache(work.graph):
+                static_cache.check_static(work.graph)
+                if any(isinstance(s, (ReserveSite, RouteSite)) for s in sites):
+                    raise StaticCacheUnsupported(
+                        f"{self.cfg.method} with a static KV cache (cache_implementation='static'): "
+                        "its per-layer routing or reserve addresses the dynamic cache's compacted "
+                        "layout; use the default dynamic cache to prune with it")
             if any(isinstance(s, ReserveSite) for s in sites):
                 shift.check_layout(vlm)
             for i, site in enumerate(sites):
@@ -85,6 +94,7 @@ class PassManager:
                 if isinstance(site, ReserveSite):
                     shift.apply_reserve(vlm, site, nodes, self.key)
                 report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+            static_cache.place_writes(vlm.gm.graph, state)
             if routes:
                 route.apply_routes(vlm, routes, state, example_inputs)
                 for site in routes:
@@ -158,8 +168,9 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
         layers = set(range(K + 1)) - sizes.setdefault("kv_counted", set())
         sizes["kv_counted"].update(layers)
     kv = sum(costs[i].kv_width for i in layers) * removed * elem * B
+    static = static_cache.has_static_cache(vlm.gm.graph)
     return SiteReport(site.name, None if isinstance(site, EncoderSite) else K, V, kept, saved,
-                      total, kv, reserve)
+                      total, 0 if static else kv, reserve, static)
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):

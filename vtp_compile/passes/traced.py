@@ -133,6 +133,35 @@ def seq_length(x: torch.Tensor):
     return x.shape[1]
 
 
+def static_slots(slots: torch.Tensor, length) -> torch.Tensor:
+    """``length`` slots of a static cache from the first of ``slots`` (``arange(n) + counter``)."""
+    return slots[:1] + torch.arange(length, device=slots.device)
+
+
+def first_slots(x: torch.Tensor, length, dim: int) -> torch.Tensor:
+    return x.narrow(dim, 0, length)
+
+
+def gather_columns(mask: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """A ``[B or 1, H or 1, q, S]`` mask's key columns at ``origin`` ``[B, W]``: ``[B, H or 1, q, W]``."""
+    B, W = origin.shape
+    m = mask.expand(B, *mask.shape[1:])
+    ix = origin[:, None, None, :].expand(B, m.shape[1], m.shape[2], W)
+    return torch.gather(m, 3, ix)
+
+
+def pad_slots(states: torch.Tensor, slots) -> torch.Tensor:
+    """``states`` ``[B, H, n, D]`` in the first ``n`` of ``slots`` zero slots (``slots``: a
+    count, or a buffer whose dim 2 gives it)."""
+    S = slots.shape[2] if isinstance(slots, torch.Tensor) else slots
+    return torch.nn.functional.pad(states, (0, 0, 0, S - states.shape[2]))
+
+
+def pad_positions(dead: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]`` over positions, widened with False to the ``S`` slots of ``buffer``."""
+    return torch.nn.functional.pad(dead, (0, buffer.shape[2] - dead.shape[1]), value=False)
+
+
 def compact_visual(visual: torch.Tensor, idx: torch.Tensor, slot_live: torch.Tensor) -> torch.Tensor:
     """The visual mask in the compacted layout (dead slots are not visual)."""
     return torch.gather(visual, 1, idx) & slot_live

@@ -1,0 +1,191 @@
+"""Pruning into transformers' static cache (``generate(..., cache_implementation="static")``).
+
+transformers' ``StaticLayer.update`` (5.17 to 5.24) preallocates each layer's keys and values
+``[B, H, S, D]`` and writes a step's states in place at ``slots = arange(n) + counter``, then
+``counter.add_(n)``, where ``counter`` is the layer's ``cumulative_length`` tensor; every
+attention call reads the whole buffer, and the mask (``[B, 1, q, S]``) is built from the
+model-level ``cache_position``, so its key columns are positions.
+
+A pruned prefill keeps that contract by writing the **positional** layout
+(:mod:`vtp_compile.kernels.cache`): every layer's buffer holds prompt position ``p`` at slot
+``p``, and every position the selection removed (and every padding position) is a dead slot,
+marked in the values. Concretely:
+
+* a layer from the site on computes only the kept tokens; its write scatters them to their
+  positions (``to_positional``) over ``arange(L) + counter`` and advances its counter by the
+  prompt length ``L``, not by the kept count;
+* a layer before the site wrote every position already; its value buffer is marked in place
+  after the selection (so that decode steps attend to what the dynamic cache would keep);
+* every attention call that reads a buffer gets ``positional_mask``: transformers' mask minus
+  the dead slots read from the buffer itself. Decode steps need nothing else: they write at
+  ``L + t`` and RoPE sees the position transformers gives them.
+
+Why not compact the buffer like the dynamic cache: a static buffer's size is fixed
+(``max_cache_len``) and decode attends to all of it under the mask anyway, so compaction would
+save neither memory nor decode time, and it would need every decode write remapped. The prefill
+saving is the same. No state crosses calls; a decode step of an unpruned prefill is unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..graph.fx_utils import StaticCacheUnsupported, Unsupported, hint, is_static_cache_write, op_name, tensor_val
+from ..kernels.cache import POSITIONAL
+from . import traced
+from .cache_layout import _PASS_THROUGH, cache_role
+
+ops = torch.ops.vtp
+
+
+@dataclasses.dataclass
+class StaticWrite:
+    """One ``buffer.index_copy_(2, slots, states)`` of ``StaticLayer.update`` and its counter."""
+    node: fx.Node
+    buffer: fx.Node
+    slots: fx.Node      # arange(n) + counter
+    states: fx.Node
+    step: fx.Node       # counter.add_(n)
+
+
+def static_write(n: fx.Node) -> StaticWrite:
+    """Read a static cache write; :class:`Unsupported` when its slots are not transformers'
+    ``arange(n) + counter`` form."""
+    buffer, _, slots, states = n.args[:4]
+    counter = None
+    if isinstance(slots, fx.Node) and slots.op == "call_function" and slots.target is operator.add:
+        for a in slots.args:
+            v = tensor_val(a)
+            if v is not None and v.dim() == 0 and not v.is_floating_point():
+                counter = a
+    step = None
+    if counter is not None:
+        step = next((u for u in counter.users if op_name(u) == "add_" and u.args[0] is counter), None)
+    if step is None:
+        raise Unsupported(f"static cache write {n.name}: its slots are not `arange(n) + counter` with "
+                          "an in-place counter (transformers' StaticLayer), so vtp cannot place the "
+                          "kept tokens in it")
+    return StaticWrite(n, buffer, slots, states, step)
+
+
+def static_writes(nodes) -> list[StaticWrite]:
+    return [static_write(n) for n in nodes if is_static_cache_write(n)]
+
+
+def has_static_cache(g: fx.Graph) -> bool:
+    return any(is_static_cache_write(n) for n in g.nodes)
+
+
+def buffer_of(sdpa_arg: fx.Node) -> fx.Node | None:
+    """The static buffer an attention argument reads (through GQA's expand/reshape), or None."""
+    n = sdpa_arg
+    for _ in range(8):
+        if not isinstance(n, fx.Node):
+            return None
+        if any(is_static_cache_write(u) and u.args[0] is n for u in n.users):
+            return n
+        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
+            return None
+        n = n.all_input_nodes[0]
+    return None
+
+
+def check_static(g: fx.Graph) -> None:
+    """Refuse the static-cache forms the positional layout does not cover: a cache buffer (a
+    graph input or a tensor made in the graph) rewritten other than by ``index_copy_`` (a
+    sliding-window layer that rolls or copies its window), or buffers of different sizes
+    (sliding-window buffers are shorter)."""
+    writes = static_writes(g.nodes)
+    sizes = {hint(tensor_val(w.buffer).shape[2]) for w in writes}
+    for n in g.nodes:
+        dst = n.args[0] if op_name(n) in ("copy_", "roll") and n.args else None
+        if (isinstance(dst, fx.Node) and tensor_val(dst) is not None and tensor_val(dst).dim() == 4
+                and (dst.op == "placeholder" or op_name(dst) == "zeros")):
+            raise StaticCacheUnsupported(
+                f"static KV cache buffer {dst.name} is rewritten by {op_name(n)} (a sliding-window "
+                "layer's static cache), which vtp's positional layout does not cover; use the "
+                "default dynamic cache to prune this model")
+    if len(sizes) > 1:
+        raise StaticCacheUnsupported(
+            f"static KV cache buffers of different sizes {sorted(sizes)} (sliding-window layers), "
+            "which vtp's positional layout does not cover; use the default dynamic cache to prune "
+            "this model")
+
+
+def positional_writes(g: fx.Graph, writes: list[StaticWrite], origin: fx.Node, slot_live: fx.Node,
+                      first_visual: fx.Node) -> None:
+    """The writes of a compacted layer: kept tokens at their positions, the rest dead, the
+    counter advanced by the prompt length."""
+    for w in writes:
+        role = cache_role(w.buffer)
+        if role is None:
+            raise Unsupported(f"cannot tell whether static cache {w.buffer.name} holds keys or values")
+        with g.inserting_before(w.step):
+            length = g.call_function(traced.seq_length, (first_visual,))
+        w.step.args = (w.step.args[0], length, *w.step.args[2:])
+        with g.inserting_before(w.node):
+            full = g.call_function(ops.to_positional.default,
+                                   (w.states, origin, slot_live, length, role == "value"))
+            slots = g.call_function(traced.static_slots, (w.slots, length))
+        w.node.args = (w.buffer, w.node.args[1], slots, full, *w.node.args[4:])
+
+
+def place_writes(g: fx.Graph, state) -> None:
+    """Every static write a compaction covered (``state.static_writes``), placed with the
+    selection of the last site that covered it."""
+    for n, (origin, slot_live) in state.static_writes.items():
+        positional_writes(g, [static_write(n)], origin, slot_live, state.first_visual)
+    state.static_writes.clear()
+
+
+def mark_removed(g: fx.Graph, writes: list[StaticWrite], removed: fx.Node, before: fx.Node) -> None:
+    """Layers before a site: their value buffers (every position written) get the removed
+    positions marked dead, in place, before ``before``."""
+    for w in writes:
+        if cache_role(w.buffer) != "value":
+            continue
+        with g.inserting_before(before):
+            dead = g.call_function(traced.pad_positions, (removed, w.buffer))
+            marked = g.call_function(ops.mark_dead.default, (w.buffer, dead, True, POSITIONAL))
+            g.call_method("copy_", (w.buffer, marked))
+
+
+def values_buffer(sdpa_args: dict) -> fx.Node | None:
+    """The static value buffer an attention call reads, or None (a dynamic cache)."""
+    return buffer_of(sdpa_args["value"])
+
+
+def positional_mask(g: fx.Graph, mask, values: fx.Node, slot_live: fx.Node | None) -> fx.Node:
+    if not isinstance(mask, fx.Node):
+        raise Unsupported("an attention call reads a static cache without a mask; its free slots "
+                          "could not be told from dead ones")
+    return g.call_function(ops.positional_mask.default, (mask, values, slot_live))
+
+
+def unrestricted(mask):
+    """The mask an earlier :func:`positional_mask` restricted (defined before the layer, which a
+    recomputation of the layer's attention inputs needs; the score masks dead slots itself)."""
+    while isinstance(mask, fx.Node) and mask.target is ops.positional_mask.default:
+        mask = mask.args[0]
+    return mask
+
+
+def prompt_slots(g: fx.Graph, key: fx.Node | None, mask, like: fx.Node, origin: fx.Node | None = None):
+    """A static buffer's keys and the mask's key columns (either may be None) in the current
+    layout, for a score: the prompt's ``L`` slots (``L`` from ``like`` ``[B, L]``), or, after an
+    earlier compaction, the slots of the positions ``origin`` ``[B, W]`` lists."""
+    if origin is not None:
+        if key is not None:
+            key = g.call_function(ops.gather_seq.default, (key, origin, 2, 0))
+        if isinstance(mask, fx.Node):
+            mask = g.call_function(traced.gather_columns, (mask, origin))
+        return key, mask
+    length = g.call_function(traced.seq_length, (like,))
+    if key is not None:
+        key = g.call_function(traced.first_slots, (key, length, 2))
+    if isinstance(mask, fx.Node):
+        mask = g.call_function(traced.first_slots, (mask, length, -1))
+    return key, mask
