@@ -24,6 +24,7 @@ class ExplainedSite:
     kv_bytes_saved: int
     kept_visual_index: torch.Tensor   # [B, kept]: indices into each row's visual tokens (-1: none)
     reserve: int = 0                  # DSTP: kept_visual_index also lists the reserve (sorted)
+    static_cache: bool = False        # a preallocated cache (no KV saving)
 
 
 @dataclasses.dataclass
@@ -86,7 +87,7 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     idx = _run_selection(manager, ex)
     return Explanation([
         ExplainedSite(r.name, r.layer, r.visual_count, r.kept, r.flops_saved, r.flops_total,
-                      r.kv_bytes_saved, vi, r.reserve) for r, vi in zip(report.sites, idx)])
+                      r.kv_bytes_saved, vi, r.reserve, r.static_cache) for r, vi in zip(report.sites, idx)])
 
 
 def _impure(n: fx.Node) -> bool:

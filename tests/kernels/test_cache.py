@@ -45,3 +45,23 @@ def test_several_new_tokens_attend_causally_among_themselves():
                          cache.COMPACTED)
     out = ops.decode_mask(None, past, 2, True)
     assert out[0, 0].tolist() == [[True, False, True, True, False], [True, False, True, True, True]]
+
+
+def test_positional_mask_hides_dead_slots_and_keeps_dead_queries_finite():
+    """A static buffer's mask (slots are positions): transformers' mask minus the positionally
+    dead slots; a dead query slot may attend anywhere (no all-masked row); an unmarked buffer
+    leaves the mask as it is; additive float masks give the same pattern."""
+    S = 5
+    values = ops.mark_dead(torch.randn(2, 1, S, 2), torch.tensor([[False, True, False, False, False],
+                                                                  [False] * S]), True, cache.POSITIONAL)
+    mask = torch.ones(1, 1, 2, S, dtype=torch.bool).tril(2)        # two queries at positions 2, 3
+    slot_live = torch.tensor([[True, False], [True, True]])
+    out = ops.positional_mask(mask, values, slot_live)
+    assert out.shape == (2, 1, 2, S)
+    assert out[0, 0, 0].tolist() == [True, False, True, False, False]    # dead slot 1 hidden
+    assert out[0, 0, 1].tolist() == [True] * S                           # a dead query: anything
+    assert torch.equal(out[1], mask[0])                                  # no markers: unchanged
+    fmask = torch.zeros(1, 1, 2, S).masked_fill(~mask, float("-inf"))
+    assert torch.equal(ops.positional_mask(fmask, values, slot_live) == 0, out)
+    assert torch.equal(ops.positional_mask(mask, values, None)[0, 0, 1],
+                       torch.tensor([True, False, True, True, False]))

@@ -45,6 +45,7 @@ def _inputs():
         "mark_dead": (cache, torch.empty(B, L, **b), True, 1),
         "to_positional": (torch.empty(B, HKV, W, HD, **f), idx, slot, L, True),
         "decode_mask": (torch.empty(B, 1, 1, L + 1, **b), cache, 1, False),
+        "positional_mask": (torch.empty(B, 1, W, L, **b), cache, slot),
         "attn_row_scores": (torch.empty(B, H, 1, HD, **f), cache, torch.empty(B, L, **b), 0.4, -1),
         "topk_mask": (torch.empty(B, L, **f), vis, n_keep),
         "dist_consistency": (hidden, vis, live, "tag"),
