@@ -45,7 +45,30 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
         raise OptionError(str(e)) from e
     REPORTS.append(report)
     _warn_recompile_limit()
-    return lower(gm, example_inputs, cfg)
+    compiled = lower(gm, example_inputs, cfg)
+    return compiled if report.skipped is None else _refuse_marked_caches(compiled, example_inputs, report.skipped)
+
+
+def _refuse_marked_caches(compiled, example_inputs, why: str):
+    """A graph left unpruned must not read a cache a pruned prefill left (dead slots marked,
+    :mod:`vtp_compile.kernels.cache`): its masks would attend to the dead slots, a silent wrong
+    answer. Such a graph (a decode step vtp could not rewrite after a prefill it did) raises
+    instead. The check is ``torch._assert_async`` on the cache-shaped inputs: no host read."""
+    from .kernels.cache import dead_columns
+    idx = [i for i, x in enumerate(example_inputs)
+           if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[-1] >= 2]
+    if not idx:
+        return compiled
+    msg = (f"vtp: a cache that a pruned prefill left reached a graph vtp could not rewrite ({why}); "
+           "its attention would read the removed tokens' slots. Compile the whole model with vtp, "
+           "or the whole generation without it")
+
+    def run(*args):
+        for i in idx:
+            comp, pos = dead_columns(args[i])
+            torch._assert_async(~(comp.any() | pos.any()), msg)
+        return compiled(*args)
+    return run
 
 
 _warned_limit = False

@@ -42,3 +42,21 @@ def test_roofline_by_hand():
     assert pre == [100, 100, 28, 28] and cache == [28] * 4
     _, cache = roofline.fastv_lengths(L=100, V=80, kept=8, layer=2, n_layers=4, evict_early=False)
     assert cache == [100, 100, 28, 28]
+
+
+def test_suite_tiny_static_cache(tmp_path, capsys):
+    """``--cache static``: unpruned and vtp only, both generating into transformers' static
+    cache; the buffers have one size, so the KV bytes are equal and the decode limit is 1."""
+    out = tmp_path / "static.json"
+    assert suite.main(["--tiny", "--cache", "static", "--models", "llava-tiny", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    (res,) = json.loads(out.read_text())["results"]
+    cf = res["configs"]
+    assert set(cf) == {"unpruned", "vtp"} and res["cache"] == "static"
+    assert all("error" not in cf[c] and cf[c]["prefill_ms"] > 0 for c in cf)
+    assert cf["vtp"]["kv_bytes"] == cf["unpruned"]["kv_bytes"] > 0
+    assert res["limits"]["prefill"]["vtp"]["flop_ratio"] > 1
+    for B, lim in res["limits"]["decode"].items():
+        assert lim["vtp"]["flop_ratio"] == 1.0
+        assert all(v > 0 for v in res["decode"][B].values() if not isinstance(v, int))
+    assert "static cache" in table and "peer-eager tok/s" not in table

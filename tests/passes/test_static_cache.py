@@ -212,3 +212,18 @@ def test_only_4d_writes_on_the_sequence_dim_count():
     for n, v in zip(nodes, (torch.zeros(1, 2, 8, 4),) * 2):
         n.args[0].meta["example_value"] = v
     assert [is_static_cache_write(n) for n in nodes] == [True, False]
+
+
+def test_a_graph_left_unpruned_refuses_a_pruned_cache():
+    """A graph vtp leaves unpruned (here: no attention at all) that receives a cache whose dead
+    slots a pruned prefill marked raises, naming why it was left unpruned; an unmarked cache
+    runs as usual."""
+    from vtp_compile.kernels.cache import POSITIONAL
+    torch._dynamo.reset()
+    f = torch.compile(lambda cache: cache * 2, backend="vtp", options={"inner_backend": "eager"})
+    clean = torch.randn(1, 2, 6, 4)
+    torch.testing.assert_close(f(clean), clean * 2)
+    dead = torch.tensor([[False, True, False, False, False, False]])
+    marked = torch.ops.vtp.mark_dead(clean, dead, True, POSITIONAL)
+    with pytest.raises(RuntimeError, match="pruned prefill.*no scaled_dot_product_attention"):
+        f(marked)

@@ -23,6 +23,12 @@ for two other prompt lengths and the other batch sizes). Timed rounds are interl
 configuration once per round, in a rotated order) and medians reported. Limits: on CPU the
 FLOP ratio, on CUDA the per-layer roofline on an H200 (:mod:`.roofline`), for the decoder and
 the LM head.
+
+``--cache static``: every generate uses transformers' static cache
+(``cache_implementation="static"``, HF's documented fast generation). Only ``unpruned`` and
+``vtp`` run (the research-repo hooks write the kept tokens' keys at the wrong slots of a
+static buffer); the buffers have one size pruned or not, so the KV column is equal and the
+decode limit is 1.00: the saving is prefill compute (``docs/static_cache.md``).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from . import roofline
 from .peer_fastv import HookFastV
 
 CONFIGS = ("unpruned", "vtp", "peer-eager", "peer-compiled")
+STATIC_CONFIGS = ("unpruned", "vtp")       # --cache static: see the module docstring
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -167,8 +174,9 @@ def cases(scale: str) -> list[Case]:
 class Runner:
     """One model with every configuration compiled once; ``use(cfg)`` switches between them."""
 
-    def __init__(self, case: Case, model, compiler: str, image_token: int, span):
+    def __init__(self, case: Case, model, compiler: str, image_token: int, span, cache: str = "dynamic"):
         self.case, self.model, self.compiler = case, model, compiler
+        self.cache = cache
         self.impl: dict = {}
         self.peer = HookFastV(model, case.layer, case.budget, *span)
         self.failed: dict = {}
@@ -196,6 +204,8 @@ class Runner:
     def generate(self, inputs, n: int, cache: bool = False, clock: "StepClock | None" = None):
         from transformers import StoppingCriteriaList
         extra = {"stopping_criteria": StoppingCriteriaList([clock])} if clock is not None else {}
+        if self.cache == "static":
+            extra["cache_implementation"] = "static"
         out = self.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                   return_dict_in_generate=cache, **extra)
         _sync()
@@ -263,14 +273,15 @@ def run_case(case: Case, args, device, dtype) -> dict:
     ids = inp(1)["input_ids"][0]
     pos = (ids == img).nonzero().flatten()
     span = (int(pos[0]), int(pos.numel()))
-    r = Runner(case, model, args.compiler, img, span)
+    r = Runner(case, model, args.compiler, img, span, args.cache)
     N = args.new_tokens
+    configs = STATIC_CONFIGS if args.cache == "static" else CONFIGS
     res = {"model": case.name, "visual": span[1], "prompt": int(ids.numel()), "budget": case.budget,
-           "layer": case.layer, "configs": {}}
+           "layer": case.layer, "cache": args.cache, "configs": {}}
     with torch.inference_mode():
         r.use("unpruned")
         model(**inp(1))                            # eager warm-up (transformers' output hooks)
-        for cfg in CONFIGS:
+        for cfg in configs:
             row = res["configs"][cfg] = {}
             try:
                 g0 = _graphs()
@@ -287,7 +298,7 @@ def run_case(case: Case, args, device, dtype) -> dict:
             except Exception as e:          # noqa: BLE001  (a peer that does not compile)
                 r.failed[cfg] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 row["error"] = r.failed[cfg]
-        live = [c for c in CONFIGS if c not in r.failed]
+        live = [c for c in configs if c not in r.failed]
         res["decode"] = {}
         for B in case.batches:
             _progress(f"{case.name}: batch {B}")
@@ -302,7 +313,7 @@ def run_case(case: Case, args, device, dtype) -> dict:
             res["decode"][f"graphs_b{B}"] = _graphs() - g0
     r.use("peer-eager")
     r.peer.detach()
-    res["limits"] = _limits(model, case, span, res["prompt"], device)
+    res["limits"] = _limits(model, case, span, res["prompt"], device, args.cache == "static")
     return res
 
 
@@ -326,7 +337,7 @@ def _rounds(r: Runner, cfgs, x, n: int, runs: int, warmup: int) -> tuple[dict, d
     return pre, dec
 
 
-def _limits(model, case: Case, span, L: int, device) -> dict:
+def _limits(model, case: Case, span, L: int, device, static: bool = False) -> dict:
     s = roofline.DecoderShape.from_config(model.config.get_text_config())
     V = span[1]
     kept = min(case.budget, V)
@@ -343,7 +354,8 @@ def _limits(model, case: Case, span, L: int, device) -> dict:
                                 "roofline_ms_unpruned": 1e3 * roofline.total(base, dev)}
         for B in case.batches:
             base = roofline.decode_costs(s, full_cache, B)
-            pruned = roofline.decode_costs(s, cache, B)
+            # a static buffer keeps its size: decode reads the same slots pruned or not
+            pruned = roofline.decode_costs(s, full_cache if static else cache, B)
             out["decode"].setdefault(B, {})[name] = {
                 "flop_ratio": roofline.total(base) / roofline.total(pruned),
                 "roofline_ratio": roofline.total(base, dev) / roofline.total(pruned, dev),
@@ -359,13 +371,15 @@ def report(results: list[dict], cuda: bool) -> str:
     lines = []
     for res in results:
         cf = res["configs"]
+        configs = [c for c in CONFIGS if c in cf]
+        static = ", static cache" if res.get("cache") == "static" else ""
         lines.append(f"\n### {res['model']}: {res['prompt']} prompt tokens ({res['visual']} visual), "
-                     f"FastV layer {res['layer']}, budget {res['budget']}\n")
+                     f"FastV layer {res['layer']}, budget {res['budget']}{static}\n")
         lines.append(f"| config | prefill ms | speed-up | limit ({lim_name}) | KV MiB after prefill | "
                      f"compile s | graphs (first call / new lengths) |")
         lines.append("|---|---|---|---|---|---|---|")
         base = cf["unpruned"].get("prefill_ms")
-        for c in CONFIGS:
+        for c in configs:
             row = cf[c]
             if "error" in row:
                 lines.append(f"| {c} | failed: {row['error']} | | | | | |")
@@ -380,14 +394,14 @@ def report(results: list[dict], cuda: bool) -> str:
                          f"| {c} | - | - | {lm} | {row['kv_bytes'] / 2**20:.2f} | {row['compile_s']:.1f} | "
                          f"{row['graphs_first']} / {row['graphs_new_lengths']} |")
         lines.append("")
-        lines.append(f"| batch | " + " | ".join(f"{c} tok/s" for c in CONFIGS) +
+        lines.append(f"| batch | " + " | ".join(f"{c} tok/s" for c in configs) +
                      f" | vtp speed-up (limit) | peer-eager speed-up (limit) | graphs compiled |")
-        lines.append("|---|" + "---|" * (len(CONFIGS) + 3))
+        lines.append("|---|" + "---|" * (len(configs) + 3))
         for B, d in res["decode"].items():
             if isinstance(B, str):
                 continue
             u = d.get("unpruned")
-            cells = [f"{d[c]:.1f}" if c in d else "failed" for c in CONFIGS]
+            cells = [f"{d[c]:.1f}" if c in d else "failed" for c in configs]
             lb = res["limits"]["decode"][B]
             sv = f"{d['vtp'] / u:.2f} ({lb['vtp'][lim]:.2f})" if u and "vtp" in d else "-"
             sp = (f"{d['peer-eager'] / u:.2f} ({lb['peer'][lim]:.2f})" if u and "peer-eager" in d else "-")
@@ -408,6 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                    help="transformers' cache for every generate (static: unpruned and vtp only)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -431,10 +447,11 @@ def main(argv=None) -> int:
     env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
            "python": platform.python_version(), "device": torch.cuda.get_device_name() if cuda
            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "scale": scale, "compiler": args.compiler, "new_tokens": args.new_tokens,
+           "scale": scale, "compiler": args.compiler, "cache": args.cache, "new_tokens": args.new_tokens,
            "runs": args.runs, "seconds": round(time.perf_counter() - t0, 1)}
     print(f"\nvtp benchmark suite, scale {scale} on {env['device']} ({env['threads']} threads), "
-          f"compiler {args.compiler}, torch {env['torch']}, transformers {env['transformers']}; "
+          f"compiler {args.compiler}, {args.cache} cache, torch {env['torch']}, "
+          f"transformers {env['transformers']}; "
           f"decode: {args.new_tokens} new tokens; medians of {args.runs} interleaved rounds; "
           f"{env['seconds']} s in all")
     print(report(results, cuda))

@@ -33,7 +33,8 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..graph.fx_utils import StaticCacheUnsupported, Unsupported, hint, is_static_cache_write, op_name, tensor_val
+from ..graph.fx_utils import (StaticCacheUnsupported, Unsupported, hint, is_sdpa, is_static_cache_write,
+                              op_name, sdpa_args, tensor_val)
 from ..kernels.cache import POSITIONAL
 from . import traced
 from .cache_layout import _PASS_THROUGH, cache_role
@@ -94,25 +95,37 @@ def buffer_of(sdpa_arg: fx.Node) -> fx.Node | None:
 
 
 def check_static(g: fx.Graph) -> None:
-    """Refuse the static-cache forms the positional layout does not cover: a cache buffer (a
-    graph input or a tensor made in the graph) rewritten other than by ``index_copy_`` (a
-    sliding-window layer that rolls or copies its window), or buffers of different sizes
-    (sliding-window buffers are shorter)."""
+    """Refuse the static-cache forms the positional layout does not cover: a buffer attention
+    reads (a graph input or a tensor made in the graph) that is rewritten other than by
+    ``index_copy_`` (a sliding-window layer that rolls or copies its window), or buffers of
+    different sizes (sliding-window buffers are shorter). Other state (a linear-attention
+    layer's recurrent or convolution state) is not a KV buffer and is left alone."""
     writes = static_writes(g.nodes)
     sizes = {hint(tensor_val(w.buffer).shape[2]) for w in writes}
-    for n in g.nodes:
-        dst = n.args[0] if op_name(n) in ("copy_", "roll") and n.args else None
-        if (isinstance(dst, fx.Node) and tensor_val(dst) is not None and tensor_val(dst).dim() == 4
-                and (dst.op == "placeholder" or op_name(dst) == "zeros")):
-            raise StaticCacheUnsupported(
-                f"static KV cache buffer {dst.name} is rewritten by {op_name(n)} (a sliding-window "
-                "layer's static cache), which vtp's positional layout does not cover; use the "
-                "default dynamic cache to prune this model")
+    for sdpa in (n for n in g.nodes if is_sdpa(n)):
+        a = sdpa_args(sdpa)
+        for arg in (a["key"], a["value"]):
+            root = _root(arg)
+            bad = [u for u in root.users if op_name(u) in ("copy_", "roll") and u.args[0] is root]
+            if bad and (root.op == "placeholder" or op_name(root) == "zeros"):
+                raise StaticCacheUnsupported(
+                    f"static KV cache buffer {root.name} is rewritten by {op_name(bad[0])} (a "
+                    "sliding-window layer's static cache), which vtp's positional layout does not "
+                    "cover; use the default dynamic cache to prune this model")
     if len(sizes) > 1:
         raise StaticCacheUnsupported(
             f"static KV cache buffers of different sizes {sorted(sizes)} (sliding-window layers), "
             "which vtp's positional layout does not cover; use the default dynamic cache to prune "
             "this model")
+
+
+def _root(n: fx.Node) -> fx.Node:
+    """The tensor an attention argument reads, through GQA's expand/reshape."""
+    for _ in range(8):
+        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
+            break
+        n = n.all_input_nodes[0]
+    return n
 
 
 def positional_writes(g: fx.Graph, writes: list[StaticWrite], origin: fx.Node, slot_live: fx.Node,
