@@ -27,7 +27,7 @@ def _generate(model, inputs, n, **kw):
     return model.generate(**inputs, max_new_tokens=n, **STATIC, **kw)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", list(support.STATIC_CACHE_METHODS))
 def test_every_method_into_a_static_cache_equals_the_mask_oracle(family):
     """Ragged rows (one image, two images, text only), left-padded, every method of
     ``support.METHODS`` (layer sites, multi-stage PDrop/SparseVLM, CDPruner at the encoder) and,
@@ -35,14 +35,15 @@ def test_every_method_into_a_static_cache_equals_the_mask_oracle(family):
     to the oracle's (the prefill, then three decode steps that read the positional buffers);
     keep-all equals the unpruned static generate; every decode step runs the same graph."""
     model = F.build_model(family)
-    if family == "llava":
+    if "visionzip" in support.STATIC_CACHE_METHODS[family]:   # the vision internals it reads
         model = vtp_compile.attach(model)
     inputs = F.make_inputs(family, model, ROWS, padding_side="left", seed=1)
     visual = F.visual_positions(family, model, inputs)
     cases = {m: (_opts(family, m), _pruning(family, m)) for m in support.METHODS}
-    if family == "llava":
+    if "visionzip" in support.STATIC_CACHE_METHODS[family]:
         cases["visionzip"] = ({"method": "visionzip", "budget": 3, "inner_backend": "eager"},
                               Pruning("visionzip", budget=3))
+    assert set(cases) == set(support.STATIC_CACHE_METHODS[family])
     mux = Multiplex({**{m: c[0] for m, c in cases.items()},
                      "keep-all": _opts(family, budget=100_000)})
     failures = []
@@ -140,7 +141,7 @@ def test_sliding_window_buffers_are_refused_with_one_warning(caplog, monkeypatch
     """Gemma 3's sliding-window layers keep shorter static buffers that roll: unpruned, equal to
     the uncompiled model, one warning saying why and what prunes instead."""
     monkeypatch.setattr(backend, "_warned_static", False)
-    family = "gemma3"
+    (family,) = support.STATIC_CACHE_REFUSED
     model = F.build_model(family)
     inputs = F.make_inputs(family, model, ROWS[:2], padding_side="left", seed=1)
     with torch.no_grad():
@@ -159,14 +160,12 @@ def test_sliding_window_buffers_are_refused_with_one_warning(caplog, monkeypatch
     assert len(warns) == 1 and "sliding-window" in warns[0] and "dynamic cache" in warns[0], warns
 
 
-STATIC_FAMILIES = [f for f, paths in support.PRUNED.items() if "generate" in paths and f != "gemma3"]
-
-
-@pytest.mark.extended
-@pytest.mark.parametrize("family", STATIC_FAMILIES)
+@pytest.mark.parametrize("family", [f for f in support.static_cache_families()
+                                    if f not in support.STATIC_CACHE_METHODS])
 def test_fastv_into_a_static_cache_on_every_family(family, monkeypatch):
-    """Every family vtp prunes (but Gemma 3, refused above): FastV into a static cache, ragged
-    left-padded rows, three greedy tokens equal to the mask oracle's."""
+    """Every other family vtp prunes with ``generate`` (but those refused: Gemma 3, above):
+    FastV into a static cache, ragged left-padded rows, three greedy tokens equal to the mask
+    oracle's."""
     for k, v in support.DYNAMO.get(family, {}).items():
         monkeypatch.setattr(torch._dynamo.config, k, v)
     model = F.build_model(family)

@@ -85,6 +85,19 @@ DIFFERS: dict[tuple[str, str], str] = {
 }
 
 
+# generate into transformers' static cache (tests/passes/test_static_cache.py): FastV on every
+# family with a generate path but those refused; every method of METHODS (and those listed) on
+# the families named; DSTP and ALVTS are refused on every family (they address the dynamic
+# cache's compacted layout)
+STATIC_CACHE_METHODS: dict[str, tuple[str, ...]] = {"llava": METHODS + ("visionzip",),
+                                                     "qwen2_5_vl": METHODS}
+STATIC_CACHE_REFUSED: dict[str, str] = {"gemma3": "sliding-window buffers"}
+
+
+def static_cache_families() -> list[str]:
+    return [f for f, paths in PRUNED.items() if "generate" in paths and f not in STATIC_CACHE_REFUSED]
+
+
 # methods whose oracle-checked tests run on LLaVA only (tests/passes, tests/methods,
 # tests/test_inductor.py), and why the other families are not claimed yet
 LLAVA_ONLY: dict[str, str] = {
@@ -140,8 +153,8 @@ def matrix() -> str:
     """The README's support matrix, in Markdown."""
     fams = list(PRUNED) + sorted({f for f, _ in NOT_PRUNED if f not in PRUNED})
     methods = list(METHODS) + list(LLAVA_ONLY)
-    head = "| family | " + " | ".join(f"`{m}`" for m in methods) + " | not pruned |"
-    lines = [head, "|" + "---|" * (len(methods) + 2)]
+    head = "| family | " + " | ".join(f"`{m}`" for m in methods) + " | static cache | not pruned |"
+    lines = [head, "|" + "---|" * (len(methods) + 3)]
     for f in fams:
         paths = PRUNED.get(f, ())
         cells = []
@@ -160,13 +173,25 @@ def matrix() -> str:
                 cells.append(" ".join(p[0].upper() for p in paths) if paths else "—")
             else:
                 cells.append("G" if "generate" in paths else "—")
+        if f in STATIC_CACHE_REFUSED:
+            static = "no"
+        elif f in STATIC_CACHE_METHODS:
+            static = f"{len(STATIC_CACHE_METHODS[f])} methods"
+        else:
+            static = "`fastv`" if f in static_cache_families() else "—"
         why = "; ".join(f"{p}: {NOT_PRUNED[(f, p)]}" for p in ("forward", "generate")
                         if (f, p) in NOT_PRUNED)
-        lines.append(f"| {f} | " + " | ".join(cells) + f" | {why} |")
+        lines.append(f"| {f} | " + " | ".join(cells) + f" | {static} | {why} |")
     lines.append("")
     lines.append("F: direct compiled forward, G: `generate` (prefill and decode), each oracle-checked "
                  "in CI; no: the method's mechanism cannot apply, the model runs unpruned with one "
-                 "log line saying why (tested); —: not claimed.")
+                 "log line saying why (tested); —: not claimed. Static cache: `generate(..., "
+                 "cache_implementation=\"static\")`, greedy tokens oracle-checked in CI for the "
+                 "methods named (\"N methods\": "
+                 + "; ".join(f"{f}: {', '.join(ms)}" for f, ms in STATIC_CACHE_METHODS.items())
+                 + "); `dstp` and `alvts` refused with one warning (tested on LLaVA; the refusal reads no family detail); no: refused "
+                 "with one warning (" + "; ".join(f"{f}: {why}" for f, why in STATIC_CACHE_REFUSED.items())
+                 + "), see docs/static_cache.md.")
     lines.append("")
     lines += [f"* `{m}` on {f} (G*): passes the CI check, but {why}; not yet explained, so not "
               "claimed beyond that check." for (m, f), why in DIFFERS.items()]
