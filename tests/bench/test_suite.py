@@ -60,3 +60,8 @@ def test_suite_tiny_static_cache(tmp_path, capsys):
         assert lim["vtp"]["flop_ratio"] == 1.0
         assert all(v > 0 for v in res["decode"][B].values() if not isinstance(v, int))
     assert "static cache" in table and "peer-eager tok/s" not in table
+
+
+def test_an_unknown_model_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match="llava-tiny"):
+        suite.main(["--tiny", "--models", "llava-7b"])

@@ -73,6 +73,38 @@ def test_every_method_into_a_static_cache_equals_the_mask_oracle(family):
     assert phases.count("decode") == 1, phases
 
 
+def test_unpadded_prompts_of_two_lengths_equal_the_mask_oracle():
+    """Without padding transformers passes no mask to a static-cache prefill and cuts the buffers
+    to the first ``q_len`` slots (SDPA's causal alignment is right there); in a compacted layer
+    ``q_len`` is the kept count, so the cut is widened to the prompt and the queries get the
+    causal mask of their positions. Batch 1, then another prompt length (a dynamic-shape
+    prefill, where ``q_len`` is symbolic): FastV, PDrop (its own-attention scores) and DivPrune,
+    three greedy tokens each equal to the mask oracle's."""
+    family = "llava"
+    model = F.build_model(family)
+    batches = [F.make_inputs(family, model, [row], padding_side="left", seed=2)
+               for row in (ROWS[0], F.RowSpec(6, 3, (F.ImageSpec(),)))]
+    methods = ("fastv", "pdrop", "divprune")
+    mux = Multiplex({m: _opts(family, m) for m in methods})
+    with torch.no_grad():
+        model(**batches[0])
+        want = [{m: masked_generate(model, x, F.visual_positions(family, model, x), _pruning(family, m), 3)
+                 for m in methods} for x in batches]
+        model.compile(backend=mux)
+        try:
+            for x, w in zip(batches, want):
+                assert bool(x["attention_mask"].all())
+                for m in methods:
+                    with mux.select(m):
+                        out = _generate(model, x, 3)
+                    assert_tokens_match(out[:, x["input_ids"].shape[1]:], w[m][0], w[m][1])
+                    record_case("static-cache/generate")
+        finally:
+            model._compiled_call_impl = None
+    for m in methods:
+        assert sum(1 for r in mux.reports[m] if r.phase == "prefill" and r.sites) == 2, (m, [r.skipped for r in mux.reports[m]])
+
+
 def test_buffers_hold_positions_with_the_removed_ones_dead():
     """After a pruned prefill (FastV at layer 2, budget 3, one left-padded row), every layer's
     value buffer marks exactly the padding and the removed visual positions dead, keeps the

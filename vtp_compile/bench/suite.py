@@ -441,8 +441,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     todo = cases(scale)
     if args.models:
-        want = set(args.models.split(","))
-        todo = [c for c in todo if c.name in want]
+        short = {c.name.split(" (")[0]: c for c in todo}     # "llava-cpu-1024x8 (576 visual)"
+        want = args.models.split(",")
+        unknown = [w for w in want if w not in short and w not in {c.name for c in todo}]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown} at scale {scale}; choose from "
+                             + ", ".join(short))
+        todo = [c for c in todo if c.name in want or c.name.split(" (")[0] in want]
     results = [run_case(c, args, device, dtype) for c in todo]
     env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
            "python": platform.python_version(), "device": torch.cuda.get_device_name() if cuda

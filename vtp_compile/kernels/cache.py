@@ -96,8 +96,9 @@ def decode_mask(mask: Optional[torch.Tensor], past_values: torch.Tensor, q_len: 
 def positional_mask(mask: torch.Tensor, values: torch.Tensor,
                     slot_live: Optional[torch.Tensor]) -> torch.Tensor:
     """The attention mask of a layer that reads a static (preallocated) cache: ``mask``
-    (``[B or 1, 1, q, S]`` bool or additive float, its key columns the buffer's slots, which
-    are positions) minus the slots ``values`` ``[B, H, S, D]`` marks dead (positional marker).
+    (``[B or 1, 1, q, S']`` bool or additive float, its key columns the buffer's first ``S'``
+    slots, which are positions) minus the slots ``values`` ``[B, H, S, D]`` marks dead
+    (positional marker).
 
     ``slot_live`` ``[B, q]`` (a compacted prefill; None in decode): a dead query slot may attend
     to every key, so that no row is all-masked (its output is never read). A cache without
@@ -105,6 +106,7 @@ def positional_mask(mask: torch.Tensor, values: torch.Tensor,
     ``[B, mask's dim 1, q, S]``.
     """
     _, pos = dead_columns(values)
+    pos = pos[:, :mask.shape[-1]]      # a prefill may read only the buffer's first slots
     base = mask if mask.dtype == torch.bool else mask > float("-inf")
     allowed = base & ~pos[:, None, None, :]
     if slot_live is not None:

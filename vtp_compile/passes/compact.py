@@ -251,6 +251,7 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
     with g.inserting_before(region[0]):
         h = g.call_function(ops.gather_seq.default, (sel.src if start == K else entry, idx, 1, 0))
         new_len = g.call_function(traced.seq_len, (idx,))
+        full_len = g.call_function(traced.seq_length, (state.first_visual,))
 
     externals = _externals(region, region_set)
     for ext in externals:
@@ -274,7 +275,7 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
         _edit_shape_args(n, [d for d in range(tensor_val(n).dim()) if sd.is_seq(n, d)], new_len)
     for n in sd.dtensor_edits:
         tp.edit_from_local(g, n, sd.seq_dims(n), new_len)
-    _restrict_masks(g, region, slot_live)
+    _restrict_masks(g, region, slot_live, sel.origin, full_len)
 
     exits = []
     out_node = next(n for n in reversed(g.nodes) if n.op == "output")
@@ -322,7 +323,8 @@ def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactSt
     m = m if isinstance(m, fx.Node) else None
     if static_cache.values_buffer(orig) is not None:   # keys: the buffer's slots (positions)
         if site.own_attention:   # recomputed keys: the current layout in the first slots
-            k = g.call_function(traced.first_slots, (k, g.call_function(traced.seq_length, (state.live,)), 2))
+            width = g.call_function(traced.seq_length, (state.live,))
+            k = g.call_function(traced.first_slots, (k, width, 2))
             m = static_cache.prompt_slots(g, None, static_cache.unrestricted(m), state.first_visual,
                                           state.origin)[1]
         else:
@@ -376,9 +378,10 @@ def _own_attention_inputs(g: fx.Graph, lv, first: fx.Node) -> dict:
     env = {}
     for n in lv.nodes:
         if n in writes and writes[n].states in env:
+            # a buffer made in a dynamic-shape graph has a symbolic size, which the copied nodes
+            # read back from the tensor itself: the states alone then do
             slots = n if n.op == "placeholder" else tensor_val(n).shape[2]
-            if not isinstance(slots, (int, fx.Node)):
-                raise Unsupported(f"static cache {n.name} made in the graph with a symbolic size")
+            slots = slots if isinstance(slots, (int, fx.Node)) else None
             env[n] = g.call_function(traced.pad_slots, (env[writes[n].states], slots))
             continue
         if n not in need:
@@ -404,7 +407,8 @@ def scaled_query(g: fx.Graph, q: fx.Node, att: dict):
     return q, float(scale)
 
 
-def _restrict_masks(g: fx.Graph, region: list, slot_live: fx.Node) -> None:
+def _restrict_masks(g: fx.Graph, region: list, slot_live: fx.Node, origin: fx.Node,
+                    full_len: fx.Node) -> None:
     """No live query attends to a dead slot (masks restricted; causal calls need nothing:
     dead slots come after every live one)."""
     made = {}
@@ -415,9 +419,10 @@ def _restrict_masks(g: fx.Graph, region: list, slot_live: fx.Node) -> None:
         m = a["attn_mask"]
         values = static_cache.values_buffer(a)
         if values is not None:   # keys are the buffer's slots, i.e. positions (static_cache.py)
-            if (m, values) not in made:
+            if m is None or (m, values) not in made:   # no mask: each call cuts its own buffer
                 with g.inserting_before(n):
-                    made[m, values] = static_cache.positional_mask(g, m, values, slot_live)
+                    made[m, values] = static_cache.positional_mask(g, n, values, slot_live, origin,
+                                                                   full_len)
             set_mask(n, made[m, values], causal=False)
             continue
         if m is None and a["is_causal"]:

@@ -52,7 +52,7 @@ def apply_decode(vlm: VLMGraph) -> int:
         values = static_cache.values_buffer(a)
         if values is not None:      # a static cache: positional, dead slots marked
             with g.inserting_before(lv.sdpa):
-                new = static_cache.positional_mask(g, m, values, None)
+                new = static_cache.positional_mask(g, lv.sdpa, values, None)
             set_mask(lv.sdpa, new, causal=False)
             continue
         pv = past_values(lv.sdpa)

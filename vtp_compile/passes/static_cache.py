@@ -80,18 +80,12 @@ def has_static_cache(g: fx.Graph) -> bool:
     return any(is_static_cache_write(n) for n in g.nodes)
 
 
-def buffer_of(sdpa_arg: fx.Node) -> fx.Node | None:
+def buffer_of(sdpa_arg) -> fx.Node | None:
     """The static buffer an attention argument reads (through GQA's expand/reshape), or None."""
-    n = sdpa_arg
-    for _ in range(8):
-        if not isinstance(n, fx.Node):
-            return None
-        if any(is_static_cache_write(u) and u.args[0] is n for u in n.users):
-            return n
-        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
-            return None
-        n = n.all_input_nodes[0]
-    return None
+    if not isinstance(sdpa_arg, fx.Node):
+        return None
+    root = _root(sdpa_arg)
+    return root if any(is_static_cache_write(u) and u.args[0] is root for u in root.users) else None
 
 
 def check_static(g: fx.Graph) -> None:
@@ -171,11 +165,42 @@ def values_buffer(sdpa_args: dict) -> fx.Node | None:
     return buffer_of(sdpa_args["value"])
 
 
-def positional_mask(g: fx.Graph, mask, values: fx.Node, slot_live: fx.Node | None) -> fx.Node:
+def positional_mask(g: fx.Graph, sdpa: fx.Node, values: fx.Node, slot_live: fx.Node | None,
+                    origin: fx.Node | None = None, length: fx.Node | None = None) -> fx.Node:
+    """``vtp::positional_mask`` for ``sdpa``, which reads the static buffer ``values``.
+
+    A prefill call without a mask: transformers skips the mask for a causal prefill without
+    padding (SDPA's top-left causal alignment is right, since slots are positions) and cuts
+    the buffers to the first ``q_len`` slots. In a compacted layer ``q_len`` is the kept count,
+    so the cut is widened to the prompt length ``length`` (every kept position is below it) and
+    the queries get the causal mask of their positions ``origin``."""
+    a = sdpa_args(sdpa)
+    mask = a["attn_mask"]
     if not isinstance(mask, fx.Node):
-        raise Unsupported("an attention call reads a static cache without a mask; its free slots "
-                          "could not be told from dead ones")
+        if not (a["is_causal"] and origin is not None):
+            raise Unsupported("an attention call reads a static cache without a mask; its free "
+                              "slots could not be told from dead ones")
+        for arg in (a["key"], a["value"]):
+            _widen_prompt_cut(arg, length)
+        mask = g.call_function(traced.causal_positions, (origin, a["key"]))
     return g.call_function(ops.positional_mask.default, (mask, values, slot_live))
+
+
+def _widen_prompt_cut(arg: fx.Node, length: fx.Node) -> None:
+    """``buffer[:, :, :q_len]`` on the way from a static buffer to an attention argument ->
+    ``buffer[:, :, :length]``."""
+    n = arg
+    for _ in range(8):
+        if (n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], tuple)
+                and len(n.args[1]) >= 3 and isinstance(n.args[1][2], slice)
+                and n.args[1][2].start is None and n.args[1][2].step is None):
+            idx = list(n.args[1])
+            idx[2] = slice(None, length, None)
+            n.args = (n.args[0], tuple(idx))
+            return
+        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
+            return
+        n = n.all_input_nodes[0]
 
 
 def unrestricted(mask):
@@ -183,6 +208,8 @@ def unrestricted(mask):
     recomputation of the layer's attention inputs needs; the score masks dead slots itself)."""
     while isinstance(mask, fx.Node) and mask.target is ops.positional_mask.default:
         mask = mask.args[0]
+    if isinstance(mask, fx.Node) and mask.target is traced.causal_positions:
+        return None          # the call had no mask (a causal prefill without padding)
     return mask
 
 

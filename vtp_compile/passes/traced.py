@@ -150,9 +150,18 @@ def gather_columns(mask: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
     return torch.gather(m, 3, ix)
 
 
+def causal_positions(origin: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, 1, W, S]``: a query at position ``origin[b, i]`` may attend to the slots (which
+    are positions) up to its own, of a static cache's ``key`` ``[B, H, S, D]``."""
+    S = key.shape[2]
+    return (torch.arange(S, device=origin.device)[None, None, :] <= origin[:, :, None])[:, None]
+
+
 def pad_slots(states: torch.Tensor, slots) -> torch.Tensor:
     """``states`` ``[B, H, n, D]`` in the first ``n`` of ``slots`` zero slots (``slots``: a
-    count, or a buffer whose dim 2 gives it)."""
+    count, a buffer whose dim 2 gives it, or None: ``states`` as they are)."""
+    if slots is None:
+        return states
     S = slots.shape[2] if isinstance(slots, torch.Tensor) else slots
     return torch.nn.functional.pad(states, (0, 0, 0, S - states.shape[2]))
 
