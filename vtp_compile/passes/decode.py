@@ -44,8 +44,6 @@ def past_values(sdpa: fx.Node) -> fx.Node:
 def apply_decode(vlm: VLMGraph) -> int:
     """Replace every layer's decode mask; returns the number of attention calls changed."""
     g = vlm.gm.graph
-    if static_cache.has_static_cache(g):
-        static_cache.check_static(g)
     for lv in vlm.attention_layers:
         a = sdpa_args(lv.sdpa)
         m = a["attn_mask"]

@@ -67,6 +67,9 @@ class PassManager:
         stamp_meta(work)
         vlm = VLMGraph.match(work)
         report = GraphReport(vlm.phase)
+        static = static_cache.has_static_cache(work.graph)
+        if static:      # prefill and decode: the static-cache forms vtp covers
+            static_cache.check_static(work.graph)
         if vlm.phase == "splice":
             compact.record_splice(vlm)
         elif vlm.phase == "prefill":
@@ -75,13 +78,11 @@ class PassManager:
             state = self.state = compact.init_state(vlm)
             lengths, elem = _sizes(vlm)
             routes = [s for s in sites if isinstance(s, RouteSite)]
-            if static_cache.has_static_cache(work.graph):
-                static_cache.check_static(work.graph)
-                if any(isinstance(s, (ReserveSite, RouteSite)) for s in sites):
-                    raise StaticCacheUnsupported(
-                        f"{self.cfg.method} with a static KV cache (cache_implementation='static'): "
-                        "its per-layer routing or reserve addresses the dynamic cache's compacted "
-                        "layout; use the default dynamic cache to prune with it")
+            if static and any(isinstance(s, (ReserveSite, RouteSite)) for s in sites):
+                raise StaticCacheUnsupported(
+                    f"{self.cfg.method} with a static KV cache (cache_implementation='static'): "
+                    "its per-layer routing or reserve addresses the dynamic cache's compacted "
+                    "layout; use the default dynamic cache to prune with it")
             if any(isinstance(s, ReserveSite) for s in sites):
                 shift.check_layout(vlm)
             for i, site in enumerate(sites):
@@ -93,12 +94,12 @@ class PassManager:
                 nodes = compact.apply_site(vlm, site, state)
                 if isinstance(site, ReserveSite):
                     shift.apply_reserve(vlm, site, nodes, self.key)
-                report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+                report.sites.append(_site_report(site, vlm, costs, lengths, elem, static))
             static_cache.place_writes(vlm.gm.graph, state)
             if routes:
                 route.apply_routes(vlm, routes, state, example_inputs)
                 for site in routes:
-                    report.sites.append(_site_report(site, vlm, costs, lengths, elem))
+                    report.sites.append(_site_report(site, vlm, costs, lengths, elem, static))
             vision_args.strip_vision_context(vlm)
         else:
             report.decode_masks = decode.apply_decode(vlm)
@@ -144,7 +145,7 @@ def _sizes(vlm: VLMGraph):
     return {"B": B, "L": L, "V": V, "cur_V": V, "layer_len": [L] * vlm.num_layers}, h.element_size()
 
 
-def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
+def _site_report(site, vlm, costs, sizes, elem, static: bool) -> SiteReport:
     K = getattr(site, "layer", 0)
     V = sizes["cur_V"]
     kept = min(int(site.keep.count(V, sizes["V"])), V)
@@ -168,7 +169,6 @@ def _site_report(site, vlm, costs, sizes, elem) -> SiteReport:
         layers = set(range(K + 1)) - sizes.setdefault("kv_counted", set())
         sizes["kv_counted"].update(layers)
     kv = sum(costs[i].kv_width for i in layers) * removed * elem * B
-    static = static_cache.has_static_cache(vlm.gm.graph)
     return SiteReport(site.name, None if isinstance(site, EncoderSite) else K, V, kept, saved,
                       total, 0 if static else kv, reserve, static)
 

@@ -122,29 +122,27 @@ def _root(n: fx.Node) -> fx.Node:
     return n
 
 
-def positional_writes(g: fx.Graph, writes: list[StaticWrite], origin: fx.Node, slot_live: fx.Node,
-                      first_visual: fx.Node) -> None:
-    """The writes of a compacted layer: kept tokens at their positions, the rest dead, the
-    counter advanced by the prompt length."""
+def place_writes(g: fx.Graph, state) -> None:
+    """Every static write a compaction covered (``state.static_writes``: node -> ``(origin,
+    slot_live)`` of the last site that covered it), placed in positions: kept tokens at their
+    positions, the rest dead, the counter advanced by the prompt length."""
+    if not state.static_writes:
+        return
+    order = {n: i for i, n in enumerate(g.nodes)}
+    writes = [static_write(n) for n in state.static_writes]
+    with g.inserting_before(min((w.step for w in writes), key=order.__getitem__)):
+        length = g.call_function(traced.seq_length, (state.first_visual,))
     for w in writes:
+        origin, slot_live = state.static_writes[w.node]
         role = cache_role(w.buffer)
         if role is None:
             raise Unsupported(f"cannot tell whether static cache {w.buffer.name} holds keys or values")
-        with g.inserting_before(w.step):
-            length = g.call_function(traced.seq_length, (first_visual,))
         w.step.args = (w.step.args[0], length, *w.step.args[2:])
         with g.inserting_before(w.node):
             full = g.call_function(ops.to_positional.default,
                                    (w.states, origin, slot_live, length, role == "value"))
             slots = g.call_function(traced.static_slots, (w.slots, length))
         w.node.args = (w.buffer, w.node.args[1], slots, full, *w.node.args[4:])
-
-
-def place_writes(g: fx.Graph, state) -> None:
-    """Every static write a compaction covered (``state.static_writes``), placed with the
-    selection of the last site that covered it."""
-    for n, (origin, slot_live) in state.static_writes.items():
-        positional_writes(g, [static_write(n)], origin, slot_live, state.first_visual)
     state.static_writes.clear()
 
 
