@@ -1,0 +1,24 @@
+"""vLLM plugin: prune each image's visual tokens with vtp's encoder-site methods.
+
+Switched on by ``mm_processor_kwargs={"vtp": {"method": ..., "budget" | "ratio": ..., ...}}``
+(engine-wide, ``vllm serve --mm-processor-kwargs``, or per request); see docs/serving_vllm.md.
+vLLM loads :func:`register` in every process through the ``vllm.general_plugins`` entry point.
+Importing this module imports neither vLLM nor torch.
+
+Files, one job each:
+
+- :mod:`.options`   -- the ``vtp`` option dict: validate, refuse layer-site methods, encode;
+- :mod:`.select`    -- one image: score with the method's own score function, keep, merge;
+- :mod:`.tower`     -- vision-tower internals (CLS attention, keys, upper hidden states) of
+  vLLM's CLIP/SigLIP towers, for VisionZip and Nüwa;
+- :mod:`.processor` -- the multimodal-processor side: ``n_keep`` placeholders per image;
+- :mod:`.llava`     -- the LLaVA model/processor classes registered over vLLM's own;
+- :mod:`.compat`    -- a workaround for vLLM CPU wheels without a working torchvision;
+- :mod:`.plugin`    -- what :func:`register` does.
+"""
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point (idempotent; vLLM calls it in every process)."""
+    from .plugin import register as _register
+    _register()

@@ -1,0 +1,52 @@
+"""LLaVA (vLLM's ``LlavaForConditionalGeneration``): the processor and model classes that prune.
+
+Registered over vLLM's own class by :mod:`.plugin`. Without a ``vtp`` entry in
+``mm_processor_kwargs`` both behave exactly as vLLM's: the processor adds no field and the model
+sees none. Pixtral-HF checkpoints (a LLaVA config with a Pixtral tower) keep vLLM's processor
+and are not pruned.
+"""
+from __future__ import annotations
+
+import logging
+
+from vllm.model_executor.models.llava import (LlavaDummyInputsBuilder, LlavaForConditionalGeneration,
+                                              LlavaMultiModalProcessor, LlavaProcessingInfo,
+                                              _build_llava_or_pixtral_hf_info,
+                                              _build_llava_or_pixtral_hf_processor)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import ImageProcessorItems
+
+from .model import PruningModelMixin
+from .processor import PruningProcessorMixin
+
+log = logging.getLogger("vtp_compile.serving.vllm")
+
+
+class VtpLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
+    def _vtp_tokens(self, items, item_idx):
+        if not isinstance(items, ImageProcessorItems):
+            return None
+        size = items.get_image_size(item_idx)
+        return self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
+
+
+def _build_processor(info, dummy_inputs):
+    if isinstance(info, LlavaProcessingInfo):
+        return VtpLlavaMultiModalProcessor(info, dummy_inputs)
+    return _build_llava_or_pixtral_hf_processor(info, dummy_inputs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(_build_processor, info=_build_llava_or_pixtral_hf_info,
+                                        dummy_inputs=LlavaDummyInputsBuilder)
+class VtpLlavaForConditionalGeneration(PruningModelMixin, LlavaForConditionalGeneration):
+    """vLLM's LLaVA; with ``vtp`` options its ``embed_multimodal`` returns each image's kept
+    features (see :class:`~vtp_compile.serving.vllm.model.PruningModelMixin`)."""
+
+    def _vtp_keep_cls(self) -> bool:
+        return self.config.vision_feature_select_strategy == "full"
+
+    def _vtp_tower(self):
+        return self.vision_tower
+
+    def _vtp_embed_text(self, ids):
+        return self.language_model.embed_input_ids(ids)

@@ -1,0 +1,87 @@
+"""The model side: compute all ``V`` features of an image, keep ``n_keep`` of them.
+
+:class:`PruningModelMixin` goes before a vLLM multimodal model class. Its ``embed_multimodal``
+pops the processor's per-image ``vtp`` field (see :mod:`.processor`); images without it run
+exactly as in vLLM. For the others it runs the model's own ``embed_multimodal`` (vision tower
+and projector, all ``V`` tokens; with hooks on the tower when the method reads its internals),
+then :func:`.select.select_image` keeps ``n_keep`` features per image in position order. vLLM
+writes them into the image's ``n_keep`` placeholders, which hold consecutive positions.
+
+The engine-wide options are validated in ``__init__``, so a bad option or a layer-site method
+fails at start-up.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from . import options, tower
+from .processor import FIELD, TEXT_FIELD, decode, rows
+from .select import select_image
+
+log = logging.getLogger("vtp_compile.serving.vllm")
+
+
+class PruningModelMixin:
+    """Subclasses define ``_vtp_tower()``, ``_vtp_keep_cls()`` and ``_vtp_embed_text(ids)``."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        mm = vllm_config.model_config.multimodal_config
+        spec = options.from_mm_kwargs(getattr(mm, "mm_processor_kwargs", None) if mm else None)
+        if spec is not None:
+            if spec.internals:
+                tower.check(self._vtp_tower(), spec, self._vtp_keep_cls())
+            log.info("vtp: pruning images with %s (%s per image)", spec.to_json(), spec.site.keep)
+
+    def embed_multimodal(self, **kwargs):
+        field = kwargs.pop(FIELD, None)
+        text = kwargs.pop(TEXT_FIELD, None)
+        if field is None:
+            return super().embed_multimodal(**kwargs)
+        per_image = [decode(r) for r in rows(field)]
+        texts = rows(text) if text is not None else [None] * len(per_image)
+        internals = next((s for s, _, _ in per_image if s.internals), None)
+        cap = tower.Capture(self._vtp_tower(), self._vtp_keep_cls()) if internals else None
+        with cap if cap is not None else contextlib.nullcontext():
+            feats = super().embed_multimodal(**kwargs)
+        feats = list(feats) if not isinstance(feats, torch.Tensor) else list(feats.unbind(0))
+        if len(feats) != len(per_image):
+            raise RuntimeError(f"vtp: {len(feats)} images' features for {len(per_image)} vtp fields")
+        ctxs = {}
+        out = []
+        for i, ((spec, k, V), f) in enumerate(zip(per_image, feats)):
+            if f.shape[0] != V:
+                raise RuntimeError(f"vtp: image {i} has {f.shape[0]} features, the processor "
+                                   f"counted {V}")
+            ctx = None
+            if spec.internals:
+                key = spec.to_json()
+                if key not in ctxs:
+                    ctxs[key] = cap.context(spec)
+                ctx = ctxs[key][i]
+            before = after = None
+            if spec.text and texts[i] is not None:
+                before, after = self._vtp_text_around(texts[i], f.device)
+            _, kept = select_image(spec, f, ctx=ctx, before=before, after=after)
+            if kept.shape[0] != k:
+                raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
+            out.append(kept)
+        return tuple(out)
+
+    def _vtp_text_around(self, marked: torch.Tensor, device):
+        """Embeddings of the prompt's text before and after this image's run (``-1``); other
+        images' runs (``-2``) are left out."""
+        ids = marked.tolist()
+        first = ids.index(-1)
+        last = len(ids) - 1 - ids[::-1].index(-1)
+        pre = [t for t in ids[:first] if t >= 0]
+        post = [t for t in ids[last + 1:] if t >= 0]
+
+        def emb(seq):
+            if not seq:
+                return None
+            return self._vtp_embed_text(torch.tensor(seq, dtype=torch.long, device=device))
+        return emb(pre), emb(post)

@@ -1,0 +1,29 @@
+"""What the ``vllm.general_plugins`` entry point does, in every vLLM process.
+
+It registers vtp's model classes over vLLM's own for the architectures it adapts (vLLM's
+``ModelRegistry.register_model`` with a lazy ``"module:Class"`` string, so nothing is imported
+until vLLM loads that architecture). The registered classes subclass vLLM's and behave exactly
+like them unless ``mm_processor_kwargs`` holds a ``vtp`` entry.
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("vtp_compile.serving.vllm")
+_DONE = False
+# architecture name -> "module:Class" of the adapter
+ADAPTERS = {
+    "LlavaForConditionalGeneration": "vtp_compile.serving.vllm.llava:VtpLlavaForConditionalGeneration",
+}
+
+
+def register() -> None:
+    global _DONE
+    if _DONE:
+        return
+    _DONE = True
+    from .compat import pixtral_without_torchvision
+    pixtral_without_torchvision()
+    from vllm import ModelRegistry
+    for arch, target in ADAPTERS.items():
+        ModelRegistry.register_model(arch, target)

@@ -1,0 +1,167 @@
+"""The multimodal-processor side: each pruned image gets ``n_keep`` placeholders instead of ``V``.
+
+:class:`PruningProcessorMixin` goes before a vLLM ``BaseMultiModalProcessor`` subclass. With a
+``vtp`` entry in the merged ``mm_processor_kwargs`` (engine-wide and per request) it adds one
+field per image, ``vtp``: an int64 tensor ``[n_keep, V, *utf-8 bytes of the options as JSON]``,
+which travels with the image's pixels to the model (and so through vLLM's processor and encoder
+caches), and cuts the image's placeholder run to ``n_keep`` tokens. The image's multimodal hash
+already covers the request's ``mm_processor_kwargs`` (vLLM hashes them with the image), so the
+same image at two budgets is two cache entries, in the encoder cache and in the prefix cache.
+
+Methods that read the prompt (CDPruner, DCP-Prune's encoder site) also get ``vtp_text``: the
+prompt's token ids with this image's run marked ``-1`` and other images' runs ``-2``; their
+hash additionally covers the prompt (:meth:`_get_mm_hashes`), so two prompts with the same
+image do not share a selection.
+
+Images the plugin cannot prune (embedding inputs) keep ``V`` placeholders and are logged once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import torch
+
+from . import options
+
+log = logging.getLogger("vtp_compile.serving.vllm")
+FIELD = "vtp"
+TEXT_FIELD = "vtp_text"
+_LOGGED: set = set()
+
+
+def log_once(key: str, msg: str, *args) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.warning(msg, *args)
+
+
+def encode(spec, n_keep: int, n_visual: int) -> torch.Tensor:
+    data = list(spec.to_json().encode())
+    return torch.tensor([n_keep, n_visual, *data], dtype=torch.int64)
+
+
+def decode(row: torch.Tensor):
+    """``(spec, n_keep, V)`` from one image's ``vtp`` field."""
+    vals = row.tolist()
+    spec = options.parse(bytes(vals[2:]).decode())
+    return spec, int(vals[0]), int(vals[1])
+
+
+def rows(value) -> list[torch.Tensor]:
+    """A batched field as a list of per-image tensors (vLLM stacks equal shapes)."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0))
+    return [t for v in value for t in rows(v)] if not isinstance(value, torch.Tensor) else [value]
+
+
+class PruningProcessorMixin:
+    """Put before the model's processor class; the class must define :meth:`_vtp_tokens`."""
+
+    _vtp_modality = "image"
+
+    def _vtp_tokens(self, items, item_idx: int) -> int | None:
+        """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it)."""
+        raise NotImplementedError
+
+    def _vtp_spec(self, hf_kwargs):
+        return options.from_mm_kwargs(self.info.ctx.get_merged_mm_kwargs(dict(hf_kwargs)))
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        out = super()._apply_hf_processor_main(mm_items, hf_kwargs)
+        spec = self._vtp_spec(hf_kwargs)
+        mod = self._vtp_modality
+        if spec is None or mod not in mm_items:
+            return out
+        items = mm_items[mod]
+        fields = []
+        for i in range(len(items)):
+            V = self._vtp_tokens(items, i)
+            if V is None:
+                log_once(f"unprunable:{type(items).__name__}",
+                         "vtp: %s inputs are not pruned (they run as given): %s",
+                         mod, type(items).__name__)
+                return out
+            fields.append(encode(spec, spec.n_keep(V), V))
+        width = max(len(f) for f in fields)
+        if all(len(f) == width for f in fields):
+            out[FIELD] = torch.stack(fields)
+        else:
+            out[FIELD] = fields
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        from vllm.multimodal.inputs import MultiModalFieldConfig
+        cfg = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        cfg[FIELD] = MultiModalFieldConfig.batched(self._vtp_modality, keep_on_cpu=True)
+        cfg[TEXT_FIELD] = MultiModalFieldConfig.batched(self._vtp_modality, keep_on_cpu=True)
+        return cfg
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        mod = self._vtp_modality
+        kept = _kept_counts(out_mm_kwargs, mod)
+        if not kept:
+            return updates
+        return [dataclasses.replace(u, replacement=_cut(u.replacement, kept)) if u.modality == mod
+                else u for u in updates]
+
+    # -- prompt-conditioned methods ----------------------------------------------------------------
+    def _get_mm_hashes(self, inputs):
+        hashes = super()._get_mm_hashes(inputs)
+        spec = self._vtp_spec(inputs.hf_processor_mm_kwargs)
+        mod = self._vtp_modality
+        if spec is None or not spec.text or mod not in hashes:
+            return hashes
+        digest = hashlib.sha256(str(list(inputs.prompt)).encode()).hexdigest()[:32]
+        return {**hashes, mod: [f"{h}-vtp-prompt-{digest}" for h in hashes[mod]]}
+
+    def apply(self, inputs, timing_ctx):
+        result = super().apply(inputs, timing_ctx)
+        spec = self._vtp_spec(inputs.hf_processor_mm_kwargs)
+        mod = self._vtp_modality
+        if spec is None or not spec.text:
+            return result
+        from vllm.multimodal.inputs import MultiModalFieldConfig
+        items = result["mm_kwargs"].get(mod, []) if "mm_kwargs" in result else []
+        ranges = result["mm_placeholders"].get(mod, [])
+        ids = list(result["prompt_token_ids"])
+        field = MultiModalFieldConfig.batched(mod, keep_on_cpu=True).field
+        from vllm.multimodal.inputs import MultiModalFieldElem
+        for i, item in enumerate(items):
+            if item is None or FIELD not in item:
+                continue
+            marked = list(ids)
+            for j, r in enumerate(ranges):
+                for p in range(r.offset, r.offset + r.length):
+                    marked[p] = -1 if j == i else -2
+            item[TEXT_FIELD] = MultiModalFieldElem(data=torch.tensor(marked, dtype=torch.int64),
+                                                   field=field)
+        return result
+
+
+def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
+    if mod not in out_mm_kwargs:
+        return {}
+    out = {}
+    for i, item in enumerate(out_mm_kwargs[mod]):
+        if item is not None and FIELD in item:
+            out[i] = int(item[FIELD].data[0])
+    return out
+
+
+def _cut(replacement, kept: dict[int, int]):
+    """The replacement of item ``i`` with its placeholder run cut to ``kept[i]`` tokens."""
+    def cut(item_idx: int):
+        full = replacement(item_idx) if callable(replacement) else replacement
+        if item_idx not in kept:
+            return full
+        seq = full.full if hasattr(full, "full") else list(full)
+        if len(set(seq)) != 1:
+            raise ValueError("vtp: this model's image placeholders are not one repeated token; "
+                             "its processor needs its own adapter")
+        return seq[:kept[item_idx]]
+    return cut

@@ -1,0 +1,112 @@
+"""Random-weight LLaVA checkpoints that vLLM (CPU) can load, for tests and benchmarks.
+
+No weights can be downloaded here, so the models are built from transformers' config classes
+with the scene model's word-level tokenizer (:mod:`vtp_compile.scenes.model`) and saved to a
+directory that ``vllm.LLM(path)`` and ``vllm serve path`` load. Two facts of vLLM 0.32 shape
+them:
+
+- its CPU attention supports head sizes 32, 64, 80, 96, 112, 128, ... only: the shipped scene
+  model (head size 40) cannot run there, so these models use head size 32 (or 64);
+- transformers 5.19 saves LLaVA's CLIP tower as ``vision_tower.<x>`` while vLLM's loader
+  expects ``vision_tower.vision_model.<x>`` (as hub checkpoints have it): :func:`save` renames.
+
+Importing this module imports no vLLM.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyLlava:
+    image_size: int = 112
+    patch_size: int = 8            # 112 / 8 = 14 -> 196 visual tokens per image
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4            # head size 32: the smallest vLLM's CPU attention runs
+    text_mlp: int = 256
+    vision_feature_layer: int = -2
+    strategy: str = "default"
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + (self.strategy == "full")
+
+
+# LLaVA-1.5's token layout (336 px, 14 px patches: 576 visual tokens) at CPU scale
+LLAVA_576 = TinyLlava(image_size=336, patch_size=14, vision_hidden=128, vision_layers=4,
+                      vision_heads=4, text_hidden=256, text_layers=4, text_heads=4, text_mlp=704)
+
+
+def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
+    """``(model, processor)``: a random-weight ``LlavaForConditionalGeneration`` in fp32."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from ..scenes.model import CLIP_MEAN, CLIP_STD, build_tokenizer
+
+    tok = build_tokenizer()
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True,
+        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=spec.patch_size,
+                          vision_feature_select_strategy=spec.strategy,
+                          num_additional_image_tokens=1, image_token="<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3,
+        hidden_act="gelu", projection_dim=spec.vision_hidden)
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)
+    cfg = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_select_strategy=spec.strategy, projector_hidden_act="gelu",
+        image_seq_length=spec.tokens_per_image, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc
+
+
+def vllm_state_dict(model) -> dict:
+    """The model's weights under the names vLLM's LLaVA loader reads."""
+    out = {}
+    for k, v in model.state_dict().items():
+        for old in ("model.vision_tower.", "vision_tower."):
+            if k.startswith(old):
+                rest = k[len(old):]
+                k = "vision_tower." + (rest if rest.startswith("vision_model.") else "vision_model." + rest)
+                break
+        out[k] = v.detach().contiguous()
+    return out
+
+
+def save(model, processor, path) -> Path:
+    """Save a checkpoint directory vLLM loads (config, weights with vLLM's names, processor)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    processor.save_pretrained(path)
+    save_file(vllm_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
