@@ -31,7 +31,7 @@ class TinyLlava:
     text_layers: int = 2
     text_heads: int = 4            # head size 32: the smallest vLLM's CPU attention runs
     text_mlp: int = 256
-    vision_feature_layer: int = -2
+    vision_feature_layer: int = -1     # vLLM then builds every vision layer (Nüwa reads them)
     strategy: str = "default"
 
     @property
@@ -41,7 +41,8 @@ class TinyLlava:
 
 # LLaVA-1.5's token layout (336 px, 14 px patches: 576 visual tokens) at CPU scale
 LLAVA_576 = TinyLlava(image_size=336, patch_size=14, vision_hidden=128, vision_layers=4,
-                      vision_heads=4, text_hidden=256, text_layers=4, text_heads=4, text_mlp=704)
+                      vision_heads=4, text_hidden=256, text_layers=4, text_heads=4, text_mlp=704,
+                      vision_feature_layer=-2)
 
 
 def build(spec: TinyLlava = TinyLlava(), seed: int = 0):

@@ -12,10 +12,12 @@ import logging
 from vllm.model_executor.models.llava import (LlavaDummyInputsBuilder, LlavaForConditionalGeneration,
                                               LlavaMultiModalProcessor, LlavaProcessingInfo,
                                               _build_llava_or_pixtral_hf_info,
-                                              _build_llava_or_pixtral_hf_processor)
+                                              _build_llava_or_pixtral_hf_processor,
+                                              _get_num_hidden_layers)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageProcessorItems
 
+from . import tower
 from .model import PruningModelMixin
 from .processor import PruningProcessorMixin
 
@@ -23,6 +25,11 @@ log = logging.getLogger("vtp_compile.serving.vllm")
 
 
 class VtpLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
+    def _vtp_check(self, spec):
+        if spec.internals:
+            cfg = self.info.get_hf_config()
+            tower.check(spec, _get_num_hidden_layers(cfg), cfg.vision_config.num_hidden_layers)
+
     def _vtp_tokens(self, items, item_idx):
         if not isinstance(items, ImageProcessorItems):
             return None

@@ -9,11 +9,16 @@ writes them into the image's ``n_keep`` placeholders, which hold consecutive pos
 
 The engine-wide options are validated in ``__init__``, so a bad option or a layer-site method
 fails at start-up.
+
+``VTP_VLLM_RECORD=path`` appends one JSON line per pruned image to ``path`` (method, options,
+``V``, the kept indices): what the tests compare with the transformers path.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 
 import torch
 
@@ -33,7 +38,8 @@ class PruningModelMixin:
         spec = options.from_mm_kwargs(getattr(mm, "mm_processor_kwargs", None) if mm else None)
         if spec is not None:
             if spec.internals:
-                tower.check(self._vtp_tower(), spec, self._vtp_keep_cls())
+                layers, n_full, _ = tower.tower_layers(self._vtp_tower())
+                tower.check(spec, len(layers), n_full)
             log.info("vtp: pruning images with %s (%s per image)", spec.to_json(), spec.site.keep)
 
     def embed_multimodal(self, **kwargs):
@@ -65,9 +71,10 @@ class PruningModelMixin:
             before = after = None
             if spec.text and texts[i] is not None:
                 before, after = self._vtp_text_around(texts[i], f.device)
-            _, kept = select_image(spec, f, ctx=ctx, before=before, after=after)
+            idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after)
             if kept.shape[0] != k:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
+            _record(spec, V, idx)
             out.append(kept)
         return tuple(out)
 
@@ -85,3 +92,11 @@ class PruningModelMixin:
                 return None
             return self._vtp_embed_text(torch.tensor(seq, dtype=torch.long, device=device))
         return emb(pre), emb(post)
+
+
+def _record(spec, V: int, idx: torch.Tensor) -> None:
+    path = os.environ.get("VTP_VLLM_RECORD")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"options": dict(spec.options), "visual": V,
+                                "kept": idx.tolist()}) + "\n")

@@ -50,12 +50,13 @@ def decode(row: torch.Tensor):
 
 
 def rows(value) -> list[torch.Tensor]:
-    """A batched field as a list of per-image tensors (vLLM stacks equal shapes)."""
+    """A batched field as a list of per-image 1-D tensors (vLLM stacks rows of equal length
+    into one 2-D tensor and leaves others as a list)."""
     if value is None:
         return []
     if isinstance(value, torch.Tensor):
-        return list(value.unbind(0))
-    return [t for v in value for t in rows(v)] if not isinstance(value, torch.Tensor) else [value]
+        return [value] if value.dim() == 1 else [r for t in value.unbind(0) for r in rows(t)]
+    return [r for v in value for r in rows(v)]
 
 
 class PruningProcessorMixin:
@@ -67,8 +68,14 @@ class PruningProcessorMixin:
         """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it)."""
         raise NotImplementedError
 
+    def _vtp_check(self, spec) -> None:
+        """Raise ``ValueError`` if this model cannot run ``spec`` (per family; default: fine)."""
+
     def _vtp_spec(self, hf_kwargs):
-        return options.from_mm_kwargs(self.info.ctx.get_merged_mm_kwargs(dict(hf_kwargs)))
+        spec = options.from_mm_kwargs(self.info.ctx.get_merged_mm_kwargs(dict(hf_kwargs)))
+        if spec is not None:
+            self._vtp_check(spec)
+        return spec
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         out = super()._apply_hf_processor_main(mm_items, hf_kwargs)

@@ -60,16 +60,21 @@ def tower_layers(vision_tower):
     return layers, n_full, hasattr(getattr(inner, "embeddings", None), "class_embedding")
 
 
-def check(vision_tower, spec, keep_cls: bool) -> None:
-    """Start-up check that the tower holds what ``spec``'s site reads (``ValueError`` if not)."""
-    layers, n_full, _ = tower_layers(vision_tower)
+def check(spec, built: int, n_full: int) -> None:
+    """That a tower of which vLLM builds ``built`` of ``n_full`` layers holds what ``spec``'s
+    site reads (:class:`~vtp_compile.errors.OptionError`, a ``ValueError``, if not). The
+    processor calls it for every request, the model at start-up: the model itself must never
+    fail on a request (the placeholders are already cut)."""
     at = _layer_index(spec, n_full)
-    if at >= len(layers):
+    if at >= built:
         raise _error(f"vtp: {spec.method} reads vision layer {at}, which vLLM does not build for "
-                     f"this model (it builds {len(layers)} of {n_full} layers)")
-    if spec.method == "nuwa" and len(layers) < n_full:
+                     f"this model (it builds {built} of {n_full} layers, up to the projector's "
+                     f"vision_feature_layer); methods that need no vision internals: "
+                     f"random, divprune, cdpruner, acgr")
+    if spec.method == "nuwa" and built < n_full:
         raise _error(f"vtp: nuwa averages the hidden states of the upper half of the vision "
-                     f"layers; vLLM builds {len(layers)} of {n_full} for this model")
+                     f"layers; vLLM builds {built} of {n_full} for this model (its "
+                     f"vision_feature_layer is not the last); visionzip reads layer -2 and runs")
 
 
 def _error(msg):

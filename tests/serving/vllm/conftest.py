@@ -1,0 +1,55 @@
+"""vLLM tests run vLLM in this process (no engine-core or worker subprocesses: a start-up of a
+few seconds instead of 20-60 s); tests/serving/vllm/test_server.py starts a real ``vllm serve``.
+
+Without vLLM installed (the main environment) the tests that need it are skipped; the vLLM
+environment's target (``make test-vllm``) sets ``VTP_REQUIRE_VLLM=1``, which turns a missing
+vLLM into an error instead.
+"""
+import os
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+if os.environ.get("VTP_REQUIRE_VLLM") == "1" and not HAVE_VLLM:
+    raise RuntimeError("VTP_REQUIRE_VLLM=1 but vLLM is not importable in this environment")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_VLLM:
+        return
+    skip = pytest.mark.skip(reason="vLLM is not installed (make test-vllm runs these)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from .support import Tiny
+    return Tiny.make(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny):
+    """One in-process engine without engine-wide vtp options: requests carry their own."""
+    return tiny.engine()
+
+
+@pytest.fixture
+def record(tmp_path, monkeypatch):
+    path = tmp_path / "kept.jsonl"
+    monkeypatch.setenv("VTP_VLLM_RECORD", str(path))
+
+    def read():
+        import json
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.unlink()
+        return rows
+    return read

@@ -1,0 +1,104 @@
+"""Shared pieces of the vLLM tests: the tiny model, its engine, and the transformers reference.
+
+**Position semantics.** vLLM gives every prompt token the position of its index in the prompt
+as processed, so an image's ``n_keep`` kept features sit on ``n_keep`` consecutive positions and
+the text after the image moves up by ``V - n_keep``: the pruned prompt is numbered as if it had
+been written with ``n_keep`` image tokens. (vtp's transformers path keeps each kept token's
+original position instead; vLLM derives 1-D positions from token counts, so the plugin cannot.)
+The reference below does exactly that in transformers: it builds the prompt with ``n_keep``
+image tokens, writes the kept features there and decodes greedily with positions ``0..L-1``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+MAX_LEN = 1024
+
+
+@dataclasses.dataclass
+class Tiny:
+    path: Path
+    model: object          # the transformers LlavaForConditionalGeneration (fp32)
+    processor: object
+
+    @classmethod
+    def make(cls, path):
+        from vtp_compile.testing.vllm_models import build, save
+        model, proc = build()
+        save(model, proc, path)
+        return cls(Path(path), model, proc)
+
+    def engine(self, **kw):
+        from vllm import LLM
+        args = dict(enforce_eager=True, dtype="float32", max_model_len=MAX_LEN,
+                    limit_mm_per_prompt={"image": 3}, max_num_seqs=8, seed=0,
+                    kv_cache_memory_bytes=64 << 20, distributed_executor_backend="uni",
+                    enable_prefix_caching=True, enable_mm_embeds=True)
+        args.update(kw)
+        return LLM(str(self.path), **args)
+
+    @property
+    def image_token(self) -> int:
+        return self.model.config.image_token_id
+
+    def features(self, image) -> torch.Tensor:
+        """``[V, D]``: the projected features of one image (transformers)."""
+        px = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = self.model.get_image_features(pixel_values=px)
+        out = getattr(out, "pooler_output", out)
+        feats = out[0] if isinstance(out, (list, tuple)) else out[0]
+        return feats.reshape(-1, feats.shape[-1]).float()
+
+    def hf_inputs(self, prompt: str, images: list):
+        return self.processor(images=images or None, text=[prompt], return_tensors="pt")
+
+    def reference(self, prompt: str, kept_feats: list[torch.Tensor], max_tokens: int) -> tuple[list[int], list[int]]:
+        """``(prompt ids, greedy tokens)``: transformers with each image's run cut to its kept
+        features (positions 0..L-1, see the module docstring)."""
+        tok = self.processor.tokenizer
+        ids = tok(prompt)["input_ids"]
+        out, feats = [], []
+        it = iter(kept_feats)
+        for t in ids:
+            if t == self.image_token:
+                f = next(it)
+                out += [t] * f.shape[0]
+                feats.append(f)
+            else:
+                out.append(t)
+        emb_layer = self.model.get_input_embeddings()
+        seq = torch.tensor(out)
+        with torch.no_grad():
+            emb = emb_layer(seq).clone()
+            if feats:
+                emb[seq == self.image_token] = torch.cat(feats).to(emb.dtype)
+            gen = []
+            for _ in range(max_tokens):
+                logits = self.model(inputs_embeds=emb[None]).logits[0, -1]
+                nxt = int(logits.argmax())
+                gen.append(nxt)
+                if nxt == tok.eos_token_id:
+                    break
+                emb = torch.cat([emb, emb_layer(torch.tensor([nxt]))])
+        return out, gen
+
+
+def request(prompt, images, vtp=None):
+    r = {"prompt": prompt, "multi_modal_data": {"image": images if len(images) != 1 else images[0]}}
+    if vtp is not None:
+        r["mm_processor_kwargs"] = {"vtp": vtp}
+    return r
+
+
+def greedy(max_tokens=6):
+    from vllm import SamplingParams
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+
+def examples(n, task="attribute"):
+    from vtp_compile.scenes import make_dataset
+    return make_dataset(task, n=n)
