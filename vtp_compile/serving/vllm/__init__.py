@@ -22,3 +22,10 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point (idempotent; vLLM calls it in every process)."""
     from .plugin import register as _register
     _register()
+
+
+def register_compat() -> None:
+    """The ``vtp_cpu_compat`` entry point: only the CPU-wheel workaround of :mod:`.compat`
+    (``VLLM_PLUGINS=vtp_cpu_compat`` runs vLLM with it and without vtp's model classes)."""
+    from .compat import pixtral_without_torchvision
+    pixtral_without_torchvision()

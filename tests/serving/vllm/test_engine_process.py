@@ -1,0 +1,74 @@
+"""vLLM's real process layout (engine core and worker in their own processes), started fresh:
+engine-wide options, the plugin switched off, a bad option at start-up."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support import examples, greedy, request
+
+pytestmark = pytest.mark.vllm
+RUNNER = Path(__file__).with_name("run_engine.py")
+
+
+def run(job, env=None, timeout=240):
+    e = {k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING",
+                                                          "VTP_VLLM_RECORD")}
+    e.update(env or {})
+    p = subprocess.run([sys.executable, str(RUNNER), json.dumps(job)], capture_output=True,
+                       text=True, timeout=timeout, env=e, cwd=str(Path(__file__).parents[3]))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    return p, (json.loads(lines[-1][7:]) if lines else None)
+
+
+def _local(engine, cases):
+    exs = examples(4)
+    outs = engine.generate([request(p, [exs[i].image for i in ims], o) for p, ims, o in cases],
+                           greedy(6))
+    return [[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]
+
+
+def test_engine_wide_options_and_request_override(engine, tiny):
+    """``mm_processor_kwargs={"vtp": ...}`` on the engine prunes every request; a request's own
+    ``vtp`` dict is merged over it. Same tokens as the in-process engine given per-request
+    options."""
+    exs = examples(4)
+    cases = [("<image> " + exs[0].question, [0], None),
+             ("<image> " + exs[1].question, [1], {"budget": 40}),
+             ("<image> " + exs[2].question + " <image>", [2, 3], {"method": "random"})]
+    wide = {"method": "divprune", "budget": 16}
+    p, got = run({"model": str(tiny.path), "engine": {"mm_processor_kwargs": {"vtp": wide}},
+                  "requests": [{"prompt": c[0], "images": c[1], "vtp": c[2]} for c in cases]})
+    assert got is not None, p.stderr[-3000:]
+    want = _local(engine, [(c[0], c[1], {**wide, **(c[2] or {})}) for c in cases])
+    assert got == want
+    assert sum(t == tiny.image_token for t in got[0][0]) == 16
+    assert sum(t == tiny.image_token for t in got[2][0]) == 32
+
+
+def test_without_options_vllm_runs_as_without_the_plugin(engine, tiny):
+    """VLLM_PLUGINS=vtp_cpu_compat loads only the torchvision workaround (without it vLLM's LLaVA
+    does not import in this environment), not vtp's model classes: the same tokens as with the
+    plugin loaded and no options."""
+    exs = examples(4)
+    cases = [("<image> " + exs[0].question, [0], None),
+             ("<image> <image> " + exs[1].question, [1, 2], None)]
+    p, got = run({"model": str(tiny.path),
+                  "requests": [{"prompt": c[0], "images": c[1]} for c in cases]},
+                 env={"VLLM_PLUGINS": "vtp_cpu_compat"})
+    assert got is not None, p.stderr[-3000:]
+    assert got == _local(engine, cases)
+
+
+def test_bad_engine_option_fails_at_start_up(tiny):
+    p, got = run({"model": str(tiny.path),
+                  "engine": {"mm_processor_kwargs": {"vtp": {"method": "fastv", "budget": 8}}},
+                  "requests": []})
+    assert p.returncode != 0 and got is None
+    assert "'fastv' cannot run in vLLM" in p.stderr
+    assert "divprune" in p.stderr
