@@ -39,9 +39,11 @@ class TinyLlava:
         return (self.image_size // self.patch_size) ** 2 + (self.strategy == "full")
 
 
-# LLaVA-1.5's token layout (336 px, 14 px patches: 576 visual tokens) at CPU scale
+# LLaVA-1.5's token layout (336 px, 14 px patches: 576 visual tokens) at CPU scale: the
+# decoder of benchmarks/prefill.py (hidden 1024, 8 layers, 16 heads of 64, MLP 2816) behind a
+# small CLIP tower (hidden 128, 4 layers; the projector reads layer -2, as LLaVA-1.5's does)
 LLAVA_576 = TinyLlava(image_size=336, patch_size=14, vision_hidden=128, vision_layers=4,
-                      vision_heads=4, text_hidden=256, text_layers=4, text_heads=4, text_mlp=704,
+                      vision_heads=4, text_hidden=1024, text_layers=8, text_heads=16, text_mlp=2816,
                       vision_feature_layer=-2)
 
 
