@@ -145,6 +145,26 @@ def test_continuous_batching(engine, tiny, record):
         assert list(out.outputs[0].token_ids) == ref, prompt
 
 
+def test_batch_mixes_methods_that_carry_different_fields(engine, tiny, record):
+    """Prompt-conditioned (an extra per-image field), vision-internals, plain and unpruned
+    requests in one step: each equals the same request served alone."""
+    exs = examples(4)
+    cases = [
+        ("<image> " + exs[0].question, [exs[0].image], {"method": "cdpruner", "budget": 10}),
+        ("<image> " + exs[1].question, [exs[1].image], {"method": "visionzip", "budget": 20}),
+        ("<image> " + exs[2].question, [exs[2].image], None),
+        ("<image> <image> " + exs[3].question, [exs[3].image, exs[1].image],
+         {"method": "acgr", "site": "encoder", "budget": 9}),
+        ("<image> " + exs[0].question, [exs[0].image], {"method": "random", "budget": 5}),
+    ]
+    together = engine.generate([request(p, ims, o) for p, ims, o in cases], greedy(TOKENS))
+    alone = [engine.generate([request(p, ims, o)], greedy(TOKENS))[0] for p, ims, o in cases]
+    record()
+    for a, b in zip(together, alone):
+        assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+        assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+
+
 def test_same_image_two_budgets_prefix_cache(engine, tiny):
     """With prefix caching on, the same image and prompt at two budgets are two cache entries:
     each request, repeated, gives its own answer, equal to transformers."""
