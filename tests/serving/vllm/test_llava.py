@@ -33,6 +33,25 @@ def _explain_kept(tiny, ex, opts):
     return site.kept_visual_index[0].tolist()
 
 
+SELECT_CASES = [
+    {"method": "divprune", "budget": 16},
+    {"method": "random", "budget": 20},
+    {"method": "random", "ratio": 0.1, "seed": 3},
+    {"method": "cdpruner", "budget": 24},
+    {"method": "acgr", "site": "encoder", "budget": 16, "merge": False},
+]
+MERGE_CASES = [
+    {"method": "visionzip", "budget": 16},
+    {"method": "nuwa", "budget": 16},
+    {"method": "acgr", "site": "encoder", "budget": 12},
+]
+
+
+def test_support_table_is_what_is_tested():
+    from vtp_compile.serving.vllm.support import CHECKED
+    assert set(CHECKED["llava"]) == {o["method"] for o in SELECT_CASES + MERGE_CASES}
+
+
 def test_unpruned_matches_transformers(engine, tiny):
     ex = examples(1)[0]
     out = engine.generate([request("<image> " + ex.question, [ex.image])], greedy(TOKENS))[0]
@@ -41,13 +60,7 @@ def test_unpruned_matches_transformers(engine, tiny):
     assert list(out.outputs[0].token_ids) == ref
 
 
-@pytest.mark.parametrize("opts", [
-    {"method": "divprune", "budget": 16},
-    {"method": "random", "budget": 20},
-    {"method": "random", "ratio": 0.1, "seed": 3},
-    {"method": "cdpruner", "budget": 24},
-    {"method": "acgr", "site": "encoder", "budget": 16, "merge": False},
-], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("opts", SELECT_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_pruned_matches_transformers_path(engine, tiny, record, opts):
     """Kept indices equal vtp's transformers path (explain) for the same image and options, and
     greedy tokens equal transformers fed those features with vLLM's position semantics."""
@@ -67,11 +80,7 @@ def test_pruned_matches_transformers_path(engine, tiny, record, opts):
     assert list(out.outputs[0].token_ids) == ref
 
 
-@pytest.mark.parametrize("opts", [
-    {"method": "visionzip", "budget": 16},
-    {"method": "nuwa", "budget": 16},
-    {"method": "acgr", "site": "encoder", "budget": 12},
-], ids=lambda o: o["method"])
+@pytest.mark.parametrize("opts", MERGE_CASES, ids=lambda o: o["method"])
 def test_merging_methods(engine, tiny, record, opts):
     """Methods that read the vision tower or merge: kept indices equal the transformers path;
     greedy tokens equal transformers fed the plugin's merged features (computed there from

@@ -1,0 +1,29 @@
+"""What the vLLM plugin claims per family: the table tests/serving/vllm checks and the README
+prints (``python -m vtp_compile.serving.vllm.support``). Imports no vLLM."""
+from __future__ import annotations
+
+from .options import SERVED
+
+# family -> methods checked in tests/serving/vllm (vLLM 0.32.0, CPU build)
+CHECKED: dict[str, tuple[str, ...]] = {
+    "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
+}
+NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
+# vLLM classes the plugin does not adapt: they run as without it (a vtp option is ignored)
+NOT_ADAPTED = ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+               "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
+
+
+def matrix() -> str:
+    methods = list(SERVED)
+    head = "| vLLM plugin | " + " | ".join(f"`{m}`" for m in methods) + " |"
+    rows = [head, "|" + "---|" * (len(methods) + 1)]
+    for fam, ok in CHECKED.items():
+        cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok else "—" for m in methods]
+        rows.append(f"| {fam} | " + " | ".join(cells) + " |")
+    rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted" for _ in methods) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(matrix())
