@@ -88,6 +88,51 @@ def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
     return model, proc
 
 
+def build_next(spec: TinyLlava = TinyLlava(image_size=56, patch_size=14), seed: int = 0,
+               pinpoints=((56, 112), (112, 56), (112, 112))):
+    """``(model, processor)``: a random-weight ``LlavaNextForConditionalGeneration`` (anyres:
+    56 px tiles of 14 px patches, grids up to 2x2 tiles) in fp32."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextProcessor)
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from ..scenes.model import CLIP_MEAN, CLIP_STD, build_tokenizer
+
+    tok = build_tokenizer()
+    grid = [list(p) for p in pinpoints]
+    ip = LlavaNextImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size}, image_grid_pinpoints=grid,
+        do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True, do_pad=True,
+        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=spec.patch_size,
+                              vision_feature_select_strategy=spec.strategy,
+                              num_additional_image_tokens=1, image_token="<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3,
+        hidden_act="gelu", projection_dim=spec.vision_hidden)
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)
+    cfg = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=spec.vision_feature_layer, image_grid_pinpoints=grid,
+        vision_feature_select_strategy=spec.strategy, projector_hidden_act="gelu",
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc
+
+
 def vllm_state_dict(model) -> dict:
     """The model's weights under the names vLLM's LLaVA loader reads."""
     out = {}

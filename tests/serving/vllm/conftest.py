@@ -40,6 +40,19 @@ def engine(tiny):
     return tiny.engine()
 
 
+@pytest.fixture(scope="session")
+def tiny_next(tmp_path_factory):
+    from .support import Tiny
+    return Tiny.make(tmp_path_factory.mktemp("tiny_llava_next"), builder="build_next")
+
+
+@pytest.fixture(scope="session")
+def engine_next(tiny_next):
+    """Session-scoped like ``engine``: in-process engines share vLLM's distributed state, and
+    shutting one down mid-session tears it down for the other."""
+    return tiny_next.engine()
+
+
 @pytest.fixture
 def record(tmp_path, monkeypatch):
     path = tmp_path / "kept.jsonl"

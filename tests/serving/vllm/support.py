@@ -25,10 +25,10 @@ class Tiny:
     processor: object
 
     @classmethod
-    def make(cls, path):
-        from vtp_compile.testing.vllm_models import build, save
-        model, proc = build()
-        save(model, proc, path)
+    def make(cls, path, builder: str = "build"):
+        from vtp_compile.testing import vllm_models
+        model, proc = getattr(vllm_models, builder)()
+        vllm_models.save(model, proc, path)
         return cls(Path(path), model, proc)
 
     def engine(self, **kw):
@@ -45,13 +45,20 @@ class Tiny:
         return self.model.config.image_token_id
 
     def features(self, image) -> torch.Tensor:
-        """``[V, D]``: the projected features of one image (transformers)."""
-        px = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            out = self.model.get_image_features(pixel_values=px)
-        out = getattr(out, "pooler_output", out)
-        feats = out[0] if isinstance(out, (list, tuple)) else out[0]
-        return feats.reshape(-1, feats.shape[-1]).float()
+        """``[V, D]``: the features transformers splices for one image (read at the language
+        model's input, so LLaVA-NeXT's packing is included)."""
+        inputs = self.hf_inputs("<image>", [image])
+        seen = {}
+
+        def hook(module, args, kwargs):
+            seen["x"] = kwargs["inputs_embeds"]
+        h = self.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.model(**inputs)
+        finally:
+            h.remove()
+        return seen["x"][0][inputs["input_ids"][0] == self.image_token].float()
 
     def hf_inputs(self, prompt: str, images: list):
         return self.processor(images=images or None, text=[prompt], return_tensors="pt")

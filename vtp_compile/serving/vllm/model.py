@@ -37,10 +37,14 @@ class PruningModelMixin:
         mm = vllm_config.model_config.multimodal_config
         spec = options.from_mm_kwargs(getattr(mm, "mm_processor_kwargs", None) if mm else None)
         if spec is not None:
+            self._vtp_check_engine(spec)
             if spec.internals:
                 layers, n_full, _ = tower.tower_layers(self._vtp_tower())
                 tower.check(spec, len(layers), n_full)
             log.info("vtp: pruning images with %s (%s per image)", spec.to_json(), spec.site.keep)
+
+    def _vtp_check_engine(self, spec) -> None:
+        """Raise ``ValueError`` at start-up if this family cannot run ``spec`` (default: fine)."""
 
     def embed_multimodal(self, **kwargs):
         field = kwargs.pop(FIELD, None)

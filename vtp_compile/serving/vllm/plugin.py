@@ -14,6 +14,8 @@ _DONE = False
 # architecture name -> "module:Class" of the adapter
 ADAPTERS = {
     "LlavaForConditionalGeneration": "vtp_compile.serving.vllm.llava:VtpLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration":
+        "vtp_compile.serving.vllm.llava_next:VtpLlavaNextForConditionalGeneration",
 }
 
 

@@ -7,10 +7,13 @@ from .options import SERVED
 # family -> methods checked in tests/serving/vllm (vLLM 0.32.0, CPU build)
 CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
+    "llava_next": ("random", "divprune", "cdpruner", "acgr"),
 }
+# family -> methods refused at start-up / per request, and why
+REFUSED = {"llava_next": ("visionzip", "nuwa")}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
 # vLLM classes the plugin does not adapt: they run as without it (a vtp option is ignored)
-NOT_ADAPTED = ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+NOT_ADAPTED = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
                "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
 
@@ -19,7 +22,9 @@ def matrix() -> str:
     head = "| vLLM plugin | " + " | ".join(f"`{m}`" for m in methods) + " |"
     rows = [head, "|" + "---|" * (len(methods) + 1)]
     for fam, ok in CHECKED.items():
-        cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok else "—" for m in methods]
+        cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok
+                 else "refused (packed anyres features)" if m in REFUSED.get(fam, ()) else "—"
+                 for m in methods]
         rows.append(f"| {fam} | " + " | ".join(cells) + " |")
     rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted" for _ in methods) + " |")
     return "\n".join(rows)
