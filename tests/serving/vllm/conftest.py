@@ -41,6 +41,12 @@ def engine(tiny):
 
 
 @pytest.fixture(scope="session")
+def engine_chunked(tiny):
+    """Chunked prefill (vLLM's default) with 64-token chunks, so that image runs straddle chunks."""
+    return tiny.engine(max_num_batched_tokens=64, max_num_seqs=4)
+
+
+@pytest.fixture(scope="session")
 def tiny_next(tmp_path_factory):
     from .support import Tiny
     return Tiny.make(tmp_path_factory.mktemp("tiny_llava_next"), builder="build_next")

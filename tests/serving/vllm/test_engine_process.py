@@ -51,7 +51,7 @@ def test_engine_wide_options_and_request_override(engine, tiny):
     assert sum(t == tiny.image_token for t in got[2][0]) == 32
 
 
-@pytest.mark.vllm_slow     # 30 s: make test-vllm-full (CI runs the in-process equivalent)
+@pytest.mark.vllm_slow     # 30 s: make test-vllm-full (CI checks unconfigured requests against transformers)
 def test_without_options_vllm_runs_as_without_the_plugin(engine, tiny):
     """VLLM_PLUGINS=vtp_cpu_compat loads only the torchvision workaround (without it vLLM's LLaVA
     does not import in this environment), not vtp's model classes: the same tokens as with the

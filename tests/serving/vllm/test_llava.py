@@ -225,3 +225,23 @@ def test_image_embeddings_run_unpruned_with_a_log_line(engine, tiny, caplog):
     ids, ref = tiny.reference(prompt, [feats], TOKENS)
     assert list(out.outputs[0].token_ids) == ref
     assert any("not pruned" in r.getMessage() for r in caplog.records)
+
+
+def test_chunked_prefill_across_pruned_images(engine_chunked, tiny):
+    """Chunked prefill is on by default; with 64-token chunks the two pruned image runs of this
+    136-token prompt straddle chunk boundaries. Tokens equal transformers."""
+    sched = engine_chunked.llm_engine.vllm_config.scheduler_config
+    assert sched.enable_chunked_prefill and sched.max_num_batched_tokens == 64
+    exs = examples(3)
+    prompt = (" ".join([exs[1].question] * 3) + " <image> " + " ".join([exs[0].question] * 4)
+              + " <image> " + exs[2].question)
+    images = [exs[0].image, exs[1].image]
+    opts = {"method": "divprune", "budget": 40}
+    out = engine_chunked.generate([request(prompt, images, opts)], greedy(TOKENS))[0]
+    spec = options.parse(opts)
+    ids, ref = tiny.reference(prompt, [select_image(spec, tiny.features(im))[1] for im in images], TOKENS)
+    assert len(ids) > 2 * 64
+    starts = [i for i, t in enumerate(ids) if t == tiny.image_token and ids[i - 1] != tiny.image_token]
+    assert any(s < 64 < s + 40 or s < 128 < s + 40 for s in starts)   # a run crosses a chunk edge
+    assert list(out.prompt_token_ids) == ids
+    assert list(out.outputs[0].token_ids) == ref
