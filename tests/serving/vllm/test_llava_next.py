@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vtp_compile.serving.vllm import options
-from vtp_compile.serving.vllm.select import select_image
+from vtp_compile.serving.vllm.selection import select_image
 
 from .support import examples, greedy, request
 

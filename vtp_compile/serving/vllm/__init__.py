@@ -8,11 +8,13 @@ Importing this module imports neither vLLM nor torch.
 Files, one job each:
 
 - :mod:`.options`   -- the ``vtp`` option dict: validate, refuse layer-site methods, encode;
-- :mod:`.select`    -- one image: score with the method's own score function, keep, merge;
+- :mod:`.selection`    -- one image: score with the method's own score function, keep, merge;
 - :mod:`.tower`     -- vision-tower internals (CLS attention, keys, upper hidden states) of
   vLLM's CLIP/SigLIP towers, for VisionZip and Nüwa;
 - :mod:`.processor` -- the multimodal-processor side: ``n_keep`` placeholders per image;
-- :mod:`.llava`     -- the LLaVA model/processor classes registered over vLLM's own;
+- :mod:`.model`     -- the model side: all ``V`` features computed, ``n_keep`` returned;
+- :mod:`.llava`, :mod:`.llava_next` -- the classes registered over vLLM's own;
+- :mod:`.support`   -- the support table the tests check and the README prints;
 - :mod:`.compat`    -- a workaround for vLLM CPU wheels without a working torchvision;
 - :mod:`.plugin`    -- what :func:`register` does.
 """

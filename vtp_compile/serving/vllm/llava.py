@@ -7,7 +7,11 @@ and are not pruned.
 """
 from __future__ import annotations
 
-import logging
+from .compat import pixtral_without_torchvision
+
+pixtral_without_torchvision()   # before vLLM's LLaVA module imports Pixtral's (see .compat)
+
+import logging  # noqa: E402
 
 from vllm.model_executor.models.llava import (LlavaDummyInputsBuilder, LlavaForConditionalGeneration,
                                               LlavaMultiModalProcessor, LlavaProcessingInfo,
@@ -15,7 +19,6 @@ from vllm.model_executor.models.llava import (LlavaDummyInputsBuilder, LlavaForC
                                               _build_llava_or_pixtral_hf_processor,
                                               _get_num_hidden_layers)
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageProcessorItems
 
 from . import tower
 from .model import PruningModelMixin
@@ -29,12 +32,6 @@ class VtpLlavaMultiModalProcessor(PruningProcessorMixin, LlavaMultiModalProcesso
         if spec.internals:
             cfg = self.info.get_hf_config()
             tower.check(spec, _get_num_hidden_layers(cfg), cfg.vision_config.num_hidden_layers)
-
-    def _vtp_tokens(self, items, item_idx):
-        if not isinstance(items, ImageProcessorItems):
-            return None
-        size = items.get_image_size(item_idx)
-        return self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
 
 
 def _build_processor(info, dummy_inputs):

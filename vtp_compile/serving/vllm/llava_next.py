@@ -9,11 +9,14 @@ projector's packing has no one patch grid per image (as on the transformers path
 """
 from __future__ import annotations
 
+from .compat import pixtral_without_torchvision
+
+pixtral_without_torchvision()   # before vLLM's LLaVA module imports Pixtral's (see .compat)
+
 from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
 from vllm.model_executor.models.llava_next import (LlavaNextForConditionalGeneration,
                                                    LlavaNextMultiModalProcessor, LlavaNextProcessingInfo)
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageProcessorItems
 
 from .model import PruningModelMixin
 from .processor import PruningProcessorMixin
@@ -30,12 +33,6 @@ def _refuse_internals(spec):
 class VtpLlavaNextMultiModalProcessor(PruningProcessorMixin, LlavaNextMultiModalProcessor):
     def _vtp_check(self, spec):
         _refuse_internals(spec)
-
-    def _vtp_tokens(self, items, item_idx):
-        if not isinstance(items, ImageProcessorItems):
-            return None
-        size = items.get_image_size(item_idx)
-        return self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
 
 
 @MULTIMODAL_REGISTRY.register_processor(VtpLlavaNextMultiModalProcessor, info=LlavaNextProcessingInfo,

@@ -4,7 +4,7 @@
 pops the processor's per-image ``vtp`` field (see :mod:`.processor`); images without it run
 exactly as in vLLM. For the others it runs the model's own ``embed_multimodal`` (vision tower
 and projector, all ``V`` tokens; with hooks on the tower when the method reads its internals),
-then :func:`.select.select_image` keeps ``n_keep`` features per image in position order. vLLM
+then :func:`.selection.select_image` keeps ``n_keep`` features per image in position order. vLLM
 writes them into the image's ``n_keep`` placeholders, which hold consecutive positions.
 
 The engine-wide options are validated in ``__init__``, so a bad option or a layer-site method
@@ -24,7 +24,7 @@ import torch
 
 from . import options, tower
 from .processor import FIELD, TEXT_FIELD, decode, rows
-from .select import select_image
+from .selection import select_image
 
 log = logging.getLogger("vtp_compile.serving.vllm")
 

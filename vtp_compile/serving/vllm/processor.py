@@ -60,13 +60,19 @@ def rows(value) -> list[torch.Tensor]:
 
 
 class PruningProcessorMixin:
-    """Put before the model's processor class; the class must define :meth:`_vtp_tokens`."""
+    """Put before the model's processor class (one whose ``info`` has
+    ``get_num_image_tokens(image_width=, image_height=)``, as vLLM's LLaVA family has)."""
 
     _vtp_modality = "image"
 
     def _vtp_tokens(self, items, item_idx: int) -> int | None:
-        """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it)."""
-        raise NotImplementedError
+        """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it, e.g.
+        an embedding input)."""
+        from vllm.multimodal.parse import ImageProcessorItems
+        if not isinstance(items, ImageProcessorItems):
+            return None
+        size = items.get_image_size(item_idx)
+        return self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
 
     def _vtp_check(self, spec) -> None:
         """Raise ``ValueError`` if this model cannot run ``spec`` (per family; default: fine)."""
