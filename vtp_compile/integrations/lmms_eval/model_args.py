@@ -56,6 +56,8 @@ WRAPPER_KEYS: dict[str, tuple[Any, str]] = {
 PREFIXES = {"processor.": "AutoProcessor.from_pretrained keyword (e.g. processor.max_pixels=1605632)",
             "stage": "stageN.KEY=VALUE: option KEY of chain stage N (from 1)",
             "inductor.": "inductor.KEY=VALUE: one Inductor config patch"}
+# wrapper keys whose values stay text (a prompt template may start with "{")
+TEXT_KEYS = ("pretrained", "device", "device_map", "dtype", "prompt", "system_prompt", "report")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -121,7 +123,8 @@ def parse_model_args(args: Mapping[str, Any]) -> ModelArgs:
     :class:`~vtp_compile.OptionError` for bad keys or values, before anything is loaded."""
     from ...config import PruneConfig
 
-    args = {str(k).strip(): coerce(v) for k, v in dict(args).items()}
+    args = {str(k).strip(): (v if str(k).strip() in TEXT_KEYS else coerce(v))
+            for k, v in dict(args).items()}
     settings = {k: default for k, (default, _) in WRAPPER_KEYS.items()}
     processor_kwargs: dict[str, Any] = {}
     stages: dict[int, dict[str, Any]] = {}
