@@ -22,6 +22,7 @@ with the reason) and recorded in the results JSON through lmms-eval's throughput
 from __future__ import annotations
 
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -39,17 +40,30 @@ from .inputs import build_inputs
 from .model_args import ModelArgs, check_depth, decoder_depth, parse_model_args, valid_keys_text
 
 ABORT_STATUS = 3
+USAGE_STATUS = 2
 
 
-class VtpRunAborted(SystemExit):
-    """A compile or generation failure: ends the lmms-eval process (status 3) with no results."""
+class _Exit(SystemExit):
+    """A ``SystemExit`` with a status and a message (printed to stderr when raised)."""
+    status = 1
 
     def __init__(self, message: str):
-        super().__init__(ABORT_STATUS)
+        super().__init__(self.status)
         self.message = message
+        print(message, file=sys.stderr, flush=True)
 
     def __str__(self) -> str:
         return self.message
+
+
+class VtpRunAborted(_Exit):
+    """A compile or generation failure: ends the lmms-eval process (status 3) with no results."""
+    status = ABORT_STATUS
+
+
+class VtpOptionsRejected(_Exit):
+    """Bad ``--model_args`` on lmms-eval's command line (status 2, before anything loads)."""
+    status = USAGE_STATUS
 
 
 class VTP(lmms):
@@ -83,7 +97,7 @@ class VTP(lmms):
             return cls(**args)
         except OptionError as e:
             eval_logger.error(f"lmms-eval --model vtp: {e}")
-            raise SystemExit(f"lmms-eval --model vtp: error: {e}\n({valid_keys_text()})") from e
+            raise VtpOptionsRejected(f"lmms-eval --model vtp: error: {e}\n({valid_keys_text()})") from e
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self):
@@ -113,6 +127,8 @@ class VTP(lmms):
         from ... import configure_dynamo
         from ...bench.compile import RECOMPILE_LIMIT
         configure_dynamo(max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT))
+        # a failing compile must raise, never fall back to the unpruned eager model
+        torch._dynamo.config.suppress_errors = False
         options = self.args.options
         if options is None:
             if self.args.unpruned_backend != "eager":
