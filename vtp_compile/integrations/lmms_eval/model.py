@@ -22,6 +22,7 @@ with the reason) and recorded in the results JSON through lmms-eval's throughput
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -66,6 +67,15 @@ class VtpOptionsRejected(_Exit):
     status = USAGE_STATUS
 
 
+def _default_device() -> str:
+    """``cuda:LOCAL_RANK`` under a data-parallel launcher (lmms-eval shards the documents over
+    the ranks and sets each rank's ``_rank``/``_world_size``), ``cuda``, else ``cpu``."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local)}" if local is not None else "cuda"
+
+
 class VTP(lmms):
     """A transformers VLM compiled with the vtp backend (see the module docstring)."""
 
@@ -77,7 +87,7 @@ class VTP(lmms):
         s = self.args.settings
         if s["threads"]:
             torch.set_num_threads(s["threads"])
-        self._device = torch.device(s["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = torch.device(s["device"] or _default_device())
         self.batch_size_per_gpu = s["batch_size"]
         self._model, self.processor = self._load()
         self._compile()
