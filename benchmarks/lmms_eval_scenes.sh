@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 run() {   # run OUTDIR MODEL_ARGS
   lmms-eval --model vtp --model_args "pretrained=$MODEL,threads=$THREADS,$2" --tasks vtp_scenes \
       --include_path "$TASKS_DIR" --limit $N --batch_size $BATCH --output_path "$1" --log_samples \
-      > "$1.$(echo "$2" | tr ',=+' '_-p').log" 2>&1
+      > "$1.$(echo "$2" | sed 's/[^A-Za-z0-9.]/_/g').log" 2>&1
 }
 mkdir -p "$OUT"
 if [ "${PART:-all}" != 2 ]; then

@@ -70,6 +70,7 @@ def test_pruning_is_recorded_in_log_and_results(lmms_runs):
     thr = results_file(out)["throughput"]
     assert thr["avg_vtp_pruned_graphs"] >= 1 and thr["avg_vtp_unpruned_graphs"] == 0
     assert f"visual tokens 196 -> {BUDGET}" in proc.stdout + proc.stderr
+    assert "warm-up call failed" not in proc.stdout + proc.stderr
     out, proc = lmms_runs["none"]
     assert results_file(out)["throughput"]["avg_vtp_graphs"] == 0
 

@@ -90,6 +90,7 @@ class VTP(lmms):
         self._device = torch.device(s["device"] or _default_device())
         self.batch_size_per_gpu = s["batch_size"]
         self._model, self.processor = self._load()
+        self._warm_up()
         self._compile()
         self.run_report: dict = {}
 
@@ -131,6 +132,25 @@ class VTP(lmms):
         from ...bench.evaluate import prepare_processor
         prepare_processor(processor)      # left padding and a pad token
         return model, processor
+
+    def _warm_up(self) -> None:
+        """One eager forward before compiling: transformers installs its output-capturing hooks
+        on the first call, and a compiled first call would graph-break there (README: Usage)."""
+        from PIL import Image
+        try:
+            inputs = build_inputs(self.processor, ["describe the image"],
+                                  [[Image.new("RGB", (224, 224), (128, 128, 128))]])
+            with torch.inference_mode():
+                self._model(**self._on_device(inputs))
+        except Exception as e:     # the run itself will show whether the model works
+            eval_logger.warning(f"vtp: the eager warm-up call failed ({type(e).__name__}: {e})")
+
+    def _on_device(self, inputs):
+        inputs = inputs.to(self._model.device)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs and inputs[key].is_floating_point():
+                inputs[key] = inputs[key].to(self._model.dtype)
+        return inputs
 
     def _compile(self) -> None:
         """``model.compile`` as ``vtp eval``'s ``compiled_copy`` does it (no copy: one config)."""
@@ -219,10 +239,7 @@ class VTP(lmms):
             visuals.append(doc_to_visual(self.task_dict[task][split][doc_id]))
         inputs = build_inputs(self.processor, contexts, visuals, max_frames=s["max_frames"],
                               template=s["prompt"], system_prompt=s["system_prompt"])
-        inputs = inputs.to(self._model.device)
-        for key in ("pixel_values", "pixel_values_videos"):
-            if key in inputs and inputs[key].is_floating_point():
-                inputs[key] = inputs[key].to(self._model.dtype)
+        inputs = self._on_device(inputs)
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         out = self._model.generate(**inputs, **self._generation_args(gen_kwargs),
