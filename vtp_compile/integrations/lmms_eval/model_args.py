@@ -187,7 +187,9 @@ def parse_model_args(args: Mapping[str, Any]) -> ModelArgs:
         missing = [n for n in range(1, max(stages) + 1) if n not in stages]
         if missing:
             raise OptionError(f"vtp: chain stages must be numbered 1..N without gaps; missing {missing}")
-        vtp["stages"] = [stages[n] for n in sorted(stages)]
+        # the stage's method first (labels and reports read as written)
+        vtp["stages"] = [{**({"method": stages[n]["method"]} if "method" in stages[n] else {}),
+                          **stages[n]} for n in sorted(stages)]
     options = {"method": method, **vtp}
     PruneConfig.from_options(options)
     return ModelArgs(settings, processor_kwargs, options)

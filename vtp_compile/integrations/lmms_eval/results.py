@@ -141,7 +141,11 @@ def notes(table: dict) -> list[str]:
 def render(tables: list[dict]) -> str:
     """The text of every table (``vtp eval``'s format) with its notes."""
     from ...bench.sweep import format_table
-    return "\n\n".join(format_table(t) + "\n" + "\n".join(notes(t)) for t in tables)
+
+    def shown(t):   # a chain has no budget of its own: its stages carry theirs
+        return {**t, "runs": [{**r, "budget": "-" if r["budget"] is None else r["budget"]}
+                              for r in t["runs"]]}
+    return "\n\n".join(format_table(shown(t)) + "\n" + "\n".join(notes(t)) for t in tables)
 
 
 def plot(table: dict, path) -> Path:
