@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "lmms-eval --model vtp output files", formatter_class=fmt)
     lt.add_argument("paths", nargs="+", help="lmms-eval --output_path folders or *_results.json")
     lt.add_argument("--metric", default=None,
-                    help="the metric to tabulate (default: each task's first reported metric)")
+                    help="the metric to tabulate where a task reports it (default, and for the "
+                         "other tasks: each task's first reported metric)")
     lt.add_argument("--out", default=None, help="write the tables as JSON here")
     lt.add_argument("--plot", default=None, help="write an accuracy-vs-budget PNG here (one "
                     "checkpoint: this path; several: -N before the suffix)")

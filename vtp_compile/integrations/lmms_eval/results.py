@@ -73,7 +73,10 @@ def load_run(path: Path, metric: str | None = None) -> dict | None:
     for task, res in data.get("results", {}).items():
         if task in groups:
             continue
-        metrics[task], scores[task] = pick_metric(res, metric)
+        reports = metric is not None and any(metric in (k, k.split(",")[0]) for k in res)
+        metrics[task], scores[task] = pick_metric(res, metric if reports else None)
+    if metric is not None and metric not in metrics.values():
+        raise ValueError(f"{path}: no task reports metric {metric!r}")
     thr = data.get("throughput", {})
     return {"file": str(path), "pretrained": margs.settings["pretrained"],
             "method": margs.method_label, "budget": margs.budget,
