@@ -92,3 +92,13 @@ def test_depth_is_checked_against_the_checkpoint_config():
         check_depth({"method": "chain", "stages": [{"method": "divprune", "budget": 8},
                                                    {"method": "fastv", "budget": 4, "layer": 9}]}, 4)
     check_depth(None, 4)
+
+
+def test_importing_vtp_compile_imports_no_lmms_eval():
+    import subprocess
+    import sys
+    code = ("import sys, vtp_compile, vtp_compile.integrations.lmms_eval, "
+            "vtp_compile.integrations.lmms_eval.model_args, vtp_compile.integrations.lmms_eval.results, "
+            "vtp_compile.integrations.lmms_eval.manifest, vtp_compile.cli.main; "
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'lmms_eval'], 'lmms_eval imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
