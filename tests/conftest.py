@@ -8,8 +8,20 @@ if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "" and not os.path.exists("/d
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from .helpers import CASES, FULL
+
+# One hypothesis profile for the suite (a test sets only max_examples, and phases where a
+# compile-heavy test should not shrink: strategies.NO_SHRINK).
+# * deadline None: an example compiles a model (seconds to a minute on these machines);
+# * too_slow suppressed: st.data() tests draw batches between compiles, and hypothesis counts
+#   the compile time as generation time;
+# * print_blob: a failure prints the @reproduce_failure line that replays it exactly; the
+#   example database (.hypothesis/) also replays it on the next local run.
+settings.register_profile("vtp", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("VTP_HYPOTHESIS_PROFILE", "vtp"))
 
 # under pytest-xdist (`make test` runs one worker per core) each worker gets one thread
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -2,12 +2,25 @@
 (lengths, images per row, padding side and amount drawn freely), budgets."""
 from __future__ import annotations
 
-from hypothesis import Phase, strategies as st
+from hypothesis import Phase, assume, strategies as st
 
 from vtp_compile.testing.tiny import TinySpec
 
 # compile-heavy tests report the first failing example instead of shrinking (each try compiles)
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
+
+
+def not_the_simplest(data) -> None:
+    """Reject hypothesis' simplest examples: call after the last draw, before compiling.
+
+    hypothesis runs the all-minimal example first, then (while few examples are valid) novel
+    prefixes followed by minimal draws. A compile-heavy test that runs one or two examples
+    would see the smallest model, the smallest batch and the first option of every list in
+    every run. This last draw is 0 in exactly those examples, so they are rejected before any
+    compile and the examples that run are drawn at random -- a new one each run, replayed from
+    hypothesis' database (or the ``@reproduce_failure`` line a failure prints) until it passes.
+    """
+    assume(data.draw(st.integers(0, 255), label="not the simplest example") != 0)
 
 
 @st.composite
@@ -47,3 +60,81 @@ def keeps(per_image: int):
     return st.one_of(
         st.sampled_from([1, 2, V // 3 + 1, V - 1, V, V + 5, 2 * V]).map(lambda b: {"budget": max(1, b)}),
         st.sampled_from([0.05, 0.11, 0.25, 0.5, 1.0]).map(lambda r: {"ratio": r}))
+
+
+@st.composite
+def model_specs(draw, layers=(2, 5), image_sizes=(16, 24, 32), strategies=("default", "full")):
+    """A tiny LLaVA drawn as a user's config varies: head dim 8-32, 1-8 query heads with any
+    grouped-query ratio that divides them (multi-query included), 2-5 decoder layers (odd and
+    even), either vision feature strategy (``full``: the CLS token is a visual token), 1-3
+    vision layers, the image grid (2x2 to 4x4 patches)."""
+    kv = draw(st.sampled_from([1, 1, 2, 3, 4]))
+    heads = kv * draw(st.sampled_from([1, 2, 3, 4]))
+    head_dim = draw(st.sampled_from([8, 12, 16, 32]))
+    hidden = heads * head_dim
+    return TinySpec(hidden=hidden, heads=heads, kv_heads=kv, layers=draw(st.integers(*layers)),
+                    intermediate=draw(st.sampled_from([hidden, 2 * hidden + 8])),
+                    vision_layers=draw(st.integers(1, 3)),
+                    image_size=draw(st.sampled_from(image_sizes)),
+                    strategy=draw(st.sampled_from(strategies)),
+                    seed=draw(st.integers(0, 10_000)))
+
+
+def _layer(draw, spec, lo=1):
+    return draw(st.integers(lo, spec.layers - 1))
+
+
+@st.composite
+def method_cases(draw, method, spec):
+    """``(options, oracle Pruning)`` for ``method`` on ``spec``: a keep rule from :func:`keeps`
+    and the method's own options drawn over their ranges. Options carry no ``inner_backend``."""
+    from vtp_compile.testing.oracle_pruning import Pruning
+    V = spec.visual_tokens
+    keep = draw(keeps(V))
+    if method == "chain":           # an encoder stage, then a layer stage with its own budget
+        first = draw(st.sampled_from(["divprune", "random", "cdpruner"]))
+        b1, b2 = draw(st.integers(1, V + 2)), draw(st.integers(1, V + 2))
+        layer = _layer(draw, spec)
+        opts = {"method": "chain", "stages": [{"method": first, "budget": b1},
+                                              {"method": "fastv", "budget": b2, "layer": layer}]}
+        return opts, Pruning("chain", chain=(Pruning(first, budget=b1),
+                                             Pruning("fastv", budget=b2, layer=layer)))
+    if method == "dstp":
+        layer, tau = _layer(draw, spec), draw(st.sampled_from([0.0, 0.2, 1.0]))
+        reserve = draw(st.sampled_from([None, 0, 2, V]))
+        by = draw(st.sampled_from(["coverage", "score"]))
+        opts = {"method": "dstp", **keep, "layer": layer, "tau": tau, "reserve_by": by,
+                **({"reserve": reserve} if reserve is not None else {})}
+        return opts, Pruning("fastv", **keep, layer=layer, dstp=(reserve, by, tau))
+    params, extra = {}, {}
+    if method in ("fastv", "dart", "nuwa"):
+        params["layer"] = _layer(draw, spec)
+    if method == "dart":
+        params["pivots"] = draw(st.integers(1, 4))
+    if method == "acgr":
+        site = draw(st.sampled_from(["layer", "encoder"]))
+        params.update(site=site, tau=draw(st.sampled_from([0.0, 0.3, 100.0])),
+                      m=draw(st.integers(1, 4)), iters=draw(st.integers(0, 3)), merge=draw(st.booleans()))
+        if site == "layer":
+            params["layer"] = _layer(draw, spec)
+    if method == "random":
+        params["seed"] = draw(st.integers(0, 9))
+    if method == "cdpruner":
+        params["theta"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
+    if method == "visionzip":
+        params["contextual"] = draw(st.sampled_from([0.0, 0.15625, 0.5]))
+        params["score"] = draw(st.sampled_from(["cls", "received"]))
+    if method == "sparsevlm":
+        params["recycle"] = draw(st.booleans())
+    if method == "pdrop" and spec.layers >= 3 and draw(st.booleans()):
+        params["layers"] = sorted(draw(st.sets(st.integers(1, spec.layers - 1), min_size=1, max_size=2)))
+        extra["layers"] = tuple(params["layers"])
+    if method == "alvts":
+        params.update(layer=_layer(draw, spec), rank=draw(st.integers(1, 4)))
+    return {"method": method, **keep, **params}, Pruning(method, **keep, **{**params, **extra})
+
+
+def varied(strategy):
+    """``strategy`` without hypothesis' simplest examples (see :func:`not_the_simplest`), for
+    compile-heavy ``@given(...)`` tests that run one or two examples."""
+    return st.tuples(strategy, st.integers(0, 255)).filter(lambda t: t[1] != 0).map(lambda t: t[0])

@@ -8,7 +8,7 @@ def test_backend_found_without_import():
             "assert 'vtp' in list_backends(exclude_tags=()), list_backends(exclude_tags=())\n"
             "f = torch.compile(lambda x: x * 2, backend='vtp', options={'inner_backend': 'eager'})\n"
             "assert f(torch.ones(2)).tolist() == [2.0, 2.0]\n"
-            "import sys; assert 'triton' not in sys.modules or True\n")
+            "assert not torch.cuda.is_initialized()\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,71 +1,125 @@
-"""Generated cases end to end through Inductor (the default inner backend).
+"""Every method through Inductor (the default inner backend), on drawn model configs.
 
-Each example compiles one model and then runs several generated prompt batches through it
-(lengths, padding side, images per row, batch size all drawn), as users do: the first call
-compiles a static graph, the next one a dynamic one that every later shape reuses.
+For each method of ``available_methods()``, hypothesis draws a tiny LLaVA as users' configs vary
+(hidden size and head dim, heads and grouped-query ratio including multi-query, depth, vision
+strategy and layers, image grid: ``strategies.model_specs``), the method's options and keep rule
+(``strategies.method_cases``: budget 1, V-1, V, > V, ratios) and prompt batches (lengths, padding
+side and amount, images per row including text-only rows, batch size). One Dynamo trace feeds two
+rewrites (``testing/multiplex.py``): lowered by Inductor and by the eager inner backend. Every
+batch compares the Inductor result with the eager one (the same rewrite, another lowering) and
+with the mask oracle (an independent eager implementation), in prefill (forward: a static graph,
+then a dynamic one that every later batch reuses) and in decode (``generate``).
+
+``not_the_simplest``: hypothesis' first examples are its simplest (the smallest model, the first
+option of every list); they are rejected, so each CI run draws new configs, and a failure replays
+from the example database or the printed ``@reproduce_failure`` line.
 """
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
-from vtp_compile.testing.oracle import OracleSpec, oracle_generate
+import vtp_compile
+from vtp_compile.config import PruneConfig
+from vtp_compile.methods.registry import get_method
+from vtp_compile.testing.multiplex import Multiplex
+from vtp_compile.testing.oracle_mask import masked_forward, masked_generate
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
-from .helpers import (FULL, assert_tokens_match, compiled_logits, oracle_logits, oracle_spec,
-                      record_case, valid)
-from .passes.test_compact import method_params
-from .strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
+from .helpers import FULL, assert_tokens_match, kept_positions, record_case
+from .strategies import NO_SHRINK, method_cases, model_specs, not_the_simplest, prompt_batches
 
 pytestmark = pytest.mark.inductor
-SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
-METHODS = ("fastv", "random", "divprune", "acgr")
+METHODS = vtp_compile.available_methods()
+# batches per forward example: the first compiles a static graph, the second a dynamic one,
+# the rest reuse it (each one a generated case, checked against both references)
+BATCHES = 8 if FULL else 5
 
 
-@settings(max_examples=2 if FULL else 1, **SETTINGS)
-@given(data=st.data())
-def test_forward_through_inductor_equals_oracle(data):
-    spec = data.draw(tiny_specs(layers=(2, 3)))
-    method = data.draw(st.sampled_from(METHODS))
-    keep = data.draw(keeps(spec.visual_tokens))
-    params = data.draw(method_params(method, spec))
+def _draw_case(data, method, gen=False):
+    # the mask oracle reads Nüwa's CLS internals with the "default" strategy only ("full" is
+    # checked against oracle_nuwa in tests/methods/test_nuwa.py)
+    strategies = ("default",) if method == "nuwa" else ("default", "full")
+    spec = data.draw(model_specs(strategies=strategies), label="model")
+    opts, pruning = data.draw(method_cases(method, spec), label="options")
+    return spec, opts, pruning
+
+
+def _model(spec, opts):
     model = tiny_llava(spec)
-    opts = {"method": method, **keep, **params}
+    if get_method(opts["method"]).needs_vision(PruneConfig.from_options(opts)):
+        vtp_compile.attach(model)
+    return model
+
+
+def _mux(opts):
+    return Multiplex({"inductor": opts, "eager": {**opts, "inner_backend": "eager"}})
+
+
+def _pruned(mux):
+    return any(r.phase == "prefill" and r.sites for r in mux.reports["inductor"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=2 if FULL else 1, phases=NO_SHRINK)
+@given(data=st.data())
+def test_forward_through_inductor(method, data):
+    spec, opts, pruning = _draw_case(data, method)
+    batches = [data.draw(prompt_batches(max_batch=4), label=f"batch {i}") for i in range(BATCHES)]
+    not_the_simplest(data)
+    model, mux = _model(spec, opts), _mux(opts)
+    fast = None
     with torch.no_grad():
-        fast = None
-        for _ in range(3):     # a static graph, then the dynamic one (compiled, then reused)
-            inputs = make_inputs(spec, **data.draw(prompt_batches()))
+        for batch in batches:
+            inputs = make_inputs(spec, **batch)
             if fast is None:
                 model(**inputs)
-                fast = torch.compile(model, backend="vtp", options=opts)
-            got = fast(**inputs).logits
-            want = oracle_logits(model, inputs, oracle_spec(method, **keep, **params))
-            torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
+                fast = torch.compile(model, backend=mux)
+            with mux.select("inductor"):
+                got = fast(**inputs).logits
+            with mux.select("eager"):
+                same_rewrite = fast(**inputs).logits
+            visual = inputs["input_ids"] == spec.image_token_id
+            want, kept = masked_forward(model, inputs, visual, pruning)
+            real = inputs["attention_mask"].bool()
+            # ALVTS routes (every token's logits are defined; kept: the routes per layer)
+            keep = real if method == "alvts" else kept_positions(inputs, visual, kept)
+            torch.testing.assert_close(got[real], same_rewrite[real], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got[keep], want[keep], atol=1e-4, rtol=1e-4)
             record_case("forward/inductor")
+    assert _pruned(mux), "nothing was pruned"
 
 
-@settings(max_examples=1, **SETTINGS)
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=1, phases=NO_SHRINK)
 @given(data=st.data())
-def test_generate_through_inductor_equals_oracle(data):
-    spec = data.draw(tiny_specs(layers=(2, 3)))
-    method = data.draw(st.sampled_from(METHODS))
-    keep = data.draw(keeps(spec.visual_tokens))
-    layer = {"layer": 1} if method in ("fastv", "acgr") else {}
-    model = tiny_llava(spec)
+def test_generate_through_inductor(method, data):
+    """Left-padded (what ``generate`` needs); the prefill graph and a decode step that reads the
+    compacted cache (DSTP: two, its decode site re-scores the active set)."""
+    spec, opts, pruning = _draw_case(data, method)
+    batch = data.draw(prompt_batches(max_batch=4), label="batch")
+    not_the_simplest(data)
+    n = 3 if method == "dstp" else 2
+    model, mux = _model(spec, opts), _mux(opts)
+    inputs = make_inputs(spec, **dict(batch, side="left"))
+    visual = inputs["input_ids"] == spec.image_token_id
     with torch.no_grad():
-        for i in range(3):   # static prefill and decode graphs, dynamic ones, then reused
-            inputs = make_inputs(spec, **dict(data.draw(prompt_batches()), side="left"))
-            want, margins = oracle_generate(model, inputs["input_ids"], inputs["attention_mask"],
-                                            inputs["pixel_values"], OracleSpec(method, layer=1, **keep), 4)
-            if i == 0:
-                model(**inputs)
-                model.compile(backend="vtp", options={"method": method, **keep, **layer})
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
-            record_case("generate/inductor")
+        want, margins, _ = masked_generate(model, inputs, visual, pruning, n)
+        model(**inputs)
+        model.compile(backend=mux)
+        try:
+            for name in ("inductor", "eager"):
+                with mux.select(name):
+                    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+                assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
+        finally:
+            model._compiled_call_impl = None
+    record_case("generate/inductor")
+    assert _pruned(mux), "nothing was pruned"
 
 
 def test_dstp_generate_through_inductor_equals_oracle():
-    """DSTP's decode ops read and update runtime state; Inductor must call them every step."""
+    """DSTP's decode ops read and update runtime state; Inductor must call them every step (a
+    case known to swap the active set)."""
     from vtp_compile.testing.oracle_dstp import dstp_generate
 
     spec = TinySpec(layers=3, seed=1)
@@ -77,81 +131,7 @@ def test_dstp_generate_through_inductor_equals_oracle():
     with torch.no_grad():
         model(**inputs)
         model.compile(backend="vtp", options={"method": "dstp", "budget": 3, "layer": 1, "tau": 0.0,
-                                                         "reserve_by": "score"})
+                                              "reserve_by": "score"})
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
     record_case("generate/inductor")
-
-
-@pytest.mark.extended
-def test_alvts_through_inductor_equals_oracle():
-    """Per-layer routing with selector constants (get_attr buffers) through Inductor; the
-    default rank="auto" calibrates on the example inputs while compiling."""
-    from vtp_compile.passes.manager import REPORTS
-    from vtp_compile.testing.oracle_alvts import alvts_forward
-
-    spec = TinySpec(layers=3)
-    model = tiny_llava(spec)
-    inputs = make_inputs(spec, batch=2, pad=(0, 2))
-    got = compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1, "rank": 3})
-    want, _ = alvts_forward(model, inputs["input_ids"], inputs["attention_mask"],
-                            inputs["pixel_values"], OracleSpec("alvts", budget=5, layer=1), 3)
-    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
-    record_case("forward/inductor")
-    torch._dynamo.reset()      # rank="auto": calibration is the pass's, whatever lowers it
-    compiled_logits(model, inputs, {"method": "alvts", "budget": 5, "layer": 1, "inner_backend": "eager"})
-    assert any(r.phase == "prefill" and len(r.sites) == 2 for r in REPORTS[-3:])
-
-
-def _nuwa():
-    import vtp_compile
-    from vtp_compile.testing import oracle_nuwa
-
-    spec = TinySpec(layers=3, image_size=48)
-    model = vtp_compile.attach(tiny_llava(spec))
-    inputs = make_inputs(spec, batch=2, pad=(0, 2))
-    return oracle_nuwa, model, inputs, (inputs["input_ids"], inputs["attention_mask"],
-                                        inputs["pixel_values"], 5)
-
-
-def test_nuwa_generate_through_inductor_equals_oracle():
-    """Nüwa's carrier node and both stages through Inductor, internals looked up from
-    generate's eager encoding: the prefill and the decode graph."""
-    oracle_nuwa, model, inputs, args = _nuwa()
-    want, margins = oracle_nuwa.nuwa_generate(model, *args, max_new_tokens=2)
-    with torch.no_grad():
-        model(**inputs)
-        model.compile(backend="vtp", options={"method": "nuwa", "budget": 5})
-        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
-    record_case("generate/inductor")
-
-
-@pytest.mark.extended
-def test_nuwa_forward_through_inductor_equals_oracle():
-    """The direct forward: the vision internals computed inside the compiled graph."""
-    oracle_nuwa, model, inputs, args = _nuwa()
-    got = compiled_logits(model, inputs, {"method": "nuwa", "budget": 5})
-    want, _ = oracle_nuwa.nuwa_forward(model, *args)
-    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=1e-4, rtol=1e-4)
-    record_case("forward/inductor")
-
-
-@pytest.mark.extended
-@pytest.mark.parametrize("opts,pruning", [
-    ({"method": "pdrop", "budget": 6, "layers": [1, 2]}, dict(method="pdrop", budget=6, layers=(1, 2))),
-    ({"method": "dart", "budget": 5, "layer": 1}, dict(method="dart", budget=5, layer=1)),
-], ids=["pdrop", "dart"])
-def test_baselines_through_inductor_equal_the_mask_oracle(opts, pruning):
-    """Extended tier. PDrop (several sites, its Triton op's CPU reference): a static then a
-    dynamic batch (other length, other padding); DART (the same layer-site machinery, its own
-    decomposed scoring): the static one."""
-    from vtp_compile.testing.oracle_mask import Pruning
-
-    from .helpers import check_forward_batches
-    spec = TinySpec(layers=3)
-    batches = [dict(batch=2, side="left", pad=(0, 2), seed=1),
-               dict(batch=3, side="right", pad=(1, 0, 3), suffix=5, seed=2)]
-    if opts["method"] == "dart":
-        batches = batches[:1]
-    check_forward_batches(spec, batches, opts, Pruning(**pruning), atol=1e-4)

@@ -12,22 +12,30 @@ __all__ = ["PruneConfig", "OptionError", "attach", "detach", "explain", "availab
            "configure_dynamo", "__version__"]
 
 
-def configure_dynamo(recompile_limit: int = 64, capture_scalar_outputs: bool = True) -> dict:
-    """Set the two Dynamo options a pruned VLM needs; returns the previous values.
+def configure_dynamo(recompile_limit: int = 64, capture_scalar_outputs: bool = True,
+                     capture_dynamic_output_shape_ops: bool | None = None) -> dict:
+    """Set the Dynamo options a pruned VLM needs; returns the previous values.
 
     * ``capture_scalar_outputs``: transformers' placeholder-count check calls ``.item()``;
       without it Dynamo splits the prefill there and prints a graph-break warning.
     * ``recompile_limit``: prefill/decode x padded/unpadded x static/dynamic graphs exceed
       Dynamo's default of 8, after which it silently runs the model eagerly, unpruned.
+    * ``capture_dynamic_output_shape_ops`` (left as it is unless given): Qwen3-VL's ``generate``
+      needs it (its deepstack injection is a boolean-mask write; without it Dynamo splits every
+      decoder layer there and vtp warns once that it runs unpruned). Its direct forward breaks
+      inside Dynamo with it, so it is not on by default.
 
     Process-wide (these are ``torch._dynamo.config`` settings); undo with
     ``configure_dynamo(**previous)``.
     """
     import torch._dynamo
     cfg = torch._dynamo.config
-    old = {"recompile_limit": cfg.recompile_limit, "capture_scalar_outputs": cfg.capture_scalar_outputs}
+    old = {"recompile_limit": cfg.recompile_limit, "capture_scalar_outputs": cfg.capture_scalar_outputs,
+           "capture_dynamic_output_shape_ops": cfg.capture_dynamic_output_shape_ops}
     cfg.recompile_limit = recompile_limit
     cfg.capture_scalar_outputs = capture_scalar_outputs
+    if capture_dynamic_output_shape_ops is not None:
+        cfg.capture_dynamic_output_shape_ops = capture_dynamic_output_shape_ops
     return old
 
 

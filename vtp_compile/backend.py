@@ -39,6 +39,7 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
     except Unsupported as why:
         log.info("vtp: graph left unpruned: %s", why)
         report = GraphReport("unrecognised", skipped=str(why))
+        _warn_dynamo_split()
     except OptionError:
         raise
     except ValueError as e:     # a method's own check: the same promise as a bad option
@@ -73,6 +74,32 @@ def _refuse_marked_caches(compiled, example_inputs, why: str):
 
 _warned_limit = False
 _warned_static = False
+
+# Dynamo graph breaks (torch._dynamo.utils.counters["graph_break"], keyed by the break's message)
+# that a Dynamo setting removes, by a phrase of that message: the graph pieces around such a break
+# hold no whole decoder (Qwen3-VL's deepstack injection without capture_dynamic_output_shape_ops),
+# so vtp leaves them unpruned
+_SPLITS = {"capture_dynamic_output_shape_ops = True": "capture_dynamic_output_shape_ops",
+           "capture_scalar_outputs=False": "capture_scalar_outputs"}
+_breaks_seen: dict[str, int] = {}
+_warned_settings: set[str] = set()
+
+
+def _warn_dynamo_split() -> None:
+    """A graph left unpruned right after Dynamo split the model at a break that a Dynamo setting
+    removes: one WARNING per setting naming it (the INFO line alone is easy to miss)."""
+    from torch._dynamo.utils import counters
+    breaks = counters["graph_break"]
+    for phrase, setting in _SPLITS.items():
+        seen = sum(n for msg, n in breaks.items() if phrase in msg)
+        new = seen > _breaks_seen.get(setting, 0)
+        _breaks_seen[setting] = seen
+        if new and setting not in _warned_settings and not getattr(torch._dynamo.config, setting):
+            _warned_settings.add(setting)
+            log.warning("vtp: Dynamo split the model's graph at a break that "
+                        "torch._dynamo.config.%s = True removes; the pieces hold no whole decoder "
+                        "and run unpruned. Set it (vtp_compile.configure_dynamo(%s=True)) before "
+                        "compiling.", setting, setting)
 
 
 def _warn_static_cache(why) -> None:

@@ -8,6 +8,7 @@ from torch.library import opcheck
 
 from vtp_compile.kernels import cdpruner
 from vtp_compile.testing import oracle_baselines
+from ..helpers import record_case
 
 
 def _det_greedy(L: torch.Tensor, k: int) -> list[int]:
@@ -19,9 +20,10 @@ def _det_greedy(L: torch.Tensor, k: int) -> list[int]:
     return picks
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(B=st.integers(1, 3), V=st.integers(1, 10), data=st.data())
 def test_greedy_picks_in_the_order_of_determinant_gains(B, V, data):
+    record_case("kernel/cdpruner")
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
     x = torch.randn(B, V, 12, generator=g)
     kernel = x @ x.transpose(1, 2) + 0.1 * torch.eye(V)         # full rank: gains stay positive
@@ -44,9 +46,10 @@ def test_rank_deficient_kernel_still_picks_k_distinct_tokens():
     assert set((picked2[0] > 0).nonzero().flatten().tolist()) == {0, 2}   # never both duplicates first
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(theta=st.sampled_from([0.0, 0.5, 0.8]), data=st.data())
 def test_scores_pick_what_the_oracle_picks(theta, data):
+    record_case("kernel/cdpruner")
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
     B, L, D = 2, 14, 16
     hidden = torch.randn(B, L, D, generator=g)

@@ -4,11 +4,13 @@ from hypothesis import given, settings, strategies as st
 
 from vtp_compile.kernels.coverage import reserve_cover
 from vtp_compile.testing.oracle_baselines import cover_reserve
+from ..helpers import record_case
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(seed=st.integers(0, 1000), B=st.integers(1, 3), L=st.integers(2, 16), dup=st.booleans())
 def test_equals_plain_loop(seed, B, L, dup):
+    record_case("kernel/coverage")
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, L, 5, generator=g)
     if dup:

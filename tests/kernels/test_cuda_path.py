@@ -167,3 +167,21 @@ def test_vision_lookup_reads_nothing_on_the_host(monkeypatch):
         cls, upper, keys, received = vision.lookup(feats, 3, 3, 5)
     assert cls.shape == (2, 9) and upper.shape == (2, 9, 5)
     assert keys.shape == (2, 9, 4) and received.shape == (2, 9)
+
+
+def test_splice_lookup_reads_nothing_on_the_host(monkeypatch):
+    """The Qwen2-VL/Qwen2.5-VL/GLM-4V direct forward's side channel compares the embeddings on
+    the device; on the CPU it still finds the recorded mask, and only for those embeddings."""
+    from vtp_compile.kernels import splice
+    with FakeTensorMode():
+        embeds = torch.empty(B, L, D, device=DEV)
+        monkeypatch.setattr(splice, "_RECORD", (torch.empty(B, L, D, device=DEV),
+                                                torch.empty(B, L, device=DEV, dtype=torch.bool)))
+        out = splice.splice_lookup(embeds)
+    assert out.shape == (B, L) and out.dtype == torch.bool and out.device.type == DEV
+    x, mask = torch.randn(B, L, D), torch.rand(B, L) > 0.5
+    monkeypatch.setattr(splice, "_RECORD", (x.clone(), mask))
+    assert torch.equal(splice.splice_lookup(x.clone()), mask)
+    y = x.clone()
+    y[1, 3, 2] += 1
+    assert not splice.splice_lookup(y).any()

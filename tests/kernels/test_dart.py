@@ -1,15 +1,18 @@
 """``dart_scores`` against the plain per-row loop (vtp_compile/testing/oracle_baselines.py)."""
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from vtp_compile.kernels.dart import dart_scores
 from vtp_compile.testing.oracle_baselines import dart_select
+from ..helpers import record_case
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
+@example(seed=0, B=3, L=17, pivots=1, dup=True)
 @given(seed=st.integers(0, 1000), B=st.integers(1, 3), L=st.integers(4, 20), pivots=st.integers(1, 4),
        dup=st.booleans())
 def test_equals_plain_loop(seed, B, L, pivots, dup):
+    record_case("kernel/dart")
     g = torch.Generator().manual_seed(seed)
     vis = torch.rand(B, L, generator=g) < 0.6
     live = torch.rand(B, L, generator=g) < 0.9
@@ -18,7 +21,12 @@ def test_equals_plain_loop(seed, B, L, pivots, dup):
         # Copies of a few random prototypes: equal features give bit-equal cosines in both
         # implementations; rounded features (tried first) also give cosines that are 0 in exact
         # arithmetic but +-1e-9 in floats, whose order is rounding noise, not a tie rule
-        protos = torch.randn(3, 6, generator=g)
+        # Random prototypes still gave near-ties: two prototypes' self-similarities are 1 in
+        # exact arithmetic and 1 +- 6e-8 in floats, differently in each implementation (seed 0,
+        # B 3, L 17, pivots 1). Sign vectors of norm 2 make every cosine a multiple of 1/4,
+        # exact in both, so only true ties remain (broken by position).
+        protos = torch.zeros(3, 6)
+        protos[:, :4] = (torch.randint(0, 2, (3, 4), generator=g) * 2 - 1).float()
         hidden = protos[torch.randint(0, 3, (B, L), generator=g)]
     keys = torch.randn(B, 2, L, 3, generator=g)
     n_keep = torch.randint(0, L + 2, (B,), generator=g)

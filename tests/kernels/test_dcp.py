@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import vtp_compile.kernels  # noqa: F401
 from vtp_compile.testing import oracle_dcp
+from ..helpers import record_case
 
 ops = torch.ops.vtp
 
@@ -34,9 +35,10 @@ def _rows(t, vis, b):
     return t[b][vis[b]]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(clustered())
 def test_topk_mask_and_kappa(case):
+    record_case("kernel/dcp")
     x, vis, scores, V, k = case
     mask = ops.topk_mask(scores, vis, torch.full((x.shape[0],), k))
     kappa = ops.dist_consistency(x, vis, mask, "test")
@@ -48,9 +50,10 @@ def test_topk_mask_and_kappa(case):
         assert abs(float(kappa[b]) - oracle_dcp.kappa(_rows(x, vis, b), base)) < 1e-4
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(clustered(), st.integers(0, 4))
 def test_cluster_selection_equals_oracle(case, iters):
+    record_case("kernel/dcp")
     x, vis, scores, V, k = case
     k = min(k, V)
     out = ops.cluster_select_scores(x, scores, vis, torch.full((x.shape[0],), k), iters)
@@ -72,9 +75,10 @@ def test_cluster_selection_spreads_over_redundant_tokens():
     assert picks.tolist() == [[0, 2]]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(clustered(), st.integers(1, 4))
 def test_anchor_merge_equals_oracle(case, m):
+    record_case("kernel/dcp")
     x, vis, scores, V, k = case
     keep = ops.topk_mask(scores, vis, torch.full((x.shape[0],), k)) | ~vis
     out = ops.anchor_merge(x, vis, keep, m)
@@ -93,10 +97,11 @@ def test_kappa_is_logged_at_debug(caplog):
     assert any("acgr@layer: kappa per sample" in r.getMessage() for r in caplog.records)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(clustered(), st.integers(0, 3), st.data())
 def test_rows_with_different_counts_cluster_like_each_row_alone(case, iters, data):
     """Per-row k: every row clusters exactly as it would in a batch of one."""
+    record_case("kernel/dcp")
     x, vis, scores, V, _ = case
     k = torch.tensor([data.draw(st.integers(1, V)) for _ in range(x.shape[0])])
     out = ops.cluster_select_scores(x, scores, vis, k, iters)

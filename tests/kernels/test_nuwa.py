@@ -2,12 +2,13 @@
 import math
 
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vtp_compile.kernels import nuwa as reference
 from vtp_compile.testing import oracle_nuwa
+from ..helpers import record_case
 
-SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=30)
 
 
 @st.composite
@@ -30,6 +31,7 @@ def _cls(B, V, seed, ties):
 @settings(**SETTINGS)
 @given(grids())
 def test_anchor_scores_pick_the_oracles_anchors(case):
+    record_case("kernel/nuwa")
     grid, images, V, k, seed, ties, region = case
     cls = _cls(2, V, seed, ties)
     scores = reference.nuwa_anchor_scores(cls, torch.tensor([k, k]), grid, grid, region)
@@ -52,6 +54,7 @@ def test_every_block_gets_an_anchor_when_the_budget_allows():
 @settings(**SETTINGS)
 @given(grids(), st.sampled_from([0.1, 0.265, 1.0]), st.sampled_from([0.0, 0.45, 1.0]))
 def test_aggregate_equals_the_oracle(case, distance, pillars):
+    record_case("kernel/nuwa")
     grid, images, V, k, seed, ties, region = case
     B, D, Dv, pre = 2, 5, 3, 2
     g = torch.Generator().manual_seed(seed + 1)

@@ -3,12 +3,14 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import vtp_compile.kernels  # noqa: F401
+from ..helpers import record_case
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(B=st.integers(1, 3), H=st.sampled_from([1, 2, 4]), rep=st.sampled_from([1, 2]),
        S=st.integers(1, 20), D=st.sampled_from([4, 8]), masked=st.booleans())
 def test_attn_row_scores_matches_sdpa_weights(B, H, rep, S, D, masked):
+    record_case("kernel/scores")
     q = torch.randn(B, H * rep, S, D)
     k = torch.randn(B, H, S, D)
     mask = (torch.rand(B, S) > 0.3) if masked else None

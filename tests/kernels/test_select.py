@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from vtp_compile.kernels import select
+from ..helpers import record_case
 
 ops = torch.ops.vtp
 
@@ -31,9 +32,10 @@ def rows(draw):
     return scores, vis, live, n_keep
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80)
 @given(rows())
 def test_select_keep_keeps_live_text_and_each_rows_topk_in_order(case):
+    record_case("kernel/select")
     scores, vis, live, n_keep = case
     idx, slot_live = ops.select_keep(scores, vis, live, n_keep)
     B, L = vis.shape
@@ -48,7 +50,7 @@ def test_select_keep_keeps_live_text_and_each_rows_topk_in_order(case):
         assert idx[b, :n].tolist() == want                       # kept positions, in order
         assert bool(slot_live[b, :n].all()) and not bool(slot_live[b, n:].any())   # then dead
         widths.append(n + (n < L))                               # a row that lost something
-    assert idx.shape[1] == max(max(widths), 1)                   # ... keeps a dead slot
+    assert idx.shape[1] == max(max(widths), min(2, L))           # ... keeps a dead slot; >= 2
     assert idx.storage_offset() == 0 and idx.is_contiguous()     # Inductor needs aligned outputs
 
 
@@ -66,9 +68,10 @@ def test_keep_all_without_padding_is_the_identity_layout():
     assert idx.tolist() == [[0, 1, 2, 3]] * 2 and bool(slot_live.all())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(rows(), st.integers(1, 5))
 def test_gather_then_scatter_round_trips_live_slots(case, D):
+    record_case("kernel/select")
     scores, vis, live, n_keep = case
     idx, slot_live = select.select_keep(scores, vis, live, n_keep)
     x = torch.randn(*vis.shape, D)
@@ -96,3 +99,53 @@ def test_live_mask_hides_dead_keys_except_from_themselves(dtype):
     assert torch.equal(allowed[1, 0], causal[0, 0])
     no_mask = ops.live_mask(None, slot_live)
     assert no_mask[0, 0].tolist() == [[True, True, False], [True, True, False], [True, True, True]]
+
+
+def _after_compaction(scores, vis, live, n_keep, x):
+    """What methods put on the kept tokens: bmm/matmul with each operand layout, SDPA with an
+    explicit mask and causal, reductions over the width, views that split and merge it."""
+    import torch.nn.functional as F
+    idx, slot = ops.select_keep(scores, vis, live, n_keep)
+    y = ops.gather_seq(x, idx, 1, 0)                                  # [B, W, D]
+    B, W, D = y.shape
+    gram = y.transpose(1, 2) @ y                                      # bmm, permuted left operand
+    sim = torch.bmm(y, y.transpose(1, 2))                             # [B, W, W]
+    q = y.view(B, W, 2, D // 2).transpose(1, 2)                       # heads
+    att = F.scaled_dot_product_attention(q, q, q, attn_mask=ops.live_mask(None, slot))
+    causal = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    red = y.softmax(1).sum(1) + y.amax(1) + y.mean(1) + sim.logsumexp(-1).sum(-1, keepdim=True)
+    flat = att.transpose(1, 2).reshape(B, W * D).view(B, W, D)
+    return gram, red, (flat + causal.transpose(1, 2).reshape(B, W, D)) * slot[..., None]
+
+
+@pytest.mark.inductor
+def test_the_compacted_width_reaches_every_lowering_unguarded(monkeypatch):
+    """The class behind issue 22: Inductor's lowerings ask 0/1 questions of sizes (the bmm layout
+    choice asks whether a size is 1). The compacted width is unbacked; with the fake's lower
+    bound at 1 the question has no answer and the compile fails, with ``min_width``'s 2 every
+    lowering gets a static answer, and the compiled result equals eager."""
+    g = torch.Generator().manual_seed(0)
+    B, L, D = 2, 9, 8
+    vis = torch.zeros(B, L, dtype=torch.bool)
+    vis[:, 2:7] = True
+    live = torch.ones(B, L, dtype=torch.bool)
+    live[1, :2] = False
+    args = (torch.randn(B, L, generator=g), vis, live, torch.tensor([1, 3]), torch.randn(B, L, D, generator=g))
+    want = _after_compaction(*args)
+    # no cached artifact: the compile with the bound at 1 must run its lowerings
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+
+    def inductor(gm, example_inputs):      # as vtp lowers: the vtp ops decomposed, fused
+        from torch._inductor.compile_fx import compile_fx
+        from vtp_compile.kernels.lowering import decompositions
+        return compile_fx(gm, example_inputs, decompositions=decompositions())
+    torch._dynamo.reset()
+    with monkeypatch.context() as m:
+        m.setattr(select, "min_width", lambda L: 1)
+        with pytest.raises(Exception, match="GuardOnDataDependentSymNode"):
+            torch.compile(_after_compaction, backend=inductor, fullgraph=True)(*args)
+    torch._dynamo.reset()
+    got = torch.compile(_after_compaction, backend=inductor, fullgraph=True)(*args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

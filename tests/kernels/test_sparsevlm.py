@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from vtp_compile.kernels.sparsevlm import raters, sparsevlm_keep, sparsevlm_scores
 from vtp_compile.testing import oracle_baselines as ob
+from ..helpers import record_case
 
 
 def test_schedule_matches_the_paper_and_the_oracle_arithmetic():
@@ -21,10 +22,11 @@ def test_schedule_matches_the_paper_and_the_oracle_arithmetic():
                 [ob.sparsevlm_count(V, s, ratio=num / den) for s in range(3)]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(seed=st.integers(0, 500), B=st.integers(1, 3), L=st.integers(3, 12), Hkv=st.sampled_from([1, 2]),
        rep=st.sampled_from([1, 2]))
 def test_rater_scores_equal_the_plain_loop(seed, B, L, Hkv, rep):
+    record_case("kernel/sparsevlm")
     g = torch.Generator().manual_seed(seed)
     H, D = Hkv * rep, 4
     q = torch.randn(B, H, L, D, generator=g)
@@ -56,9 +58,10 @@ def test_rater_scores_equal_the_plain_loop(seed, B, L, Hkv, rep):
             assert abs(float(got[b, s]) - tot) < 1e-5
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(seed=st.integers(0, 500), B=st.integers(1, 3), L=st.integers(2, 40), dup=st.booleans())
 def test_recycling_equals_the_plain_loop(seed, B, L, dup):
+    record_case("kernel/sparsevlm")
     from vtp_compile.kernels.sparsevlm import recycle_merge, recycle_rank
     g = torch.Generator().manual_seed(seed)
     score = torch.rand(B, L, generator=g)

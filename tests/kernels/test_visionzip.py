@@ -8,6 +8,7 @@ from torch.library import opcheck
 
 from vtp_compile.kernels import visionzip
 from vtp_compile.testing import oracle_baselines
+from ..helpers import record_case
 
 
 def test_paper_splits():
@@ -28,9 +29,10 @@ def _case(data, B=2, L=20, hd=6):
     return vis, dom, keys, hidden, k, frac
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(data=st.data())
 def test_selection_and_merge_equal_the_oracle(data):
+    record_case("kernel/visionzip")
     vis, dom, keys, hidden, k, frac = _case(data)
     r = Fraction(frac).limit_denominator(10_000)
     num, den = r.numerator, r.denominator

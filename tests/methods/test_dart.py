@@ -2,7 +2,7 @@
 keep-all identity, explain."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import vtp_compile
 from vtp_compile.config import PruneConfig
@@ -12,9 +12,9 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from ..helpers import (assert_keep_all_is_identity, check_forward_batches, check_generate,
                        mask_oracle_logits, options)
-from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
+from ..strategies import NO_SHRINK, varied, keeps, prompt_batches, tiny_specs
 
-SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+SETTINGS = dict(phases=NO_SHRINK)
 
 
 def test_defaults():
@@ -37,14 +37,14 @@ def cases(draw):
 
 
 @settings(max_examples=2, **SETTINGS)
-@given(cases())
+@given(varied(cases()))
 def test_forward_equals_mask_oracle(case):
     spec, batches, keep, params = case
     check_forward_batches(spec, batches, options("dart", **keep, **params), Pruning("dart", **keep, **params))
 
 
 @settings(max_examples=2, **SETTINGS)
-@given(cases())
+@given(varied(cases()))
 def test_generate_equals_mask_oracle(case):
     spec, batches, keep, params = case
     check_generate(spec, batches[0], options("dart", **keep, **params), Pruning("dart", **keep, **params))

@@ -2,7 +2,7 @@
 tower in the graph; generate, where it runs eagerly), keep-all and text-only identity."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import vtp_compile
 from vtp_compile.config import PruneConfig
@@ -14,7 +14,7 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
 from ..helpers import assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match, compiled_logits, options, valid
 
-SETTINGS = dict(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=4)
 
 
 def test_defaults_and_sites():

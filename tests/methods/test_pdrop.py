@@ -2,7 +2,7 @@
 against the family-agnostic mask oracle, keep-all identity, explain per stage."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import vtp_compile
 from vtp_compile.config import PruneConfig
@@ -16,9 +16,9 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 from ..helpers import (assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match,
                        check_forward_batches, compiled_generate, mask_oracle_generate,
                        mask_oracle_logits, options, record_case)
-from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
+from ..strategies import NO_SHRINK, varied, keeps, prompt_batches, tiny_specs
 
-SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+SETTINGS = dict(phases=NO_SHRINK)
 
 
 def test_defaults_follow_the_paper():
@@ -65,7 +65,7 @@ def cases(draw):
 
 
 @settings(max_examples=2, **SETTINGS)
-@given(cases())
+@given(varied(cases()))
 def test_forward_equals_mask_oracle(case):
     """One compiled model, two prompt batches (a static, then a dynamic graph)."""
     spec, batches, keep, layers = case
@@ -76,7 +76,7 @@ def test_forward_equals_mask_oracle(case):
 
 
 @settings(max_examples=2, **SETTINGS)
-@given(cases())
+@given(varied(cases()))
 def test_generate_equals_mask_oracle(case):
     spec, batches, keep, layers = case
     model = tiny_llava(spec)

@@ -2,7 +2,7 @@
 prompt batches (lengths, padding side and amount, images per row including text-only rows)."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
@@ -10,7 +10,7 @@ from ..helpers import (assert_keep_all_is_identity, compiled_logits, last_report
                        oracle_logits, oracle_spec, record_case, valid)
 from ..strategies import NO_SHRINK, keeps, prompt_batches, tiny_specs
 
-SETTINGS = dict(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=8)
 
 
 @st.composite

@@ -1,7 +1,7 @@
 """generate() after a pruned prefill: compacted cache, oracle-equal tokens, no recompiles."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_generate
@@ -24,7 +24,7 @@ def _cache_lengths(cache):
     return [layer.keys.shape[-2] for layer in cache.layers]
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+@settings(max_examples=6, phases=NO_SHRINK)
 @given(method=st.sampled_from(["fastv", "random", "divprune", "acgr"]), data=st.data())
 def test_greedy_generate_equals_oracle(method, data):
     """Ragged batches (images per row, text-only rows), any lengths, left padding (generate

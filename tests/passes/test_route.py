@@ -1,6 +1,6 @@
 """ALVTS routing: per-layer skip + reintegration against the plain-loop oracle."""
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import vtp_compile
 from vtp_compile.methods import alvts
@@ -12,7 +12,7 @@ from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 from ..helpers import (assert_cache_holds, assert_keep_all_is_identity, assert_tokens_match, compiled_logits,
                        options, valid)
 
-SETTINGS = dict(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(max_examples=5)
 
 
 @st.composite

@@ -2,7 +2,7 @@
 import logging
 
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_generate
@@ -23,7 +23,7 @@ def _generate(model, inputs, opts, n):
                               return_dict_in_generate=True)
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5)
 @given(seed=st.integers(0, 30), batch=st.integers(1, 3), data=st.data())
 def test_generate_equals_oracle(seed, batch, data):
     spec = TinySpec(seed=seed, layers=data.draw(st.integers(2, 4)))

@@ -19,7 +19,7 @@ def test_different_seeds_differ():
     assert all(not np.array_equal(imgs[0], other) for other in imgs[1:])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_scene_geometry_and_pixels(seed):
     image, scene = generate_scene(seed)

@@ -61,7 +61,7 @@ def test_answers_match_scene(task):
         _check(ex)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(seed=st.integers(0, 10**9), task=st.sampled_from(list(TASKS)))
 def test_answers_match_scene_any_seed(seed, task):
     _check(next(iter_examples(task, seed)))

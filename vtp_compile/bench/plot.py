@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_accuracy(result: dict, path: str | Path) -> Path:
+def plot_accuracy(result: dict, path: str | Path, ylabel: str = "exact-match accuracy",
+                  ylim: tuple[float, float] | None = (-0.02, 1.02)) -> Path:
     """One panel per task plus the mean: accuracy vs budget, a line per method, and the
-    unpruned accuracy as a dashed line. Returns the written path."""
+    unpruned accuracy as a dashed line. Returns the written path. ``ylim=None`` scales each
+    panel to its data (scores that are not fractions, e.g. from lmms-eval tasks)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,9 +32,10 @@ def plot_accuracy(result: dict, path: str | Path) -> Path:
                 ax.plot(*zip(*pts), marker="o", label=m)
         ax.axhline(value(result["baseline"], panel), color="k", ls="--", lw=1, label="unpruned")
         ax.set_title(panel)
-        ax.set_ylim(-0.02, 1.02)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_xlabel("visual tokens kept (or ratio)")
-        ax.set_ylabel("exact-match accuracy")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

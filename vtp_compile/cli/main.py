@@ -4,6 +4,8 @@
     vtp eval --model ./my-llava --data my.jsonl --methods none,fastv --budgets 64
     vtp show --task grounding --index 0 --method fastv --budget 16 --out kept.png
     vtp eval --methods fastv,dstp:reserve=12,tau=0.1,dstp:reserve=12,reserve_by=score --budgets 12
+    vtp lmms-table runs/ --plot acc.png       # lmms-eval --model vtp outputs -> retention table
+    vtp lmms-tasks                            # the scene tasks' folder, for --include_path
 
 Argument parsing only; the work happens in :mod:`vtp_compile.bench`.
 """
@@ -69,7 +71,45 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--budget", default="16", help="token count or kept ratio in (0, 1)")
     sh.add_argument("--out", default="kept_tokens.png", help="PNG to write (relative to the "
                     "current directory)")
+
+    lt = sub.add_parser("lmms-table", help="accuracy retention per method and budget from "
+                        "lmms-eval --model vtp output files", formatter_class=fmt)
+    lt.add_argument("paths", nargs="+", help="lmms-eval --output_path folders or *_results.json")
+    lt.add_argument("--metric", default=None,
+                    help="the metric to tabulate where a task reports it (default, and for the "
+                         "other tasks: each task's first reported metric)")
+    lt.add_argument("--out", default=None, help="write the tables as JSON here")
+    lt.add_argument("--plot", default=None, help="write an accuracy-vs-budget PNG here (one "
+                    "checkpoint: this path; several: -N before the suffix)")
+    sub.add_parser("lmms-tasks", help="print the folder of vtp's lmms-eval tasks (for "
+                   "lmms-eval --include_path)", formatter_class=fmt)
     return parser
+
+
+def cmd_lmms_table(args) -> int:
+    """``vtp lmms-table``: the retention table (and plot) of lmms-eval runs of ``--model vtp``."""
+    from ..integrations.lmms_eval import results
+
+    tables = results.build_tables(args.paths, args.metric)
+    print(results.render(tables))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(tables, indent=2))
+        print(f"wrote {args.out}")
+    if args.plot:
+        for i, table in enumerate(tables):
+            path = Path(args.plot)
+            if len(tables) > 1:
+                path = path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
+            print(f"wrote {results.plot(table, path)}")
+    return 0
+
+
+def cmd_lmms_tasks(args) -> int:
+    """``vtp lmms-tasks``: where the scene tasks live."""
+    from ..integrations.lmms_eval import TASKS_DIR
+    print(TASKS_DIR)
+    return 0
 
 
 def _load(args):
@@ -166,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return {"eval": cmd_eval, "show": cmd_show}[args.command](args)
+        return {"eval": cmd_eval, "show": cmd_show, "lmms-table": cmd_lmms_table,
+                "lmms-tasks": cmd_lmms_tasks}[args.command](args)
     except (ValueError, FileNotFoundError, BackendUnavailableError,
             ExplainUnavailableError) as e:
         print(f"vtp {args.command}: error: {e}", file=sys.stderr)

@@ -37,6 +37,23 @@ def keep_mask(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tenso
     return (live & ~visual_mask) | (vis & (rank < n_keep.to(rank.device)[:, None]))
 
 
+def min_width(L) -> int:
+    """The narrowest compacted width of an ``L``-wide sequence: 2 (1 when ``L`` < 2, or when a
+    symbolic ``L`` is not known to be >= 2).
+
+    Every other width a compacted graph meets is backed, and Dynamo treats a backed size as >= 2
+    (it specialises 0 and 1). The compacted width is unbacked: a lowering that asks whether it
+    is 1 (Inductor's bmm layout choice, a broadcast, a squeeze, a view's stride) cannot be
+    answered and the compile fails. Width 1 happens only when every row kept nothing (all
+    padding), so padding such a batch with one more dead slot costs nothing and lets the fake
+    say ``W >= 2``: every 0/1 question about the width then has a static answer.
+    """
+    if isinstance(L, int):
+        return min(2, L)
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    return 2 if statically_known_true(L >= 2) else 1
+
+
 def compact_layout(keep: torch.Tensor, live: torch.Tensor):
     """``(idx [B, W], slot_live [B, W])`` for a keep mask: row ``b``'s kept positions in order,
     then dead slots (index 0). ``W`` = the longest row, counting one dead slot in every row that
@@ -44,7 +61,7 @@ def compact_layout(keep: torch.Tensor, live: torch.Tensor):
     B, L = keep.shape
     cnt = keep.sum(1)
     lost = cnt < L
-    W = max(int((cnt + lost.long()).max()) if B else 0, 1)
+    W = max(int((cnt + lost.long()).max()) if B else 0, min_width(L))
     dest = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(cnt[:, None], W).expand(B, L))
     idx = torch.zeros(B, W + 1, dtype=torch.long, device=keep.device)
     idx.scatter_(1, dest, torch.arange(L, device=keep.device).expand(B, L))
@@ -114,12 +131,14 @@ def live_mask(mask: Optional[torch.Tensor], slot_live: torch.Tensor) -> torch.Te
 
 # ---- registration -------------------------------------------------------------------------------
 def _unbacked_width(ctx, upper):
-    """A fresh unbacked SymInt for the compacted width, known to lie in ``[1, upper]``."""
+    """A fresh unbacked SymInt for the compacted width, known to lie in
+    ``[min_width(upper), upper]`` (see :func:`min_width`)."""
+    lo = min_width(upper)
     shape_env = getattr(ctx, "_shape_env", None)
     if shape_env is None:   # no symbolic tracing context: fall back to the public helper
-        return ctx.new_dynamic_size(min=1, max=upper if isinstance(upper, int) else None)
+        return ctx.new_dynamic_size(min=lo, max=upper if isinstance(upper, int) else None)
     w = shape_env.create_unbacked_symint()
-    torch._check(w >= 1)
+    torch._check(w >= lo)
     torch._check(w <= upper)
     return w
 

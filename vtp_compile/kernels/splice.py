@@ -33,12 +33,15 @@ def _(embeds, visual_mask):
 
 @torch.library.custom_op("vtp::splice_lookup", mutates_args=(), **STATEFUL)
 def splice_lookup(embeds: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` bool: the visual mask recorded for exactly these embeddings, else all False."""
+    """``[B, L]`` bool: the visual mask recorded for exactly these embeddings, else all False.
+
+    Shapes, devices and dtypes are compared on the host (metadata); the values on the device
+    (``rec == embeds``, all of it, as a device scalar that selects the mask): no host read."""
     rec = _RECORD
     B, L = embeds.shape[:2]
     if rec is not None and rec[0].shape == embeds.shape and rec[0].device == embeds.device \
-            and torch.equal(rec[0], embeds):
-        return rec[1].clone()
+            and rec[0].dtype == embeds.dtype:
+        return rec[1] & (rec[0] == embeds).all()
     return torch.zeros(B, L, dtype=torch.bool, device=embeds.device)
 
 

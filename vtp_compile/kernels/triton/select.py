@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import next_pow2
+from ..select import min_width
 
 _NEG = -3.0e38
 
@@ -99,7 +100,7 @@ def layout_full(keep: torch.Tensor):
 def select_keep(scores, visual_mask, live, n_keep):
     """The CUDA kernel of ``vtp::select_keep``: one host read (the width ``W``)."""
     idx, slot, width = layout_full(keep_mask(scores, visual_mask, live, n_keep))
-    W = max(int(width.max()), 1) if width.numel() else 1     # the sanctioned host read
+    W = max(int(width.max()) if width.numel() else 0, min_width(idx.shape[1]), 1)   # the one host read
     if idx.shape[1] < W:     # L == 0: one dead slot
         idx = torch.zeros(idx.shape[0], W, dtype=idx.dtype, device=idx.device)
         slot = torch.zeros(idx.shape[0], W, dtype=torch.bool, device=idx.device)

@@ -1,0 +1,1 @@
+"""Integrations of vtp_compile with evaluation toolkits (each imported only on demand)."""

@@ -1,0 +1,85 @@
+"""Prompts and processor inputs from lmms-eval's requests (context text + visuals).
+
+A visual is a ``PIL.Image`` (what image tasks' ``doc_to_visual`` returns) or a path: a video file
+(``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``: frames sampled uniformly with lmms-eval's own
+``read_video``) or an image file. The prompt is the processor's chat template (one user turn:
+the images, the videos, then the context) when the processor has one, else
+``"{image} {question}"`` with the processor's image token per image -- for one image exactly
+what ``vtp eval`` builds (:func:`vtp_compile.bench.evaluate.build_prompt`).
+"""
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+DEFAULT_TEMPLATE = "{image} {question}"
+
+
+def split_visuals(visuals, max_frames: int) -> tuple[list, list]:
+    """``(images, videos)`` of one request; videos as ``[T, H, W, 3]`` uint8 arrays."""
+    images, videos = [], []
+    for v in visuals or []:
+        if v is None:
+            continue
+        if isinstance(v, Image.Image):
+            images.append(v)
+        elif isinstance(v, (str, os.PathLike)):
+            path = os.fspath(v)
+            if path.lower().endswith(VIDEO_EXTENSIONS):
+                videos.append(read_frames(path, max_frames))
+            else:
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+        else:
+            raise ValueError(f"vtp: unsupported visual {type(v).__name__} (images and video "
+                             "files are supported; audio is not)")
+    return images, videos
+
+
+def read_frames(path: str, max_frames: int):
+    """``max_frames`` frames sampled uniformly from a video file (lmms-eval's ``read_video``,
+    PyAV by default), as a ``[T, H, W, 3]`` uint8 array."""
+    import numpy as np
+    from lmms_eval.models.model_utils.load_video import read_video
+    frames = read_video(path, num_frm=max_frames)
+    return np.asarray(frames)
+
+
+def _placeholders(processor, n_images: int, n_videos: int) -> str:
+    image = getattr(processor, "image_token", None) or "<image>"
+    video = getattr(processor, "video_token", None) or "<video>"
+    return " ".join([image] * n_images + [video] * n_videos)
+
+
+def build_prompt(processor, context: str, n_images: int, n_videos: int = 0,
+                 template: str | None = None, system_prompt: str | None = None) -> str:
+    """The prompt text of one request (see the module docstring)."""
+    context = context.replace("<image>", "").strip() if n_images or n_videos else context
+    if template is None and getattr(processor, "chat_template", None):
+        content = ([{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
+                   + [{"type": "text", "text": context}])
+        messages = [{"role": "user", "content": content}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return (template or DEFAULT_TEMPLATE).format(
+        image=_placeholders(processor, n_images, n_videos), question=context)
+
+
+def build_inputs(processor, contexts: list[str], visuals: list, *, max_frames: int = 32,
+                 template: str | None = None, system_prompt: str | None = None):
+    """Left-padded processor inputs for a batch (``visuals[i]``: request i's visual list)."""
+    texts, images, videos = [], [], []
+    for context, vis in zip(contexts, visuals):
+        imgs, vids = split_visuals(vis, max_frames)
+        texts.append(build_prompt(processor, context, len(imgs), len(vids), template, system_prompt))
+        images += imgs
+        videos += vids
+    kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+    if images:
+        kwargs["images"] = images
+    if videos:
+        kwargs["videos"] = videos
+    return processor(**kwargs)
