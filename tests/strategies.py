@@ -63,18 +63,20 @@ def keeps(per_image: int):
 
 
 @st.composite
-def model_specs(draw, layers=(2, 5), image_sizes=(16, 24, 32), strategies=("default", "full")):
+def model_specs(draw, layers=(2, 5), image_sizes=(16, 24, 32), strategies=("default", "full"),
+                vision_layers=(1, 3)):
     """A tiny LLaVA drawn as a user's config varies: head dim 8-32, 1-8 query heads with any
     grouped-query ratio that divides them (multi-query included), 2-5 decoder layers (odd and
     even), either vision feature strategy (``full``: the CLS token is a visual token), 1-3
-    vision layers, the image grid (2x2 to 4x4 patches)."""
+    vision layers (methods that read the tower's internals need 2: ``attach`` reads layer -2),
+    the image grid (2x2 to 4x4 patches)."""
     kv = draw(st.sampled_from([1, 1, 2, 3, 4]))
     heads = kv * draw(st.sampled_from([1, 2, 3, 4]))
     head_dim = draw(st.sampled_from([8, 12, 16, 32]))
     hidden = heads * head_dim
     return TinySpec(hidden=hidden, heads=heads, kv_heads=kv, layers=draw(st.integers(*layers)),
                     intermediate=draw(st.sampled_from([hidden, 2 * hidden + 8])),
-                    vision_layers=draw(st.integers(1, 3)),
+                    vision_layers=draw(st.integers(*vision_layers)),
                     image_size=draw(st.sampled_from(image_sizes)),
                     strategy=draw(st.sampled_from(strategies)),
                     seed=draw(st.integers(0, 10_000)))

@@ -39,7 +39,8 @@ def _draw_case(data, method, gen=False):
     # the mask oracle reads Nüwa's CLS internals with the "default" strategy only ("full" is
     # checked against oracle_nuwa in tests/methods/test_nuwa.py)
     strategies = ("default",) if method == "nuwa" else ("default", "full")
-    spec = data.draw(model_specs(strategies=strategies), label="model")
+    tower = (2, 3) if get_method(method).vision_internals else (1, 3)   # attach reads layer -2
+    spec = data.draw(model_specs(strategies=strategies, vision_layers=tower), label="model")
     opts, pruning = data.draw(method_cases(method, spec), label="options")
     return spec, opts, pruning
 
@@ -64,7 +65,11 @@ def _pruned(mux):
 @given(data=st.data())
 def test_forward_through_inductor(method, data):
     spec, opts, pruning = _draw_case(data, method)
-    batches = [data.draw(prompt_batches(max_batch=4), label=f"batch {i}") for i in range(BATCHES)]
+    # Nüwa takes one patch grid per row: every row holds the same number of images (a ragged
+    # batch is refused with a clear error: tests/methods/test_nuwa.py)
+    ragged = method != "nuwa"
+    batches = [data.draw(prompt_batches(max_batch=4, ragged=ragged), label=f"batch {i}")
+               for i in range(BATCHES)]
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
     fast = None
@@ -96,7 +101,7 @@ def test_generate_through_inductor(method, data):
     """Left-padded (what ``generate`` needs); the prefill graph and a decode step that reads the
     compacted cache (DSTP: two, its decode site re-scores the active set)."""
     spec, opts, pruning = _draw_case(data, method)
-    batch = data.draw(prompt_batches(max_batch=4), label="batch")
+    batch = data.draw(prompt_batches(max_batch=4, ragged=method != "nuwa"), label="batch")
     not_the_simplest(data)
     n = 3 if method == "dstp" else 2
     model, mux = _model(spec, opts), _mux(opts)

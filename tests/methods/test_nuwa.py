@@ -175,3 +175,16 @@ def test_full_strategy_keep_all_is_identity():
     model = vtp_compile.attach(tiny_llava(spec))
     inputs = make_inputs(spec, batch=2, pad=(0, 2))
     assert_keep_all_is_identity(model, inputs, "nuwa", spec.visual_tokens)
+
+
+@pytest.mark.parametrize("rows", [[(0, 7, 2), (0, 10, 1), (3, 3, 2)],     # 5 images in 3 rows
+                                  [(2, 3, 1), (2, 3, 3)]],                 # 4 in 2, not by row
+                         ids=["uneven-total", "even-total"])
+def test_rows_with_different_image_counts_are_a_clear_error(rows):
+    """One patch grid per row: a batch whose rows hold different numbers of images is refused
+    with an error that says so (while tracing, or by the run-time check), never a wrong answer."""
+    spec = TinySpec(image_size=16, layers=3, vision_layers=2)
+    model = vtp_compile.attach(tiny_llava(spec))
+    inputs = make_inputs(spec, rows=rows, side="left")
+    with pytest.raises(Exception, match="every row must hold"):
+        compiled_logits(model, inputs, options("nuwa", budget=2, layer=1))

@@ -51,6 +51,16 @@ def _patch_mask(vis: torch.Tensor, per_image: int, lead: int) -> torch.Tensor:
     return vis & (local >= lead)
 
 
+def _check_images_per_row(internals: torch.Tensor, rows) -> None:
+    """Nüwa's kernels take one patch grid per row: every row must hold the same number of
+    images. A batch whose images do not split evenly over its rows is refused here, while the
+    graph is traced (a clear error instead of a failed reshape); one that splits evenly but not
+    by row is refused at run time by the ``nuwa_aggregate`` check."""
+    n = internals.shape[0]
+    torch._check(n % rows == 0, lambda: f"vtp nuwa: every row must hold the same number of images "
+                                        f"({n} images in {rows} rows)")
+
+
 def anchor_scorer(region: int):
     def score(x):
         cls, _, gh, gw = x["ctx"][:4]
@@ -66,6 +76,7 @@ def anchor_scorer(region: int):
             n_img = vis.sum(1) // per
             n_keep = (n_keep - lead * n_img).clamp(min=0)
             cls = cls[:, lead:]
+        _check_images_per_row(cls, B)
         vscores = ops.nuwa_anchor_scores(cls.reshape(B, -1), n_keep, gh, gw, region)
         out = torch.full(vis.shape, float("-inf"), dtype=torch.float32, device=vis.device)
         out = out.masked_scatter(patches, vscores)
@@ -82,6 +93,7 @@ def aggregator(distance: float, pillars: float):
         vis = x["visual_mask"]
         patches = _patch_mask(vis, per, lead)
         # the CLS token has no grid position: never aggregated, never a member of a mean
+        _check_images_per_row(upper, hidden.shape[0])
         up = upper[:, lead:].reshape(hidden.shape[0], -1, upper.shape[-1])
         return ops.nuwa_aggregate(hidden, patches, x["keep_mask"] & patches, x["scores"], up, gh, gw,
                                   distance, pillars)

@@ -49,7 +49,7 @@ LLAVA_576 = TinyLlava(image_size=336, patch_size=14, vision_hidden=128, vision_l
 
 def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
     """``(model, processor)``: a random-weight ``LlavaForConditionalGeneration`` in fp32."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     from ..scenes.model import CLIP_MEAN, CLIP_STD, build_tokenizer
@@ -63,17 +63,7 @@ def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=spec.patch_size,
                           vision_feature_select_strategy=spec.strategy,
                           num_additional_image_tokens=1, image_token="<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3,
-        hidden_act="gelu", projection_dim=spec.vision_hidden)
-    text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id)
+    vision, text = _tower_configs(spec, tok)
     cfg = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=spec.vision_feature_layer,
@@ -88,11 +78,28 @@ def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
     return model, proc
 
 
+def _tower_configs(spec: "TinyLlava", tok):
+    """The CLIP vision config and the Llama text config of a tiny LLaVA-kin model."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3,
+        hidden_act="gelu", projection_dim=spec.vision_hidden)
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id)
+    return vision, text
+
+
 def build_next(spec: TinyLlava = TinyLlava(image_size=56, patch_size=14), seed: int = 0,
                pinpoints=((56, 112), (112, 56), (112, 112))):
     """``(model, processor)``: a random-weight ``LlavaNextForConditionalGeneration`` (anyres:
     56 px tiles of 14 px patches, grids up to 2x2 tiles) in fp32."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
+    from transformers import (LlavaNextConfig,
                               LlavaNextForConditionalGeneration, LlavaNextProcessor)
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
@@ -108,17 +115,7 @@ def build_next(spec: TinyLlava = TinyLlava(image_size=56, patch_size=14), seed: 
     proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=spec.patch_size,
                               vision_feature_select_strategy=spec.strategy,
                               num_additional_image_tokens=1, image_token="<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3,
-        hidden_act="gelu", projection_dim=spec.vision_hidden)
-    text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id)
+    vision, text = _tower_configs(spec, tok)
     cfg = LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=spec.vision_feature_layer, image_grid_pinpoints=grid,
