@@ -14,6 +14,9 @@ then a dynamic one that every later batch reuses) and in decode (``generate``).
 option of every list); they are rejected, so each CI run draws new configs, and a failure replays
 from the example database or the printed ``@reproduce_failure`` line.
 """
+import contextlib
+import traceback
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -56,6 +59,24 @@ def _mux(opts):
     return Multiplex({"inductor": opts, "eager": {**opts, "inner_backend": "eager"}})
 
 
+# Known, open (issue 22): Inductor's SDPA lowering orders the input's strides by their hints
+# (ir.same_ordered -> guarding_hint_or_throw); a stride that holds the compacted width has no
+# hint, so the compile fails on some shapes (seen: chain random -> fastv, hidden 36, 3 heads,
+# 1 KV head, batch 3). Such a draw is reported as an expected failure naming this, not hidden.
+SDPA_STRIDE_HINT = "Could not extract specialized integer from data-dependent expression"
+
+
+@contextlib.contextmanager
+def _known_lowering_gap():
+    try:
+        yield
+    except Exception as e:      # noqa: BLE001 (re-raised unless it is the known gap)
+        if SDPA_STRIDE_HINT in str(e) and "sdpa_constraint" in "".join(traceback.format_exception(e)):
+            pytest.xfail("known open gap (issue 22): Inductor's SDPA stride order needs a hint "
+                         "of the compacted width")
+        raise
+
+
 def _pruned(mux):
     return any(r.phase == "prefill" and r.sites for r in mux.reports["inductor"])
 
@@ -73,7 +94,7 @@ def test_forward_through_inductor(method, data):
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
     fast = None
-    with torch.no_grad():
+    with torch.no_grad(), _known_lowering_gap():
         for batch in batches:
             inputs = make_inputs(spec, **batch)
             if fast is None:
@@ -113,7 +134,7 @@ def test_generate_through_inductor(method, data):
         model.compile(backend=mux)
         try:
             for name in ("inductor", "eager"):
-                with mux.select(name):
+                with mux.select(name), _known_lowering_gap():
                     out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
                 assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
         finally:
