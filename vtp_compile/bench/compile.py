@@ -25,6 +25,10 @@ class BackendUnavailableError(RuntimeError):
     """The ``vtp`` torch.compile backend could not be found or imported."""
 
 
+class ExplainUnavailableError(RuntimeError):
+    """``vtp_compile.explain`` could not be imported (raised by :func:`.show.get_explain`)."""
+
+
 def known_methods() -> list[str] | None:
     """Method names the installed backend registers (plus ``"none"``), or None if unknown."""
     try:

@@ -10,6 +10,8 @@ def plot_accuracy(result: dict, path: str | Path, ylabel: str = "exact-match acc
     """One panel per task plus the mean: accuracy vs budget, a line per method, and the
     unpruned accuracy as a dashed line. Returns the written path. ``ylim=None`` scales each
     panel to its data (scores that are not fractions, e.g. from lmms-eval tasks)."""
+    from ..extras import require
+    require("matplotlib", "an accuracy plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

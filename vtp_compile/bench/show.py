@@ -12,12 +12,9 @@ import math
 import numpy as np
 from PIL import Image
 
+from .compile import ExplainUnavailableError  # noqa: F401 (raised here; defined without PIL)
 from .evaluate import build_prompt, prepare_processor
 from .render import render_sites
-
-
-class ExplainUnavailableError(RuntimeError):
-    """``vtp_compile.explain`` could not be imported."""
 
 
 def get_explain():

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..scenes.tasks import EVAL_SEED
+from ..extras import MissingExtraError, require
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budgets", default="12,25,49",
                     help="comma list: token counts (ints) or kept ratios in (0, 1)")
     ev.add_argument("--n", type=int, default=50, help="examples per task")
-    ev.add_argument("--seed", type=int, default=EVAL_SEED,
-                    help="first example seed of the scene tasks (default: held-out range)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="first example seed of the scene tasks (default: the first held-out "
+                         "seed, vtp_compile.scenes.tasks.EVAL_SEED)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-new-tokens", type=int, default=8)
     ev.add_argument("--eager", action="store_true",
@@ -90,6 +91,9 @@ def cmd_lmms_table(args) -> int:
     """``vtp lmms-table``: the retention table (and plot) of lmms-eval runs of ``--model vtp``."""
     from ..integrations.lmms_eval import results
 
+    if args.plot:
+        require("matplotlib", "vtp lmms-table --plot")
+
     tables = results.build_tables(args.paths, args.metric)
     print(results.render(tables))
     if args.out:
@@ -113,6 +117,7 @@ def cmd_lmms_tasks(args) -> int:
 
 
 def _load(args):
+    require("PIL", f"vtp {args.command}")
     import torch
 
     from .. import configure_dynamo
@@ -125,11 +130,19 @@ def _load(args):
 
 def cmd_eval(args) -> int:
     """``vtp eval``: run the sweep, print the table, write JSON / PNG if asked."""
+    require("PIL", "vtp eval")          # the scene model's processor and data
+    require("tqdm", "vtp eval")
+    if args.plot:
+        require("matplotlib", "vtp eval --plot")
     from ..bench.compile import NONE_METHOD, parse_budgets, parse_methods, prune_options
     from ..bench.data import load_jsonl, parse_tasks, scene_datasets
     from ..config import PruneConfig
     from ..bench.plot import plot_accuracy
     from ..bench.sweep import format_table, run_sweep
+    from ..scenes.tasks import EVAL_SEED
+
+    if args.seed is None:
+        args.seed = EVAL_SEED
 
     methods = parse_methods(args.methods)
     budgets = parse_budgets(args.budgets)
@@ -168,6 +181,7 @@ def cmd_eval(args) -> int:
 
 def cmd_show(args) -> int:
     """``vtp show``: render the kept tokens of every pruning site for one image."""
+    require("PIL", "vtp show")
     from PIL import Image
 
     from ..bench.compile import parse_budgets, parse_methods, prune_options
@@ -199,8 +213,7 @@ def cmd_show(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vtp`` console script; returns the exit status."""
-    from ..bench.compile import BackendUnavailableError
-    from ..bench.show import ExplainUnavailableError
+    from ..bench.compile import BackendUnavailableError, ExplainUnavailableError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"eval": cmd_eval, "show": cmd_show, "lmms-table": cmd_lmms_table,
                 "lmms-tasks": cmd_lmms_tasks}[args.command](args)
     except (ValueError, FileNotFoundError, BackendUnavailableError,
-            ExplainUnavailableError) as e:
+            ExplainUnavailableError, MissingExtraError) as e:
         print(f"vtp {args.command}: error: {e}", file=sys.stderr)
         return 2
 
