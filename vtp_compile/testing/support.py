@@ -1,9 +1,11 @@
-"""What vtp claims per VLM family: the one table the family tests check and the README prints.
+"""What vtp claims per VLM family: the one table the family tests check and docs/support.md prints.
 
 ``tests/families/`` is parametrised from :data:`PRUNED` and :data:`METHODS` (every entry is an
 oracle-checked test), and from :data:`NOT_PRUNED` (each such path must run, equal the unpruned
-model and log the reason). ``python -m vtp_compile.testing.support`` prints the README's support
-matrix from the same tables, so the README claims exactly what the tests check.
+model and log the reason). ``python -m vtp_compile.testing.support`` rewrites the support matrix
+in docs/support.md (the block after its ``<!-- matrix: python -m vtp_compile.testing.support -->``
+marker, up to ``<!-- /matrix -->``) from the same tables, so the documentation claims exactly
+what the tests check; ``--print`` prints it instead.
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ def layer_for(family: str) -> int:
 
 
 def matrix() -> str:
-    """The README's support matrix, in Markdown."""
+    """The support matrix of docs/support.md, in Markdown."""
     fams = list(PRUNED) + sorted({f for f, _ in NOT_PRUNED if f not in PRUNED})
     methods = list(METHODS) + list(LLAVA_ONLY)
     head = "| family | " + " | ".join(f"`{m}`" for m in methods) + " | static cache | not pruned |"
@@ -191,7 +193,7 @@ def matrix() -> str:
                  + "; ".join(f"{f}: {', '.join(ms)}" for f, ms in STATIC_CACHE_METHODS.items())
                  + "); `dstp` and `alvts` refused with one warning (tested on LLaVA; the refusal reads no family detail); no: refused "
                  "with one warning (" + "; ".join(f"{f}: {why}" for f, why in STATIC_CACHE_REFUSED.items())
-                 + "), see docs/static_cache.md.")
+                 + "), see [static_cache.md](static_cache.md).")
     lines.append("")
     lines += [f"* `{m}` on {f} (G*): passes the CI check, but {why}; not yet explained, so not "
               "claimed beyond that check." for (m, f), why in DIFFERS.items()]
@@ -203,5 +205,51 @@ def matrix() -> str:
     return "\n".join(lines)
 
 
+# where the matrices live: docs/support.md, relative to the repository root
+SUPPORT_PAGE = "docs/support.md"
+END_MARKER = "<!-- /matrix -->"
+
+
+def marker(module: str) -> str:
+    """The comment that opens a generated block: it names the command that rewrites it."""
+    return f"<!-- matrix: python -m {module} -->"
+
+
+def block(text: str, module: str) -> str:
+    """The generated block of ``module`` in ``text`` (between its marker and the end marker)."""
+    start = text.index(marker(module)) + len(marker(module))
+    return text[start:text.index(END_MARKER, start)].strip("\n")
+
+
+def rewrite(path, module: str, table: str) -> bool:
+    """Replace ``module``'s block in the file at ``path`` by ``table``; True if it changed."""
+    import pathlib
+    path = pathlib.Path(path)
+    text = path.read_text()
+    start = text.index(marker(module)) + len(marker(module))
+    end = text.index(END_MARKER, start)
+    new = text[:start] + "\n" + table.strip("\n") + "\n" + text[end:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def main(module: str, table: str, argv=None) -> int:
+    """``python -m <module> [--print] [--path FILE]``: rewrite the page's block (default) or print it."""
+    import argparse
+    import pathlib
+    ap = argparse.ArgumentParser(prog=f"python -m {module}")
+    ap.add_argument("--print", action="store_true", help="print the matrix, change nothing")
+    ap.add_argument("--path", default=str(pathlib.Path(__file__).resolve().parents[2] / SUPPORT_PAGE),
+                    help="the page holding the block")
+    args = ap.parse_args(argv)
+    if args.print:
+        print(table)
+        return 0
+    changed = rewrite(args.path, module, table)
+    print(f"{args.path}: {'rewritten' if changed else 'up to date'}")
+    return 0
+
+
 if __name__ == "__main__":
-    print(matrix())
+    raise SystemExit(main("vtp_compile.testing.support", matrix()))

@@ -1,5 +1,6 @@
-"""What the vLLM plugin claims per family: the table tests/serving/vllm checks and the README
-prints (``python -m vtp_compile.serving.vllm.support``). Imports no vLLM."""
+"""What the vLLM plugin claims per family: the table tests/serving/vllm checks and docs/support.md
+prints (``python -m vtp_compile.serving.vllm.support`` rewrites it there; ``--print`` prints it).
+Imports no vLLM."""
 from __future__ import annotations
 
 from .options import SERVED
@@ -31,4 +32,5 @@ def matrix() -> str:
 
 
 if __name__ == "__main__":
-    print(matrix())
+    from vtp_compile.testing.support import main
+    raise SystemExit(main("vtp_compile.serving.vllm.support", matrix()))
