@@ -8,7 +8,7 @@ family's ``generate`` traced once and rewritten for several methods
     for m in incremental full incremental full; do python benchmarks/refresh_meta.py --mode $m; done
 
 The in-process "both" favours whichever mode runs second (warmed caches and lazy setup); the
-README's figures are the per-process loop.
+docs/tests.md's figures are the per-process loop.
 
 Prints, per mode, the seconds inside refresh_meta, the calls, and the nodes re-run of all nodes.
 """

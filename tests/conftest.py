@@ -36,14 +36,14 @@ if not os.environ.get("VTP_FAKE_CACHE"):
 
 # The extended tier (VTP_FULL=1): tests marked ``extended`` repeat, through Inductor or across
 # more methods, what CI checks with the eager inner backend or with one method of a kind
-# (README: Tests). CI skips them to stay within its time; run them before a release
+# (docs/tests.md). CI skips them to stay within its time; run them before a release
 # (FULL: tests/helpers.py).
 
 
 def pytest_collection_modifyitems(config, items):
     if FULL:
         return
-    skip = pytest.mark.skip(reason="extended tier: VTP_FULL=1 runs it (README: Tests)")
+    skip = pytest.mark.skip(reason="extended tier: VTP_FULL=1 runs it (docs/tests.md)")
     for item in items:
         if "extended" in item.keywords:
             item.add_marker(skip)
@@ -87,7 +87,7 @@ def pytest_testnodedown(node, error):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print how many generated inputs were checked, by kind (README: Tests)."""
+    """Print how many generated inputs were checked, by kind (docs/tests.md)."""
     if CASES:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))
         terminalreporter.write_line(f"vtp generated cases checked: {sum(CASES.values())} ({parts})")

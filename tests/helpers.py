@@ -9,7 +9,7 @@ import torch
 from vtp_compile.passes.manager import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_forward, oracle_generate
 
-# the extended tier (tests/conftest.py, README: Tests)
+# the extended tier (tests/conftest.py, docs/tests.md)
 FULL = bool(os.environ.get("VTP_FULL"))
 
 

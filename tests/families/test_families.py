@@ -1,5 +1,5 @@
 """Every supported VLM family, pruned and checked against the family-agnostic mask oracle
-(vtp_compile/testing/oracle_mask.py), from the table the README's support matrix prints
+(vtp_compile/testing/oracle_mask.py), from the table docs/support.md's support matrix prints
 (vtp_compile/testing/support.py)."""
 import pytest
 import torch

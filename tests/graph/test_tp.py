@@ -37,7 +37,7 @@ NEW = {"llava": 3, "qwen": 2}       # 3: the prefill, a static and a dynamic dec
 # (dart) score from the same gathered keys; an encoder site on replicated features (divprune,
 # also on Qwen2.5-VL); acgr scores as fastv; random reads no features; cdpruner's features are
 # replicated like divprune's; a chain is its stages; visionzip reads nuwa's internals
-# (README: "Models across GPUs").
+# (docs/tensor_parallel.md).
 ALL = FULL or bool(os.environ.get("VTP_TP_ALL"))
 OTHERS = {
     "sparsevlm": options("sparsevlm", budget=6, recycle=True),

@@ -135,7 +135,7 @@ class VTP(lmms):
 
     def _warm_up(self) -> None:
         """One eager forward before compiling: transformers installs its output-capturing hooks
-        on the first call, and a compiled first call would graph-break there (README: Usage)."""
+        on the first call, and a compiled first call would graph-break there (README: Gotchas)."""
         from PIL import Image
         try:
             inputs = build_inputs(self.processor, ["describe the image"],

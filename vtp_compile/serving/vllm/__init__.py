@@ -14,7 +14,7 @@ Files, one job each:
 - :mod:`.processor` -- the multimodal-processor side: ``n_keep`` placeholders per image;
 - :mod:`.model`     -- the model side: all ``V`` features computed, ``n_keep`` returned;
 - :mod:`.llava`, :mod:`.llava_next` -- the classes registered over vLLM's own;
-- :mod:`.support`   -- the support table the tests check and the README prints;
+- :mod:`.support`   -- the support table the tests check and docs/support.md prints;
 - :mod:`.compat`    -- a workaround for vLLM CPU wheels without a working torchvision;
 - :mod:`.plugin`    -- what :func:`register` does.
 """
