@@ -3,7 +3,7 @@
 Builds a tiny LLaVA with random (seeded) weights, compiles one copy with plain Inductor (no
 pruning) and one with the ``vtp`` backend, then compares:
 
-* visual tokens kept at each pruning site (from ``vtp_compile.passes.manager.REPORTS``),
+* visual tokens kept at each pruning site (from ``vtp_compile.reports(model)``),
 * last-position logits (max abs difference, top-1 agreement),
 * KV-cache bytes after ``generate`` (the pruned prefill leaves a compacted cache),
 * prefill time, both compiled and warm, measured side by side (median of interleaved runs).
@@ -64,7 +64,6 @@ def main(argv=None) -> None:
     start = time.perf_counter()
 
     vtp_compile.configure_dynamo()   # one prefill graph, no break at .item(); recompile limit 64
-    from vtp_compile.passes.manager import REPORTS
 
     base = tiny_llava(SPEC)
     inputs = make_inputs(SPEC, prefix=5, suffix=11, seed=0)
@@ -88,15 +87,15 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with torch.inference_mode():
         out_ref = ref(**inputs)
-        n_before = len(REPORTS)
         out_vtp = vtp(**inputs)
+    REPORTS = vtp_compile.reports(vtp)
     print(f"compiled both prefill graphs in {time.perf_counter() - t0:.1f}s")
-    if len(REPORTS) == n_before:
+    if not REPORTS:
         raise SystemExit("the vtp backend was not called (graph break or cached graph?)")
-    prefill_reports = [r for r in REPORTS[n_before:] if r.phase == "prefill"]
+    prefill_reports = [r for r in REPORTS if r.phase == "prefill"]
     print(f"\nvtp options: {options}")
     if not prefill_reports or not prefill_reports[-1].sites:
-        skipped = [r.skipped for r in REPORTS[n_before:] if r.skipped]
+        skipped = [r.skipped for r in REPORTS if r.skipped]
         print(f"  no pruning site was applied {skipped or ''}")
     for r in prefill_reports:
         for s in r.sites:
@@ -136,6 +135,7 @@ def main(argv=None) -> None:
           f"vtp {kv_vtp / 1024:.1f} KiB ({100.0 * (1 - kv_vtp / kv_ref):.1f}% smaller)")
     print(f"  tokens unpruned {new_ref}\n  tokens vtp      {new_vtp}")
 
+    REPORTS = vtp_compile.reports(vtp)
     print(f"\nvtp compiled {len(REPORTS)} graph(s): " + ", ".join(r.phase for r in REPORTS))
 
     print(f"\ntotal {time.perf_counter() - start:.0f}s")
