@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     vtp_compile.configure_dynamo()   # one prefill graph per config; all configs share one code object
-    from vtp_compile.passes.manager import REPORTS
+    from vtp_compile import recording
 
     t_start = time.perf_counter()
     spec = model_spec(args)
@@ -110,9 +110,8 @@ def main(argv=None) -> int:
             fn = torch.compile(model, backend="inductor")
         else:
             fn = torch.compile(attached if name in ATTACH else model, backend="vtp", options=opts)
-        n_before = len(REPORTS)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), recording() as reports:
             out = fn(**inputs).logits
         row = {"method": name, "budget": budget, "compile_s": time.perf_counter() - t0,
                "logits_shape": list(out.shape)}
@@ -120,9 +119,9 @@ def main(argv=None) -> int:
         row["max_abs_logit_diff_last"] = float((last - ref_logits).abs().max())
         row["top1_agrees"] = bool(last.argmax() == ref_logits.argmax())
         if opts is not None:
-            new = [r for r in REPORTS[n_before:] if r.phase == "prefill"]
+            new = [r for r in reports if r.phase == "prefill"]
             if not new or not new[-1].sites:
-                why = [r.skipped for r in REPORTS[n_before:]]
+                why = [r.skipped for r in reports]
                 raise SystemExit(f"vtp did not prune {opts}: reports {why}")
             sites = new[-1].sites
             s = sites[0]

@@ -22,7 +22,7 @@ import torch
 
 def run(family: str, incremental: bool) -> tuple[float, int, int, int]:
     from vtp_compile.graph import fx_utils
-    from vtp_compile.passes import manager
+    from vtp_compile.passes import manager, pipeline
     from vtp_compile.testing import families as F
     from vtp_compile.testing.multiplex import Multiplex
 
@@ -48,8 +48,8 @@ def run(family: str, incremental: bool) -> tuple[float, int, int, int]:
         spent[0] += time.perf_counter() - t
         calls[0] += 1
 
-    old = manager.refresh_meta, fx_utils._KeepScalars
-    manager.refresh_meta, fx_utils._KeepScalars = timed, counting
+    old = manager.refresh_meta, pipeline.refresh_meta, fx_utils._KeepScalars
+    manager.refresh_meta, pipeline.refresh_meta, fx_utils._KeepScalars = timed, timed, counting
     try:
         torch._dynamo.reset()
         model = F.build_model(family)
@@ -68,7 +68,7 @@ def run(family: str, incremental: bool) -> tuple[float, int, int, int]:
                 with mux.select(m):
                     model.generate(**inputs, max_new_tokens=2, do_sample=False)
     finally:
-        manager.refresh_meta, fx_utils._KeepScalars = old
+        manager.refresh_meta, pipeline.refresh_meta, fx_utils._KeepScalars = old
     return spent[0], calls[0], rerun[0], total[0]
 
 

@@ -48,18 +48,18 @@ def options_for(method: str, budget: int) -> dict:
     return {"method": method, "budget": budget}
 
 
-def prefill_sites(reports, start: int) -> list:
-    """The pruning sites of the prefill graphs the backend compiled since ``REPORTS[start]``."""
-    sites = [r.sites for r in reports[start:] if r.phase == "prefill" and r.sites]
+def prefill_sites(reports) -> list:
+    """The pruning sites of the last prefill graph the backend compiled for a model
+    (``reports``: ``vtp_compile.reports(model)``)."""
+    sites = [r.sites for r in reports if r.phase == "prefill" and r.sites]
     if not sites:
-        why = [r.skipped for r in reports[start:] if r.skipped]
+        why = [r.skipped for r in reports if r.skipped]
         raise SystemExit(f"vtp left the model unpruned: {why}")
     return sites[-1]
 
 
 def answers_demo(method: str, budget: int, per_task: int) -> None:
     from vtp_compile.bench.evaluate import generate_answers
-    from vtp_compile.passes.manager import REPORTS
     from vtp_compile.scenes import load_scene_model, make_dataset
 
     print("1. Answers: the shipped scene model, unpruned vs pruned")
@@ -71,11 +71,10 @@ def answers_demo(method: str, budget: int, per_task: int) -> None:
     pruned = copy.deepcopy(model)
     options = {**options_for(method, budget), "inner_backend": "eager"}
     pruned.compile(backend="vtp", options=options)
-    n = len(REPORTS)
     with step(f"pruned answers, model.compile(backend=\"vtp\", options={options}) "
               "(compiles prefill and decode graphs)"):
         out = generate_answers(pruned, processor, examples, batch_size=len(examples))
-    site = prefill_sites(REPORTS, n)[-1]
+    site = prefill_sites(vtp_compile.reports(pruned))[-1]
     print(f"  vtp kept {site.kept} of {site.visual_count} visual tokens per image\n")
 
     w = max(len(ex.question) for ex in examples)
@@ -90,7 +89,6 @@ def answers_demo(method: str, budget: int, per_task: int) -> None:
 
 
 def speed_demo(method: str, budget: int, runs: int) -> None:
-    from vtp_compile.passes.manager import REPORTS
     from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
 
     spec = TinySpec(hidden=1024, intermediate=2816, layers=8, heads=16, kv_heads=16,
@@ -106,13 +104,12 @@ def speed_demo(method: str, budget: int, runs: int) -> None:
     options = options_for(method, budget)
     unpruned = torch.compile(model, backend="inductor")
     pruned = torch.compile(model, backend="vtp", options=options)
-    n = len(REPORTS)
     with torch.inference_mode():
         with step("compiling unpruned (torch.compile, backend=\"inductor\")"):
             unpruned(**inputs)
         with step(f"compiling pruned (backend=\"vtp\", options={options})"):
             pruned(**inputs)
-    sites = prefill_sites(REPORTS, n)
+    sites = prefill_sites(vtp_compile.reports(pruned))
     total = sites[0].flops_total
     limit = total / (total - sum(s.flops_saved for s in sites))
 

@@ -91,3 +91,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if CASES:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))
         terminalreporter.write_line(f"vtp generated cases checked: {sum(CASES.values())} ({parts})")
+
+
+@pytest.fixture(autouse=True)
+def _record_reports():
+    """``tests.helpers.REPORTS``: the reports of the graphs vtp compiles during the test."""
+    from vtp_compile.report import recording
+    from tests.helpers import REPORTS
+    REPORTS.clear()
+    with recording(REPORTS):
+        yield

@@ -22,7 +22,7 @@ def test_import_is_lean():
 def test_unrecognised_graph_falls_back_unchanged(caplog):
     import logging
     import torch
-    from vtp_compile.passes.manager import REPORTS
+    from tests.helpers import REPORTS
     caplog.set_level(logging.INFO, logger="vtp_compile")
     f = torch.compile(lambda x: torch.relu(x) + 1, backend="vtp", options={"inner_backend": "eager"})
     assert f(torch.tensor([-1.0, 2.0])).tolist() == [1.0, 3.0]

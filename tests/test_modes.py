@@ -1,4 +1,4 @@
-"""Inductor modes and inner backends (config.py, passes/manager.py lower())."""
+"""Inductor modes and inner backends (config.py, inner.py lower())."""
 import pytest
 import torch
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["PruneConfig", "OptionError", "attach", "detach", "explain", "available_methods",
-           "configure_dynamo", "__version__"]
+__all__ = ["PruneConfig", "OptionError", "PassError", "attach", "detach", "explain",
+           "available_methods", "configure_dynamo", "reports", "recording", "__version__"]
 
 
 def configure_dynamo(recompile_limit: int = 64, capture_scalar_outputs: bool = True,
@@ -63,6 +63,12 @@ def __getattr__(name):  # lazy: keep `import vtp_compile` cheap
     if name == "OptionError":
         from .errors import OptionError
         return OptionError
+    if name == "PassError":
+        from .errors import PassError
+        return PassError
+    if name in ("reports", "recording"):
+        from . import report
+        return getattr(report, name)
     if name == "PruneConfig":
         from .config import PruneConfig
         return PruneConfig

@@ -1,4 +1,11 @@
-"""The ``vtp`` torch.compile backend: config -> analyse -> plan -> rewrite -> lower."""
+"""The ``vtp`` torch.compile backend: config -> analyse -> plan -> rewrite -> lower.
+
+Errors keep their kind: a bad option raises :class:`~vtp_compile.errors.OptionError` (a
+``ValueError``) when the options are validated, or when a model-dependent check fails (a layer
+beyond the model's depth); a graph vtp cannot rewrite safely is compiled unpruned with one log
+line why; anything else raised inside a pass is a bug in vtp and says so
+(:class:`~vtp_compile.errors.PassError`).
+"""
 from __future__ import annotations
 
 import logging
@@ -10,9 +17,11 @@ import torch.fx as fx
 
 from . import kernels  # noqa: F401  (registers torch.ops.vtp)
 from .config import PruneConfig
-from .errors import OptionError
+from .errors import OptionError, PassError
 from .graph.fx_utils import StaticCacheUnsupported, Unsupported
-from .passes.manager import REPORTS, GraphReport, PassManager, lower
+from .inner import lower
+from .passes.manager import PassManager
+from .report import GraphReport, file_report
 
 log = logging.getLogger("vtp_compile")
 _env_level = os.environ.get("VTP_LOG")
@@ -30,9 +39,10 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
     if kwargs.get("mode") not in (None, "default"):
         # torch.compile(model, backend="vtp", mode=...) without options: the same as options["mode"]
         options.setdefault("mode", kwargs["mode"])
+    cfg = PruneConfig.from_options(options)      # OptionError: a bad option
+    manager = PassManager(cfg)
     try:
-        cfg = PruneConfig.from_options(options)
-        gm, report = PassManager(cfg)(gm, example_inputs)
+        gm, report = manager(gm, example_inputs)
     except StaticCacheUnsupported as why:
         _warn_static_cache(why)
         report = GraphReport("unrecognised", skipped=str(why))
@@ -41,10 +51,10 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
         report = GraphReport("unrecognised", skipped=str(why))
         _warn_dynamo_split()
     except OptionError:
-        raise
-    except ValueError as e:     # a method's own check: the same promise as a bad option
-        raise OptionError(str(e)) from e
-    REPORTS.append(report)
+        raise       # a model-dependent option check (a layer beyond the model's depth)
+    except Exception as e:
+        raise PassError(manager.current, e) from e
+    file_report(report, gm, example_inputs)
     _warn_recompile_limit()
     compiled = lower(gm, example_inputs, cfg)
     return compiled if report.skipped is None else _refuse_marked_caches(compiled, example_inputs, report.skipped)

@@ -7,7 +7,22 @@ from typing import Any, Callable, Mapping, Union
 
 from .errors import OptionError
 
-COMMON_KEYS = ("method", "budget", "ratio", "mode", "inner_backend", "inductor")
+COMMON_KEYS = ("method", "budget", "ratio", "mode", "inner_backend", "inductor_config")
+# option keys accepted under an older name: alias -> key
+ALIASES = {"inductor": "inductor_config"}
+# what each common option means (the README's options table: python -m vtp_compile.options_table)
+COMMON_DOCS = {
+    "method": ("str", "fastv", "one of `vtp_compile.available_methods()`"),
+    "budget": ("int", None, "visual tokens kept per sample (all images of a prompt together)"),
+    "ratio": ("float", "1/9 if neither is given", "fraction of visual tokens kept, rounded up with integer arithmetic"),
+    "mode": ("str", "default", "an Inductor mode: `default`, `reduce-overhead`, `max-autotune`, "
+             "`max-autotune-no-cudagraphs` (torch.compile refuses `mode=` next to `options=`)"),
+    "inner_backend": ("str or callable", "inductor", "what compiles the rewritten graph: `inductor`, any "
+                      "registered torch.compile backend name (`eager`, `aot_eager`, ...), or a callable "
+                      "`(gm, example_inputs) -> callable`"),
+    "inductor_config": ("dict", {}, "Inductor config patches passed through (applied after `mode`'s); "
+                        "`inductor` is accepted as an alias"),
+}
 # torch.compile's modes (it refuses `mode` together with `options`, so vtp takes it as an option)
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_RATIO = Fraction(1, 9)
@@ -51,7 +66,7 @@ class PruneConfig:
     keep: KeepRule
     params: Mapping[str, Any]
     inner_backend: Union[str, Callable] = "inductor"
-    inductor: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     mode: str = "default"
 
     @classmethod
@@ -60,6 +75,11 @@ class PruneConfig:
         from .methods.registry import get_method, method_names
 
         opts = dict(options or {})
+        for alias, key in ALIASES.items():
+            if alias in opts:
+                if key in opts:
+                    raise OptionError(f"vtp: give {key!r} or its alias {alias!r}, not both")
+                opts[key] = opts.pop(alias)
         name = opts.pop("method", "fastv")
         if not isinstance(name, str):
             raise OptionError(f"vtp: 'method' must be a string, one of {method_names()}")
@@ -67,10 +87,10 @@ class PruneConfig:
         budget = opts.pop("budget", None)
         ratio = opts.pop("ratio", None)
         inner = _inner_backend(opts.pop("inner_backend", "inductor"))
-        inductor = opts.pop("inductor", {}) or {}
+        inductor = opts.pop("inductor_config", {}) or {}
         mode = opts.pop("mode", None) or "default"
         if not isinstance(inductor, Mapping):
-            raise OptionError("vtp: 'inductor' must be a dict of Inductor config patches")
+            raise OptionError("vtp: 'inductor_config' must be a dict of Inductor config patches")
         if mode not in MODES:
             raise OptionError(f"vtp: unknown mode {mode!r}; valid: {list(MODES)}")
         if mode != "default" and inner != "inductor":
@@ -91,9 +111,9 @@ class PruneConfig:
                 f"vtp: unknown option(s) {sorted(unknown)} for method {method.name!r}; valid "
                 f"options: {sorted(list(COMMON_KEYS) + list(params))}")
         params.update(opts)
-        method.validate(params)
+        params = method.options(**params)       # typed, validated (methods/options.py)
         return cls(method=method.name, keep=keep, params=params, inner_backend=inner,
-                   inductor=dict(inductor), mode=mode)
+                   inductor_config=dict(inductor), mode=mode)
 
 
 def _cuda_graphs(mode: str, inductor: Mapping[str, Any]) -> bool:

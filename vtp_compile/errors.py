@@ -1,4 +1,5 @@
-"""The one exception type vtp raises for bad options and unusable configurations.
+"""The exceptions vtp raises: :class:`OptionError` for bad options and unusable
+configurations, :class:`PassError` for a bug in a pass.
 
 ``torch.compile`` calls a backend lazily, at the first call of the compiled model, and wraps
 whatever the backend raises in ``BackendCompilerFailed`` (a ``RuntimeError``), except
@@ -17,6 +18,22 @@ class OptionError(ValueError, ShortenTraceback):
 
     def __init__(self, message: str):
         ShortenTraceback.__init__(self, message, first_useful_frame=None)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class PassError(ShortenTraceback):
+    """Something a pass raised that is neither a bad option nor a graph vtp declined to rewrite:
+    a bug in vtp (a ``RuntimeError``). Names the pass; the original exception is the
+    ``__cause__``."""
+
+    def __init__(self, pass_name: str | None, cause: BaseException):
+        self.pass_name = pass_name
+        msg = (f"vtp: internal error in pass {pass_name!r}: {type(cause).__name__}: {cause}\n"
+               "This is a bug in vtp, not a problem with your options. Please report it with the "
+               "graphs VTP_DUMP_DIR=<folder> writes (README: Debugging).")
+        ShortenTraceback.__init__(self, msg, first_useful_frame=None)
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -9,7 +9,8 @@ import torch.fx as fx
 
 from .config import PruneConfig
 from .sites import RouteSite
-from .passes.manager import PassManager, SiteReport
+from .passes.manager import PassManager
+from .report import SiteReport
 
 
 @dataclasses.dataclass

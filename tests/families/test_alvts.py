@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vtp_compile.methods import alvts
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import oracle_alvts, support
 from vtp_compile.testing.oracle import OracleSpec

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import support
 from vtp_compile.testing.multiplex import Multiplex

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vtp_compile
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import oracle_nuwa, support
 from vtp_compile.testing.oracle_mask import Pruning, masked_forward

@@ -2,7 +2,7 @@
 compiled generate: oracle-equal every time, and a bounded number of graphs."""
 import torch
 
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing.oracle_mask import Pruning, masked_generate
 

@@ -33,10 +33,10 @@ def collectives(world: int) -> dict:
 
 def _one(m, inputs, run_: dict) -> dict:
     """One compiled forward and/or ``generate`` with ``run_["options"]``: what the rank saw."""
-    from vtp_compile.passes.manager import REPORTS
+    from vtp_compile import recording
     got = {}
     m._compiled_call_impl = None                      # drop a previous run's m.compile(...)
-    with torch.no_grad():
+    with torch.no_grad(), recording() as reports:
         m(**inputs)                                   # eager warm-up
         if "forward" in run_["what"]:
             got["logits"] = torch.compile(m, backend="vtp", options=run_["options"])(**inputs).logits
@@ -49,7 +49,7 @@ def _one(m, inputs, run_: dict) -> dict:
             got["step_logits"] = torch.stack(o.logits, 1)
             got["keys"] = [lyr.keys.clone() for lyr in o.past_key_values.layers]
             got["values"] = [lyr.values.clone() for lyr in o.past_key_values.layers]
-    got["reports"] = [(r.phase, r.skipped, [s.line() for s in r.sites]) for r in REPORTS]
+    got["reports"] = [(r.phase, r.skipped, [s.line() for s in r.sites]) for r in reports]
     return got
 
 
@@ -63,7 +63,6 @@ def run(rank: int, world: int, port: int, out: str, jobs: list) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=180))
     torch._dynamo.config.capture_scalar_outputs = True
     torch._dynamo.config.recompile_limit = 64
-    from vtp_compile.passes.manager import REPORTS
     res = {"collectives": collectives(world)}
     for job in jobs:
         m = _load(job["path"])
@@ -73,7 +72,6 @@ def run(rank: int, world: int, port: int, out: str, jobs: list) -> None:
         inputs = job["inputs"]
         for run_ in job["runs"]:
             torch._dynamo.reset()
-            REPORTS.clear()
             res[(job["name"], run_["label"])] = _one(m, inputs, run_)
     torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 import vtp_compile
 from vtp_compile.config import PruneConfig
 from vtp_compile.methods.registry import get_method
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.sites import EncoderSite, LayerSite
 from vtp_compile.testing import oracle_nuwa
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava

@@ -126,7 +126,7 @@ def test_explain_reports_the_oracle_selection_and_savings():
 def test_packed_anyres_features_are_left_unpruned_and_say_why():
     """LLaVA-NeXT packs crops with newline tokens: the splice holds no feature per vision patch,
     so per-patch scores cannot be placed; the prefill runs unpruned (never a misplaced score)."""
-    from vtp_compile.passes.manager import REPORTS
+    from tests.helpers import REPORTS
     from vtp_compile.testing import families as F
     torch._dynamo.reset()
     model = vtp_compile.attach(F.build_model("llava_next"))

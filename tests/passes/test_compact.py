@@ -158,7 +158,7 @@ def test_without_capture_scalar_outputs_the_decoder_graph_is_still_pruned():
     spec = TinySpec()
     model = tiny_llava(spec)
     inputs = make_inputs(spec, batch=2, pad=(0, 1))
-    from vtp_compile.passes.manager import REPORTS
+    from tests.helpers import REPORTS
     start = len(REPORTS)
     got = compiled_logits(model, inputs, options("fastv", budget=4, layer=1))
     want = oracle_logits(model, inputs, oracle_spec("fastv", budget=4, layer=1))

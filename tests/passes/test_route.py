@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 import vtp_compile
 from vtp_compile.methods import alvts
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import oracle_alvts
 from vtp_compile.testing.oracle import OracleSpec
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava

@@ -4,7 +4,7 @@ import logging
 import torch
 from hypothesis import given, settings, strategies as st
 
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing.oracle import OracleSpec, oracle_generate
 from vtp_compile.testing.oracle_dstp import dstp_generate
 from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava

@@ -1,5 +1,5 @@
 """Pruning into transformers' static cache (``generate(..., cache_implementation="static")``,
-vtp_compile/passes/static_cache.py): greedy tokens equal to the mask oracle's (which runs
+vtp_compile/passes/kv/static.py): greedy tokens equal to the mask oracle's (which runs
 without any cache), the positional layout in every layer's buffer, one decode graph for every
 step, and the methods that need the dynamic cache refused with one warning."""
 import logging
@@ -11,7 +11,7 @@ import vtp_compile
 from vtp_compile import backend
 from vtp_compile.graph.fx_utils import is_static_cache_write
 from vtp_compile.kernels.cache import dead_columns
-from vtp_compile.passes.manager import REPORTS
+from tests.helpers import REPORTS
 from vtp_compile.testing import families as F
 from vtp_compile.testing import support
 from vtp_compile.testing.multiplex import Multiplex

@@ -305,3 +305,17 @@ def is_pointwise(n: fx.Node) -> bool:
         if torch.Tag.pointwise in getattr(packet, ov).tags:
             return True
     return False
+
+
+def set_sdpa_mask(sdpa: fx.Node, new: fx.Node, causal: bool = False) -> None:
+    """Point an SDPA call at ``new`` as its mask (and set ``is_causal``)."""
+    args, kwargs = list(sdpa.args), dict(sdpa.kwargs)
+    if len(args) > 3:
+        args[3] = new
+    else:
+        kwargs["attn_mask"] = new
+    if len(args) > 5:
+        args[5] = causal
+    else:
+        kwargs["is_causal"] = causal
+    sdpa.args, sdpa.kwargs = tuple(args), kwargs

@@ -129,7 +129,7 @@ class SeqDims:
             return self._sdpa(n)
         if is_static_cache_write(n):
             # buffer slots are not the sequence; the states are written at positions the pass
-            # chooses (passes/static_cache.py), so nothing is tied
+            # chooses (passes/kv/static.py), so nothing is tied
             self.static_writes.append(n)
             return
         if n.op == "call_function" and n.target in (torch._C._nn.linear, torch.nn.functional.linear):

@@ -20,18 +20,16 @@ and calls the Triton op for the rest. None of these choices was measured on a GP
 available); each kernel's or decomposition's docstring says why it was made.
 
 A new op must be classified here (``tests/kernels/test_lowering.py`` checks every registered
-op). :func:`decompositions` is what :func:`vtp_compile.passes.manager.lower` gives Inductor.
+op). :func:`decompositions` is what :func:`vtp_compile.inner.lower` gives Inductor.
 """
 from __future__ import annotations
 
-import logging
 
 import torch
 
 from . import (cache, cdpruner, dart, dcp, nuwa, scores, select, sparsevlm,  # noqa: F401
                visionzip)
 
-log = logging.getLogger("vtp_compile")
 
 
 def _dist_consistency(features, valid, kept, tag):
@@ -94,8 +92,9 @@ def decompositions() -> dict:
     """Inductor's default decomposition table plus the decomposed vtp ops."""
     from torch._inductor.decomposition import select_decomp_table
     table = dict(select_decomp_table())
+    # the same table whatever the log level: the generated code never depends on logging
+    # (dist_consistency logs κ per call at debug level only where it runs as an op: the eager
+    # and aot_eager inner backends)
     for name, fn in DECOMPOSED.items():
-        if name == "dist_consistency" and log.isEnabledFor(logging.DEBUG):
-            continue    # keep the op: its CPU kernel logs κ per call at debug level
         table[getattr(torch.ops.vtp, name).default] = fn
     return table

@@ -20,12 +20,15 @@ factor ``C`` ``[H, D]`` (scale folded in, never truncated).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 
 import torch
 
 from ..sites import RouteSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 from ..errors import OptionError
 
@@ -119,21 +122,27 @@ def builder(rank, cap: int, consistency: float):
     return build
 
 
+@dataclasses.dataclass(frozen=True)
+class ALVTSOptions(MethodOptions):
+    layer: int = opt(2, "first routed decoder layer (every later layer routes too)")
+    rank: int | str = opt("auto", "rank of the low-rank selector, or 'auto' (calibrated on the example inputs)")
+    rank_cap: int = opt(16, "largest rank 'auto' may choose")
+    consistency: float = opt(0.9, "top-k agreement with full attention that 'auto' asks for, in (0, 1]")
+
+    def check(self):
+        self.check_int("layer", lo=0)
+        self.check_int("rank_cap", lo=1)
+        if self.rank != "auto":
+            self.check_int("rank", lo=1)
+        self.check_number("consistency", 0, 1, low_open=True)
+
+
 @register
 class ALVTS(Method):
     """ALVTS: per-layer routing of the top-k visual tokens by a low-rank selector."""
     name = "alvts"
     paper = "arXiv 2606.14277"
-    defaults = {"layer": 2, "rank": "auto", "rank_cap": 16, "consistency": 0.9}
-
-    def validate(self, params):
-        check_int(params, "layer", lo=0)
-        check_int(params, "rank_cap", lo=1)
-        if params["rank"] != "auto":
-            check_int(params, "rank", lo=1)
-        c = params["consistency"]
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
-            raise OptionError(f"vtp: option 'consistency' must be in (0, 1], got {c!r}")
+    options = ALVTSOptions
 
     def sites(self, cfg, num_layers):
         p = cfg.params

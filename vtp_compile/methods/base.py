@@ -5,18 +5,20 @@ from typing import Any, ClassVar, Mapping
 
 from ..config import PruneConfig
 from ..errors import OptionError
+from .options import MethodOptions, NoOptions
 
 
 class Method:
     """Subclass, set the class attributes, implement :meth:`sites`, and register.
 
-    ``defaults`` lists every method-specific option with its default value; the config rejects
-    keys not listed there. :meth:`validate` checks values that do not need the model.
+    ``options`` is the method's typed options class (:mod:`.options`): every method-specific
+    option with its type, default and meaning, validated when built; the config rejects keys it
+    does not list. Checks that need the model (a layer beyond its depth) belong in :meth:`sites`.
     """
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    options: ClassVar[type[MethodOptions]] = NoOptions
     # reads the vision tower's internals: needs vtp_compile.attach(model) (see vision_context)
     vision_internals: ClassVar[bool] = False
     # why a CUDA graph cannot replay this method's graphs (None: it can); refuses reduce-overhead
@@ -24,8 +26,9 @@ class Method:
     # False: the config's own budget/ratio is meaningless (chains: each stage has its own)
     takes_budget: ClassVar[bool] = True
 
-    def validate(self, params: Mapping[str, Any]) -> None:
-        pass
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return self.options.defaults()
 
     def sites(self, cfg: PruneConfig, num_layers: int) -> list:
         raise NotImplementedError
@@ -34,8 +37,3 @@ class Method:
         """Whether this config reads the vision tower's internals (needs ``attach``)."""
         return self.vision_internals
 
-
-def check_int(params, key, lo=None):
-    v = params[key]
-    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-        raise OptionError(f"vtp: option {key!r} must be an int >= {lo}, got {v!r}")

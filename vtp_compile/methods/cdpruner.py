@@ -11,11 +11,13 @@ incremental Cholesky update picks the kept tokens (``torch.ops.vtp.dpp_greedy``)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from ..errors import OptionError
 from ..sites import EncoderSite
 from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 
@@ -26,17 +28,20 @@ def scorer(theta: float):
     return score
 
 
+@dataclasses.dataclass(frozen=True)
+class CDPrunerOptions(MethodOptions):
+    theta: float = opt(0.5, "weight of instruction relevance against diversity in the DPP kernel, in [0, 1]")
+
+    def check(self):
+        self.check_number("theta", 0, 1)
+
+
 @register
 class CDPruner(Method):
     """CDPruner: greedy MAP of an instruction-conditioned DPP over the visual features."""
     name = "cdpruner"
     paper = "NeurIPS 2025 (arXiv 2506.10967)"
-    defaults = {"theta": 0.5}
-
-    def validate(self, params):
-        v = params["theta"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise OptionError(f"vtp: option 'theta' must be a number in [0, 1], got {v!r}")
+    options = CDPrunerOptions
 
     def sites(self, cfg, num_layers):
         return [EncoderSite(keep=cfg.keep, score=scorer(float(cfg.params["theta"])), name="cdpruner",

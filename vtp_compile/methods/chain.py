@@ -12,10 +12,22 @@ of that (1/9 overall).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import OptionError
 from ..sites import EncoderSite, LayerSite, ReserveSite
 from .base import Method
+from .options import MethodOptions, opt
 from .registry import get_method, register
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainOptions(MethodOptions):
+    stages: tuple = opt(({"method": "divprune", "ratio": 1 / 3}, {"method": "fastv", "ratio": 1 / 3}),
+                        "stage configs in depth order (an encoder-site method, then layer-site ones), each with its own budget/ratio")
+
+    def check(self):
+        Chain.stage_configs(None, self)
 
 
 @register
@@ -25,7 +37,7 @@ class Chain(Method):
     paper = "(composition of the stages' papers)"
     # alone: DivPrune to a third at the encoder, then FastV to a third of that (1/9 overall, the
     # documented default ratio)
-    defaults = {"stages": ({"method": "divprune", "ratio": 1 / 3}, {"method": "fastv", "ratio": 1 / 3})}
+    options = ChainOptions
     takes_budget = False
 
     def stage_configs(self, params) -> list:
@@ -40,7 +52,7 @@ class Chain(Method):
         for i, st in enumerate(stages):
             if st.get("method") in (None, "chain"):
                 raise OptionError(f"vtp: chain stage {i + 1} must name its method (not 'chain')")
-            bad = {"inner_backend", "inductor", "mode"} & set(st)
+            bad = {"inner_backend", "inductor", "inductor_config", "mode"} & set(st)
             if bad:
                 raise OptionError(f"vtp: chain stage {i + 1} may not set {sorted(bad)}; set them "
                                   "on the chain config")
@@ -49,9 +61,6 @@ class Chain(Method):
             except OptionError as e:
                 raise OptionError(f"vtp: chain stage {i + 1}: {str(e).removeprefix('vtp: ')}") from None
         return out
-
-    def validate(self, params):
-        self.stage_configs(params)
 
     def needs_vision(self, cfg) -> bool:
         return any(get_method(c.method).needs_vision(c) for c in self.stage_configs(cfg.params))

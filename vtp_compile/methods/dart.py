@@ -9,10 +9,13 @@ goes to the least duplicated remaining tokens. No attention map is needed.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..sites import LayerSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 
@@ -24,16 +27,22 @@ def scorer(pivots: int):
     return score
 
 
+@dataclasses.dataclass(frozen=True)
+class DARTOptions(MethodOptions):
+    layer: int = opt(2, "prune before this decoder layer")
+    pivots: int = opt(4, "image pivots and text pivots (each); kept tokens are the least similar to them")
+
+    def check(self):
+        self.check_int("layer", lo=1)
+        self.check_int("pivots", lo=1)
+
+
 @register
 class DART(Method):
     """DART: duplication-aware selection around key-norm pivots at layer K."""
     name = "dart"
     paper = "EMNLP 2025 (arXiv 2502.11494)"
-    defaults = {"layer": 2, "pivots": 4}
-
-    def validate(self, params):
-        check_int(params, "layer", lo=1)
-        check_int(params, "pivots", lo=1)
+    options = DARTOptions
 
     def sites(self, cfg, num_layers):
         p = cfg.params

@@ -19,12 +19,14 @@ on the spliced visual features):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..sites import EncoderSite, LayerSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
-from ..errors import OptionError
 
 ops = torch.ops.vtp
 SITES = ("layer", "encoder")
@@ -66,25 +68,31 @@ def merger(m: int):
     return merge
 
 
+@dataclasses.dataclass(frozen=True)
+class DCPOptions(MethodOptions):
+    site: str = opt("layer", "where it selects: 'layer' (text-aware, at `layer`) or 'encoder'")
+    layer: int = opt(2, "prune before this decoder layer (site 'layer')")
+    tau: float = opt(0.3, "κ threshold above which TATCS re-selects by clustering (0: always, large: never)")
+    m: int = opt(3, "ACGR: kept tokens (most similar) each removed token is merged into")
+    iters: int = opt(5, "spherical k-means rounds of the re-selection")
+    merge: bool = opt(True, "merge removed tokens into kept ones (ACGR)")
+
+    def check(self):
+        self.check_choice("site", SITES)
+        self.check_int("layer", lo=1)
+        self.check_int("m", lo=1)
+        self.check_int("iters", lo=0)
+        self.check_number("tau", 0, float("inf"))
+        self.check_bool("merge")
+
+
 @register
 class DCPPrune(Method):
     """DCP-Prune: text-aware top-k, κ-triggered cluster re-selection (TATCS), ACGR merging."""
     name = "acgr"
     aliases = ("dcp",)
     paper = "arXiv 2606.16633"
-    defaults = {"site": "layer", "layer": 2, "tau": 0.3, "m": 3, "iters": 5, "merge": True}
-
-    def validate(self, params):
-        if params["site"] not in SITES:
-            raise OptionError(f"vtp: option 'site' must be one of {SITES}, got {params['site']!r}")
-        check_int(params, "layer", lo=1)
-        check_int(params, "m", lo=1)
-        check_int(params, "iters", lo=0)
-        tau = params["tau"]
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
-            raise OptionError(f"vtp: option 'tau' must be a number >= 0, got {tau!r}")
-        if not isinstance(params["merge"], bool):
-            raise OptionError(f"vtp: option 'merge' must be True or False, got {params['merge']!r}")
+    options = DCPOptions
 
     def sites(self, cfg, num_layers):
         p = cfg.params

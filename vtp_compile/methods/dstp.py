@@ -24,7 +24,8 @@ import torch
 
 from ..errors import OptionError
 from ..sites import LayerSite, ReserveSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import get_method, register
 
 RESERVE_BY = ("coverage", "score")
@@ -44,32 +45,35 @@ def coverage_score(base, reserve):
     return score
 
 
+@dataclasses.dataclass(frozen=True)
+class DSTPOptions(MethodOptions):
+    base: str = opt("fastv", "the layer-site method whose selection is the active set")
+    layer: int | None = opt(None, "the base's layer (None: the base's default)")
+    reserve: int | None = opt(None, "reserve tokens carried besides the active ones; None: as many as active")
+    tau: float = opt(0.2, "swap threshold on the attention shift, in [0, 1] (0: swap whenever the best k differ, 1: never)")
+    reserve_by: str = opt("coverage", "how the reserve is chosen: 'coverage' or 'score'")
+    base_options: dict | None = opt(None, "the base method's own options")
+
+    def check(self):
+        bases = DSTP.bases()
+        if not isinstance(self.base, str) or self.base not in bases:
+            raise OptionError(f"vtp: dstp option 'base' must be a layer-site method, one of "
+                              f"{sorted(bases)}, got {self.base!r}")
+        self.check_int("layer", lo=1, optional=True)
+        self.check_int("reserve", lo=0, optional=True)
+        self.check_number("tau", 0, 1)
+        self.check_choice("reserve_by", RESERVE_BY)
+        DSTP.base_config(None, self, None)        # the base's own options are checked by the base
+
+
 @register
 class DSTP(Method):
     """DSTP: a base layer-site method plus a reserve re-scored at every decode step."""
     name = "dstp"
     paper = "arXiv 2604.12358"
-    defaults = {"base": "fastv", "layer": None, "reserve": None, "tau": 0.2,
-                "reserve_by": "coverage", "base_options": None}
+    options = DSTPOptions
     no_cuda_graphs = ("its decode steps read and replace runtime state kept in Python "
                       "(vtp_compile.shift_state), which a CUDA graph replay would skip")
-
-    def validate(self, params):
-        base = params["base"]
-        if not isinstance(base, str) or base not in self.bases():
-            raise OptionError(f"vtp: dstp option 'base' must be a layer-site method, one of "
-                              f"{sorted(self.bases())}, got {base!r}")
-        if params["layer"] is not None:
-            check_int(params, "layer", lo=1)
-        if params["reserve"] is not None:
-            check_int(params, "reserve", lo=0)
-        tau = params["tau"]
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
-            raise OptionError(f"vtp: option 'tau' must be a number in [0, 1], got {tau!r}")
-        if params["reserve_by"] not in RESERVE_BY:
-            raise OptionError(f"vtp: dstp option 'reserve_by' must be one of {RESERVE_BY}, got "
-                              f"{params['reserve_by']!r}")
-        self.base_config(params, None)        # the base's own options are checked by the base
 
     @staticmethod
     def bases() -> list[str]:
@@ -106,7 +110,8 @@ class DSTP(Method):
     def sites(self, cfg, num_layers):
         p = cfg.params
         base_cfg = self.base_config(p, cfg.keep)
-        base_cfg = dataclasses.replace(base_cfg, inner_backend=cfg.inner_backend, inductor=cfg.inductor)
+        base_cfg = dataclasses.replace(base_cfg, inner_backend=cfg.inner_backend,
+                                       inductor_config=cfg.inductor_config)
         sites = get_method(base_cfg.method).sites(base_cfg, num_layers)
         if not sites or any(type(s) is not LayerSite for s in sites):
             raise OptionError(f"vtp: dstp needs a base whose sites are all layer sites; "

@@ -6,10 +6,13 @@ and k, so any attention implementation (SDPA, flash) works.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..sites import LayerSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 
@@ -18,15 +21,20 @@ def score(x):
     return torch.ops.vtp.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
 
 
+@dataclasses.dataclass(frozen=True)
+class FastVOptions(MethodOptions):
+    layer: int = opt(2, "prune before this decoder layer; scores with layer-1's attention")
+
+    def check(self):
+        self.check_int("layer", lo=1)
+
+
 @register
 class FastV(Method):
     """FastV: last-token attention at layer K-1; top-k visual tokens kept from layer K on."""
     name = "fastv"
     paper = "arXiv 2403.06764"
-    defaults = {"layer": 2}
-
-    def validate(self, params):
-        check_int(params, "layer", lo=1)
+    options = FastVOptions
 
     def sites(self, cfg, num_layers):
         return [LayerSite(layer=cfg.params["layer"], keep=cfg.keep, score=score, name="fastv")]

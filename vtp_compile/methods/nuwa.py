@@ -26,6 +26,8 @@ the patch anchors). Stage 2 scores it like every other anchor.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from fractions import Fraction
 
@@ -33,8 +35,9 @@ import torch
 
 from ..config import KeepRule
 from ..sites import EncoderSite, LayerSite
-from .base import Method, check_int
+from .base import Method
 from .fastv import score as fastv_score
+from .options import MethodOptions, opt
 from .registry import register
 from ..errors import OptionError
 
@@ -108,12 +111,21 @@ def anchor_rule(keep: KeepRule, anchors: int | None) -> KeepRule:
     return KeepRule(ratio=min(Fraction(1), keep.ratio * ANCHOR_FACTOR))
 
 
-def _check_fraction(params, key, closed_low=False):
-    v = params[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v if closed_low else 0 < v) and v <= 1
-    if not ok:
-        raise OptionError(f"vtp: option {key!r} must be a number in {'[' if closed_low else '('}0, 1], "
-                         f"got {v!r}")
+
+@dataclasses.dataclass(frozen=True)
+class NuwaOptions(MethodOptions):
+    layer: int | None = opt(None, "stage 2 (FastV) prunes before this layer; None: half the depth")
+    anchors: int | None = opt(None, "stage 1 anchors kept in the encoder; None: from the budget")
+    region: int = opt(2, "block side, in patches, of the region separation")
+    distance: float = opt(0.265, "alignment radius, as a fraction of the largest squared grid distance, in (0, 1]")
+    pillars: float = opt(0.45, "fraction of anchors left unmodified (pillars), in [0, 1]")
+
+    def check(self):
+        self.check_int("layer", lo=1, optional=True)
+        self.check_int("anchors", lo=1, optional=True)
+        self.check_int("region", lo=1)
+        self.check_number("distance", 0, 1, low_open=True)
+        self.check_number("pillars", 0, 1)
 
 
 @register
@@ -122,16 +134,7 @@ class Nuwa(Method):
     name = "nuwa"
     paper = "arXiv 2602.02951"
     vision_internals = True
-    defaults = {"layer": None, "anchors": None, "region": 2, "distance": 0.265, "pillars": 0.45}
-
-    def validate(self, params):
-        if params["layer"] is not None:
-            check_int(params, "layer", lo=1)
-        if params["anchors"] is not None:
-            check_int(params, "anchors", lo=1)
-        check_int(params, "region", lo=1)
-        _check_fraction(params, "distance")
-        _check_fraction(params, "pillars", closed_low=True)
+    options = NuwaOptions
 
     def sites(self, cfg, num_layers):
         p = cfg.params

@@ -15,6 +15,8 @@ keeps one token; move ``layers`` earlier for such budgets.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 
 import torch
@@ -23,6 +25,7 @@ from ..config import KeepRule
 from ..errors import OptionError
 from ..sites import LayerSite
 from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 log = logging.getLogger("vtp_compile")
@@ -56,24 +59,21 @@ def score(x):
     return torch.ops.vtp.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
 
 
+@dataclasses.dataclass(frozen=True)
+class PDropOptions(MethodOptions):
+    layers: tuple | None = opt(None, "stage layers (strictly increasing); None: a quarter, half and three quarters of the depth")
+
+    def check(self):
+        self.check_layers("layers")
+
+
 @register
 class PDrop(Method):
     """PyramidDrop: last-token attention at each stage layer; kept counts shrink geometrically."""
     name = "pdrop"
     aliases = ("pyramiddrop",)
     paper = "CVPR 2025 (arXiv 2410.17247)"
-    defaults = {"layers": None}
-
-    def validate(self, params):
-        layers = params["layers"]
-        if layers is None:
-            return
-        ok = (isinstance(layers, (list, tuple)) and len(layers) >= 1
-              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
-              and list(layers) == sorted(set(layers)))
-        if not ok:
-            raise OptionError(f"vtp: pdrop option 'layers' must be a strictly increasing list of "
-                              f"decoder layer indices >= 0, got {layers!r}")
+    options = PDropOptions
 
     def sites(self, cfg, num_layers):
         layers = tuple(cfg.params["layers"] or default_layers(num_layers))

@@ -5,10 +5,13 @@ and the compiled graph matches an eager reference exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..sites import EncoderSite
-from .base import Method, check_int
+from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 
@@ -25,15 +28,20 @@ def score(x):
     return hash_scores(x["visual_mask"], 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomOptions(MethodOptions):
+    seed: int = opt(0, "seed of the hash scores (the same seed keeps the same tokens)")
+
+    def check(self):
+        self.check_int("seed", lo=0)
+
+
 @register
 class RandomSelect(Method):
     """Seeded hash scores at the encoder site: the sanity baseline."""
     name = "random"
     paper = "baseline"
-    defaults = {"seed": 0}
-
-    def validate(self, params):
-        check_int(params, "seed", lo=0)
+    options = RandomOptions
 
     def sites(self, cfg, num_layers):
         seed = cfg.params["seed"]

@@ -22,6 +22,8 @@ nearest-representative assignment (the official code's clustering is not specifi
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp.*)
@@ -29,6 +31,7 @@ from ..config import KeepRule
 from ..errors import OptionError
 from ..sites import LayerSite
 from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 from ..kernels.sparsevlm import recycle_count
 
@@ -97,26 +100,22 @@ def stage_counts(V: int, n_stages: int, budget: int | None = None, ratio=None,
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseVLMOptions(MethodOptions):
+    layers: tuple | None = opt(None, "1-3 scoring layers (strictly increasing); each stage prunes from the next layer; None: the paper's, scaled to the depth")
+    recycle: bool = opt(False, "merge the removed tokens into a few recycled cluster tokens (the paper's recycling)")
+
+    def check(self):
+        self.check_bool("recycle")
+        self.check_layers("layers", most=3, what="decoder layer indices (the scoring layers)")
+
+
 @register
 class SparseVLM(Method):
     """SparseVLM: rater-attention scores at three stage layers; paper-shaped stage counts."""
     name = "sparsevlm"
     paper = "ICML 2025 (arXiv 2410.04417)"
-    defaults = {"layers": None, "recycle": False}
-
-    def validate(self, params):
-        if not isinstance(params["recycle"], bool):
-            raise OptionError(f"vtp: sparsevlm option 'recycle' must be true or false, got "
-                              f"{params['recycle']!r}")
-        layers = params["layers"]
-        if layers is None:
-            return
-        ok = (isinstance(layers, (list, tuple)) and 1 <= len(layers) <= 3
-              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
-              and list(layers) == sorted(set(layers)))
-        if not ok:
-            raise OptionError(f"vtp: sparsevlm option 'layers' must be a strictly increasing list "
-                              f"of 1-3 decoder layer indices >= 0 (the scoring layers), got {layers!r}")
+    options = SparseVLMOptions
 
     def sites(self, cfg, num_layers):
         layers = list(cfg.params["layers"] or default_layers(num_layers))

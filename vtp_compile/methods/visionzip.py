@@ -25,6 +25,8 @@ the vision tower's hidden states before the projector).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from fractions import Fraction
 
 import torch
@@ -32,6 +34,7 @@ import torch
 from ..errors import OptionError
 from ..sites import EncoderSite
 from .base import Method
+from .options import MethodOptions, opt
 from .registry import register
 
 ops = torch.ops.vtp
@@ -68,6 +71,18 @@ def contextual_fraction(v) -> Fraction:
     return Fraction(v).limit_denominator(10_000)
 
 
+@dataclasses.dataclass(frozen=True)
+class VisionZipOptions(MethodOptions):
+    contextual: float = opt(0.15625, "fraction of the kept tokens that are contextual (merged) tokens, in [0, 1)")
+    score: str = opt("cls", "dominant-token score: 'cls' (CLS attention) or 'received' (attention received)")
+    vision_layer: int | None = opt(None, "vision layer whose attention is read; None: the tower's default")
+
+    def check(self):
+        contextual_fraction(self.contextual)
+        self.check_choice("score", SCORES)
+        self.check_int("vision_layer", optional=True)
+
+
 @register
 class VisionZip(Method):
     """VisionZip: dominant tokens by vision-tower attention, the rest merged into a few contextual
@@ -75,15 +90,7 @@ class VisionZip(Method):
     name = "visionzip"
     paper = "CVPR 2025 (arXiv 2412.04467)"
     vision_internals = True
-    defaults = {"contextual": 0.15625, "score": "cls", "vision_layer": None}
-
-    def validate(self, params):
-        contextual_fraction(params["contextual"])
-        if params["score"] not in SCORES:
-            raise OptionError(f"vtp: option 'score' must be one of {list(SCORES)}, got {params['score']!r}")
-        v = params["vision_layer"]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise OptionError(f"vtp: option 'vision_layer' must be an int, got {v!r}")
+    options = VisionZipOptions
 
     def sites(self, cfg, num_layers):
         p = cfg.params

@@ -7,7 +7,8 @@ into the compacted layout (:mod:`vtp_compile.kernels.select`: kept tokens, then 
 rewrite the sequence sizes in later shape arguments, restrict attention masks to live slots, and
 at the exit scatter the survivors back into the full-length hidden state so that the graph's
 outputs keep their shapes (pruned positions keep the hidden state they had when they left).
-KV-cache outputs stay compacted, with their dead slots marked (:mod:`.cache_layout`).
+What each layer's KV cache holds, and every edit that depends on it, is its layout's
+(:mod:`.kv`): this module never asks which kind of cache a layer has.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from ..graph import tp
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import LayerView, VLMGraph
 from ..sites import LayerSite, ReserveSite, RouteSite, method_of
-from . import cache_layout, static_cache, traced, vision_args
+from . import traced, vision_args
+from .kv import Layouts
 from ..errors import OptionError
 
 log = logging.getLogger("vtp_compile")
@@ -40,13 +42,14 @@ class CompactState:
     visual_mask: fx.Node
     live: fx.Node
     qpos: fx.Node
+    layouts: Layouts = None       # each layer's KV layout (passes/kv)
     first_visual: fx.Node = None  # the visual mask of the original sequence (for explain)
     origin: fx.Node | None = None  # [B, W] original position of each slot (None: unpruned)
     keep_nodes: list = dataclasses.field(default_factory=list)  # (site, idx, slot_live, n_keep)
     cache_outputs: dict = dataclasses.field(default_factory=dict)  # cache `cat` -> current output
     fixed: set = dataclasses.field(default_factory=set)  # layers whose cache holds its final set
-    # static-cache writes -> (origin, slot_live) of the last compaction covering them, placed
-    # once every site is applied (passes/static_cache.py)
+    # in-place cache writes -> (origin, slot_live) of the last compaction covering them, placed
+    # once every site is applied (KVLayout.finish)
     static_writes: dict = dataclasses.field(default_factory=dict)
 
 
@@ -64,9 +67,10 @@ class SiteNodes:
     anchor: fx.Node          # insert new shared nodes after this one
 
 
-def init_state(vlm: VLMGraph) -> CompactState:
+def init_state(vlm: VLMGraph, layouts: Layouts) -> CompactState:
     g = vlm.gm.graph
-    mask = sdpa_args(vlm.attention_layers[0].sdpa)["attn_mask"]
+    first_attention = vlm.attention_layers[0]
+    mask = sdpa_args(first_attention.sdpa)["attn_mask"]
     mask = mask if isinstance(mask, fx.Node) else None
     order = {n: i for i, n in enumerate(g.nodes)}
     source = vlm.splice if vlm.splice is not None else vlm.embeds_input
@@ -76,11 +80,11 @@ def init_state(vlm: VLMGraph) -> CompactState:
             vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
         else:   # spliced in an earlier graph (see kernels/splice.py)
             vis = g.call_function(ops.splice_lookup.default, (vlm.embeds_input,))
-        if mask is not None and static_cache.values_buffer(sdpa_args(vlm.attention_layers[0].sdpa)):
-            mask = static_cache.prompt_slots(g, None, mask, vis)[1]   # key columns: S slots
+        if mask is not None:
+            mask = layouts[first_attention.index].prompt_mask(g, mask, vis)
         live = g.call_function(traced.live_from_mask, (mask, vis))
         qpos = g.call_function(traced.last_live, (live,))
-    return CompactState(vis, live, qpos, first_visual=vis)
+    return CompactState(vis, live, qpos, layouts, first_visual=vis)
 
 
 def record_splice(vlm: VLMGraph) -> None:
@@ -151,7 +155,7 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
     # a routed (single-layer) compaction fixes what its layers cache; a full-stack site leaves
     # them to later sites, which evict earlier layers further (Nüwa: encoder, then layer K)
     final = end < vlm.num_layers or isinstance(site, RouteSite) or len(spans) > 1
-    cache_layout.evict_early_cache(vlm, K, sel.idx, sel.slot_live, sel.origin, state, final)
+    state.layouts.evict_before(K, sel.idx, sel.slot_live, sel.origin, state, final, vlm.gm.graph)
     if final:
         state.fixed.update(range(K, end))
     state.keep_nodes.append((site, sel.idx, sel.slot_live, sel.n_keep))
@@ -275,7 +279,10 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
         _edit_shape_args(n, [d for d in range(tensor_val(n).dim()) if sd.is_seq(n, d)], new_len)
     for n in sd.dtensor_edits:
         tp.edit_from_local(g, n, sd.seq_dims(n), new_len)
-    _restrict_masks(g, region, slot_live, sel.origin, full_len)
+    made = {}    # no live query attends to a dead slot (each layout restricts its calls)
+    for n in region:
+        if is_sdpa(n):
+            state.layouts.of(n).restrict(g, n, slot_live, sel.origin, full_len, made)
 
     exits = []
     out_node = next(n for n in reversed(g.nodes) if n.op == "output")
@@ -286,17 +293,8 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
         dims = sd.seq_dims(n)
         if not dims:
             continue
-        cur = state.cache_outputs.get(n, n)
-        if dims != [1] and cache_layout.is_cache_update(n) and out_node in cur.users:
-            # a compacted KV cache: the smaller cache is the point; its dead slots are marked
-            # (an earlier site's marking of the same cache is replaced)
-            with g.inserting_before(out_node):
-                marked = cache_layout.mark_compacted(g, n, slot_live, cache_layout.cache_role(n))
-            out_node.replace_input_with(cur, marked)
-            state.cache_outputs[n] = marked
-            if cur is not n and not cur.users:
-                g.erase_node(cur)
-            continue
+        if dims != [1] and state.layouts.of(n).leave_cache(g, n, slot_live, state, out_node):
+            continue    # a KV cache, stored as its layout stores it
         if dims != [1] or tensor_val(n).dim() != tensor_val(entry).dim():
             raise Unsupported(f"{n.name} leaves the pruned region with sequence dims {dims}")
         with insert_after(g, n):
@@ -305,10 +303,10 @@ def _compact(vlm: VLMGraph, sel: Selection, start: int, stop: int, state: Compac
         _replace_in(n, full, set(outside))
         exits.append(full)
 
-    for n in sd.static_writes:   # static caches keep positions: placed after the last site
-        state.static_writes[n] = (sel.origin, slot_live)
-    for n, x, d in sd.seq_slices:   # sliding-window caches keep positions
-        cache_layout.positional_window(g, n, x, d, sel.origin, slot_live, state)
+    for n in sd.static_writes:      # caches written in place
+        state.layouts.of(n).leave_write(n, sel.origin, slot_live, state)
+    for n, x, d in sd.seq_slices:   # slices along the sequence (a window a cache stores)
+        state.layouts.of(n).leave_slice(g, n, x, d, sel.origin, slot_live, state)
     return exits
 
 
@@ -318,17 +316,11 @@ def _layer_score(g: fx.Graph, vlm: VLMGraph, prev, site, entry, state: CompactSt
     head's, also when tensor parallelism splits them across ranks; or layer K's own, recomputed
     on the full sequence, with ``own_attention``)."""
     orig = sdpa_args(prev.sdpa)
-    att = _own_attention_inputs(g, prev, first) if site.own_attention else orig
+    layout = state.layouts[prev.index]
+    att = _own_attention_inputs(g, prev, first, layout.stand_ins()) if site.own_attention else orig
     q, k, m = att["query"], att["key"], att["attn_mask"]
     m = m if isinstance(m, fx.Node) else None
-    if static_cache.values_buffer(orig) is not None:   # keys: the buffer's slots (positions)
-        if site.own_attention:   # recomputed keys: the current layout in the first slots
-            width = g.call_function(traced.seq_length, (state.live,))
-            k = g.call_function(traced.first_slots, (k, width, 2))
-            m = static_cache.prompt_slots(g, None, static_cache.unrestricted(m), state.first_visual,
-                                          state.origin)[1]
-        else:
-            k, m = static_cache.prompt_slots(g, k, m, state.first_visual, state.origin)
+    k, m = layout.score_keys(g, k, m, state, site.own_attention)
     q_row = g.call_function(traced.query_row, (q, state.qpos))
     q_row, k = tp.full_heads(g, vlm.tp, prev.nodes, orig["query"], q_row, k)
     q_row, scale = scaled_query(g, q_row, att)
@@ -358,31 +350,32 @@ def _current_layout(g: fx.Graph, x: fx.Node, state: CompactState) -> fx.Node:
     return x if pos is None else g.call_function(ops.gather_seq.default, (x, pos, 1, 0))
 
 
-def _own_attention_inputs(g: fx.Graph, lv, first: fx.Node) -> dict:
+def _own_attention_inputs(g: fx.Graph, lv, first: fx.Node, stand_ins: dict) -> dict:
     """Layer ``lv``'s SDPA arguments with its query and key recomputed, before ``first``, from
-    the full sequence entering the layer: a copy of the layer's nodes they depend on."""
+    the full sequence entering the layer: a copy of the layer's nodes they depend on.
+
+    A buffer written in place (``stand_ins``: buffer -> the states written into it) is read, not
+    computed: its recomputed stand-in is the layer's new states in the first slots (the write
+    itself is in place, so no data edge leads to it)."""
     att = sdpa_args(lv.sdpa)
     inside = set(lv.nodes)
-    # a static buffer is read, not computed: its recomputed stand-in is the layer's new states
-    # in the first slots (the write itself is in place, so no data edge leads to it)
-    writes = {w.buffer: w for w in static_cache.static_writes(lv.nodes)}
     need, stack = set(), [a for a in (att["query"], att["key"], att["scale"]) if isinstance(a, fx.Node)]
     while stack:
         n = stack.pop()
-        if n in writes:
-            stack.append(writes[n].states)
+        if n in stand_ins:
+            stack.append(stand_ins[n])
         elif n in inside and n not in need:
             need.add(n)
             stack.extend(n.all_input_nodes)
     order = {n: i for i, n in enumerate(g.nodes)}
     env = {}
     for n in lv.nodes:
-        if n in writes and writes[n].states in env:
+        if n in stand_ins and stand_ins[n] in env:
             # a buffer made in a dynamic-shape graph has a symbolic size, which the copied nodes
             # read back from the tensor itself: the states alone then do
             slots = n if n.op == "placeholder" else tensor_val(n).shape[2]
             slots = slots if isinstance(slots, (int, fx.Node)) else None
-            env[n] = g.call_function(traced.pad_slots, (env[writes[n].states], slots))
+            env[n] = g.call_function(traced.pad_slots, (env[stand_ins[n]], slots))
             continue
         if n not in need:
             continue
@@ -405,46 +398,6 @@ def scaled_query(g: fx.Graph, q: fx.Node, att: dict):
     if scale is None:
         scale = tensor_val(att["query"]).shape[-1] ** -0.5
     return q, float(scale)
-
-
-def _restrict_masks(g: fx.Graph, region: list, slot_live: fx.Node, origin: fx.Node,
-                    full_len: fx.Node) -> None:
-    """No live query attends to a dead slot (masks restricted; causal calls need nothing:
-    dead slots come after every live one)."""
-    made = {}
-    for n in region:
-        if not is_sdpa(n):
-            continue
-        a = sdpa_args(n)
-        m = a["attn_mask"]
-        values = static_cache.values_buffer(a)
-        if values is not None:   # keys are the buffer's slots, i.e. positions (static_cache.py)
-            if m is None or (m, values) not in made:   # no mask: each call cuts its own buffer
-                with g.inserting_before(n):
-                    made[m, values] = static_cache.positional_mask(g, n, values, slot_live, origin,
-                                                                   full_len)
-            set_mask(n, made[m, values], causal=False)
-            continue
-        if m is None and a["is_causal"]:
-            continue
-        if m not in made:
-            with g.inserting_before(n):
-                made[m] = g.call_function(ops.live_mask.default, (m, slot_live))
-        set_mask(n, made[m], causal=False)
-
-
-def set_mask(sdpa: fx.Node, new: fx.Node, causal: bool = False) -> None:
-    """Point an SDPA call at ``new`` as its mask (and set ``is_causal``)."""
-    args, kwargs = list(sdpa.args), dict(sdpa.kwargs)
-    if len(args) > 3:
-        args[3] = new
-    else:
-        kwargs["attn_mask"] = new
-    if len(args) > 5:
-        args[5] = causal
-    else:
-        kwargs["is_causal"] = causal
-    sdpa.args, sdpa.kwargs = tuple(args), kwargs
 
 
 def _externals(region, region_set):

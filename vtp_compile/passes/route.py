@@ -146,22 +146,28 @@ def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
     inputs (``n_keep``: the smallest row's, for the top-k agreement check)."""
     if any(isinstance(t, FakeTensor) for t in example_inputs) or not sites:
         return {}
-    want = {vlm.layers[s.layer].entry for s in sites}
+    want = {vlm.layers[s.layer].entry for s in sites} | {state.visual_mask, state.qpos}
     got: dict = {}
+
+    class Enough(Exception):
+        """Every wanted value is computed: the rest of the graph need not run."""
 
     class Capture(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n in want or n is state.visual_mask or n is state.qpos:
+            if n in want:
                 got[n] = out
+                if len(got) == len(want):
+                    raise Enough
             return out
 
-    try:
-        with torch.no_grad():
+    # only the prefix of the graph up to the last routed layer's input runs; a failure here is a
+    # failure of the graph itself (a bug), not something to hide behind the rank cap
+    with torch.no_grad():
+        try:
             Capture(gm).run(*example_inputs)
-    except Exception as e:  # calibration is best effort: the rank cap is used instead
-        log.info("vtp alvts: calibration run failed (%s); using the rank cap", e)
-        return {}
+        except Enough:
+            pass
     vm, qp = got.get(state.visual_mask), got.get(state.qpos)
     if vm is None or qp is None:
         return {}

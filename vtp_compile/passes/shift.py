@@ -17,12 +17,12 @@ import torch
 import torch.fx as fx
 
 from ..graph import tp
-from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, tensor_val
+from ..graph.fx_utils import Unsupported, insert_after, sdpa_args, set_sdpa_mask, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import ReserveSite
 from . import traced
-from .cache_layout import is_cache_update, window_slice
-from .compact import SiteNodes, scaled_query, scoring_layer, set_mask
+from .compact import SiteNodes, scaled_query, scoring_layer
+from .kv import Layouts
 
 ops = torch.ops.vtp
 
@@ -83,25 +83,26 @@ def _remask(g: fx.Graph, sdpas: list, fn, extra) -> None:
         if k not in made:
             with g.inserting_before(sdpa):
                 made[k] = g.call_function(fn, (m, *extra))
-        set_mask(sdpa, made[k], causal=False)
+        set_sdpa_mask(sdpa, made[k], causal=False)
 
 
 # ---- prefill ------------------------------------------------------------------------------------
-def check_layout(vlm: VLMGraph) -> None:
+def check_layout(vlm: VLMGraph, layouts: Layouts) -> None:
     """DSTP hides its reserve from every query by attention masks, and its decode masks address
     one cache layout shared by every attention layer. Layers that mix tokens without attention
-    (linear attention) cannot be masked; layers that keep a window of positions (sliding-window
-    or chunked attention) cache another layout."""
+    (linear attention) cannot be masked; layers whose cache keeps another layout (a sliding
+    window of positions) cannot be addressed by cache column."""
     for lv in vlm.layers:
         if lv.sdpa is None:
             raise Unsupported(f"dstp: layer {lv.index} mixes tokens without attention (linear "
                               "attention); the reserve DSTP carries through prefill, hidden from "
                               "attention by masks, would reach it")
-    for lv in vlm.attention_layers:
-        if any(is_cache_update(n) and window_slice(n) is not None for n in lv.nodes):
-            raise Unsupported(f"dstp: layer {lv.index} keeps a sliding window of positions; DSTP's "
-                              "active/reserve columns address one compacted cache layout for "
-                              "every layer, which such layers do not have")
+    for lay in layouts:
+        if not lay.compacted:
+            raise Unsupported(f"dstp: layer {lay.lv.index} keeps its cache as a {lay.kind} (a "
+                              "sliding window of positions); DSTP's active/reserve columns address "
+                              "one compacted cache layout for every layer, which such layers do "
+                              "not have")
 
 
 def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) -> None:
@@ -133,7 +134,7 @@ def apply_reserve(vlm: VLMGraph, site: ReserveSite, nodes: SiteNodes, key: str) 
 
 
 # ---- decode -------------------------------------------------------------------------------------
-def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
+def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str, layouts: Layouts) -> None:
     g = vlm.gm.graph
     K = site.layer
     if not (0 if site.own_attention else 1) <= K < vlm.num_layers:
@@ -141,7 +142,7 @@ def apply_shift(vlm: VLMGraph, site: ReserveSite, key: str) -> None:
     attn = vlm.attention_layers
     first = attn[0].sdpa
     k0 = sdpa_args(first)["key"]
-    check_layout(vlm)     # as the prefill did: no reserve state exists for such a model
+    check_layout(vlm, layouts)     # as the prefill did: no reserve state exists for such a model
     with g.inserting_before(first):
         cols = g.call_function(ops.dstp_columns.default, (k0, key))
     # re-score with the attention the base scores with: the last attention layer before K

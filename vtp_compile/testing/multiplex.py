@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch.fx as fx
 
 from ..backend import vtp_backend
-from ..passes.manager import REPORTS, GraphReport
+from ..report import GraphReport, recording
 
 
 class Multiplex:
@@ -40,9 +40,9 @@ class Multiplex:
         self.graphs += 1
         compiled = {}
         for name, options in self.configs.items():
-            start = len(REPORTS)
-            compiled[name] = vtp_backend(copy.deepcopy(gm), example_inputs, options=options)
-            self.reports[name] += REPORTS[start:]
+            with recording() as reps:
+                compiled[name] = vtp_backend(copy.deepcopy(gm), example_inputs, options=options)
+            self.reports[name] += reps
 
         def run(*args):
             if self._current is None:

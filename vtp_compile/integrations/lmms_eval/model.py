@@ -200,7 +200,7 @@ class VTP(lmms):
         raise NotImplementedError("vtp: multi-round generation is not supported")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        start, t0 = report.mark(), time.time()
+        start, t0 = report.mark(self._model), time.time()
         answers: list[str | None] = [None] * len(requests)
         n_tokens = 0
         groups: dict[tuple, list[int]] = {}
@@ -270,7 +270,7 @@ class VTP(lmms):
 
     # -- the run's report -------------------------------------------------------------------
     def _finish(self, start: int, t0: float, n_tokens: int, n_requests: int, failed=None) -> None:
-        summary = report.summarize(start)
+        summary = report.summarize(self._model, start)
         summary.update(method=self.args.method_label, budget=self.args.budget,
                        options=self.args.options, requests=n_requests,
                        elapsed_s=round(time.time() - t0, 3))

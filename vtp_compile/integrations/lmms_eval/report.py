@@ -1,20 +1,20 @@
 """What vtp did during a run: every graph it compiled, pruned or left unpruned and why.
 
-Reads :data:`vtp_compile.passes.manager.REPORTS` (one entry per compiled graph, appended by the
-backend) from a mark taken when the run starts.
+Reads the reports vtp keeps with the model (:func:`vtp_compile.reports`), from a mark taken when
+the run starts.
 """
 from __future__ import annotations
 
 from collections import Counter
 
 
-def mark() -> int:
-    """The current length of ``REPORTS`` (the start of a run)."""
-    from ...passes.manager import REPORTS
-    return len(REPORTS)
+def mark(model) -> int:
+    """How many graphs vtp has compiled for ``model`` so far (the start of a run)."""
+    from ...report import reports
+    return len(reports(model))
 
 
-def summarize(start: int = 0) -> dict:
+def summarize(model, start: int = 0) -> dict:
     """JSON-ready summary of the graphs compiled since ``start``.
 
     ``pruned_graphs``: prefill graphs with at least one pruning site; ``decode_graphs``: decode
@@ -22,8 +22,8 @@ def summarize(start: int = 0) -> dict:
     graphs were compiled unpruned for it; ``sites``: the distinct site lines (visual counts and
     savings at the compile's example sizes).
     """
-    from ...passes.manager import REPORTS
-    reports = REPORTS[start:]
+    from ...report import reports as _reports
+    reports = _reports(model)[start:]
     unpruned = Counter(r.skipped for r in reports if r.skipped is not None)
     sites = list(dict.fromkeys(s.line() for r in reports for s in r.sites))
     return {

@@ -1,6 +1,6 @@
-"""Pruning into transformers' static cache (``generate(..., cache_implementation="static")``).
+"""The static buffer (``generate(..., cache_implementation="static")``).
 
-transformers' ``StaticLayer.update`` (5.17 to 5.24) preallocates each layer's keys and values
+transformers' ``StaticLayer.update`` (5.17 and later) preallocates each layer's keys and values
 ``[B, H, S, D]`` and writes a step's states in place at ``slots = arange(n) + counter``, then
 ``counter.add_(n)``, where ``counter`` is the layer's ``cumulative_length`` tensor; every
 attention call reads the whole buffer, and the mask (``[B, 1, q, S]``) is built from the
@@ -13,9 +13,9 @@ marked in the values. Concretely:
 
 * a layer from the site on computes only the kept tokens; its write scatters them to their
   positions (``to_positional``) over ``arange(L) + counter`` and advances its counter by the
-  prompt length ``L``, not by the kept count;
+  prompt length ``L``, not by the kept count (:meth:`StaticBuffer.finish`);
 * a layer before the site wrote every position already; its value buffer is marked in place
-  after the selection (so that decode steps attend to what the dynamic cache would keep);
+  after the selection (:meth:`StaticBuffer.evict`);
 * every attention call that reads a buffer gets ``positional_mask``: transformers' mask minus
   the dead slots read from the buffer itself. Decode steps need nothing else: they write at
   ``L + t`` and RoPE sees the position transformers gives them.
@@ -27,68 +27,23 @@ saving is the same. No state crosses calls; a decode step of an unpruned prefill
 """
 from __future__ import annotations
 
-import dataclasses
 import operator
 
 import torch
 import torch.fx as fx
 
-from ..graph.fx_utils import (StaticCacheUnsupported, Unsupported, hint, is_sdpa, is_static_cache_write,
-                              op_name, sdpa_args, tensor_val)
-from ..kernels.cache import POSITIONAL
-from . import traced
-from .cache_layout import _PASS_THROUGH, cache_role
+from ...graph.cache_nodes import PASS_THROUGH, buffer_of, cache_role, root, static_write, static_writes
+from ...graph.fx_utils import (StaticCacheUnsupported, Unsupported, hint, is_sdpa, op_name, sdpa_args,
+                               set_sdpa_mask, tensor_val)
+from ...kernels.cache import POSITIONAL
+from ...sites import ReserveSite, RouteSite, method_of
+from .. import traced
+from .base import KVLayout
 
 ops = torch.ops.vtp
 
 
-@dataclasses.dataclass
-class StaticWrite:
-    """One ``buffer.index_copy_(2, slots, states)`` of ``StaticLayer.update`` and its counter."""
-    node: fx.Node
-    buffer: fx.Node
-    slots: fx.Node      # arange(n) + counter
-    states: fx.Node
-    step: fx.Node       # counter.add_(n)
-
-
-def static_write(n: fx.Node) -> StaticWrite:
-    """Read a static cache write; :class:`Unsupported` when its slots are not transformers'
-    ``arange(n) + counter`` form."""
-    buffer, _, slots, states = n.args[:4]
-    counter = None
-    if isinstance(slots, fx.Node) and slots.op == "call_function" and slots.target is operator.add:
-        for a in slots.args:
-            v = tensor_val(a)
-            if v is not None and v.dim() == 0 and not v.is_floating_point():
-                counter = a
-    step = None
-    if counter is not None:
-        step = next((u for u in counter.users if op_name(u) == "add_" and u.args[0] is counter), None)
-    if step is None:
-        raise Unsupported(f"static cache write {n.name}: its slots are not `arange(n) + counter` with "
-                          "an in-place counter (transformers' StaticLayer), so vtp cannot place the "
-                          "kept tokens in it")
-    return StaticWrite(n, buffer, slots, states, step)
-
-
-def static_writes(nodes) -> list[StaticWrite]:
-    return [static_write(n) for n in nodes if is_static_cache_write(n)]
-
-
-def has_static_cache(g: fx.Graph) -> bool:
-    return any(is_static_cache_write(n) for n in g.nodes)
-
-
-def buffer_of(sdpa_arg) -> fx.Node | None:
-    """The static buffer an attention argument reads (through GQA's expand/reshape), or None."""
-    if not isinstance(sdpa_arg, fx.Node):
-        return None
-    root = _root(sdpa_arg)
-    return root if any(is_static_cache_write(u) and u.args[0] is root for u in root.users) else None
-
-
-def check_static(g: fx.Graph) -> None:
+def check_graph(g: fx.Graph) -> None:
     """Refuse the static-cache forms the positional layout does not cover: a buffer attention
     reads (a graph input or a tensor made in the graph) that is rewritten other than by
     ``index_copy_`` (a sliding-window layer that rolls or copies its window), or buffers of
@@ -99,11 +54,11 @@ def check_static(g: fx.Graph) -> None:
     for sdpa in (n for n in g.nodes if is_sdpa(n)):
         a = sdpa_args(sdpa)
         for arg in (a["key"], a["value"]):
-            root = _root(arg)
-            bad = [u for u in root.users if op_name(u) in ("copy_", "roll") and u.args[0] is root]
-            if bad and (root.op == "placeholder" or op_name(root) == "zeros"):
+            r = root(arg)
+            bad = [u for u in r.users if op_name(u) in ("copy_", "roll") and u.args[0] is r]
+            if bad and (r.op == "placeholder" or op_name(r) == "zeros"):
                 raise StaticCacheUnsupported(
-                    f"static KV cache buffer {root.name} is rewritten by {op_name(bad[0])} (a "
+                    f"static KV cache buffer {r.name} is rewritten by {op_name(bad[0])} (a "
                     "sliding-window layer's static cache), which vtp's positional layout does not "
                     "cover; use the default dynamic cache to prune this model")
     if len(sizes) > 1:
@@ -113,54 +68,92 @@ def check_static(g: fx.Graph) -> None:
             "this model")
 
 
-def _root(n: fx.Node) -> fx.Node:
-    """The tensor an attention argument reads, through GQA's expand/reshape."""
-    for _ in range(8):
-        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
-            break
-        n = n.all_input_nodes[0]
-    return n
+class StaticBuffer(KVLayout):
+    kind = "static buffer"
+    preallocated = True
+    compacted = False
 
+    def __init__(self, lv):
+        super().__init__(lv)
+        self.writes = static_writes(lv.nodes)
+        self.values = buffer_of(sdpa_args(lv.sdpa)["value"]) if lv.sdpa is not None else None
 
-def place_writes(g: fx.Graph, state) -> None:
-    """Every static write a compaction covered (``state.static_writes``: node -> ``(origin,
-    slot_live)`` of the last site that covered it), placed in positions: kept tokens at their
-    positions, the rest dead, the counter advanced by the prompt length."""
-    if not state.static_writes:
-        return
-    order = {n: i for i, n in enumerate(g.nodes)}
-    writes = [static_write(n) for n in state.static_writes]
-    with g.inserting_before(min((w.step for w in writes), key=order.__getitem__)):
-        length = g.call_function(traced.seq_length, (state.first_visual,))
-    for w in writes:
-        origin, slot_live = state.static_writes[w.node]
-        role = cache_role(w.buffer)
-        if role is None:
-            raise Unsupported(f"cannot tell whether static cache {w.buffer.name} holds keys or values")
-        w.step.args = (w.step.args[0], length, *w.step.args[2:])
-        with g.inserting_before(w.node):
-            full = g.call_function(ops.to_positional.default,
-                                   (w.states, origin, slot_live, length, role == "value"))
-            slots = g.call_function(traced.static_slots, (w.slots, length))
-        w.node.args = (w.buffer, w.node.args[1], slots, full, *w.node.args[4:])
-    state.static_writes.clear()
+    def check_site(self, site) -> None:
+        if isinstance(site, (ReserveSite, RouteSite)):
+            raise StaticCacheUnsupported(
+                f"{method_of(site)} with a static KV cache (cache_implementation='static'): "
+                "its per-layer routing or reserve addresses the dynamic cache's compacted "
+                "layout; use the default dynamic cache to prune with it")
 
+    # ---- scores -------------------------------------------------------------------------------
+    def prompt_mask(self, g, mask, visual):
+        return prompt_slots(g, None, mask, visual)[1]     # key columns: S slots -> the prompt's
 
-def mark_removed(g: fx.Graph, writes: list[StaticWrite], removed: fx.Node, before: fx.Node) -> None:
-    """Layers before a site: their value buffers (every position written) get the removed
-    positions marked dead, in place, before ``before``."""
-    for w in writes:
-        if cache_role(w.buffer) != "value":
-            continue
-        with g.inserting_before(before):
-            dead = g.call_function(traced.pad_positions, (removed, w.buffer))
-            marked = g.call_function(ops.mark_dead.default, (w.buffer, dead, True, POSITIONAL))
-            g.call_method("copy_", (w.buffer, marked))
+    def score_keys(self, g, key, mask, state, own_attention):
+        if own_attention:   # recomputed keys: the current layout in the first slots
+            width = g.call_function(traced.seq_length, (state.live,))
+            key = g.call_function(traced.first_slots, (key, width, 2))
+            mask = prompt_slots(g, None, unrestricted(mask), state.first_visual, state.origin)[1]
+            return key, mask
+        return prompt_slots(g, key, mask, state.first_visual, state.origin)
 
+    def stand_ins(self) -> dict:
+        return {w.buffer: w.states for w in self.writes}
 
-def values_buffer(sdpa_args: dict) -> fx.Node | None:
-    """The static value buffer an attention call reads, or None (a dynamic cache)."""
-    return buffer_of(sdpa_args["value"])
+    # ---- a compacted layer ------------------------------------------------------------------
+    def restrict(self, g, sdpa, slot_live, origin, full_len, made) -> None:
+        """Keys are the buffer's slots, i.e. positions: transformers' mask minus dead slots."""
+        m = sdpa_args(sdpa)["attn_mask"]
+        key = (m, self.values)
+        if m is None or key not in made:   # no mask: each call cuts its own buffer
+            with g.inserting_before(sdpa):
+                made[key] = positional_mask(g, sdpa, self.values, slot_live, origin, full_len)
+        set_sdpa_mask(sdpa, made[key], causal=False)
+
+    def leave_write(self, n, origin, slot_live, state) -> None:
+        # placed once every site is applied (finish): the last compaction covering it wins
+        state.static_writes[n] = (origin, slot_live)
+
+    def finish(self, g, state) -> None:
+        """Every write a compaction covered, placed in positions: kept tokens at their
+        positions, the rest dead, the counter advanced by the prompt length."""
+        writes = [w for w in self.writes if w.node in state.static_writes]
+        if not writes:
+            return
+        order = {n: i for i, n in enumerate(g.nodes)}
+        with g.inserting_before(min((w.step for w in writes), key=order.__getitem__)):
+            length = g.call_function(traced.seq_length, (state.first_visual,))
+        for w in writes:
+            w = static_write(w.node)
+            origin, slot_live = state.static_writes.pop(w.node)
+            which = cache_role(w.buffer)
+            if which is None:
+                raise Unsupported(f"cannot tell whether static cache {w.buffer.name} holds keys or values")
+            w.step.args = (w.step.args[0], length, *w.step.args[2:])
+            with g.inserting_before(w.node):
+                full = g.call_function(ops.to_positional.default,
+                                       (w.states, origin, slot_live, length, which == "value"))
+                slots = g.call_function(traced.static_slots, (w.slots, length))
+            w.node.args = (w.buffer, w.node.args[1], slots, full, *w.node.args[4:])
+
+    # ---- a layer before a site --------------------------------------------------------------
+    def evict(self, g, ev) -> None:
+        """Every position is in the buffer already: the removed ones are marked dead in the value
+        buffer, in place."""
+        for w in self.writes:
+            if cache_role(w.buffer) != "value":
+                continue
+            removed = ev.removed(before=ev.out)
+            with g.inserting_before(ev.out):
+                dead = g.call_function(traced.pad_positions, (removed, w.buffer))
+                marked = g.call_function(ops.mark_dead.default, (w.buffer, dead, True, POSITIONAL))
+                g.call_method("copy_", (w.buffer, marked))
+
+    # ---- decode -----------------------------------------------------------------------------
+    def decode_mask(self, g, sdpa) -> None:
+        with g.inserting_before(sdpa):
+            new = positional_mask(g, sdpa, self.values, None)
+        set_sdpa_mask(sdpa, new, causal=False)
 
 
 def positional_mask(g: fx.Graph, sdpa: fx.Node, values: fx.Node, slot_live: fx.Node | None,
@@ -196,7 +189,7 @@ def _widen_prompt_cut(arg: fx.Node, length: fx.Node) -> None:
             idx[2] = slice(None, length, None)
             n.args = (n.args[0], tuple(idx))
             return
-        if op_name(n) not in _PASS_THROUGH or not n.all_input_nodes:
+        if op_name(n) not in PASS_THROUGH or not n.all_input_nodes:
             return
         n = n.all_input_nodes[0]
 
