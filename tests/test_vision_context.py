@@ -67,7 +67,7 @@ def test_generate_records_and_the_lookup_checks_the_features(monkeypatch):
     torch.testing.assert_close(ok[1], rec.upper)
     with pytest.raises(ValueError, match="do not belong to the images of this call"):
         torch.ops.vtp.vision_lookup(rec.features + 1, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1])
-    monkeypatch.setattr(vision_context, "_RECORD", None)
+    monkeypatch.setattr(vision_context._vision, "_RECORD", None)
     with pytest.raises(ValueError, match="do not belong"):
         torch.ops.vtp.vision_lookup(rec.features, *rec.grid, rec.upper.shape[-1], rec.keys.shape[-1])
 

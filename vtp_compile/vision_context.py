@@ -42,39 +42,19 @@ Model hooks are not patches: the modeling code is untouched and :func:`detach` r
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
 from . import kernels  # noqa: F401  (registers torch.ops.vtp.vision_context / vision_lookup)
+from .kernels import vision as _vision
 
 _ATTR = "_vtp_vision_hooks"
 _LAYER_ATTR = "_vtp_vision_layer"
 _GRID_ATTR = "_vtp_vision_grid"
 
 
-@dataclasses.dataclass
-class Record:
-    """The internals of the images of one ``generate`` call, with their projected features."""
-    features: torch.Tensor      # [n_img * N, D] as the prefill splices them
-    cls_attn: torch.Tensor      # [n_img, N]; N = gh * gw, plus 1 (the CLS token, first) with "full"
-    upper: torch.Tensor         # [n_img, N, Dv]
-    keys: torch.Tensor          # [n_img, N, hd]
-    received: torch.Tensor      # [n_img, N]
-    grid: tuple[int, int]
-    layer: int = -2             # the vision layer whose attention cls_attn/keys/received read
-    refused: str = ""           # why these images' internals cannot be used (then all else empty)
-    no_grid: str = ""           # why there is no one patch grid (then grid = (1, T): every token
-                                # in one row; sites that read the grid refuse, VisionZip does not)
-
-
-_RECORD: Record | None = None
-
-
-def last_record() -> Record | None:
-    """The record the model pre-hook (or a Qwen tower's forward hook) left (None before any
-    attached call)."""
-    return _RECORD
+# the record of the last attached call lives with the op that reads it (kernels/vision.py)
+Record, last_record = _vision.Record, _vision.last_record
 
 
 def _qwen_tower(model):
@@ -204,7 +184,6 @@ def attach(model, vision_layer: int | None = None):
 
     @torch.compiler.disable
     def record_for_generate(module, args, kwargs):
-        global _RECORD
         image = (kwargs.get("mm_encoder_outputs") or {}).get("image")
         hidden = getattr(image, "hidden_states", None)
         if hidden is None or any(h is None for h in hidden):
@@ -213,7 +192,7 @@ def attach(model, vision_layer: int | None = None):
             cls, upper, keys, received = vision_internals(layers, hidden, at, keep_cls=keep_cls,
                                                            has_cls=has_cls)
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in image.pooler_output])
-        _RECORD = Record(feats, cls, upper, keys, received, grid, vision_layer)
+        _vision.set_record(Record(feats, cls, upper, keys, received, grid, vision_layer))
         return None
 
     handles = (tower.register_forward_pre_hook(keep_all_hidden, with_kwargs=True),
@@ -318,12 +297,11 @@ def _attach_qwen(model, tower, vision_layer: int):
     def finish(module, args, kwargs, output):
         # the images the tower just encoded are the ones the next prefill splices (the
         # prefill's lookup compares the features, so a stale record is an error, not a guess)
-        global _RECORD
         if "x" in seen:
             feats = output.pooler_output.detach()
-            _RECORD = _qwen_record(tower, blocks[at], seen, feats.reshape(-1, feats.shape[-1]),
-                                   vision_layer)
-            key = f"{_RECORD.grid} {_RECORD.features.shape[0]} {_RECORD.refused}{_RECORD.no_grid}"
+            rec = _qwen_record(tower, blocks[at], seen, feats.reshape(-1, feats.shape[-1]), vision_layer)
+            _vision.set_record(rec)
+            key = f"{rec.grid} {rec.features.shape[0]} {rec.refused}{rec.no_grid}"
             setattr(model, _GRID_ATTR, key)
         seen.clear()
         return None

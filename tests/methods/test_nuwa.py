@@ -119,7 +119,7 @@ def test_text_only_is_identity():
 
 def test_without_attach_is_a_clear_error(monkeypatch):
     from vtp_compile import vision_context
-    monkeypatch.setattr(vision_context, "_RECORD", None)
+    monkeypatch.setattr(vision_context._vision, "_RECORD", None)
     spec = TinySpec()
     model = tiny_llava(spec)
     inputs = make_inputs(spec)

@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from .registry import decomposed
+
 MARK = -16384.0
 TAG = 8192.0
 COMPACTED, POSITIONAL = 1, -1
@@ -162,3 +164,10 @@ def _positional_mask(mask: torch.Tensor, values: torch.Tensor,
 def _(mask, values, slot_live):
     B = values.shape[0]
     return mask.new_empty((B, mask.shape[1], mask.shape[2], mask.shape[3]))
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("mark_dead", mark_dead)
+decomposed("to_positional", to_positional)
+decomposed("decode_mask", decode_mask)
+decomposed("positional_mask", positional_mask)

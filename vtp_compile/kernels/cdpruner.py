@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .registry import decomposed, triton_kernel
 from .divprune import visual_layout
 
 EPS = 1e-6
@@ -138,3 +139,13 @@ def _cdpruner_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, live: torc
 @_cdpruner_scores.register_fake
 def _(hidden, visual_mask, live, n_keep, theta):
     return hidden.new_empty(visual_mask.shape, dtype=torch.float32)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("cdpruner_scores", cdpruner_scores_decomposed)   # calls the Triton op dpp_greedy
+triton_kernel("dpp_greedy", "CDPruner's greedy DPP MAP: one Cholesky row per pick, sequential per row")
+
+@torch.library.register_kernel("vtp::dpp_greedy", "cuda")
+def _dpp_greedy_cuda(kernel, valid, k):
+    from .triton.cdpruner import dpp_greedy   # on the first CUDA call: importing vtp_compile never imports triton
+    return dpp_greedy(kernel, valid, k)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import triton_kernel
+
 
 def cover_setup(hidden: torch.Tensor, candidates: torch.Tensor, active: torch.Tensor,
                 n_reserve: torch.Tensor):
@@ -56,3 +58,12 @@ def _reserve_cover(hidden: torch.Tensor, candidates: torch.Tensor, active: torch
 @_reserve_cover.register_fake
 def _(hidden, candidates, active, n_reserve):
     return hidden.new_empty(candidates.shape, dtype=torch.float32)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+triton_kernel("reserve_cover", "DSTP's coverage reserve: greedy farthest points, sequential per row")
+
+@torch.library.register_kernel("vtp::reserve_cover", "cuda")
+def _reserve_cover_cuda(hidden, candidates, active, n_reserve):
+    from .triton.coverage import reserve_cover   # on the first CUDA call: importing vtp_compile never imports triton
+    return reserve_cover(hidden, candidates, active, n_reserve)

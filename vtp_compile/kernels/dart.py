@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import decomposed
+
 _BIG = 3.0e38
 
 
@@ -89,3 +91,7 @@ def _dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Te
 @_dart_scores.register_fake
 def _(keys, hidden, visual_mask, live, n_keep, pivots):
     return hidden.new_empty(visual_mask.shape, dtype=torch.float32)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("dart_scores", dart_scores)

@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from .registry import decomposed, triton_kernel
+
 _log = logging.getLogger("vtp_compile")
 
 
@@ -157,3 +159,20 @@ def _anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: to
 @_anchor_merge.register_fake
 def _(hidden, visual_mask, keep_mask, m):
     return torch.empty_like(hidden)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+def _dist_consistency_decomposed(features, valid, kept, tag):
+    # traced without the debug log of κ (that runs where the op runs as an op: eager, aot_eager)
+    return dist_consistency(features, valid, kept)
+
+
+decomposed("topk_mask", topk_mask)
+decomposed("dist_consistency", _dist_consistency_decomposed)
+decomposed("anchor_merge", anchor_merge)
+triton_kernel("cluster_select_scores", "k-means rounds (TATCS): fused similarity + masked argmax")
+
+@torch.library.register_kernel("vtp::cluster_select_scores", "cuda")
+def _cluster_select_scores_cuda(features, scores, valid, k, iters):
+    from .triton.dcp import cluster_select_scores   # on the first CUDA call: importing vtp_compile never imports triton
+    return cluster_select_scores(features, scores, valid, k, iters)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .registry import triton_kernel
 from .select import compact_layout
 
 
@@ -56,3 +57,12 @@ def _divprune_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, n_keep: to
 @_divprune_scores.register_fake
 def _(hidden, visual_mask, n_keep):
     return hidden.new_empty(visual_mask.shape, dtype=torch.float32)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+triton_kernel("divprune_scores", "greedy max-min diversity: a sequential loop per row")
+
+@torch.library.register_kernel("vtp::divprune_scores", "cuda")
+def _divprune_scores_cuda(hidden, visual_mask, n_keep):
+    from .triton.divprune import divprune_scores   # on the first CUDA call: importing vtp_compile never imports triton
+    return divprune_scores(hidden, visual_mask, n_keep)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._tags import STATEFUL
+from .registry import STATEFUL_TAGS, stateful
 
 from ..shift_state import ShiftState
 from .dcp import topk_mask
@@ -72,7 +72,7 @@ def shift_update(state, q: torch.Tensor, k: torch.Tensor, mask_row: Optional[tor
 
 
 # ---- registration -------------------------------------------------------------------------------
-@torch.library.custom_op("vtp::dstp_begin", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::dstp_begin", mutates_args=(), **STATEFUL_TAGS)
 def dstp_begin(active: torch.Tensor, visual: torch.Tensor, slot_live: torch.Tensor,
                keys0: torch.Tensor, k: torch.Tensor, tau: float, key: str) -> torch.Tensor:
     """Record a DSTP prefill's layout (compacted); returns the reserve mask ``visual & ~active``."""
@@ -86,7 +86,7 @@ def _(active, visual, slot_live, keys0, k, tau, key):
     return torch.empty_like(visual)
 
 
-@torch.library.custom_op("vtp::dstp_columns", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::dstp_columns", mutates_args=(), **STATEFUL_TAGS)
 def dstp_columns(keys0: torch.Tensor, key: str) -> torch.Tensor:
     """``[B or 1, S]`` bool: the cache columns this decode step attends to before the site."""
     from .. import shift_state
@@ -100,7 +100,7 @@ def _(keys0, key):
     return keys0.new_empty((keys0.shape[0], keys0.shape[2]), dtype=torch.bool)
 
 
-@torch.library.custom_op("vtp::dstp_update", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::dstp_update", mutates_args=(), **STATEFUL_TAGS)
 def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tensor], scale: float,
                 cols: torch.Tensor, key: str) -> torch.Tensor:
     """Score, measure the shift, maybe swap; ``[B, S]`` columns for the layers from the site on.
@@ -114,3 +114,9 @@ def dstp_update(q: torch.Tensor, k: torch.Tensor, mask_row: Optional[torch.Tenso
 @dstp_update.register_fake
 def _(q, k, mask_row, scale, cols, key):
     return torch.empty_like(cols)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+stateful("dstp_begin", "records DSTP's prefill layout in Python-side state")
+stateful("dstp_columns", "reads DSTP's runtime state")
+stateful("dstp_update", "reads and updates DSTP's runtime state")

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .registry import decomposed
+
 
 def _grid_coords(V: int, grid_h: int, grid_w: int, device):
     """Per visual index of a row (images of ``grid_h*grid_w`` tokens back to back): image, row, col."""
@@ -117,3 +119,8 @@ def _nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: 
 @_nuwa_aggregate.register_fake
 def _(hidden, visual_mask, keep_mask, scores, upper, grid_h, grid_w, distance, pillars):
     return torch.empty_like(hidden)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("nuwa_anchor_scores", nuwa_anchor_scores)
+decomposed("nuwa_aggregate", nuwa_aggregate)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import triton_kernel
+
 ITERS = 60
 
 
@@ -57,3 +59,13 @@ def _pdrop_keep(n_orig: torch.Tensor, bounds: list[int], stage: int, budget: int
 @_pdrop_keep.register_fake
 def _(n_orig, bounds, stage, budget, num, den):
     return torch.empty_like(n_orig, dtype=torch.int64)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+triton_kernel("pdrop_keep", "PDrop's schedule: 60 bisection halvings per row (unrolled, Inductor's inliner "
+       "blows up on the chain)")
+
+@torch.library.register_kernel("vtp::pdrop_keep", "cuda")
+def _pdrop_keep_cuda(n_orig, bounds, stage, budget, num, den):
+    from .triton.pdrop import pdrop_keep   # on the first CUDA call: importing vtp_compile never imports triton
+    return pdrop_keep(n_orig, bounds, stage, budget, num, den)

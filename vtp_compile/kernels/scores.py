@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from .registry import decomposed
+
 
 def attn_row_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
                     scale: float, query_index: int = -1) -> torch.Tensor:
@@ -45,3 +47,11 @@ def _attn_row_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.
 @_attn_row_scores.register_fake
 def _(q, k, key_mask, scale, query_index):
     return q.new_empty((q.shape[0], k.shape[2]), dtype=torch.float32)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+def _attn_row_scores_decomposed(q, k, key_mask, scale, query_index):
+    return attn_row_scores(q, k, key_mask, scale, query_index)
+
+
+decomposed("attn_row_scores", _attn_row_scores_decomposed)

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from .registry import decomposed, triton_kernel
+
 _NEG = -3.0e38
 
 
@@ -192,3 +194,15 @@ def _(mask, slot_live):
     if mask is None:
         return slot_live.new_empty((B, 1, W, W))
     return mask.new_empty((B, mask.shape[1], W, W))
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("gather_seq", gather_seq)
+decomposed("scatter_seq", scatter_seq)
+decomposed("live_mask", live_mask)
+triton_kernel("select_keep", "per-row top-k in position order; its width is the graph's one data-dependent size")
+
+@torch.library.register_kernel("vtp::select_keep", "cuda")
+def _select_keep_cuda(scores, visual_mask, live, n_keep):
+    from .triton.select import select_keep   # on the first CUDA call: importing vtp_compile never imports triton
+    return select_keep(scores, visual_mask, live, n_keep)

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from .registry import decomposed
+
 # the paper's per-stage kept counts for 576 visual tokens (LLaVA-1.5), at two budgets
 ANCHORS = ((64, (66, 30, 17)), (192, (300, 200, 110)))
 _BASE_V = 576.0
@@ -202,3 +204,10 @@ def _recycle_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: t
 @_recycle_merge.register_fake
 def _(hidden, visual_mask, keep_mask, scores):
     return torch.empty_like(hidden)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("sparsevlm_keep", sparsevlm_keep)
+decomposed("sparsevlm_scores", sparsevlm_scores)
+decomposed("sparsevlm_recycle_rank", recycle_rank)
+decomposed("sparsevlm_recycle_merge", recycle_merge)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ._tags import STATEFUL
+from .registry import STATEFUL_TAGS, stateful
 
 _RECORD: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-@torch.library.custom_op("vtp::record_splice", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::record_splice", mutates_args=(), **STATEFUL_TAGS)
 def record_splice(embeds: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
     """Remember the spliced ``embeds`` ``[B, L, D]`` and its ``visual_mask`` ``[B, L]``;
     returns ``embeds`` (a copy)."""
@@ -31,7 +31,7 @@ def _(embeds, visual_mask):
     return torch.empty_like(embeds)
 
 
-@torch.library.custom_op("vtp::splice_lookup", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::splice_lookup", mutates_args=(), **STATEFUL_TAGS)
 def splice_lookup(embeds: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool: the visual mask recorded for exactly these embeddings, else all False.
 
@@ -48,3 +48,8 @@ def splice_lookup(embeds: torch.Tensor) -> torch.Tensor:
 @splice_lookup.register_fake
 def _(embeds):
     return embeds.new_empty(embeds.shape[:2], dtype=torch.bool)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+stateful("record_splice", "records the spliced embeddings and visual mask for a later decoder graph")
+stateful("splice_lookup", "returns the visual mask record_splice kept for exactly these embeddings")

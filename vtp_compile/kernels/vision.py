@@ -1,9 +1,43 @@
-"""Carriers for the vision tower's internals (see :mod:`vtp_compile.vision_context`)."""
+"""Carriers for the vision tower's internals (see :mod:`vtp_compile.vision_context`), and the
+record of the last attached call they read: the model hooks of
+:func:`vtp_compile.vision_context.attach` write it (:func:`set_record`), the op reads it."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
-from ._tags import STATEFUL
+from .registry import STATEFUL_TAGS, decomposed, stateful
+
+
+
+@dataclasses.dataclass
+class Record:
+    """The internals of the images of one ``generate`` call, with their projected features."""
+    features: torch.Tensor      # [n_img * N, D] as the prefill splices them
+    cls_attn: torch.Tensor      # [n_img, N]; N = gh * gw, plus 1 (the CLS token, first) with "full"
+    upper: torch.Tensor         # [n_img, N, Dv]
+    keys: torch.Tensor          # [n_img, N, hd]
+    received: torch.Tensor      # [n_img, N]
+    grid: tuple[int, int]
+    layer: int = -2             # the vision layer whose attention cls_attn/keys/received read
+    refused: str = ""           # why these images' internals cannot be used (then all else empty)
+    no_grid: str = ""           # why there is no one patch grid (then grid = (1, T): every token
+                                # in one row; sites that read the grid refuse, VisionZip does not)
+
+
+_RECORD: Record | None = None
+
+
+def last_record() -> Record | None:
+    """The record the model pre-hook (or a Qwen tower's forward hook) left (None before any
+    attached call)."""
+    return _RECORD
+
+
+def set_record(rec: Record | None) -> None:
+    global _RECORD
+    _RECORD = rec
 
 
 @torch.library.custom_op("vtp::vision_context", mutates_args=())
@@ -20,7 +54,7 @@ def _(features, cls_attn, upper, keys, received, grid_h, grid_w, layer):
     return torch.empty_like(features)
 
 
-@torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL)
+@torch.library.custom_op("vtp::vision_lookup", mutates_args=(), **STATEFUL_TAGS)
 def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int,
                   hd: int, lead: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The internals :func:`vtp_compile.vision_context.attach` recorded for exactly these
@@ -32,8 +66,7 @@ def vision_lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int,
 
 def lookup(features: torch.Tensor, grid_h: int, grid_w: int, dv: int):
     """:func:`vision_lookup`'s body (on CUDA it reads nothing on the host)."""
-    from .. import vision_context as vc
-    rec = vc.last_record()
+    rec = last_record()
     msg = ("vtp: the vision internals recorded by vtp_compile.attach() do not belong "
            "to the images of this call (features differ); call attach(model) before "
            "compiling, set torch._dynamo.config.capture_scalar_outputs = True (else a "
@@ -66,3 +99,12 @@ def _(features, grid_h, grid_w, dv, hd, lead=0):
             features.new_empty((n, N, dv), dtype=torch.float32),
             features.new_empty((n, N, hd), dtype=torch.float32),
             features.new_empty((n, N), dtype=torch.float32))
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+def _vision_context_decomposed(features, cls_attn, upper, keys, received, grid_h, grid_w, layer):
+    return features.clone()
+
+
+decomposed("vision_context", _vision_context_decomposed)   # a carrier the passes remove; never left in a graph
+stateful("vision_lookup", "returns the vision internals attach() recorded for this call")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .registry import decomposed
 from .divprune import visual_layout
 
 DOMINANT, TARGET, DROPPED = 2.0, 1.0, -1.0
@@ -123,3 +124,8 @@ def _visionzip_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask:
 @_visionzip_merge.register_fake
 def _(hidden, visual_mask, keep_mask, scores, keys):
     return torch.empty_like(hidden)
+
+
+# ---- how these ops lower (kernels/registry.py) ----------------------------------------
+decomposed("visionzip_scores", visionzip_scores)
+decomposed("visionzip_merge", visionzip_merge_decomposed)

@@ -20,15 +20,13 @@ factor ``C`` ``[H, D]`` (scale folded in, never truncated).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 
 import torch
 
 from ..sites import RouteSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 from ..errors import OptionError
 
@@ -122,7 +120,7 @@ def builder(rank, cap: int, consistency: float):
     return build
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class ALVTSOptions(MethodOptions):
     layer: int = opt(2, "first routed decoder layer (every later layer routes too)")
     rank: int | str = opt("auto", "rank of the low-rank selector, or 'auto' (calibrated on the example inputs)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from ..config import PruneConfig
-from ..errors import OptionError
 from .options import MethodOptions, NoOptions
 
 

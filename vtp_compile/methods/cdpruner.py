@@ -11,13 +11,11 @@ incremental Cholesky update picks the kept tokens (``torch.ops.vtp.dpp_greedy``)
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..sites import EncoderSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 
@@ -28,7 +26,7 @@ def scorer(theta: float):
     return score
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class CDPrunerOptions(MethodOptions):
     theta: float = opt(0.5, "weight of instruction relevance against diversity in the DPP kernel, in [0, 1]")
 

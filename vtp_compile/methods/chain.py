@@ -12,16 +12,14 @@ of that (1/9 overall).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from ..errors import OptionError
 from ..sites import EncoderSite, LayerSite, ReserveSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import get_method, register
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class ChainOptions(MethodOptions):
     stages: tuple = opt(({"method": "divprune", "ratio": 1 / 3}, {"method": "fastv", "ratio": 1 / 3}),
                         "stage configs in depth order (an encoder-site method, then layer-site ones), each with its own budget/ratio")

@@ -9,13 +9,11 @@ goes to the least duplicated remaining tokens. No attention map is needed.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..sites import LayerSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 
@@ -27,7 +25,7 @@ def scorer(pivots: int):
     return score
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class DARTOptions(MethodOptions):
     layer: int = opt(2, "prune before this decoder layer")
     pivots: int = opt(4, "image pivots and text pivots (each); kept tokens are the least similar to them")

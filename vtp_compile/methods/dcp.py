@@ -19,13 +19,11 @@ on the spliced visual features):
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..sites import EncoderSite, LayerSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 ops = torch.ops.vtp
@@ -68,7 +66,7 @@ def merger(m: int):
     return merge
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class DCPOptions(MethodOptions):
     site: str = opt("layer", "where it selects: 'layer' (text-aware, at `layer`) or 'encoder'")
     layer: int = opt(2, "prune before this decoder layer (site 'layer')")

@@ -25,7 +25,7 @@ import torch
 from ..errors import OptionError
 from ..sites import LayerSite, ReserveSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import get_method, register
 
 RESERVE_BY = ("coverage", "score")
@@ -45,7 +45,7 @@ def coverage_score(base, reserve):
     return score
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class DSTPOptions(MethodOptions):
     base: str = opt("fastv", "the layer-site method whose selection is the active set")
     layer: int | None = opt(None, "the base's layer (None: the base's default)")

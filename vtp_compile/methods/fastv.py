@@ -6,13 +6,11 @@ and k, so any attention implementation (SDPA, flash) works.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..sites import LayerSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 
@@ -21,7 +19,7 @@ def score(x):
     return torch.ops.vtp.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class FastVOptions(MethodOptions):
     layer: int = opt(2, "prune before this decoder layer; scores with layer-1's attention")
 

@@ -26,8 +26,6 @@ the patch anchors). Stage 2 scores it like every other anchor.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import math
 from fractions import Fraction
 
@@ -37,9 +35,8 @@ from ..config import KeepRule
 from ..sites import EncoderSite, LayerSite
 from .base import Method
 from .fastv import score as fastv_score
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
-from ..errors import OptionError
 
 ops = torch.ops.vtp
 ANCHOR_FACTOR = Fraction(7, 4)
@@ -112,7 +109,7 @@ def anchor_rule(keep: KeepRule, anchors: int | None) -> KeepRule:
 
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class NuwaOptions(MethodOptions):
     layer: int | None = opt(None, "stage 2 (FastV) prunes before this layer; None: half the depth")
     anchors: int | None = opt(None, "stage 1 anchors kept in the encoder; None: from the budget")

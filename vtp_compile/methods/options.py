@@ -1,6 +1,6 @@
 """Typed method options: one small frozen dataclass per method, validated when built.
 
-A method's options class lists every option the method takes, with its type, default and a
+A method's options class (``@method_options``) lists every option the method takes, with its type, default and a
 one-line meaning (``opt(default, "meaning")``); ``__post_init__`` runs :meth:`MethodOptions.check`,
 which raises :class:`~vtp_compile.errors.OptionError` naming what is valid. The config builds it
 from the user's ``options`` dict (:meth:`vtp_compile.config.PruneConfig.from_options`), so a
@@ -17,18 +17,29 @@ from typing import Any, Iterator
 from ..errors import OptionError
 
 
+def method_options(cls):
+    """Class decorator for a method's options: a frozen dataclass that compares as a mapping
+    (so ``cfg.params == {"layer": 2}`` holds)."""
+    return dataclasses.dataclass(frozen=True, eq=False)(cls)
+
+
 def opt(default: Any, doc: str) -> Any:
     """A method option: its default and what it means (for the options table)."""
     return dataclasses.field(default=default, metadata={"doc": doc})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class MethodOptions(Mapping):
-    """Base class: subclass as ``@dataclasses.dataclass(frozen=True)`` with ``opt`` fields and
-    override :meth:`check`."""
+    """Base class: subclass with ``@method_options``, ``opt`` fields and :meth:`check`."""
 
     def __post_init__(self) -> None:
         self.check()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.items())))
 
     def check(self) -> None:
         """Raise :class:`OptionError` for a bad value (no model needed)."""
@@ -98,6 +109,6 @@ class MethodOptions(Mapping):
                               f">= 0, got {v!r}")
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class NoOptions(MethodOptions):
     """A method without options of its own."""

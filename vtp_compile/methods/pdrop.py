@@ -15,8 +15,6 @@ keeps one token; move ``layers`` earlier for such budgets.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 
 import torch
@@ -25,7 +23,7 @@ from ..config import KeepRule
 from ..errors import OptionError
 from ..sites import LayerSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 log = logging.getLogger("vtp_compile")
@@ -59,7 +57,7 @@ def score(x):
     return torch.ops.vtp.attn_row_scores(x["q"], x["k"], x["key_mask"], x["scale"], -1)
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class PDropOptions(MethodOptions):
     layers: tuple | None = opt(None, "stage layers (strictly increasing); None: a quarter, half and three quarters of the depth")
 

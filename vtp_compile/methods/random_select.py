@@ -5,13 +5,11 @@ and the compiled graph matches an eager reference exactly.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..sites import EncoderSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 
@@ -28,7 +26,7 @@ def score(x):
     return hash_scores(x["visual_mask"], 0)
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class RandomOptions(MethodOptions):
     seed: int = opt(0, "seed of the hash scores (the same seed keeps the same tokens)")
 

@@ -22,8 +22,6 @@ nearest-representative assignment (the official code's clustering is not specifi
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp.*)
@@ -31,7 +29,7 @@ from ..config import KeepRule
 from ..errors import OptionError
 from ..sites import LayerSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 from ..kernels.sparsevlm import recycle_count
 
@@ -100,7 +98,7 @@ def stage_counts(V: int, n_stages: int, budget: int | None = None, ratio=None,
     return out
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class SparseVLMOptions(MethodOptions):
     layers: tuple | None = opt(None, "1-3 scoring layers (strictly increasing); each stage prunes from the next layer; None: the paper's, scaled to the depth")
     recycle: bool = opt(False, "merge the removed tokens into a few recycled cluster tokens (the paper's recycling)")

@@ -25,8 +25,6 @@ the vision tower's hidden states before the projector).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from fractions import Fraction
 
 import torch
@@ -34,7 +32,7 @@ import torch
 from ..errors import OptionError
 from ..sites import EncoderSite
 from .base import Method
-from .options import MethodOptions, opt
+from .options import MethodOptions, method_options, opt
 from .registry import register
 
 ops = torch.ops.vtp
@@ -71,7 +69,7 @@ def contextual_fraction(v) -> Fraction:
     return Fraction(v).limit_denominator(10_000)
 
 
-@dataclasses.dataclass(frozen=True)
+@method_options
 class VisionZipOptions(MethodOptions):
     contextual: float = opt(0.15625, "fraction of the kept tokens that are contextual (merged) tokens, in [0, 1)")
     score: str = opt("cls", "dominant-token score: 'cls' (CLS attention) or 'received' (attention received)")

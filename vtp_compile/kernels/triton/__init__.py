@@ -1,7 +1,7 @@
 """Triton kernels for the ops that plain tensor math expresses poorly (CUDA only).
 
 One file per op family: the ``@triton.jit`` kernels and the launcher that
-:mod:`vtp_compile.kernels.cuda` registers as the op's CUDA kernel. Nothing here is imported by
+the op family's file (``kernels/<family>.py``) registers as the op's CUDA kernel. Nothing here is imported by
 ``import vtp_compile``: the CUDA kernels import these modules on their first call, and the
 tests import them under ``TRITON_INTERPRET=1`` (which must be set before the first import: the
 interpreter is chosen when a kernel is decorated).
