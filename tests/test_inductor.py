@@ -14,8 +14,6 @@ then a dynamic one that every later batch reuses) and in decode (``generate``).
 option of every list); they are rejected, so each CI run draws new configs, and a failure replays
 from the example database or the printed ``@reproduce_failure`` line.
 """
-import contextlib
-import traceback
 
 import pytest
 import torch
@@ -59,24 +57,6 @@ def _mux(opts):
     return Multiplex({"inductor": opts, "eager": {**opts, "inner_backend": "eager"}})
 
 
-# Known, open (issue 22): Inductor's SDPA lowering orders the input's strides by their hints
-# (ir.same_ordered -> guarding_hint_or_throw); a stride that holds the compacted width has no
-# hint, so the compile fails on some shapes (seen: chain random -> fastv, hidden 36, 3 heads,
-# 1 KV head, batch 3). Such a draw is reported as an expected failure naming this, not hidden.
-SDPA_STRIDE_HINT = "Could not extract specialized integer from data-dependent expression"
-
-
-@contextlib.contextmanager
-def _known_lowering_gap():
-    try:
-        yield
-    except Exception as e:      # noqa: BLE001 (re-raised unless it is the known gap)
-        if SDPA_STRIDE_HINT in str(e) and "sdpa_constraint" in "".join(traceback.format_exception(e)):
-            pytest.xfail("known open gap (issue 22): Inductor's SDPA stride order needs a hint "
-                         "of the compacted width")
-        raise
-
-
 def _pruned(mux):
     return any(r.phase == "prefill" and r.sites for r in mux.reports["inductor"])
 
@@ -94,7 +74,7 @@ def test_forward_through_inductor(method, data):
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
     fast = None
-    with torch.no_grad(), _known_lowering_gap():
+    with torch.no_grad():
         for batch in batches:
             inputs = make_inputs(spec, **batch)
             if fast is None:
@@ -134,7 +114,7 @@ def test_generate_through_inductor(method, data):
         model.compile(backend=mux)
         try:
             for name in ("inductor", "eager"):
-                with mux.select(name), _known_lowering_gap():
+                with mux.select(name):
                     out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
                 assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
         finally:
@@ -161,3 +141,25 @@ def test_dstp_generate_through_inductor_equals_oracle():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert_tokens_match(out[:, inputs["input_ids"].shape[1]:], want, margins)
     record_case("generate/inductor")
+
+
+def test_a_key_behind_grouped_query_expand_compiles():
+    """The drawn case that failed: Inductor froze the layout of a compacted key behind GQA's
+    expand by sorting its strides by guarding hints, which the compacted width has none of
+    (vtp_compile/inner.py: unbacked_stride_order). A chain of random then FastV, hidden 36,
+    3 heads, 1 KV head, a ragged left-padded batch of 3."""
+    spec = TinySpec(hidden=36, heads=3, kv_heads=1, layers=3, intermediate=64)
+    opts = {"method": "chain", "stages": [{"method": "random", "budget": 5},
+                                          {"method": "fastv", "budget": 2, "layer": 1}]}
+    model, mux = _model(spec, opts), _mux(opts)
+    inputs = make_inputs(spec, rows=[(2, 3, 1), (5, 1, 1), (0, 4, 1)], side="left", pad=(1, 0, 2), seed=3)
+    with torch.no_grad():
+        model(**inputs)
+        fast = torch.compile(model, backend=mux)
+        with mux.select("inductor"):
+            got = fast(**inputs).logits
+        with mux.select("eager"):
+            same_rewrite = fast(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(got[real], same_rewrite[real], atol=1e-4, rtol=1e-4)
+    assert _pruned(mux)

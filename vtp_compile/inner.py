@@ -1,6 +1,8 @@
 """The inner backend: what compiles the (rewritten) graph after vtp's passes."""
 from __future__ import annotations
 
+import contextlib
+
 import torch.fx as fx
 
 from .config import PruneConfig
@@ -23,6 +25,44 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
         # the vtp ops that are plain tensor math are traced through (fused, generated code)
         with torch._inductor.config.patch(patches):
             decomps = decompositions()
-        return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decomps)
+        with unbacked_stride_order():
+            return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decomps)
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)
+
+
+@contextlib.contextmanager
+def unbacked_stride_order():
+    """Let Inductor order strides that hold the compacted width.
+
+    Inductor's ``FlexibleLayout.same_ordered`` (freezing a buffer that an SDPA input views, e.g.
+    a key behind grouped-query attention's expand) sorts the strides by *guarding* hints, and the
+    compacted width, an unbacked size, has none: the compile failed with "Could not extract
+    specialized integer from data-dependent expression" (a chain of random then FastV on a
+    3-head, 1-KV-head model). The order is a layout choice, not a guard, so while vtp's graph
+    is lowered a stride that holds an unbacked size is ordered by its optimization hint instead;
+    strides without one are ordered exactly as before. Outside vtp's compiles nothing changes.
+    """
+    from torch._inductor import ir
+    from torch._inductor.virtualized import V
+    import sympy
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    original = ir.FlexibleLayout.__dict__.get("same_ordered")
+    if not isinstance(original, staticmethod) or not hasattr(ir.FlexibleLayout, "fill_ordered"):
+        yield       # another Inductor: leave it as it is
+        return
+
+    def same_ordered(sizes, stride):
+        if not any(isinstance(s, sympy.Basic) and free_unbacked_symbols(s) for s in stride):
+            return original.__func__(sizes, stride)
+        assert len(sizes) == len(stride)
+        hints = V.graph.sizevars.optimization_hints(stride)
+        fill_order = sorted(range(len(stride)), key=hints.__getitem__)
+        return ir.FlexibleLayout.fill_ordered(sizes, fill_order)
+
+    ir.FlexibleLayout.same_ordered = staticmethod(same_ordered)
+    try:
+        yield
+    finally:
+        ir.FlexibleLayout.same_ordered = original
