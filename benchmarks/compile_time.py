@@ -160,7 +160,7 @@ def main(argv=None) -> int:
                     help="vtp methods compared with Inductor alone (comma list)")
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--layer", type=int, default=2, help="FastV's pruning layer")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None, help="default 2 (--quick: 1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-threads", type=int, default=None,
                     help="torch._inductor.config.compile_threads (default: Inductor's own choice, "
@@ -175,12 +175,14 @@ def main(argv=None) -> int:
                     help="a small model (hidden 256 x 2 layers, 144 visual, budget 16), 1 round")
     ap.add_argument("--breakdown", action="store_true", help="print each run's time by phase")
     ap.add_argument("--no-lengths", action="store_true", help="skip the recompile check")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up compiles")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.quick:
         args.hidden, args.intermediate, args.layers, args.heads = 256, 704, 2, 4
         args.image_size, args.budget, args.layer = 192, 16, 1
-        args.rounds = min(args.rounds, 1) if "--rounds" not in (argv or sys.argv) else args.rounds
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
 
     torch.set_num_threads(args.threads)
     import torch._inductor.config as ic
@@ -203,12 +205,15 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         model(**inputs)                 # eager warm-up (transformers' output-capture hooks)
     # untimed: pay the one-time imports and Inductor's CPU-ISA probe on a tiny model
-    wspec = TinySpec(layers=3)
-    wmodel, winputs = tiny_llava(wspec), make_inputs(wspec)
-    with torch.inference_mode():
-        wmodel(**winputs)
-    for _, opts in configs:
-        measure(wmodel, winputs, "warm-up", opts, [])
+    if not args.no_warmup:
+        wspec = TinySpec(layers=3)
+        wmodel, winputs = tiny_llava(wspec), make_inputs(wspec)
+        with torch.inference_mode():
+            wmodel(**winputs)
+        for _, opts in configs:
+            if opts is not None and opts.get("layer", 1) >= wspec.layers:
+                opts = {**opts, "layer": 1}
+            measure(wmodel, winputs, "warm-up", opts, [])
 
     print(f"model: hidden {args.hidden} x {args.layers} layers, prompt {L} tokens ({V} visual), batch 1, "
           f"fp32; torch {torch.__version__}, {args.threads} thread(s), compile_threads "
@@ -228,22 +233,26 @@ def main(argv=None) -> int:
                 print("         " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_s"].items()), flush=True)
 
     print(f"\n| config | compile s (median) | first call s (median) | ratio to inductor (paired median) "
-          f"| C++ kernels | graphs first call / new lengths |")
-    print("|---|---|---|---|---|---|")
+          f"| CPU s, process + C++ compiler (median) | CPU ratio | C++ kernels | graphs first call / new lengths |")
+    print("|---|---|---|---|---|---|---|---|")
     base = {r["round"]: r for r in rows if r["config"] == "inductor"}
     summary = {}
     for label, _ in configs:
         mine = [r for r in rows if r["config"] == label]
         ratio = statistics.median(r["compile_s"] / base[r["round"]]["compile_s"] for r in mine)
+        cpu = lambda r: r["self_cpu_s"] + r["cc_cpu_s"]      # noqa: E731
+        cpu_ratio = statistics.median(cpu(r) / cpu(base[r["round"]]) for r in mine)
         summary[label] = {"compile_s": statistics.median(r["compile_s"] for r in mine),
                           "first_call_s": statistics.median(r["first_call_s"] for r in mine),
                           "ratio": ratio,
+                          "cpu_s": statistics.median(cpu(r) for r in mine), "cpu_ratio": cpu_ratio,
                           "kernels": max(r["kernels"] for r in mine),
                           "graphs_first": max(r["graphs_first"] for r in mine),
                           "graphs_new_lengths": max(r["graphs_new_lengths"] for r in mine)}
         s = summary[label]
         lengths = "-" if args.no_lengths else s["graphs_new_lengths"]
-        print(f"| {label} | {s['compile_s']:.1f} | {s['first_call_s']:.1f} | {ratio:.2f}x | {s['kernels']} | "
+        print(f"| {label} | {s['compile_s']:.1f} | {s['first_call_s']:.1f} | {ratio:.2f}x | {s['cpu_s']:.1f} | "
+              f"{cpu_ratio:.2f}x | {s['kernels']} | "
               f"{s['graphs_first']} / {lengths} |")
     if not args.no_lengths:
         base_new = summary["inductor"]["graphs_new_lengths"]
