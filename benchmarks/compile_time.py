@@ -30,8 +30,8 @@ kernels it compiles at once) is left at Inductor's default unless ``--compile-th
 ``--breakdown`` prints each run's seconds by phase (from ``torch._dynamo.utils.compile_times()``):
 Dynamo's trace, vtp's passes (``PassManager.__call__``), AOT autograd's trace, Inductor's Python
 side (lowering, scheduling, codegen), and compiling + loading the C++ kernels. Every run prints the
-C++ kernels Inductor compiled and the CPU time of this process and (with ``--compile-threads 1``)
-of the C++ compiler, which are less sensitive to other load than wall time.
+C++ kernels Inductor compiled and the CPU time of this process and of the C++ compiler (its child
+processes), which are less sensitive to other load than wall time; the summary pairs those too.
 """
 from __future__ import annotations
 
@@ -232,8 +232,8 @@ def main(argv=None) -> int:
             if args.breakdown:
                 print("         " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_s"].items()), flush=True)
 
-    print(f"\n| config | compile s (median) | first call s (median) | ratio to inductor (paired median) "
-          f"| CPU s, process + C++ compiler (median) | CPU ratio | C++ kernels | graphs first call / new lengths |")
+    print("\n| config | compile s (median) | first call s (median) | ratio to inductor (paired median) "
+          "| CPU s, process + C++ compiler (median) | CPU ratio | C++ kernels | graphs first call / new lengths |")
     print("|---|---|---|---|---|---|---|---|")
     base = {r["round"]: r for r in rows if r["config"] == "inductor"}
     summary = {}
