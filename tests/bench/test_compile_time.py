@@ -1,0 +1,37 @@
+"""benchmarks/compile_time.py runs end to end on a tiny model, so the script cannot rot."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.inductor, pytest.mark.slow]
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_time.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("compile_time_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compile_time_tiny_runs(tmp_path, capsys):
+    out = tmp_path / "ct.json"
+    bench = _load()
+    assert bench.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--heads", "4",
+                       "--image-size", "64", "--budget", "4", "--layer", "1", "--text", "3",
+                       "--rounds", "1", "--no-warmup", "--breakdown", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    s = data["summary"]
+    assert set(s) == {"inductor", "fastv"}
+    assert s["inductor"]["ratio"] == 1.0 and s["fastv"]["compile_s"] > 0
+    for row in data["rows"]:
+        assert row["graphs_first"] >= 1 and row["kernels"] >= 1
+        assert set(row["phases_s"]) >= {"dynamo", "aot", "inductor_python", "cxx_compile_and_load"}
+    assert data["rows"][1]["phases_s"]["vtp_passes"] > 0
+    # no more graphs for other prompt lengths than Inductor alone compiles
+    assert s["fastv"]["graphs_new_lengths"] <= s["inductor"]["graphs_new_lengths"]
+    assert "ratio to inductor" in table and "fastv +0" in table
