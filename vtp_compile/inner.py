@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 import torch.fx as fx
 
 from .config import PruneConfig
@@ -19,16 +20,34 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
     if inner == "inductor":
         import torch._inductor
         from torch._inductor.compile_fx import compile_fx
-        from .kernels.lowering import decompositions
         patches = dict(torch._inductor.list_mode_options(cfg.mode)) if cfg.mode != "default" else {}
         patches.update(cfg.inductor_config)
-        # the vtp ops that are plain tensor math are traced through (fused, generated code)
-        with torch._inductor.config.patch(patches):
-            decomps = decompositions()
+        register_decompositions()
         with unbacked_stride_order():
-            return compile_fx(gm, example_inputs, config_patches=patches, decompositions=decomps)
+            return compile_fx(gm, example_inputs, config_patches=patches)
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)
+
+
+def register_decompositions() -> None:
+    """The vtp ops that are plain tensor math are traced through by Inductor (fused into the
+    code it generates): their decompositions go into Inductor's own tables, once per process.
+
+    Not ``compile_fx(..., decompositions=...)``: Inductor cannot build an FX-graph-cache key
+    from an explicit table (its default table holds a pybind11 function that does not pickle),
+    so every vtp graph bypassed the cache, and a restarted process compiled it all again. The
+    cache key is the graph after AOT autograd, which already holds the decomposed math, so it
+    stays exact when vtp's decompositions change. Only graphs that call vtp ops are affected.
+    """
+    from torch._inductor import decomposition as D
+    from .kernels.lowering import DECOMPOSED
+    ours = {getattr(torch.ops.vtp, name).default: fn for name, fn in DECOMPOSED.items()}
+    tables = [D.decompositions]
+    if hasattr(D, "fast_random_decomps"):
+        tables.append(D.fast_random_decomps())    # functools.cache'd: the dict Inductor reads
+    for table in tables:
+        if any(table.get(op) is not fn for op, fn in ours.items()):
+            table.update(ours)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.inductor, pytest.mark.slow]
+# a benchmark smoke test (~90 s on 2 cores): the extended tier keeps it out of CI's time budget
+pytestmark = [pytest.mark.inductor, pytest.mark.slow, pytest.mark.extended]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_time.py"
 

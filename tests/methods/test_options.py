@@ -32,7 +32,7 @@ def test_every_method_has_typed_documented_options(name):
     ({"method": "fastv", "layer": 0}, "'layer' must be an int >= 1"),
     ({"method": "dart", "pivots": 1.5}, "'pivots' must be an int >= 1"),
     ({"method": "cdpruner", "theta": 2}, r"'theta' must be a number in \[0, 1\]"),
-    ({"method": "alvts", "consistency": 0}, r"'consistency' must be a number in \(0, 1\]"),
+    ({"method": "alvts", "consistency": 0}, r"'consistency' must be in \(0, 1\]"),
     ({"method": "acgr", "site": "middle"}, "'site' must be one of"),
     ({"method": "acgr", "merge": 1}, "'merge' must be True or False"),
     ({"method": "nuwa", "pillars": -0.1}, "'pillars' must be a number"),

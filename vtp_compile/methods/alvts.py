@@ -132,7 +132,9 @@ class ALVTSOptions(MethodOptions):
         self.check_int("rank_cap", lo=1)
         if self.rank != "auto":
             self.check_int("rank", lo=1)
-        self.check_number("consistency", 0, 1, low_open=True)
+        c = self.consistency
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise OptionError(f"vtp: option 'consistency' must be in (0, 1], got {c!r}")
 
 
 @register

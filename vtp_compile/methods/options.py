@@ -75,7 +75,8 @@ class MethodOptions(Mapping):
         if optional and v is None:
             return
         if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-            raise OptionError(f"vtp: option {key!r} must be an int >= {lo}"
+            bound = "" if lo is None else f" >= {lo}"
+            raise OptionError(f"vtp: option {key!r} must be an int{bound}"
                               + (" or None" if optional else "") + f", got {v!r}")
 
     def check_number(self, key: str, lo: float, hi: float, low_open: bool = False,
@@ -84,8 +85,11 @@ class MethodOptions(Mapping):
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         ok = ok and (lo < v if low_open else lo <= v) and (v < hi if high_open else v <= hi)
         if not ok:
-            rng = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
-            raise OptionError(f"vtp: option {key!r} must be a number in {rng}, got {v!r}")
+            if hi == float("inf"):
+                rng = f"{'>' if low_open else '>='} {lo:g}"
+            else:
+                rng = f"in {'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
+            raise OptionError(f"vtp: option {key!r} must be a number {rng}, got {v!r}")
 
     def check_choice(self, key: str, choices) -> None:
         if self[key] not in choices:

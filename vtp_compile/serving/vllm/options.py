@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 KEY = "vtp"
 # keys of torch.compile's options that mean nothing in vLLM (vLLM compiles the model itself)
-_COMPILE_ONLY = ("inner_backend", "inductor", "mode")
+_COMPILE_ONLY = ("inner_backend", "inductor", "inductor_config", "mode")
 # the methods this plugin serves, with what each needs from vLLM besides the image features
 SERVED = {
     "random": "the image features",
