@@ -149,8 +149,8 @@ LLAVA_ONLY: dict[str, str] = {
 
 # video (tests/families/test_video.py): the families whose transformers model takes clips
 # (testing/families.VIDEO_FAMILIES) -> the paths checked with clips in the batch against the mask
-# oracle: "generate" every method of METHODS the family takes (REFUSED excepted), "forward" FastV,
-# padded left and right. Batches (VIDEO_BATCHES): "video": clip rows and a text-only row;
+# oracle: "generate" every method of METHODS the family takes (REFUSED excepted) on every batch,
+# "forward" FastV on the last batch the family takes, padded left and right. Batches (VIDEO_BATCHES): "video": clip rows and a text-only row;
 # "image+video": a row with an image and a clip, a clip row and a text-only row
 VIDEO: dict[str, tuple[str, ...]] = {
     "qwen2_vl": ("forward", "generate"),
@@ -184,8 +184,9 @@ VIDEO_LAYOUT = {
 }
 # methods not claimed on video, and why
 VIDEO_NOT_CLAIMED = {
-    "visionzip": "reads the vision tower's per-image internals (attach): not tested on clips; a "
-                 "graph that splices images and clips runs unpruned with one log line",
+    "visionzip": "reads the vision tower's per-image internals (vtp_compile.attach), recorded "
+                 "for images; not tested on clips (a graph that splices images and clips raises "
+                 "Unsupported in the pass that reads them, not tested either)",
     "nuwa": "as visionzip",
     "dstp": "not tested on clips", "alvts": "not tested on clips", "chain": "as its stages",
 }
@@ -209,7 +210,8 @@ def video_matrix() -> str:
                      + " | ".join(batches) + " |")
     lines.append("")
     lines.append("Video (tests/families/test_video.py): F: direct compiled forward with `fastv`, the "
-                 "batches padded left and right; G: `generate`, left-padded, greedy tokens of every "
+                 "image + clip batch (GLM-4V: the clip batch) padded left and right; G: `generate` of "
+                 "both batches, left-padded, greedy tokens of every "
                  "method named, each oracle-checked in CI against the mask oracle, which counts a "
                  "clip's spliced tokens as visual and its timestamps, frame labels and start/end "
                  "tokens as text. Not claimed on clips: "
