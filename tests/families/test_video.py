@@ -15,10 +15,10 @@ import torch
 from vtp_compile.testing import families as F
 from vtp_compile.testing import support
 from vtp_compile.testing.multiplex import Multiplex
-from vtp_compile.testing.oracle_mask import masked_forward, masked_generate
+from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
 
 from ..helpers import assert_tokens_match, kept_positions, record_case
-from .test_families import _opts, _pruning
+from .test_families import ALVTS, _dstp, _opts, _pruning
 
 CLIP = F.VideoSpec(4)            # 2 temporal patches on the Qwen/GLM towers
 
@@ -57,17 +57,25 @@ def test_clip_tokens_are_visual_and_timestamps_are_text():
 @pytest.mark.parametrize("family", [f for f, paths in support.VIDEO.items() if "generate" in paths])
 def test_video_generate_every_method(family, dynamo_for):
     """``generate`` with clips, left-padded: every method of ``support.METHODS`` the family takes
-    (those ``support.REFUSED`` lists for it excepted) from one trace (testing/multiplex.py),
+    (those ``support.REFUSED`` lists for it excepted; DSTP (three new tokens: two decode steps
+    that re-score active and reserve) and ALVTS where the image matrix claims their generate,
+    ``support.video_extra``) from one trace (testing/multiplex.py),
     on each of the family's ``support.VIDEO_BATCHES``; greedy tokens (prefill and a decode step
     from the compacted cache) equal to the mask oracle's, and the prefill pruned."""
     dynamo_for(family)
     model = F.build_model(family)
-    methods = [m for m in support.METHODS if family not in support.REFUSED.get(m, ())]
-    mux = Multiplex({m: _opts(family, m) for m in methods})
+    cases = {m: (_opts(family, m), _pruning(family, m), 2) for m in support.METHODS
+             if family not in support.REFUSED.get(m, ())}
+    if family in support.video_extra("dstp"):
+        cases["dstp"] = (*_dstp(family), 3)
+    if family in support.video_extra("alvts"):
+        cases["alvts"] = (ALVTS, Pruning("alvts", budget=3, layer=1, rank=3), 2)
+    methods = list(cases)
+    mux = Multiplex({m: c[0] for m, c in cases.items()})
     failures = []
     with torch.no_grad():
         batches = [_inputs(family, model, b) for b in support.video_batches(family)]
-        want = [{m: masked_generate(model, x, vis, _pruning(family, m), 2) for m in methods}
+        want = [{m: masked_generate(model, x, vis, cases[m][1], cases[m][2]) for m in methods}
                 for x, vis in batches]
         model(**batches[0][0])
         model.compile(backend=mux)
@@ -75,7 +83,7 @@ def test_video_generate_every_method(family, dynamo_for):
             for (x, _), w, name in zip(batches, want, support.video_batches(family)):
                 for m in methods:
                     with mux.select(m):
-                        out = model.generate(**x, max_new_tokens=2, do_sample=False)
+                        out = model.generate(**x, max_new_tokens=cases[m][2], do_sample=False)
                     tokens, margins, _ = w[m]
                     try:
                         assert_tokens_match(out[:, x["input_ids"].shape[1]:], tokens, margins)

@@ -188,7 +188,8 @@ VIDEO_NOT_CLAIMED = {
                  "for images; not tested on clips (a graph that splices images and clips raises "
                  "Unsupported in the pass that reads them, not tested either)",
     "nuwa": "as visionzip",
-    "dstp": "not tested on clips", "alvts": "not tested on clips", "chain": "as its stages",
+    "dstp": "only where the image matrix claims its `generate`", "alvts": "as dstp",
+    "chain": "as its stages",
 }
 
 
@@ -196,18 +197,25 @@ def video_batches(family: str) -> list[str]:
     return [b for b in VIDEO_BATCHES if (family, b) not in VIDEO_NOT]
 
 
+def video_extra(method: str) -> list[str]:
+    """The video families on which ``method`` (dstp, alvts) is checked with clips: those the
+    image matrix claims its ``generate`` for (EXTRA)."""
+    return [f for f in VIDEO if "generate" in VIDEO[f] and "generate" in EXTRA[method].get(f, ())]
+
+
 def video_matrix() -> str:
     """The video table of docs/support.md, in Markdown."""
     lines = ["| video | clips reach the model as | `fastv` | " + ", ".join(f"`{m}`" for m in METHODS[1:])
-             + " | clip rows + text-only row | image + clip row, clip row, text-only row |",
-             "|---|---|---|---|---|---|"]
+             + " | `dstp` | `alvts` | clip rows + text-only row | image + clip row, clip row, text-only row |",
+             "|---|---|---|---|---|---|---|---|"]
     for f, paths in VIDEO.items():
         methods = [m for m in METHODS[1:] if f not in REFUSED.get(m, ())]
         others = ("G" if len(methods) == len(METHODS) - 1 else
                   f"G (not {', '.join(m for m in METHODS[1:] if m not in methods)}: as for images)")
         batches = ["yes" if (f, b) not in VIDEO_NOT else f"no: {VIDEO_NOT[f, b][0]}" for b in VIDEO_BATCHES]
+        extra = ["G" if f in video_extra(m) else "—" for m in ("dstp", "alvts")]
         lines.append(f"| {f} | {VIDEO_LAYOUT[f]} | {' '.join(p[0].upper() for p in paths)} | {others} | "
-                     + " | ".join(batches) + " |")
+                     + " | ".join(extra + batches) + " |")
     lines.append("")
     lines.append("Video (tests/families/test_video.py): F: direct compiled forward with `fastv`, the "
                  "image + clip batch (GLM-4V: the clip batch) padded left and right; G: `generate` of "
