@@ -52,6 +52,10 @@ def test_clip_tokens_are_visual_and_timestamps_are_text():
     assert visual.sum(-1).tolist() == [16 + 2 * 16, 16, 0]            # image + 2 frames, 1 frame
     assert not visual[ids == F.TOKENS["start"]].any() and not visual[ids == F.TOKENS["end"]].any()
     assert (inputs["mm_token_type_ids"] == 2).sum() == (ids == F.TOKENS["video"]).sum()
+    frames = (ids[0] == F.TOKENS["video"]).nonzero().flatten().tolist()    # row 0's two frames
+    gap = [p for p in range(frames[0], frames[-1]) if p not in frames]       # </vs> <ts> <vs>
+    assert len(gap) == F.TIMESTAMP_TOKENS + 2 and not visual[0, gap].any()
+    assert all(F.TEXT_LO <= int(ids[0, p]) < F.TEXT_HI for p in gap[1:-1])   # the timestamp: text
 
 
 @pytest.mark.parametrize("family", [f for f, paths in support.VIDEO.items() if "generate" in paths])
