@@ -15,7 +15,8 @@ their separator tokens, Pixtral's break tokens, ...) and builds every extra inpu
 
 Every family shares one token table (:data:`TOKENS`): vocabulary 256, pad 0, bos 1, eos 2, text
 tokens in ``[3, 192)``, special and placeholder tokens in ``[192, 256)``; ``generate`` is told to
-never emit the specials. A family is one :class:`FamilySpec` row in :data:`FAMILIES`: its config
+never emit the specials. Rows may hold clips too (:class:`VideoSpec`, on the families of
+:data:`VIDEO_FAMILIES`), after their images, laid out as each family's processor writes them. A family is one :class:`FamilySpec` row in :data:`FAMILIES`: its config
 (as keyword dicts), the model class, and one of seven layouts (how an image becomes placeholder
 tokens and pixel tensors).
 """
