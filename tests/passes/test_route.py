@@ -117,3 +117,24 @@ def test_keep_all_is_identity():
     model = tiny_llava(spec)
     inputs = make_inputs(spec, batch=2, pad=(0, 2))
     assert_keep_all_is_identity(model, inputs, "alvts", spec.visual_tokens, layer=0)
+
+
+def test_a_second_prompt_length_routes_in_the_dynamic_graph():
+    """A new prompt length after the first compiles a dynamic-shape prefill graph, whose example
+    inputs hold SymInts: the selector's calibration runs it with their values (it raised a
+    PassError in 'route' before), and the tokens equal the mask oracle's for both lengths."""
+    from vtp_compile.testing import families as F
+    from vtp_compile.testing.oracle_mask import Pruning, masked_generate
+    model = F.build_model("llava")
+    batches = [F.make_inputs("llava", model, rows, seed=s) for s, rows in enumerate((
+        [F.RowSpec(3, 4), F.RowSpec(4, 3, ())],
+        [F.RowSpec(5, 6, (F.ImageSpec(), F.ImageSpec())), F.RowSpec(2, 3)]))]
+    pruning = Pruning("alvts", budget=3, layer=1, rank=3)
+    with torch.no_grad():
+        want = [masked_generate(model, x, F.visual_positions("llava", model, x), pruning, 2) for x in batches]
+        model(**batches[0])
+        model.compile(backend="vtp", options=options("alvts", budget=3, layer=1, rank=3))
+        for x, (tokens, margins, _) in zip(batches, want):
+            out = model.generate(**x, max_new_tokens=2, do_sample=False)
+            assert_tokens_match(out[:, x["input_ids"].shape[1]:], tokens, margins)
+    assert sum(1 for r in REPORTS if r.phase == "prefill" and r.sites) == 2

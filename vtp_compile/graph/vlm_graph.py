@@ -39,6 +39,13 @@ class VLMGraph:
     features: fx.Node | None = None
     visual_mask: fx.Node | None = None  # the mask argument of the splice ([B, L, 1] or [B, L, D])
     vision_context: fx.Node | None = None  # torch.ops.vtp.vision_context (vtp_compile.attach)
+    # earlier splices of a chain (images, then videos: each splices into the previous one's
+    # output); ``splice`` is the last, the visual positions are the union of every mask
+    earlier_splices: tuple[fx.Node, ...] = ()
+    # the embeddings the first splice writes into, where they come from another graph (an input
+    # without an embedding lookup: LLaVA-OneVision's direct forward splices the images in one
+    # graph, the clips in the next); their own visual mask is looked up (kernels/splice.py)
+    spliced_before: fx.Node | None = None
     tp: TPInfo | None = None       # the tensor-parallel group (transformers' tp_plan), if any
 
     @property
@@ -53,20 +60,18 @@ class VLMGraph:
     def match(cls, gm: fx.GraphModule) -> "VLMGraph":
         """Analyse ``gm``; raises :class:`Unsupported` with the reason when it is not a VLM graph."""
         graph = gm.graph
-        splices = [n for n in graph.nodes if is_masked_scatter(n)]
-        if len(splices) > 1:
-            raise Unsupported(f"{len(splices)} visual splices (masked_scatter) in one graph")
+        splices = _splice_chain([n for n in graph.nodes if is_masked_scatter(n)])
         sdpas = [n for n in graph.nodes if is_sdpa(n)]
         if not sdpas and splices:   # the splice alone: record it for the decoder graph to come
             self = cls(gm=gm, phase="splice", layers=[])
-            self._set_splice(splices[0])
+            self._set_splice(splices)
             return self
         if not sdpas:
             raise Unsupported("no scaled_dot_product_attention call in this graph (a fragment without "
                               "decoder layers, or eager attention, which is not supported)")
         nxg = to_networkx(graph)
         if splices:
-            splice = splices[0]
+            splice = splices[-1]
             downstream = nx.descendants(nxg, splice)
             sdpas = [n for n in sdpas if n in downstream]
             if not sdpas:
@@ -91,17 +96,43 @@ class VLMGraph:
             raise Unsupported(f"{len(tags)} vision_context nodes in one graph")
         self.vision_context = tags[0] if tags else None
         if splice is not None:
-            self._set_splice(splice)
+            self._set_splice(splices)
             if layers[0].entry is not splice and splice not in nx.ancestors(nxg, layers[0].entry):
                 raise Unsupported("first decoder layer does not consume the visual splice")
         return self
 
-    def _set_splice(self, splice: fx.Node) -> None:
-        self.splice = splice
-        _, mask, feats = (list(splice.args) + [None, None, None])[:3]
-        if tensor_val(mask) is None or tensor_val(feats) is None:
-            raise Unsupported("visual splice with non-tensor arguments")
-        self.visual_mask, self.features = mask, feats
+    @property
+    def splices(self) -> tuple[fx.Node, ...]:
+        """Every splice of the chain, in graph order (one for a model without video)."""
+        return (*self.earlier_splices, self.splice) if self.splice is not None else ()
+
+    @property
+    def visual_masks(self) -> tuple[fx.Node, ...]:
+        """The mask argument of every splice (their union marks the visual positions)."""
+        return tuple(s.args[1] for s in self.splices)
+
+    def _set_splice(self, chain: list[fx.Node]) -> None:
+        for splice in chain:
+            _, mask, feats = (list(splice.args) + [None, None, None])[:3]
+            if tensor_val(mask) is None or tensor_val(feats) is None:
+                raise Unsupported("visual splice with non-tensor arguments")
+        self.splice, self.earlier_splices = chain[-1], tuple(chain[:-1])
+        self.visual_mask, self.features = chain[-1].args[1], chain[-1].args[2]
+        target = chain[0].args[0]
+        if isinstance(target, fx.Node):
+            self.spliced_before = _embeds_input(self.gm.graph, to_networkx(self.gm.graph), target)
+
+
+def _splice_chain(splices: list[fx.Node]) -> list[fx.Node]:
+    """The splices of one graph, in order; several only as a chain: each splices into the previous
+    one's output (transformers splices the images, then the videos, into the same embeddings).
+    A mask that overlaps an earlier one would overwrite its features: the union of the masks is
+    the visual set either way, and the model's own placeholder check keeps them disjoint."""
+    for prev, nxt in zip(splices, splices[1:]):
+        if nxt.args[0] is not prev or len(prev.users) != 1:
+            raise Unsupported(f"{len(splices)} visual splices (masked_scatter) in one graph that do not "
+                              "form one chain (each into the previous one's output, read by nothing else)")
+    return splices
 
 
 def _layers(graph: fx.Graph, sdpas: list[fx.Node], nxg: nx.DiGraph, splice) -> list[LayerView]:

@@ -18,12 +18,16 @@ class Accounting:
         h = tensor_val(vlm.layers[0].entry)
         self.B, self.L = hint(h.shape[0]), hint(h.shape[1])
         self.elem = h.element_size()
-        if vlm.features is not None:
-            f = tensor_val(vlm.features)
-            V = hint(f.numel()) // hint(f.shape[-1]) // self.B
+        from ..kernels import splice
+        recorded = int(splice._RECORD[1].sum()) if splice._RECORD is not None else 0
+        if vlm.features is not None:     # every splice of the chain (images, then videos)
+            V = recorded if vlm.spliced_before is not None else 0   # and an earlier graph's
+            for s in vlm.splices:
+                f = tensor_val(s.args[2])
+                V += hint(f.numel()) // hint(f.shape[-1])
+            V //= self.B
         else:   # spliced in another graph: the recorded mask of the first call, if any
-            from ..kernels import splice
-            V = int(splice._RECORD[1].sum()) // self.B if splice._RECORD is not None else 0
+            V = recorded // self.B
         self.V = self.cur_V = V
         self.layer_len = [self.L] * vlm.num_layers
         self.kv_counted: set = set()

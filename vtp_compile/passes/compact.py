@@ -77,7 +77,7 @@ def init_state(vlm: VLMGraph, layouts: Layouts) -> CompactState:
     anchor = source if mask is None or order[mask] < order[source] else mask
     with insert_after(g, anchor):
         if vlm.splice is not None:
-            vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
+            vis = visual_union(g, vlm)
         else:   # spliced in an earlier graph (see kernels/splice.py)
             vis = g.call_function(ops.splice_lookup.default, (vlm.embeds_input,))
         if mask is not None:
@@ -87,12 +87,26 @@ def init_state(vlm: VLMGraph, layouts: Layouts) -> CompactState:
     return CompactState(vis, live, qpos, layouts, first_visual=vis)
 
 
+def visual_union(g: fx.Graph, vlm: VLMGraph) -> fx.Node:
+    """``[B, L]`` bool: the positions any splice of the chain fills (images, then videos), and those
+    an earlier graph spliced into its input embeddings (``splice_lookup``: all False unless they
+    are exactly the embeddings ``record_splice`` kept), inserted at the current insertion point
+    (after the last splice)."""
+    out = None
+    if vlm.spliced_before is not None:   # spliced in an earlier graph too (images), see VLMGraph
+        out = g.call_function(ops.splice_lookup.default, (vlm.spliced_before,))
+    for m in vlm.visual_masks:
+        vis = g.call_function(traced.visual_mask_2d, (m,))
+        out = vis if out is None else g.call_function(operator.or_, (out, vis))
+    return out
+
+
 def record_splice(vlm: VLMGraph) -> None:
     """A graph with the splice but no decoder layers: record the spliced embeddings and the
     visual mask for the decoder graph that will read them (kernels/splice.py)."""
     g = vlm.gm.graph
     with insert_after(g, vlm.splice):
-        vis = g.call_function(traced.visual_mask_2d, (vlm.visual_mask,))
+        vis = visual_union(g, vlm)
         rec = g.call_function(ops.record_splice.default, (vlm.splice, vis))
     vlm.splice.replace_all_uses_with(rec, delete_user_cb=lambda u: u is not rec)
     g.lint()

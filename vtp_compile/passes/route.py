@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ..graph import tp
-from ..graph.fx_utils import Unsupported, sdpa_args, tensor_val
+from ..graph.fx_utils import Unsupported, hint, sdpa_args, tensor_val
 from ..graph.vlm_graph import VLMGraph
 from ..sites import RouteSite
 from . import compact
@@ -163,9 +163,11 @@ def _calibration(gm, vlm, sites, state, example_inputs) -> dict:
 
     # only the prefix of the graph up to the last routed layer's input runs; a failure here is a
     # failure of the graph itself (a bug), not something to hide behind the rank cap
+    # a dynamic-shape graph's example inputs hold its sizes as SymInts: run with their values
+    args = [hint(x) if isinstance(x, torch.SymInt) else x for x in example_inputs]
     with torch.no_grad():
         try:
-            Capture(gm).run(*example_inputs)
+            Capture(gm).run(*args)
         except Enough:
             pass
     vm, qp = got.get(state.visual_mask), got.get(state.qpos)

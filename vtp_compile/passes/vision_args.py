@@ -32,6 +32,9 @@ def context_args(vlm: VLMGraph, site, visual_mask=None) -> tuple:
     site. ``visual_mask``: the graph's ``[B, L]`` visual-mask node, where the splice happened in
     an earlier graph (no features node here)."""
     from .. import vision_context
+    if vlm.earlier_splices:
+        raise Unsupported(f"{method_of(site)} reads the vision tower's internals of one kind of input, "
+                          f"and this graph splices {len(vlm.splices)} (images, then videos)")
     tag = vlm.vision_context
     want = getattr(site, "vision_layer", None)
     if tag is not None:

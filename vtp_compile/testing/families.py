@@ -15,7 +15,8 @@ their separator tokens, Pixtral's break tokens, ...) and builds every extra inpu
 
 Every family shares one token table (:data:`TOKENS`): vocabulary 256, pad 0, bos 1, eos 2, text
 tokens in ``[3, 192)``, special and placeholder tokens in ``[192, 256)``; ``generate`` is told to
-never emit the specials. A family is one :class:`FamilySpec` row in :data:`FAMILIES`: its config
+never emit the specials. Rows may hold clips too (:class:`VideoSpec`, on the families of
+:data:`VIDEO_FAMILIES`), after their images, laid out as each family's processor writes them. A family is one :class:`FamilySpec` row in :data:`FAMILIES`: its config
 (as keyword dicts), the model class, and one of seven layouts (how an image becomes placeholder
 tokens and pixel tensors).
 """
@@ -54,11 +55,40 @@ class ImageSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class VideoSpec:
+    """One clip of ``frames`` frames, ``height`` x ``width`` pixels (``None``: the family's default
+    size), laid out as the family's processor would write it (see :data:`VIDEO_FAMILIES`):
+
+    * Qwen2-VL / Qwen2.5-VL: ``<|vision_start|>`` + one run of ``t * h * w / merge^2`` video
+      tokens + ``<|vision_end|>``, ``t = ceil(frames / temporal_patch_size)``
+      (``pixel_values_videos``, ``video_grid_thw``; Qwen2.5-VL ``second_per_grid_ts``:
+      ``temporal_patch_size / fps`` with ``fps`` :data:`VIDEO_FPS`);
+    * Qwen3-VL / Qwen3.5: per temporal patch, the timestamp text (``<0.5 seconds>``: here
+      :data:`TIMESTAMP_TOKENS` random text tokens) + ``<|vision_start|>`` + ``h * w / merge^2``
+      video tokens + ``<|vision_end|>``;
+    * GLM-4V: ``<|begin_of_video|>`` + per temporal patch ``<|begin_of_image|>`` + the frame's
+      *image* tokens + ``<|end_of_image|>`` + its timestamp text, then ``<|end_of_video|>``
+      (``mm_token_type_ids`` 2 inside the video);
+    * LLaVA-OneVision: ``frames * ceil(g/2)^2 + 1`` video tokens (bilinear-pooled frames, one
+      newline feature after the clip); LLaVA-NeXT-Video: ``frames * (g/stride)^2`` (average
+      pooled, no newline);
+    * InternVL: per frame ``Frame{i}: <img>`` + one tile's image tokens + ``</img>``, frames
+      joined by a newline, every frame a one-tile image in ``pixel_values``; SmolVLM: an intro
+      text, then per frame ``Frame from MM:SS:`` + a one-tile image; labels and intro are text.
+    """
+    frames: int = 4
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RowSpec:
-    """One prompt: ``prefix`` text tokens, the images (one text token between two images), ``suffix``."""
+    """One prompt: ``prefix`` text tokens, the images, then the videos (one text token between two
+    media), ``suffix``."""
     prefix: int = 3
     suffix: int = 4
     images: tuple[ImageSpec, ...] = (ImageSpec(),)
+    videos: tuple[VideoSpec, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +132,17 @@ _QWEN_TOKENS = dict(image_token_id=TOKENS["image"], video_token_id=TOKENS["video
                     vision_start_token_id=TOKENS["start"], vision_end_token_id=TOKENS["end"])
 _ANYRES_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
+# families whose transformers model takes video (VideoSpec in a RowSpec), and how: "videos"
+# (pixel_values_videos, the model's own video path: a second splice after the images') or
+# "frames" (the processor passes frames as images with text labels: one splice)
+VIDEO_FAMILIES: dict[str, str] = {
+    "qwen2_vl": "videos", "qwen2_5_vl": "videos", "qwen3_vl": "videos", "qwen3_5": "videos",
+    "glm4v": "videos", "llava_onevision": "videos", "llava_next_video": "videos",
+    "internvl": "frames", "smolvlm": "frames",
+}
+TIMESTAMP_TOKENS = 3      # text tokens of one timestamp ("<0.5 seconds>", GLM-4V's "1", SmolVLM's label)
+VIDEO_FPS = 4.0           # Qwen2.5-VL: second_per_grid_ts = temporal_patch_size / fps
+
 FAMILIES: dict[str, FamilySpec] = {
     "llava": FamilySpec(
         "LlavaForConditionalGeneration", "LlavaConfig",
@@ -114,6 +155,13 @@ FAMILIES: dict[str, FamilySpec] = {
              vision_feature_select_strategy="default", image_grid_pinpoints=_ANYRES_PINPOINTS),
         layout="anyres", default_size=(32, 32),
         notes="anyres: base 16 + unpadded grid + one newline per grid row; 32x32 -> 36, 32x64 -> 52"),
+    "llava_next_video": FamilySpec(
+        "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoConfig",
+        dict(vision_config=_CLIP, text_config=_llama(), vision_feature_layer=-2,
+             vision_feature_select_strategy="default", image_grid_pinpoints=_ANYRES_PINPOINTS,
+             image_token_index=TOKENS["image"], video_token_index=TOKENS["video"]),
+        layout="anyres", default_size=(32, 32),
+        notes="LLaVA-NeXT's images; video frames average-pooled (stride 2): 4 tokens per frame, no newline"),
     "llava_onevision": FamilySpec(
         "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionConfig",
         dict(vision_config=_SIGLIP, text_config={"model_type": "qwen2", **_TEXT}, vision_feature_layer=-1,
@@ -416,6 +464,79 @@ def _image_tokens_and_pixels(name, spec, cfg, img: ImageSpec, multi: bool, g):
     raise ValueError(f"unknown layout {lay!r}")
 
 
+def _video_tokens_and_pixels(name, spec, cfg, vid: VideoSpec, g, text):
+    """Token ids of one clip, their ``mm_token_type_ids`` (2 on the clip's visual tokens), and its
+    payload: ``("video", ...)`` for the model's video inputs, ``("frames", tiles)`` for frames
+    passed as images. ``text(n)``: ``n`` random text tokens (timestamps, frame labels)."""
+    if name not in VIDEO_FAMILIES:
+        raise ValueError(f"{name}: its transformers model takes no video (VIDEO_FAMILIES)")
+    h, w = vid.height or spec.default_size[0], vid.width or spec.default_size[1]
+    V = TOKENS["video"]
+    if spec.layout == "qwen":
+        gh, gw = _qwen_grid(cfg, h, w)
+        vc = cfg.vision_config
+        t = math.ceil(vid.frames / vc.temporal_patch_size)
+        per_frame = gh * gw // vc.spatial_merge_size ** 2
+        flat = torch.randn(t * gh * gw, vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, generator=g)
+        payload = ("video", (flat, (t, gh, gw)))
+        if name in ("qwen2_vl", "qwen2_5_vl"):                       # one run for the whole clip
+            toks = [TOKENS["start"], *[V] * (t * per_frame), TOKENS["end"]]
+            return toks, [2 if x == V else 0 for x in toks], payload
+        toks = []
+        if name == "glm4v":                                          # frames of image tokens
+            toks.append(TOKENS["start"])
+            for _ in range(t):
+                toks += [TOKENS["boi"], *[TOKENS["image"]] * per_frame, TOKENS["eoi"], *text(TIMESTAMP_TOKENS)]
+            toks.append(TOKENS["end"])
+            return toks, [2 if x == TOKENS["image"] else 0 for x in toks], payload
+        for _ in range(t):                                           # Qwen3-VL, Qwen3.5
+            toks += [*text(TIMESTAMP_TOKENS), TOKENS["start"], *[V] * per_frame, TOKENS["end"]]
+        return toks, [2 if x == V else 0 for x in toks], payload
+    if spec.layout == "anyres":
+        side = cfg.vision_config.image_size
+        grid = side // cfg.vision_config.patch_size
+        if name == "llava_onevision":                                # bilinear to ceil(g/2), + newline
+            count = vid.frames * math.ceil(grid / 2) ** 2 + 1
+        else:                                                        # LLaVA-NeXT-Video: avg pool
+            count = vid.frames * (grid // cfg.spatial_pool_stride) ** 2
+        return [V] * count, [0] * count, ("video", torch.randn(vid.frames, 3, side, side, generator=g))
+    if name == "internvl":
+        vc = cfg.vision_config
+        tile = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
+        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        per_tile = int((tile // patch) ** 2 * cfg.downsample_ratio ** 2)
+        toks = []
+        for i in range(vid.frames):
+            toks += ([*text(1)] if i else []) + [*text(TIMESTAMP_TOKENS - 1)] + _tokens(per_tile, spec.wrap)
+        return toks, [0] * len(toks), ("frames", torch.randn(vid.frames, 3, tile, tile, generator=g))
+    if name == "smolvlm":
+        tile = cfg.vision_config.image_size
+        per_tile = (tile // cfg.vision_config.patch_size) ** 2 // cfg.scale_factor ** 2
+        toks = text(4)                                               # "You are provided ... frames"
+        for _ in range(vid.frames):
+            toks += [*text(TIMESTAMP_TOKENS), TOKENS["fake_image"], TOKENS["global_image"],
+                     *[TOKENS["image"]] * per_tile, TOKENS["fake_image"]]
+        return toks, [0] * len(toks), ("frames", torch.randn(vid.frames, 3, tile, tile, generator=g))
+    raise ValueError(f"no video layout for {name}")
+
+
+def _video_inputs(name, spec, cfg, clips: list[Any]) -> dict:
+    """The model's video inputs from the clips' payloads, batch order."""
+    if not clips:
+        return {}
+    if spec.layout == "qwen":
+        out = {"pixel_values_videos": torch.cat([p for p, _ in clips]),
+               "video_grid_thw": torch.tensor([list(t) for _, t in clips])}
+        if name == "qwen2_5_vl":
+            tps = cfg.vision_config.temporal_patch_size
+            out["second_per_grid_ts"] = torch.tensor([tps / VIDEO_FPS] * len(clips))
+        return out
+    frames = {c.shape[0] for c in clips}
+    if len(frames) != 1:
+        raise ValueError(f"{name}: pixel_values_videos is one tensor; every clip needs the same frame count")
+    return {"pixel_values_videos": torch.stack(clips)}
+
+
 def _pixel_inputs(spec, cfg, rows_payloads: list[list[Any]]) -> dict:
     """Batch the per-image payloads of every row into the model's vision inputs."""
     flat = [p for row in rows_payloads for p in row]
@@ -460,8 +581,11 @@ def make_inputs(name: str, model, rows: list[RowSpec], padding_side: str = "left
 
     Rows are padded to the longest with ``pad_token_id`` (attention_mask 0) on ``padding_side``.
     Besides ``input_ids``/``attention_mask``: the family's pixel inputs (only if some row has an
-    image), ``mm_token_type_ids`` (Qwen/GLM: 1 on image tokens) and ``token_type_ids`` (Gemma 3:
-    1 on image tokens; PaliGemma: zeros, i.e. the whole prompt is the bidirectional prefix).
+    image), its video inputs (only if some row has a clip: ``pixel_values_videos`` and, Qwen/GLM,
+    ``video_grid_thw``, Qwen2.5-VL ``second_per_grid_ts``; InternVL's and SmolVLM's frames join
+    ``pixel_values``), ``mm_token_type_ids`` (Qwen/GLM: 1 on image tokens, 2 on a clip's visual
+    tokens) and ``token_type_ids`` (Gemma 3: 1 on image tokens; PaliGemma: zeros, i.e. the whole
+    prompt is the bidirectional prefix).
     """
     spec, cfg = FAMILIES[name], model.config
     g = torch.Generator().manual_seed(seed)
@@ -469,27 +593,43 @@ def make_inputs(name: str, model, rows: list[RowSpec], padding_side: str = "left
     def text(n):
         return torch.randint(TEXT_LO, TEXT_HI, (n,), generator=g).tolist()
 
-    seqs, payloads = [], []
+    seqs, types, payloads, clips = [], [], [], []
     for row in rows:
         toks, pay = text(row.prefix), []
+        typ = [0] * len(toks)
         for i, img in enumerate(row.images):
             if i:
                 toks += text(1)
+                typ.append(0)
             t, p = _image_tokens_and_pixels(name, spec, cfg, img, len(row.images) > 1, g)
             toks += t
+            typ += [1 if x == TOKENS["image"] else 0 for x in t]
             pay.append(p)
-        seqs.append(toks + text(row.suffix))
+        for i, vid in enumerate(row.videos):
+            if i or row.images:
+                toks += text(1)
+                typ.append(0)
+            t, ty, (kind, p) = _video_tokens_and_pixels(name, spec, cfg, vid, g, text)
+            toks += t
+            typ += ty
+            (pay if kind == "frames" else clips).append(p)
+        tail = text(row.suffix)
+        seqs.append(toks + tail)
+        types.append(typ + [0] * len(tail))
         payloads.append(pay)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    mm = torch.zeros(len(seqs), width, dtype=torch.long)
     for b, s in enumerate(seqs):
         sl = slice(width - len(s), width) if padding_side == "left" else slice(0, len(s))
         ids[b, sl], mask[b, sl] = torch.tensor(s, dtype=torch.long), 1
-    out = {"input_ids": ids, "attention_mask": mask, **_pixel_inputs(spec, cfg, payloads)}
+        mm[b, sl] = torch.tensor(types[b], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask, **_pixel_inputs(spec, cfg, payloads),
+           **_video_inputs(name, spec, cfg, clips)}
     is_image = (ids == TOKENS["image"]).long()
     if spec.layout == "qwen":
-        out["mm_token_type_ids"] = is_image
+        out["mm_token_type_ids"] = mm
     if spec.token_type_ids == "image":
         out["token_type_ids"] = is_image
     elif spec.token_type_ids == "zeros":
@@ -498,9 +638,16 @@ def make_inputs(name: str, model, rows: list[RowSpec], padding_side: str = "left
 
 
 def visual_positions(name: str, model, inputs: dict) -> torch.Tensor:
-    """Bool ``[B, L]``: the positions the model splices visual features into (its placeholder mask)."""
+    """Bool ``[B, L]``: the positions the model splices visual features into (its placeholder
+    mask): image tokens and, where the family has one, video tokens (never timestamps, frame
+    labels or the vision start/end tokens, which are text)."""
     del name
-    return inputs["input_ids"] == model.config.image_token_id
+    ids = inputs["input_ids"]
+    out = ids == model.config.image_token_id
+    video = getattr(model.config, "video_token_id", None)
+    if video is not None:
+        out = out | (ids == video)
+    return out
 
 
 def visual_counts(name: str, model, inputs: dict) -> list[int]:
@@ -508,5 +655,5 @@ def visual_counts(name: str, model, inputs: dict) -> list[int]:
     return visual_positions(name, model, inputs).sum(-1).tolist()
 
 
-__all__ = ["FAMILIES", "FamilySpec", "ImageSpec", "RowSpec", "TOKENS", "build_model", "make_inputs",
-           "visual_counts", "visual_positions"]
+__all__ = ["FAMILIES", "FamilySpec", "ImageSpec", "RowSpec", "TOKENS", "VIDEO_FAMILIES", "VideoSpec",
+           "build_model", "make_inputs", "visual_counts", "visual_positions"]

@@ -147,6 +147,86 @@ LLAVA_ONLY: dict[str, str] = {
 }
 
 
+# video (tests/families/test_video.py): the families whose transformers model takes clips
+# (testing/families.VIDEO_FAMILIES) -> the paths checked with clips in the batch against the mask
+# oracle: "generate" every method of METHODS the family takes (REFUSED excepted) on every batch,
+# "forward" FastV on the last batch the family takes, padded left and right. Batches (VIDEO_BATCHES): "video": clip rows and a text-only row;
+# "image+video": a row with an image and a clip, a clip row and a text-only row
+VIDEO: dict[str, tuple[str, ...]] = {
+    "qwen2_vl": ("forward", "generate"),
+    "qwen2_5_vl": ("forward", "generate"),
+    "qwen3_vl": ("generate",),
+    "qwen3_5": ("forward", "generate"),
+    "glm4v": ("forward", "generate"),
+    "llava_onevision": ("forward", "generate"),
+    "llava_next_video": ("forward", "generate"),
+    "internvl": ("forward", "generate"),
+    "smolvlm": ("forward", "generate"),
+}
+VIDEO_BATCHES = ("video", "image+video")
+# (family, batch) that transformers itself refuses, uncompiled: (why, the error it raises)
+VIDEO_NOT: dict[tuple[str, str], tuple[str, str]] = {
+    ("glm4v", "image+video"): ("transformers rejects it uncompiled: GLM-4V's frames use the image "
+                               "token, so its image splice counts the clip's tokens too",
+                               "Image features and image tokens do not match"),
+}
+# how each family's clips reach the model (testing/families.VideoSpec)
+VIDEO_LAYOUT = {
+    "qwen2_vl": "`pixel_values_videos`, one run of video tokens per clip",
+    "qwen2_5_vl": "as Qwen2-VL, with `second_per_grid_ts`",
+    "qwen3_vl": "`pixel_values_videos`; timestamp text between frames",
+    "qwen3_5": "`pixel_values_videos`; timestamp text between frames",
+    "glm4v": "`pixel_values_videos`; frames of image tokens, timestamp text between them",
+    "llava_onevision": "`pixel_values_videos`; pooled frames, one newline token per clip",
+    "llava_next_video": "`pixel_values_videos`; pooled frames",
+    "internvl": "frames as images in `pixel_values`, with frame labels",
+    "smolvlm": "frames as images in `pixel_values`, with timestamp labels",
+}
+# methods not claimed on video, and why
+VIDEO_NOT_CLAIMED = {
+    "visionzip": "reads the vision tower's per-image internals (vtp_compile.attach), recorded "
+                 "for images; not tested on clips (a graph that splices images and clips raises "
+                 "Unsupported in the pass that reads them, not tested either)",
+    "nuwa": "as visionzip",
+    "dstp": "only where the image matrix claims its `generate`", "alvts": "as dstp",
+    "chain": "as its stages",
+}
+
+
+def video_batches(family: str) -> list[str]:
+    return [b for b in VIDEO_BATCHES if (family, b) not in VIDEO_NOT]
+
+
+def video_extra(method: str) -> list[str]:
+    """The video families on which ``method`` (dstp, alvts) is checked with clips: those the
+    image matrix claims its ``generate`` for (EXTRA)."""
+    return [f for f in VIDEO if "generate" in VIDEO[f] and "generate" in EXTRA[method].get(f, ())]
+
+
+def video_matrix() -> str:
+    """The video table of docs/support.md, in Markdown."""
+    lines = ["| video | clips reach the model as | `fastv` | " + ", ".join(f"`{m}`" for m in METHODS[1:])
+             + " | `dstp` | `alvts` | clip rows + text-only row | image + clip row, clip row, text-only row |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f, paths in VIDEO.items():
+        methods = [m for m in METHODS[1:] if f not in REFUSED.get(m, ())]
+        others = ("G" if len(methods) == len(METHODS) - 1 else
+                  f"G (not {', '.join(m for m in METHODS[1:] if m not in methods)}: as for images)")
+        batches = ["yes" if (f, b) not in VIDEO_NOT else f"no: {VIDEO_NOT[f, b][0]}" for b in VIDEO_BATCHES]
+        extra = ["G" if f in video_extra(m) else "—" for m in ("dstp", "alvts")]
+        lines.append(f"| {f} | {VIDEO_LAYOUT[f]} | {' '.join(p[0].upper() for p in paths)} | {others} | "
+                     + " | ".join(extra + batches) + " |")
+    lines.append("")
+    lines.append("Video (tests/families/test_video.py): F: direct compiled forward with `fastv`, the "
+                 "image + clip batch (GLM-4V: the clip batch) padded left and right; G: `generate` of "
+                 "both batches, left-padded, greedy tokens of every "
+                 "method named, each oracle-checked in CI against the mask oracle, which counts a "
+                 "clip's spliced tokens as visual and its timestamps, frame labels and start/end "
+                 "tokens as text. Not claimed on clips: "
+                 + "; ".join(f"`{m}` ({why})" for m, why in VIDEO_NOT_CLAIMED.items()) + ".")
+    return "\n".join(lines)
+
+
 def layer_for(family: str) -> int:
     return LAYER.get(family, 1)
 
@@ -202,6 +282,7 @@ def matrix() -> str:
               "linear-attention layer, where it raises an error naming the layer (PDrop, SparseVLM) "
               "or runs unpruned with one log line (ACGR's merge; tested), see docs/methods.md."
               for f, per in METHOD_OPTIONS.items() for m, opts in per.items()]
+    lines += ["", video_matrix()]
     return "\n".join(lines)
 
 
