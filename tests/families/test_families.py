@@ -18,14 +18,6 @@ ROWS = [F.RowSpec(3, 4, (F.ImageSpec(),)), F.RowSpec(5, 2, (F.ImageSpec(), F.Ima
 PRUNED = [(f, p) for f, paths in support.PRUNED.items() for p in paths]
 
 
-@pytest.fixture
-def dynamo_for(monkeypatch):
-    def apply(family):
-        for k, v in support.DYNAMO.get(family, {}).items():
-            monkeypatch.setattr(torch._dynamo.config, k, v)
-    return apply
-
-
 def _setup(family, rows=ROWS, seed=1):
     model = F.build_model(family)
     inputs = F.make_inputs(family, model, rows, padding_side="left", seed=seed)

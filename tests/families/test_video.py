@@ -31,14 +31,6 @@ def batch_rows(family: str, batch: str) -> list:
     return [F.RowSpec(3, 4, (F.ImageSpec(),), (CLIP,)), F.RowSpec(5, 2, (), (short,)), F.RowSpec(4, 3, ())]
 
 
-@pytest.fixture
-def dynamo_for(monkeypatch):
-    def apply(family):
-        for k, v in support.DYNAMO.get(family, {}).items():
-            monkeypatch.setattr(torch._dynamo.config, k, v)
-    return apply
-
-
 def _inputs(family, model, batch, side="left", seed=2):
     inputs = F.make_inputs(family, model, batch_rows(family, batch), padding_side=side, seed=seed)
     return inputs, F.visual_positions(family, model, inputs)

@@ -25,6 +25,7 @@ import torch.fx as fx
 
 from ...graph.fx_utils import Unsupported, sdpa_args, set_sdpa_mask
 from ...graph.vlm_graph import LayerView
+from .. import traced
 
 ops = torch.ops.vtp
 
@@ -117,9 +118,6 @@ class TokenMixing(KVLayout):
     models). Its state is not a KV cache; the layer is never compacted."""
     kind = "token-mixing state"
 
-    def restrict(self, g, sdpa, slot_live, origin, full_len, made) -> None:   # pragma: no cover
-        raise AssertionError("a token-mixing layer has no attention call")
-
 
 class Eviction:
     """One site's eviction of the layers before it: the selection, and the positions it removed
@@ -132,7 +130,6 @@ class Eviction:
 
     def removed(self, before: fx.Node) -> fx.Node:
         """``[B, L]`` bool: prompt positions the selection removed."""
-        from .. import traced
         if self._removed is None:
             with self.g.inserting_before(before):
                 self._removed = self.g.call_function(
