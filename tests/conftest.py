@@ -101,3 +101,14 @@ def _record_reports():
     REPORTS.clear()
     with recording(REPORTS):
         yield
+
+
+@pytest.fixture
+def dynamo_for(monkeypatch):
+    """``dynamo_for(family)``: the Dynamo settings that family needs (support.DYNAMO), for the test."""
+    from vtp_compile.testing import support
+
+    def apply(family):
+        for k, v in support.DYNAMO.get(family, {}).items():
+            monkeypatch.setattr(torch._dynamo.config, k, v)
+    return apply

@@ -133,6 +133,14 @@ def method_cases(draw, method, spec):
         extra["layers"] = tuple(params["layers"])
     if method == "alvts":
         params.update(layer=_layer(draw, spec), rank=draw(st.integers(1, 4)))
+    if method in ("vidcom2", "dycoke", "fastvid"):   # an image is a frame of its own (kernels/frames.py)
+        params["min_per_frame"] = draw(st.integers(0, 2))
+    if method == "fastvid":
+        params.update(cuts=draw(st.integers(0, 2)), context=draw(st.sampled_from([0.0, 0.4, 1.0])),
+                      anchor_every=draw(st.integers(1, 3)))
+        extra["tau"] = 0.9
+    if method == "vidcom2":
+        params["per_frame"] = draw(st.sampled_from(["unique", "even", "off"]))
     return {"method": method, **keep, **params}, Pruning(method, **keep, **{**params, **extra})
 
 

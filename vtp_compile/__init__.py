@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["PruneConfig", "OptionError", "PassError", "attach", "detach", "explain",
-           "available_methods", "configure_dynamo", "reports", "recording", "__version__"]
+           "available_methods", "configure_dynamo", "frame_tokens", "reports", "recording", "__version__"]
 
 
 def configure_dynamo(recompile_limit: int = 64, capture_scalar_outputs: bool = True,
@@ -57,6 +57,12 @@ def detach(model):
     """Remove what :func:`attach` installed. Returns ``model``."""
     from .vision_context import detach as _detach
     return _detach(model)
+
+
+def frame_tokens(model):
+    """The ``frame_tokens`` option for ``model`` (None: not needed); see :mod:`vtp_compile.video`."""
+    from .video import frame_tokens as _frame_tokens
+    return _frame_tokens(model)
 
 
 def __getattr__(name):  # lazy: keep `import vtp_compile` cheap

@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping, Union
 
 from .errors import OptionError
 
-COMMON_KEYS = ("method", "budget", "ratio", "mode", "inner_backend", "inductor_config")
+COMMON_KEYS = ("method", "budget", "ratio", "per_frame", "min_per_frame", "frame_tokens", "mode",
+               "inner_backend", "inductor_config")
 # option keys accepted under an older name: alias -> key
 ALIASES = {"inductor": "inductor_config"}
 # what each common option means (the README's options table: python -m vtp_compile.options_table)
@@ -15,6 +16,14 @@ COMMON_DOCS = {
     "method": ("str", "fastv", "one of `vtp_compile.available_methods()`"),
     "budget": ("int", None, "visual tokens kept per sample (all images of a prompt together)"),
     "ratio": ("float", "1/9 if neither is given", "fraction of visual tokens kept, rounded up with integer arithmetic"),
+    "per_frame": ("str", "off", "how a row's budget is spread over its frames (an image is one frame; "
+                  "see docs/video.md): `off` (one ranking over all of them), `even` (each frame keeps "
+                  "the same share of its tokens), `unique` (frames unlike the clip keep more, as VidCom2)"),
+    "min_per_frame": ("int", 1, "with `per_frame`: tokens every frame keeps before the rest is spread "
+                      "(0: a frame may be emptied)"),
+    "frame_tokens": ("int", None, "tokens per frame where a clip reaches the language model as one run "
+                     "with one-dimensional positions (LLaVA-OneVision, LLaVA-NeXT-Video): "
+                     "`vtp_compile.frame_tokens(model)`"),
     "mode": ("str", "default", "an Inductor mode: `default`, `reduce-overhead`, `max-autotune`, "
              "`max-autotune-no-cudagraphs` (torch.compile refuses `mode=` next to `options=`)"),
     "inner_backend": ("str or callable", "inductor", "what compiles the rewritten graph: `inductor`, any "
@@ -26,6 +35,23 @@ COMMON_DOCS = {
 # torch.compile's modes (it refuses `mode` together with `options`, so vtp takes it as an option)
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_RATIO = Fraction(1, 9)
+
+
+PER_FRAME = ("off", "even", "unique")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameRule:
+    """How a row's kept count is spread over its frames (kernels/frames.py): ``alloc`` "even"
+    (weight: the frame's size), "unique" (size times the frame's uniqueness) or "off" (frames
+    only located, for methods that read them); ``min_per_frame`` tokens first in every frame;
+    ``frame_tokens`` > 0 cuts one-run clips into frames of that many tokens."""
+    alloc: str = "off"
+    min_per_frame: int = 1
+    frame_tokens: int = 0
+
+    def __str__(self) -> str:
+        return f"per frame: {self.alloc}, at least {self.min_per_frame}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +69,7 @@ class KeepRule:
     ratio: Fraction | None = None
     schedule: Callable | None = None
     label: str = ""
+    frames: FrameRule | None = None
 
     def count(self, n_visual, original=None):
         """Kept count for ``n_visual`` tokens (int or SymInt; ``original``: the row's visual
@@ -56,7 +83,10 @@ class KeepRule:
     def __str__(self) -> str:
         if self.schedule is not None:
             return self.label or getattr(self.schedule, "__name__", "schedule")
-        return f"budget={self.budget}" if self.budget is not None else f"ratio={float(self.ratio):.4g}"
+        out = f"budget={self.budget}" if self.budget is not None else f"ratio={float(self.ratio):.4g}"
+        if self.frames is not None and self.frames.alloc != "off":
+            out += f" ({self.frames})"
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +134,10 @@ class PruneConfig:
             raise OptionError(f"vtp: method {method.name!r} takes no 'budget' or 'ratio' of its own "
                               "(each stage has its own)")
         keep = _keep_rule(budget, ratio)
+        frames = _frame_rule(method, opts.pop("per_frame", None), opts.pop("min_per_frame", None),
+                             opts.pop("frame_tokens", None))
+        if frames is not None:
+            keep = dataclasses.replace(keep, frames=frames)
         params = dict(method.defaults)
         unknown = [k for k in opts if k not in params]
         if unknown:
@@ -149,3 +183,28 @@ def _keep_rule(budget, ratio) -> KeepRule:
             raise OptionError(f"vtp: 'ratio' must be a number in (0, 1], got {ratio!r}")
         return KeepRule(ratio=Fraction(ratio).limit_denominator(10_000))
     return KeepRule(ratio=DEFAULT_RATIO)
+
+
+def _frame_rule(method, alloc, least, tokens) -> FrameRule | None:
+    """The ``per_frame``/``min_per_frame``/``frame_tokens`` options (None: none given and the
+    method reads no frames)."""
+    from .methods.registry import get_method, method_names
+    if alloc is None and least is None and tokens is None and not method.reads_frames:
+        return None
+    if not method.reads_frames and not method.per_frame_ok:
+        ok = [n for n in method_names() if get_method(n).per_frame_ok or get_method(n).reads_frames]
+        raise OptionError(f"vtp: method {method.name!r} does not rank every visual token, so frames "
+                          "cannot reorder its choice ('per_frame', 'min_per_frame', 'frame_tokens'); "
+                          f"methods that take them: {ok}")
+    if alloc is None and not method.reads_frames:
+        raise OptionError(f"vtp: 'min_per_frame' and 'frame_tokens' need 'per_frame' "
+                          f"{list(PER_FRAME[1:])} with method {method.name!r}")
+    alloc = method.default_per_frame if alloc is None else alloc
+    if alloc not in PER_FRAME:
+        raise OptionError(f"vtp: 'per_frame' must be one of {list(PER_FRAME)}, got {alloc!r}")
+    least = 1 if least is None else least
+    if isinstance(least, bool) or not isinstance(least, int) or least < 0:
+        raise OptionError(f"vtp: 'min_per_frame' must be an int >= 0, got {least!r}")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise OptionError(f"vtp: 'frame_tokens' must be a positive int (tokens per frame), got {tokens!r}")
+    return FrameRule(alloc, least, tokens or 0)

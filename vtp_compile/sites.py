@@ -29,7 +29,7 @@ class LayerSite:
     ``[B, H, 1, D]`` (each row's last live query, after RoPE), ``k`` ``[B, Hkv, L, D]``,
     ``key_mask`` ``[B, L]`` (what that query may attend to: bool, or additive float) and
     ``scale``. ``merge(x)`` (optional) runs before removal with ``hidden``, ``visual_mask``,
-    ``keep_mask`` ``[B, L]`` and ``scores``, and returns the hidden state (e.g. with removed
+    ``keep_mask`` ``[B, L]``, ``scores`` and ``live``, and returns the hidden state (e.g. with removed
     tokens folded into kept ones).
 
     ``own_attention=True``: ``q``, ``k``, ``key_mask`` and ``scale`` come from layer ``layer``
@@ -72,6 +72,9 @@ class EncoderSite:
     kept by ``vision_feature_select_strategy="full"``, first), ``N - grid_h * grid_w``.
     ``grid=False``: the site reads the internals per token only, never the grid, so it also
     runs where the images have no one grid (Qwen images of different sizes: ``(1, T)``).
+
+    ``inputs=("frames",)``: both callables also get ``x["frames"]`` ``[B, L]`` int64, each visual
+    position's frame (an image is one frame; kernels/frames.py), -1 elsewhere.
     """
     keep: KeepRule
     score: Callable
@@ -81,6 +84,7 @@ class EncoderSite:
     method: str = ""
     vision_layer: int | None = None
     grid: bool = True
+    inputs: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

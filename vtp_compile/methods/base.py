@@ -24,6 +24,12 @@ class Method:
     no_cuda_graphs: ClassVar[str | None] = None
     # False: the config's own budget/ratio is meaningless (chains: each stage has its own)
     takes_budget: ClassVar[bool] = True
+    # its score ranks every visual token, so ``per_frame`` can spread its choice over frames
+    per_frame_ok: ClassVar[bool] = False
+    # it reads each token's frame itself (video methods): frames are always located, and
+    # ``default_per_frame`` is how its budget is spread when the user does not say
+    reads_frames: ClassVar[bool] = False
+    default_per_frame: ClassVar[str] = "off"
 
     @property
     def defaults(self) -> Mapping[str, Any]:

@@ -33,6 +33,7 @@ class FastV(Method):
     name = "fastv"
     paper = "arXiv 2403.06764"
     options = FastVOptions
+    per_frame_ok = True
 
     def sites(self, cfg, num_layers):
         return [LayerSite(layer=cfg.params["layer"], keep=cfg.keep, score=score, name="fastv")]

@@ -72,6 +72,7 @@ class PDrop(Method):
     aliases = ("pyramiddrop",)
     paper = "CVPR 2025 (arXiv 2410.17247)"
     options = PDropOptions
+    per_frame_ok = True
 
     def sites(self, cfg, num_layers):
         layers = tuple(cfg.params["layers"] or default_layers(num_layers))
@@ -84,7 +85,8 @@ class PDrop(Method):
         out = []
         for s, layer in enumerate(layers, start=1):
             rule = KeepRule(schedule=schedule(layers, num_layers, s, budget, num, den),
-                            label=f"{keep}, layer average, stage {s}/{len(layers)}")
+                            label=f"{keep}, layer average, stage {s}/{len(layers)}",
+                            frames=keep.frames)
             out.append(LayerSite(layer=layer, keep=rule, score=score, name=f"pdrop-{s}",
                                  method="pdrop", own_attention=True))
         return out

@@ -40,6 +40,7 @@ class RandomSelect(Method):
     name = "random"
     paper = "baseline"
     options = RandomOptions
+    per_frame_ok = True
 
     def sites(self, cfg, num_layers):
         seed = cfg.params["seed"]

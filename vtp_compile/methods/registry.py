@@ -19,8 +19,8 @@ def register(cls):
 
 
 def _load():
-    from . import (alvts, cdpruner, chain, dart, dcp, divprune, dstp, fastv, nuwa, pdrop,  # noqa: F401
-                   random_select, sparsevlm, visionzip)
+    from . import (alvts, cdpruner, chain, dart, dcp, divprune, dstp, dycoke, fastv, fastvid,  # noqa: F401
+                   nuwa, pdrop, random_select, sparsevlm, vidcom2, visionzip)
 
 
 def method_names() -> list[str]:

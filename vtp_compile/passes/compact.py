@@ -23,6 +23,7 @@ import torch.fx as fx
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
 from ..graph.fx_utils import Unsupported, insert_after, is_one, is_sdpa, sdpa_args, tensor_val, val
 from ..graph import tp
+from ..graph.positions import mrope_positions
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import LayerView, VLMGraph
 from ..sites import LayerSite, ReserveSite, RouteSite, method_of
@@ -51,6 +52,8 @@ class CompactState:
     # in-place cache writes -> (origin, slot_live) of the last compaction covering them, placed
     # once every site is applied (KVLayout.finish)
     static_writes: dict = dataclasses.field(default_factory=dict)
+    # frame ids of the original sequence, per ``frame_tokens`` (kernels/frames.py), made once
+    frames: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -200,6 +203,9 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
     ctx = (vision_args.context_args(vlm, site, state.first_visual)
            if getattr(site, "context", False) else None)
     with g.inserting_before(first):
+        frames = None
+        if keep.frames is not None or "frames" in getattr(site, "inputs", ()):
+            frames = frame_ids(vlm, state, keep.frames.frame_tokens if keep.frames else 0)
         n_vis = g.call_function(traced.count_visual, (vis,))
         if keep.schedule is not None:
             n_orig = g.call_function(traced.count_visual, (state.first_visual,))
@@ -219,9 +225,13 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
             inputs = {"hidden": entry, "visual_mask": vis, "live": live, "qpos": qpos, "n_keep": n_keep}
             if ctx is not None:
                 inputs["ctx"] = ctx
+            if frames is not None:
+                inputs["frames"] = frames
             score = g.call_function(site.score, (inputs,))
         if vlm.tp is not None:   # every rank selects the same tokens (see graph.tp)
             score = g.call_function(tp.agree, (score, vlm.tp.size, vlm.tp.group_name))
+        if frames is not None and keep.frames.alloc != "off":
+            score = frame_scores(g, score, frames, vis, live, entry, keep.frames)
         n_sel = n_keep
         if isinstance(site, ReserveSite):
             n_sel = g.call_function(traced.with_reserve, (n_keep, site.reserve))
@@ -236,14 +246,47 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
                 kept = g.call_function(ops.topk_mask.default, (score, live_vis, n_act))
             else:
                 kept = g.call_function(traced.kept_positions, (idx, slot_live, vis))
-            inputs = {"hidden": entry, "visual_mask": vis, "keep_mask": kept, "scores": score}
+            inputs = {"hidden": entry, "visual_mask": vis, "keep_mask": kept, "scores": score,
+                      "live": live}
             if ctx is not None:
                 inputs["ctx"] = ctx
+            if frames is not None:
+                inputs["frames"] = frames
             src = g.call_function(site.merge, (inputs,))
         vis_c = g.call_function(traced.compact_visual, (vis, idx, slot_live))
         qpos_c = g.call_function(traced.last_live, (slot_live,))
         origin = g.call_function(traced.compose_origin, (state.origin, idx))
     return Selection(score, idx, slot_live, n_keep, src, vis_c, qpos_c, origin)
+
+
+def frame_ids(vlm: VLMGraph, state: CompactState, frame_tokens: int) -> fx.Node:
+    """``[B, W]`` int64: each slot's frame (kernels/frames.py), -1 where not visual, inserted at
+    the current point; the original sequence's ids are made once and gathered to the layout."""
+    g = vlm.gm.graph
+    if frame_tokens not in state.frames:
+        found = mrope_positions(vlm)
+        temporal = None
+        if found is not None:
+            pos, channel = found
+            temporal = g.call_function(operator.getitem, (pos, channel))
+        state.frames[frame_tokens] = g.call_function(
+            ops.frame_ids.default, (state.first_visual, temporal, frame_tokens))
+    out = state.frames[frame_tokens]
+    if state.origin is not None:
+        out = g.call_function(traced.gather_slots, (out, state.origin))
+    return out
+
+
+def frame_scores(g: fx.Graph, score: fx.Node, frames: fx.Node, vis: fx.Node, live: fx.Node,
+                 hidden: fx.Node, rule) -> fx.Node:
+    """The site's scores re-ranked so that its kept count is spread over the frames (``rule``:
+    a :class:`~vtp_compile.config.FrameRule`)."""
+    cand = g.call_function(operator.and_, (vis, live))
+    if rule.alloc == "even":
+        weight = g.call_function(ops.frame_sizes.default, (frames, cand))
+    else:
+        weight = g.call_function(ops.vidcom2_frame_weights.default, (hidden, frames, cand))
+    return g.call_function(ops.frame_priority.default, (score, frames, cand, weight, rule.min_per_frame))
 
 
 def scoring_layer(vlm: VLMGraph, K: int, site) -> LayerView:

@@ -142,6 +142,11 @@ def first_slots(x: torch.Tensor, length, dim: int) -> torch.Tensor:
     return x.narrow(dim, 0, length)
 
 
+def gather_slots(x: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """A ``[B, L]`` per-position tensor in the compacted layout ``origin`` ``[B, W]``."""
+    return torch.gather(x, 1, origin)
+
+
 def gather_columns(mask: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
     """A ``[B or 1, H or 1, q, S]`` mask's key columns at ``origin`` ``[B, W]``: ``[B, H or 1, q, W]``."""
     B, W = origin.shape

@@ -365,5 +365,11 @@ def visual_counts(name: str, model, inputs: dict) -> list[int]:
     return counts(name, model, inputs)
 
 
+def frame_ids(name: str, model, inputs: dict, frame_tokens: int | None = None) -> torch.Tensor:
+    """``[B, L]`` int64: each visual position's frame from the layout (-1 elsewhere)."""
+    from .family_inputs import frame_ids as ids
+    return ids(name, model, inputs, frame_tokens)
+
+
 __all__ = ["FAMILIES", "FamilySpec", "ImageSpec", "RowSpec", "TOKENS", "VIDEO_FAMILIES", "VideoSpec",
-           "build_model", "make_inputs", "visual_counts", "visual_positions"]
+           "build_model", "frame_ids", "make_inputs", "visual_counts", "visual_positions"]

@@ -318,3 +318,45 @@ def visual_counts(name: str, model, inputs: dict) -> list[int]:
     """Visual tokens per row (rows differ with image counts and sizes)."""
     return visual_positions(name, model, inputs).sum(-1).tolist()
 
+
+
+def frame_ids(name: str, model, inputs: dict, frame_tokens: int | None = None) -> torch.Tensor:
+    """``[B, L]`` int64: each visual position's frame, numbered per row from 0, -1 elsewhere,
+    from the layout this module writes (not from the graph): an image is one frame; a clip is one
+    frame per temporal patch (Qwen2-VL/2.5-VL split their one run by ``video_grid_thw``; the other
+    families write text between frames); ``frame_tokens`` cuts every run into chunks of that many
+    tokens (LLaVA-OneVision, LLaVA-NeXT-Video)."""
+    spec, cfg = FAMILIES[name], model.config
+    ids = inputs["input_ids"]
+    visual = visual_positions(name, model, inputs)
+    grids = inputs.get("video_grid_thw")
+    clips = [] if grids is None else [tuple(int(v) for v in t) for t in grids]
+    merge = getattr(getattr(cfg, "vision_config", None), "spatial_merge_size", 1)
+    out = torch.full_like(ids, -1)
+    clip = 0
+    for b in range(ids.shape[0]):
+        frame, p = -1, 0
+        L = ids.shape[1]
+        while p < L:
+            if not visual[b, p]:
+                p += 1
+                continue
+            q = p
+            while q < L and visual[b, q]:
+                q += 1
+            run = list(range(p, q))
+            if frame_tokens:
+                chunk = frame_tokens
+            elif spec.layout == "qwen" and name in ("qwen2_vl", "qwen2_5_vl") \
+                    and int(ids[b, p]) == TOKENS["video"]:
+                t, gh, gw = clips[clip]
+                clip += 1
+                chunk = gh * gw // merge ** 2
+            else:
+                chunk = len(run)
+            for i, pos in enumerate(run):
+                if i % chunk == 0:
+                    frame += 1
+                out[b, pos] = frame
+            p = q
+    return out

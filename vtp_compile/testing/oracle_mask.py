@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from . import oracle_alvts, oracle_baselines, oracle_dcp, oracle_nuwa
+from . import oracle_alvts, oracle_baselines, oracle_dcp, oracle_nuwa, oracle_video
 from .oracle_pruning import Pruning, Stage
 
 __all__ = ["Pruning", "Stage", "masked_forward", "masked_generate", "decoder_layers"]
@@ -50,9 +50,14 @@ NAME = "vtp_oracle"
 class _Run:
     """State of one oracle call: the prompt, the selections, what each layer recorded."""
 
-    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor, num_layers: int):
+    def __init__(self, pruning: Pruning, visual: torch.Tensor, real: torch.Tensor, num_layers: int,
+                 frames: torch.Tensor | None = None):
         self.p = pruning
+        # [B, P] each visual position's frame (families.frame_ids); by default every run of
+        # consecutive visual positions is one frame (an image)
+        self.frames = _runs(visual.bool()) if frames is None else frames
         self.stages = pruning.stages(num_layers)
+        self.plans: dict = {}        # FastVID: per row, context token -> the tokens merged into it
         self.visual, self.real = visual.bool(), real.bool()      # [B, P] prompt masks
         self.prompt_len = visual.shape[1]
         self.removed_by: list[torch.Tensor] = []                 # per selected stage: [B, P] removed so far
@@ -203,9 +208,17 @@ class _Run:
             feats = hidden[b, pos]
             rule = stage.rule
             scores = None
-            if rule == "random":
+            frame = [int(self.frames[b, q]) for q in pos]
+            if rule in ("vidcom2", "dycoke"):
+                sel = (oracle_video.vidcom2(feats, frame, pos, k, p.per_frame, p.min_per_frame)
+                       if rule == "vidcom2" else oracle_video.dycoke(feats, frame, pos, k, p.min_per_frame))
+            elif rule == "fastvid":
+                sel, plan = oracle_video.fastvid(feats, frame, pos, k, p, p.min_per_frame)
+                self.plans[b] = plan
+            elif rule == "random":
                 x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
-                sel = _top([v - math.floor(v) for v in x], k)
+                scores = [v - math.floor(v) for v in x]
+                sel = _top(scores, k)
             elif rule == "divprune":
                 sel = _divprune(feats, k)
             elif rule == "dart":
@@ -240,6 +253,10 @@ class _Run:
                 D = feats.shape[-1]
                 scores = (feats.float() @ hidden[b, last].float() / math.sqrt(D)).softmax(0).tolist()
                 sel = oracle_dcp.dcp_select(feats, scores, k, p.tau, p.iters)
+            if p.per_frame != "off" and rule in ("random", "fastv", "pdrop"):
+                if p.per_frame != "even":
+                    raise ValueError(f"the oracle spreads {rule} over frames evenly only")
+                sel = oracle_video.apportion(scores, frame, pos, k, p.min_per_frame, oracle_video.sizes(frame))
             kept.append([pos[i] for i in sorted(sel)])
             if p.dstp is not None and stage is self.stages[-1]:
                 reserve[b] = [pos[i] for i in sorted(self._reserve(feats, sel, k, V, scores if rule in ('fastv', 'pdrop') else None))]
@@ -338,6 +355,12 @@ class _Run:
         if stage.rule == "sparsevlm" and (stage.p or self.p).recycle:
             return oracle_baselines.sparsevlm_recycle_merge(hidden, self.recycled[self.stages.index(stage)])
         p = stage.p or self.p
+        if stage.rule == "fastvid":  # context tokens take in the rest of their segment
+            out = hidden.clone()
+            for b, plan in self.plans.items():
+                pos = torch.nonzero(self.visual[b]).flatten().tolist()
+                out[b, pos] = oracle_video.fastvid_merge(hidden[b, pos], plan, p.beta)
+            return out
         if stage.rule == "nuwa":     # collectors become alignment-weighted means of their image
             out = hidden.clone()
             for b, kept in enumerate(self.kept_by[self.stages.index(stage)]):
@@ -545,11 +568,13 @@ def _hooked(model, run: _Run):
 
 
 @torch.no_grad()
-def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
+def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
+                   frames: torch.Tensor | None = None):
     """Logits ``[B, L, vocab]`` of the pruned model, and the kept visual positions per row.
-    ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask)."""
+    ``visual``: the prompt's visual-position mask ``[B, L]`` (the splice mask); ``frames``: each
+    visual position's frame (families.frame_ids), for the frame-aware selections."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run = _Run(pruning, visual, real, len(decoder_layers(model)), frames)
     run.text_cfg = model.config.get_text_config()
     run.read_vision(model, inputs.get("pixel_values"), inputs.get("image_grid_thw"))
     with _hooked(model, run):
@@ -559,12 +584,12 @@ def masked_forward(model, inputs: dict, visual: torch.Tensor, pruning: Pruning):
 
 @torch.no_grad()
 def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
-                    max_new_tokens: int = 4):
+                    max_new_tokens: int = 4, frames: torch.Tensor | None = None):
     """Greedy tokens ``[B, new]``, per-step top-2 logit margins (for recognising near ties) and
     the kept visual positions, by ``generate`` without a cache: every step re-runs the whole
     sequence, the selection made at the first step stays."""
     real = inputs.get("attention_mask", torch.ones_like(visual, dtype=torch.long))
-    run = _Run(pruning, visual, real, len(decoder_layers(model)))
+    run = _Run(pruning, visual, real, len(decoder_layers(model)), frames)
     run.text_cfg = model.config.get_text_config()
     run.read_vision(model, inputs.get("pixel_values"), inputs.get("image_grid_thw"))
     with _hooked(model, run):
@@ -573,6 +598,18 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed
     top2 = scores.topk(2, dim=-1).values
     return out.sequences[:, visual.shape[1]:], top2[..., 0] - top2[..., 1], run.kept
+
+
+def _runs(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, P]``: each visual position's run of consecutive visual positions, numbered per row."""
+    out = torch.full(visual.shape, -1, dtype=torch.long)
+    for b in range(visual.shape[0]):
+        f = -1
+        for p in range(visual.shape[1]):
+            if visual[b, p]:
+                f += int(p == 0 or not visual[b, p - 1])
+                out[b, p] = f
+    return out
 
 
 def _last_real(row: torch.Tensor) -> int:

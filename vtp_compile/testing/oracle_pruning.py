@@ -42,6 +42,13 @@ class Pruning:
     region: int = 2               # Nüwa: block side
     distance: float = 0.265       # Nüwa: alignment radius
     pillars: float = 0.45         # Nüwa: fraction of anchors left as they are
+    per_frame: str = "off"        # the row's count spread over frames: "even", "unique" (VidCom2's
+                                  # default) or "off" (oracle_video.apportion)
+    min_per_frame: int = 1
+    cuts: int = 7                 # FastVID: DySeg's always-cut count (``tau``: its threshold, 0.9)
+    context: float = 0.4          # FastVID: context share of the kept tokens
+    anchor_every: int = 4
+    beta: float = 0.6
 
     def n_keep(self, V: int) -> int:
         if self.budget is not None:

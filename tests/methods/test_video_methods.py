@@ -1,0 +1,156 @@
+"""Frame-aware budgets and the video methods (VidCom2, DyCoke, FastVID) on clips, against the mask oracle
+(testing/oracle_mask.py with testing/oracle_video.py: frames read from the layout the test wrote,
+not from the graph), forward and ``generate``, and through Inductor.
+
+Families: Qwen2-VL (a clip is one run of tokens; frames from the M-RoPE temporal positions),
+InternVL (frames are images with labels between them), LLaVA-OneVision (one run, 1-D positions:
+the ``frame_tokens`` option).
+"""
+import pytest
+import torch
+
+import vtp_compile
+from vtp_compile.errors import OptionError
+from vtp_compile.methods.registry import get_method
+from vtp_compile.testing import families as F
+from vtp_compile.testing.multiplex import Multiplex
+from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
+
+from ..helpers import assert_tokens_match, kept_positions, record_case
+
+FAMILIES = ("qwen2_vl", "internvl", "llava_onevision")
+# name -> (vtp options, oracle Pruning), each at ratio 0.3 of a row's visual tokens
+CASES = {
+    "vidcom2": ({"method": "vidcom2"}, Pruning("vidcom2", ratio=0.3, per_frame="unique")),
+    "vidcom2-even": ({"method": "vidcom2", "per_frame": "even", "min_per_frame": 2},
+                     Pruning("vidcom2", ratio=0.3, per_frame="even", min_per_frame=2)),
+    "dycoke": ({"method": "dycoke"}, Pruning("dycoke", ratio=0.3)),
+    "fastvid": ({"method": "fastvid", "cuts": 1, "anchor_every": 2},
+                Pruning("fastvid", ratio=0.3, tau=0.9, cuts=1, anchor_every=2)),
+    "fastv-even": ({"method": "fastv", "layer": 1, "per_frame": "even"},
+                   Pruning("fastv", ratio=0.3, layer=1, per_frame="even")),
+    "random-even0": ({"method": "random", "per_frame": "even", "min_per_frame": 0},
+                     Pruning("random", ratio=0.3, per_frame="even", min_per_frame=0)),
+}
+
+
+def _rows(family):
+    """A long clip, a short clip after an image, a text-only row."""
+    frames = 6 if F.FAMILIES[family].layout == "qwen" else 4
+    return [F.RowSpec(3, 4, (), (F.VideoSpec(frames),)),
+            F.RowSpec(5, 2, (F.ImageSpec(),), (F.VideoSpec(frames if family != "qwen2_vl" else 2),)),
+            F.RowSpec(4, 3, ())]
+
+
+def _setup(family, side="left"):
+    model = F.build_model(family)
+    x = F.make_inputs(family, model, _rows(family), padding_side=side)
+    tokens = vtp_compile.frame_tokens(model)
+    return model, x, F.visual_positions(family, model, x), F.frame_ids(family, model, x, tokens), tokens
+
+
+def _opts(opts, tokens, inner="eager"):
+    out = {**opts, "ratio": 0.3, "inner_backend": inner}
+    if tokens:
+        out["frame_tokens"] = tokens
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frame_aware_selections_equal_the_oracle(family, dynamo_for):
+    """Every case of ``CASES`` from one trace (testing/multiplex.py): logits at the kept positions
+    equal the mask oracle's, which picks with the frames the layout says, and each frame keeps at
+    least ``min_per_frame`` where the budget allows."""
+    dynamo_for(family)
+    model, x, visual, frames, tokens = _setup(family)
+    mux = Multiplex({name: _opts(o, tokens) for name, (o, _) in CASES.items()})
+    with torch.no_grad():
+        want = {name: masked_forward(model, x, visual, p, frames=frames) for name, (_, p) in CASES.items()}
+        model(**x)
+        fast = torch.compile(model, backend=mux)
+        for name, (logits, kept) in want.items():
+            with mux.select(name):
+                got = fast(**x).logits
+            keep = kept_positions(x, visual, kept)
+            torch.testing.assert_close(got[keep], logits[keep], atol=3e-5, rtol=1e-4,
+                                       msg=lambda m: f"{family} {name}: {m}")
+            assert 0 < sum(len(k) for k in kept) < int(visual.sum())
+            least = CASES[name][1].min_per_frame
+            if least and name.split("-")[0] not in ("dycoke", "fastvid"):
+                for b, ks in enumerate(kept):
+                    n = int(frames[b].max()) + 1
+                    counts = [sum(int(frames[b, q]) == f for q in ks) for f in range(n)]
+                    if n and len(ks) >= least * n:
+                        assert min(counts) >= least, (family, name, b, counts)
+            record_case("video/frames-forward")
+        for name in CASES:
+            assert all(r.sites for r in mux.reports[name] if r.phase == "prefill"), name
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_video_methods_generate(family, dynamo_for):
+    """``generate`` with VidCom2, DyCoke and FastVID, left-padded: greedy tokens equal the
+    oracle's (FastVID's merged tokens are what the decode step attends to)."""
+    dynamo_for(family)
+    model, x, visual, frames, tokens = _setup(family)
+    names = ("vidcom2", "dycoke", "fastvid")
+    mux = Multiplex({n: _opts(CASES[n][0], tokens) for n in names})
+    with torch.no_grad():
+        want = {n: masked_generate(model, x, visual, CASES[n][1], 2, frames=frames) for n in names}
+        model(**x)
+        model.compile(backend=mux)
+        try:
+            for n in names:
+                with mux.select(n):
+                    out = model.generate(**x, max_new_tokens=2, do_sample=False)
+                assert_tokens_match(out[:, x["input_ids"].shape[1]:], want[n][0], want[n][1])
+                record_case("video/frames-generate")
+        finally:
+            model._compiled_call_impl = None
+
+
+@pytest.mark.inductor
+def test_video_methods_through_inductor(dynamo_for):
+    """The default path: the three video methods and FastV spread evenly over frames, compiled by
+    Inductor, right-padded, equal to the oracle."""
+    family = "qwen2_vl"
+    dynamo_for(family)
+    model, x, visual, frames, tokens = _setup(family, side="right")
+    names = ("vidcom2", "dycoke", "fastvid", "fastv-even")
+    mux = Multiplex({n: _opts(CASES[n][0], tokens, inner="inductor") for n in names})
+    with torch.no_grad():
+        model(**x)
+        fast = torch.compile(model, backend=mux)
+        for n in names:
+            logits, kept = masked_forward(model, x, visual, CASES[n][1], frames=frames)
+            with mux.select(n):
+                got = fast(**x).logits
+            keep = kept_positions(x, visual, kept)
+            torch.testing.assert_close(got[keep], logits[keep], atol=3e-5, rtol=1e-4)
+            record_case("video/frames-inductor")
+
+
+def test_frame_options_are_checked():
+    """Bad frame options fail before anything is traced, naming what is valid."""
+    from vtp_compile.config import PruneConfig
+    with pytest.raises(OptionError, match="methods that take them: .*fastv.*vidcom2"):
+        PruneConfig.from_options({"method": "divprune", "per_frame": "even"})
+    with pytest.raises(OptionError, match=r"'per_frame' must be one of \['off', 'even', 'unique'\]"):
+        PruneConfig.from_options({"method": "fastv", "per_frame": "uniform"})
+    with pytest.raises(OptionError, match="'min_per_frame' must be an int >= 0"):
+        PruneConfig.from_options({"method": "vidcom2", "min_per_frame": -1})
+    with pytest.raises(OptionError, match="'frame_tokens' must be a positive int"):
+        PruneConfig.from_options({"method": "vidcom2", "frame_tokens": 0})
+    with pytest.raises(OptionError, match="need 'per_frame'"):
+        PruneConfig.from_options({"method": "fastv", "min_per_frame": 2})
+    cfg = PruneConfig.from_options({"method": "dycoke", "per_frame": "even"})
+    with pytest.raises(OptionError, match="dycoke spreads its budget over frames itself"):
+        get_method("dycoke").sites(cfg, 4)
+    assert PruneConfig.from_options({"method": "vidcom2"}).keep.frames.alloc == "unique"
+    assert PruneConfig.from_options({"method": "fastv"}).keep.frames is None
+
+
+def test_frame_tokens_from_the_config():
+    assert vtp_compile.frame_tokens(F.build_model("llava_onevision")) == 4      # 4x4 grid, pooled to 2x2
+    assert vtp_compile.frame_tokens(F.build_model("llava_next_video")) == 4
+    assert vtp_compile.frame_tokens(F.build_model("qwen2_vl")) is None
