@@ -11,7 +11,7 @@ def test_suite_tiny_runs(tmp_path, capsys):
     assert suite.main(["--tiny", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert [r["model"] for r in data["results"]] == ["llava-tiny", "qwen2.5-vl-tiny"]
+    assert [r["model"] for r in data["results"]] == ["llava-tiny", "qwen2.5-vl-tiny", "qwen2.5-vl-tiny-video"]
     for res in data["results"]:
         cf = res["configs"]
         for c in ("unpruned", "vtp", "peer-eager"):
@@ -20,7 +20,7 @@ def test_suite_tiny_runs(tmp_path, capsys):
         # vtp evicts the pruned visual tokens from every layer's cache; the peer keeps them in
         # the layers before K, so its cache lies between the two
         assert cf["vtp"]["kv_bytes"] < cf["peer-eager"]["kv_bytes"] < cf["unpruned"]["kv_bytes"]
-        for B in suite.cases("tiny")[0 if res["model"] == "llava-tiny" else 1].batches:
+        for B in next(c for c in suite.cases("tiny") if c.name == res["model"]).batches:
             d = res["decode"][str(B)]
             assert all(d[c] > 0 for c in ("unpruned", "vtp", "peer-eager"))
         lim = res["limits"]["prefill"]

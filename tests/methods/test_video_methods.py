@@ -12,13 +12,12 @@ import torch
 import vtp_compile
 from vtp_compile.errors import OptionError
 from vtp_compile.methods.registry import get_method
-from vtp_compile.testing import families as F
+from vtp_compile.testing import families as F, support
 from vtp_compile.testing.multiplex import Multiplex
 from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
 
 from ..helpers import assert_tokens_match, kept_positions, record_case
 
-FAMILIES = ("qwen2_vl", "internvl", "llava_onevision")
 # name -> (vtp options, oracle Pruning), each at ratio 0.3 of a row's visual tokens
 CASES = {
     "vidcom2": ({"method": "vidcom2"}, Pruning("vidcom2", ratio=0.3, per_frame="unique")),
@@ -56,7 +55,7 @@ def _opts(opts, tokens, inner="eager"):
     return out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f, p in support.FRAMES.items() if "forward" in p])
 def test_frame_aware_selections_equal_the_oracle(family, dynamo_for):
     """Every case of ``CASES`` from one trace (testing/multiplex.py): logits at the kept positions
     equal the mask oracle's, which picks with the frames the layout says, and each frame keeps at
@@ -87,13 +86,13 @@ def test_frame_aware_selections_equal_the_oracle(family, dynamo_for):
             assert all(r.sites for r in mux.reports[name] if r.phase == "prefill"), name
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", [f for f, p in support.FRAMES.items() if "generate" in p])
 def test_video_methods_generate(family, dynamo_for):
     """``generate`` with VidCom2, DyCoke and FastVID, left-padded: greedy tokens equal the
     oracle's (FastVID's merged tokens are what the decode step attends to)."""
     dynamo_for(family)
     model, x, visual, frames, tokens = _setup(family)
-    names = ("vidcom2", "dycoke", "fastvid")
+    names = support.FRAME_METHODS
     mux = Multiplex({n: _opts(CASES[n][0], tokens) for n in names})
     with torch.no_grad():
         want = {n: masked_generate(model, x, visual, CASES[n][1], 2, frames=frames) for n in names}
@@ -110,10 +109,10 @@ def test_video_methods_generate(family, dynamo_for):
 
 
 @pytest.mark.inductor
-def test_video_methods_through_inductor(dynamo_for):
+@pytest.mark.parametrize("family", [f for f, p in support.FRAMES.items() if "inductor" in p])
+def test_video_methods_through_inductor(family, dynamo_for):
     """The default path: the three video methods and FastV spread evenly over frames, compiled by
     Inductor, right-padded, equal to the oracle."""
-    family = "qwen2_vl"
     dynamo_for(family)
     model, x, visual, frames, tokens = _setup(family, side="right")
     names = ("vidcom2", "dycoke", "fastvid", "fastv-even")

@@ -19,7 +19,7 @@ def test_support_page_prints_the_vllm_matrix():
 
 
 def test_every_method_is_in_the_matrix():
-    assert set(method_names()) == set(support.METHODS) | set(support.LLAVA_ONLY)
+    assert set(method_names()) == set(support.METHODS) | set(support.LLAVA_ONLY) | set(support.FRAME_METHODS)
 
 
 def test_rewrite_replaces_only_its_block(tmp_path):

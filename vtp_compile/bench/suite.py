@@ -62,6 +62,7 @@ class Case:
     batches: tuple = (1, 8, 32)
     prefill: bool = True
     lengths: bool = True        # also count the graphs compiled for two other prompt lengths
+    visual_token: str = "image_token_id"   # the config entry of the pruned placeholder token
 
 
 def _llava(spec_kw: dict):
@@ -114,7 +115,7 @@ def _build_on(cls, cfg, device, dtype, suppress):
     return model
 
 
-def _qwen(layers, text=None, vision=None, size=(64, 64)):
+def _qwen(layers, text=None, vision=None, size=(64, 64), clip=None):
     def build(device, dtype):
         from ..testing.families import build_model
         old = torch.get_default_dtype()
@@ -132,8 +133,9 @@ def _qwen(layers, text=None, vision=None, size=(64, 64)):
 
     def inputs(model, batch, extra):
         from ..testing.families import ImageSpec, RowSpec, make_inputs
-        return make_inputs("qwen2_5_vl", model, [RowSpec(5, 10 + extra, (ImageSpec(*size),))] * batch,
-                           seed=extra)
+        row = (RowSpec(5, 10 + extra, (), (clip,)) if clip is not None
+               else RowSpec(5, 10 + extra, (ImageSpec(*size),)))
+        return make_inputs("qwen2_5_vl", model, [row] * batch, seed=extra)
     return build, inputs
 
 
@@ -148,11 +150,15 @@ QWEN25_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_
 
 
 def cases(scale: str) -> list[Case]:
+    from ..testing.families import VideoSpec
     if scale == "tiny":
         lb, li = _llava(dict(layers=2))
         qb, qi = _qwen(2)
+        _, vi = _qwen(2, clip=VideoSpec(4, 64, 64))
         return [Case("llava-tiny", lb, li, budget=4, layer=1, batches=(1,)),
-                Case("qwen2.5-vl-tiny", qb, qi, budget=4, layer=1, batches=(1,))]
+                Case("qwen2.5-vl-tiny", qb, qi, budget=4, layer=1, batches=(1,)),
+                Case("qwen2.5-vl-tiny-video", qb, vi, budget=8, layer=1, batches=(1,),
+                     visual_token="video_token_id")]
     if scale == "cpu":
         big = dict(hidden=1024, intermediate=2816, layers=8, heads=16, kv_heads=16, image_size=384,
                    patch=16, vocab=1024, vision_hidden=64, max_positions=2048)
@@ -165,8 +171,12 @@ def cases(scale: str) -> list[Case]:
                      prefill=False, lengths=False)]
     if scale == "gpu":
         qb, qi = _qwen(28, QWEN25_7B_TEXT, QWEN25_7B_VISION, size=(1008, 1008))   # 1296 visual
+        # a 32-frame clip at 448 px: 16 temporal patches of 16x16 merged patches, 4096 visual
+        _, vi = _qwen(28, QWEN25_7B_TEXT, QWEN25_7B_VISION, clip=VideoSpec(32, 448, 448))
         return [Case("llava-1.5-7b", _llava_7b_build, _llava_7b_inputs, budget=64, layer=2),
-                Case("qwen2.5-vl-7b", qb, qi, budget=144, layer=2)]
+                Case("qwen2.5-vl-7b", qb, qi, budget=144, layer=2),
+                Case("qwen2.5-vl-7b-video (32 frames)", qb, vi, budget=512, layer=2, batches=(1, 8),
+                     visual_token="video_token_id")]
     raise ValueError(f"unknown scale {scale!r}")
 
 
@@ -269,7 +279,7 @@ def run_case(case: Case, args, device, dtype) -> dict:
     else:
         cast = lambda d: d  # noqa: E731
     inp = lambda b, extra=0: cast(to(case.inputs(model, b, extra)))  # noqa: E731
-    img = model.config.image_token_id
+    img = getattr(model.config, case.visual_token)
     ids = inp(1)["input_ids"][0]
     pos = (ids == img).nonzero().flatten()
     span = (int(pos[0]), int(pos.numel()))

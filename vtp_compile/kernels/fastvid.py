@@ -72,7 +72,7 @@ def _segment_layout(seg: torch.Tensor, has: torch.Tensor, anchor_every: int):
 
 
 def _density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """``[B, L]``: density-peak score ``rho * delta`` among ``pool``'s tokens of each frame."""
+    """``[B, L]`` float64: density-peak score ``rho * delta`` among ``pool``'s tokens of each frame."""
     B, L, D = hidden.shape
     x = hidden.float()
     d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / D ** 0.5   # [B, L, L]
@@ -80,13 +80,15 @@ def _density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> 
     inf = torch.full_like(d, float("inf"))
     near = torch.where(same, d * d, inf).topk(min(KNN, L), dim=-1, largest=False).values
     finite = torch.isfinite(near)
-    rho = torch.exp(-torch.where(finite, near, torch.zeros_like(near)).sum(-1)
-                    / finite.sum(-1).clamp(min=1))
-    denser = same & (rho[:, None, :] > rho[:, :, None])
+    # rho = exp(-m) is compared through m (exact in float32 where exp(-m) rounds to 1) and taken
+    # in float64 for the score
+    m = torch.where(finite, near, torch.zeros_like(near)).sum(-1) / finite.sum(-1).clamp(min=1)
+    denser = same & (m[:, None, :] < m[:, :, None])
     delta = torch.where(denser, d, inf).amin(-1)
     widest = torch.where(same, d, torch.zeros_like(d)).amax(-1)
     delta = torch.where(torch.isinf(delta), widest, delta)
-    return torch.where(pool, rho * delta, torch.zeros_like(rho))
+    score = torch.exp(-m.double()) * delta.double()
+    return torch.where(pool, score, torch.zeros_like(score))
 
 
 def fastvid_scores(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor, n_keep: torch.Tensor,
@@ -97,7 +99,9 @@ def fastvid_scores(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tenso
     n = frame_sizes(frames, cand)
     x = hidden.float()
     own = torch.gather(frame_means(x, frames, cand), 1, f[..., None].expand_as(x))
-    distinct = 1.0 - _cos(x, own)
+    # 1 - cos as half the squared distance of the unit vectors: no cancellation near cos = 1
+    unit = torch.nn.functional.normalize
+    distinct = 0.5 * (unit(x, dim=-1) - unit(own, dim=-1)).pow(2).sum(-1)
     sal_rank = frame_priority(distinct, frames, cand, n, min_per_frame)
     k = torch.minimum(n_keep.to(cand.device), cand.sum(1))
     n_ctx = torch.floor(k.double() * context).long()

@@ -193,6 +193,43 @@ VIDEO_NOT_CLAIMED = {
 }
 
 
+# frames (tests/methods/test_video_methods.py, docs/video.md): the families on which the video
+# methods and ``per_frame`` are checked with clips against the mask oracle given the layout's
+# frames -> paths: "forward" (every FRAME_CASES entry, eager inner backend), "generate"
+# (the three video methods), "inductor" (a forward through Inductor, right-padded)
+FRAMES: dict[str, tuple[str, ...]] = {
+    "qwen2_vl": ("forward", "inductor"),
+    "qwen2_5_vl": ("generate",),
+    "internvl": ("forward",),
+    "llava_onevision": ("forward", "generate"),
+}
+# how each of them shows its frames to vtp (kernels/frames.py)
+FRAMES_FROM = {
+    "qwen2_vl": "M-RoPE temporal positions inside the clip's one run",
+    "qwen2_5_vl": "M-RoPE temporal positions inside the clip's one run",
+    "internvl": "one run per frame (frame labels between)",
+    "llava_onevision": "`frame_tokens` (one run, 1-D positions)",
+}
+FRAME_METHODS = ("vidcom2", "dycoke", "fastvid")
+
+
+def frames_matrix() -> str:
+    """The frames table of docs/support.md, in Markdown."""
+    lines = ["| frames | frames found from | " + " | ".join(f"`{m}`" for m in FRAME_METHODS)
+             + " | `fastv`, `random` with `per_frame` |", "|---|---|---|---|---|---|"]
+    for f, paths in FRAMES.items():
+        mine = " ".join(p[0].upper() for p in paths)
+        per = ("F" if "forward" in paths else "—") + (" (I: `fastv`)" if "inductor" in paths else "")
+        lines.append(f"| {f} | {FRAMES_FROM[f]} | " + " | ".join([mine] * len(FRAME_METHODS)) + f" | {per} |")
+    lines.append("")
+    lines.append("Frames (tests/methods/test_video_methods.py, [video.md](video.md)): F: direct forward "
+                 "(eager inner backend), I: forward through Inductor (right-padded), G: `generate`; "
+                 "batches of a clip row, an image + clip row and a text-only row, against the mask "
+                 "oracle given the frames from the layout. The three video methods are also checked "
+                 "on drawn image prompts through Inductor (tests/test_inductor.py), every image a frame.")
+    return "\n".join(lines)
+
+
 def video_batches(family: str) -> list[str]:
     return [b for b in VIDEO_BATCHES if (family, b) not in VIDEO_NOT]
 
@@ -282,7 +319,7 @@ def matrix() -> str:
               "linear-attention layer, where it raises an error naming the layer (PDrop, SparseVLM) "
               "or runs unpruned with one log line (ACGR's merge; tested), see docs/methods.md."
               for f, per in METHOD_OPTIONS.items() for m, opts in per.items()]
-    lines += ["", video_matrix()]
+    lines += ["", video_matrix(), "", frames_matrix()]
     return "\n".join(lines)
 
 
