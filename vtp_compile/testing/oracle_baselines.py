@@ -16,6 +16,11 @@ def _top(scores, k):
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
 
 
+def last_real(row: torch.Tensor) -> int:
+    """The last position of a row's real-token mask."""
+    return max(i for i, v in enumerate(row.tolist()) if v)
+
+
 # ---- PDrop -----------------------------------------------------------------------------------
 def pdrop_default_layers(L: int) -> list[int]:
     """A quarter, a half, three quarters of the depth, rounded half up."""
@@ -281,3 +286,17 @@ def sparsevlm_recycle_merge(hidden: torch.Tensor, recycled: list) -> torch.Tenso
         for r, g in groups.items():
             out[b, r] = (sum(hidden[b, j].double() for j in g) / len(g)).to(hidden.dtype)
     return out
+
+
+def divprune_select(feats: torch.Tensor, k: int) -> list[int]:
+    """Greedy max-min cosine diversity, as a plain loop."""
+    f = torch.nn.functional.normalize(feats.float(), dim=-1)
+    d = 1 - f @ f.T
+    V = d.shape[0]
+    nn = [min((float(d[i, j]) for j in range(V) if j != i), default=0.0) for i in range(V)]
+    picks = [max(range(V), key=lambda i: (nn[i], -i))]
+    while len(picks) < k:
+        best = max((j for j in range(V) if j not in picks),
+                   key=lambda j: (min(float(d[j, p]) for p in picks), -j))
+        picks.append(best)
+    return picks

@@ -40,6 +40,7 @@ import math
 import torch
 
 from . import oracle_alvts, oracle_baselines, oracle_dcp, oracle_nuwa, oracle_video
+from .oracle_baselines import _top, last_real as _last_real
 from .oracle_pruning import Pruning, Stage
 
 __all__ = ["Pruning", "Stage", "masked_forward", "masked_generate", "decoder_layers"]
@@ -55,7 +56,7 @@ class _Run:
         self.p = pruning
         # [B, P] each visual position's frame (families.frame_ids); by default every run of
         # consecutive visual positions is one frame (an image)
-        self.frames = _runs(visual.bool()) if frames is None else frames
+        self.frames = oracle_video.runs(visual.bool()) if frames is None else frames
         self.stages = pruning.stages(num_layers)
         self.plans: dict = {}        # FastVID: per row, context token -> the tokens merged into it
         self.visual, self.real = visual.bool(), real.bool()      # [B, P] prompt masks
@@ -209,18 +210,14 @@ class _Run:
             rule = stage.rule
             scores = None
             frame = [int(self.frames[b, q]) for q in pos]
-            if rule in ("vidcom2", "dycoke"):
-                sel = (oracle_video.vidcom2(feats, frame, pos, k, p.per_frame, p.min_per_frame)
-                       if rule == "vidcom2" else oracle_video.dycoke(feats, frame, pos, k, p.min_per_frame))
-            elif rule == "fastvid":
-                sel, plan = oracle_video.fastvid(feats, frame, pos, k, p, p.min_per_frame)
-                self.plans[b] = plan
+            if rule in oracle_video.RULES:        # the video methods: frame-aware selections
+                sel, self.plans[b] = oracle_video.select(rule, feats, frame, pos, k, p)
             elif rule == "random":
                 x = [math.sin(j * 12.9898 + b * 78.233 + p.seed * 37.719) * 43758.5453 for j in range(V)]
                 scores = [v - math.floor(v) for v in x]
                 sel = _top(scores, k)
             elif rule == "divprune":
-                sel = _divprune(feats, k)
+                sel = oracle_baselines.divprune_select(feats, k)
             elif rule == "dart":
                 sel = self._dart(b, hidden, record, pos, k, p.pivots)
             elif rule == "nuwa":
@@ -598,37 +595,3 @@ def masked_generate(model, inputs: dict, visual: torch.Tensor, pruning: Pruning,
     scores = torch.stack([s.float() for s in out.scores], 1)          # [B, new, vocab], processed
     top2 = scores.topk(2, dim=-1).values
     return out.sequences[:, visual.shape[1]:], top2[..., 0] - top2[..., 1], run.kept
-
-
-def _runs(visual: torch.Tensor) -> torch.Tensor:
-    """``[B, P]``: each visual position's run of consecutive visual positions, numbered per row."""
-    out = torch.full(visual.shape, -1, dtype=torch.long)
-    for b in range(visual.shape[0]):
-        f = -1
-        for p in range(visual.shape[1]):
-            if visual[b, p]:
-                f += int(p == 0 or not visual[b, p - 1])
-                out[b, p] = f
-    return out
-
-
-def _last_real(row: torch.Tensor) -> int:
-    return max(i for i, v in enumerate(row.tolist()) if v)
-
-
-def _top(scores: list[float], k: int) -> list[int]:
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-
-
-def _divprune(feats: torch.Tensor, k: int) -> list[int]:
-    """Greedy max-min cosine diversity, as a plain loop."""
-    f = torch.nn.functional.normalize(feats.float(), dim=-1)
-    d = 1 - f @ f.T
-    V = d.shape[0]
-    nn = [min((float(d[i, j]) for j in range(V) if j != i), default=0.0) for i in range(V)]
-    picks = [max(range(V), key=lambda i: (nn[i], -i))]
-    while len(picks) < k:
-        best = max((j for j in range(V) if j not in picks),
-                   key=lambda j: (min(float(d[j, p]) for p in picks), -j))
-        picks.append(best)
-    return picks

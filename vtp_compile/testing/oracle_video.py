@@ -17,6 +17,16 @@ import torch
 
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)
 TAU = 0.01
+RULES = ("vidcom2", "dycoke", "fastvid")
+
+
+def select(rule: str, feats: torch.Tensor, frame: list[int], pos: list[int], k: int, p):
+    """``(picks, merge plan or None)`` of video method ``rule`` with the knobs of Pruning ``p``."""
+    if rule == "vidcom2":
+        return vidcom2(feats, frame, pos, k, p.per_frame, p.min_per_frame), None
+    if rule == "dycoke":
+        return dycoke(feats, frame, pos, k, p.min_per_frame), None
+    return fastvid(feats, frame, pos, k, p, p.min_per_frame)
 
 
 def apportion(scores: list, frame: list[int], pos: list[int], k: int, least: int, weight: dict) -> list[int]:
@@ -198,4 +208,16 @@ def fastvid_merge(feats: torch.Tensor, plan: dict, beta: float) -> torch.Tensor:
         w = max(1.0 / (len(src) + 2), beta)
         mean = (feats[t].double() + sum((feats[i].double() for i in src), torch.zeros_like(feats[t], dtype=torch.float64))) / (len(src) + 1)
         out[t] = (w * feats[t].double() + (1 - w) * mean).to(feats.dtype)
+    return out
+
+
+def runs(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, P]``: each visual position's run of consecutive visual positions, numbered per row."""
+    out = torch.full(visual.shape, -1, dtype=torch.long)
+    for b in range(visual.shape[0]):
+        f = -1
+        for p in range(visual.shape[1]):
+            if visual[b, p]:
+                f += int(p == 0 or not visual[b, p - 1])
+                out[b, p] = f
     return out
