@@ -3,7 +3,8 @@
 It registers vtp's model classes over vLLM's own for the architectures it adapts (vLLM's
 ``ModelRegistry.register_model`` with a lazy ``"module:Class"`` string, so nothing is imported
 until vLLM loads that architecture). The registered classes subclass vLLM's and behave exactly
-like them unless ``mm_processor_kwargs`` holds a ``vtp`` entry.
+like them unless ``mm_processor_kwargs`` holds a ``vtp`` entry. Models of other classes refuse
+a ``vtp`` entry (:mod:`.guard`) instead of ignoring it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ ADAPTERS = {
     "LlavaNextForConditionalGeneration":
         "vtp_compile.serving.vllm.llava_next:VtpLlavaNextForConditionalGeneration",
 }
+# architecture name -> the family name the support table and error messages use
+FAMILIES = {
+    "LlavaForConditionalGeneration": "LLaVA",
+    "LlavaNextForConditionalGeneration": "LLaVA-NeXT",
+}
 
 
 def register() -> None:
@@ -29,3 +35,5 @@ def register() -> None:
     from vllm import ModelRegistry
     for arch, target in ADAPTERS.items():
         ModelRegistry.register_model(arch, target)
+    from .guard import install
+    install()

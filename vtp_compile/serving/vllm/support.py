@@ -13,7 +13,8 @@ CHECKED: dict[str, tuple[str, ...]] = {
 # family -> methods refused at start-up / per request, and why
 REFUSED = {"llava_next": ("visionzip", "nuwa")}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
-# vLLM classes the plugin does not adapt: they run as without it (a vtp option is ignored)
+# vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
+# they run as without the plugin
 NOT_ADAPTED = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
                "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
@@ -27,7 +28,7 @@ def matrix() -> str:
                  else "refused (packed anyres features)" if m in REFUSED.get(fam, ()) else "—"
                  for m in methods]
         rows.append(f"| {fam} | " + " | ".join(cells) + " |")
-    rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted" for _ in methods) + " |")
+    rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted (a `vtp` option is refused)" for _ in methods) + " |")
     return "\n".join(rows)
 
 
