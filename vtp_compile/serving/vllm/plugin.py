@@ -17,11 +17,16 @@ ADAPTERS = {
     "LlavaForConditionalGeneration": "vtp_compile.serving.vllm.llava:VtpLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration":
         "vtp_compile.serving.vllm.llava_next:VtpLlavaNextForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration":
+        "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
     "LlavaForConditionalGeneration": "LLaVA",
     "LlavaNextForConditionalGeneration": "LLaVA-NeXT",
+    "Qwen2VLForConditionalGeneration": "Qwen2-VL",
+    "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
 }
 
 
@@ -30,8 +35,9 @@ def register() -> None:
     if _DONE:
         return
     _DONE = True
-    from .compat import pixtral_without_torchvision
+    from .compat import cpu_runner_multimodal_pruning, pixtral_without_torchvision
     pixtral_without_torchvision()
+    cpu_runner_multimodal_pruning()
     from vllm import ModelRegistry
     for arch, target in ADAPTERS.items():
         ModelRegistry.register_model(arch, target)

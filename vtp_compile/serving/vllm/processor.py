@@ -65,9 +65,9 @@ class PruningProcessorMixin:
 
     _vtp_modality = "image"
 
-    def _vtp_tokens(self, items, item_idx: int) -> int | None:
+    def _vtp_tokens(self, items, item_idx: int, out) -> int | None:
         """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it, e.g.
-        an embedding input)."""
+        an embedding input); ``out``: the HF processor's outputs for the items."""
         from vllm.multimodal.parse import ImageProcessorItems
         if not isinstance(items, ImageProcessorItems):
             return None
@@ -92,7 +92,7 @@ class PruningProcessorMixin:
         items = mm_items[mod]
         fields = []
         for i in range(len(items)):
-            V = self._vtp_tokens(items, i)
+            V = self._vtp_tokens(items, i, out)
             if V is None:
                 log_once(f"unprunable:{type(items).__name__}",
                          "vtp: %s inputs are not pruned (they run as given): %s",

@@ -9,13 +9,16 @@ from .options import SERVED
 CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
     "llava_next": ("random", "divprune", "cdpruner", "acgr"),
+    "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr"),
+    "qwen2_vl": ("divprune", "cdpruner"),
 }
 # family -> methods refused at start-up / per request, and why
-REFUSED = {"llava_next": ("visionzip", "nuwa")}
+REFUSED = {"llava_next": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
+           "qwen2_vl": ("visionzip", "nuwa")}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+NOT_ADAPTED = ("llava_onevision", "qwen3_vl", "gemma3",
                "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
 
