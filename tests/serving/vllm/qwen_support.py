@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vtp_compile.testing.vllm_qwen import VIDEO
+
 from .support import MAX_LEN
 
 
@@ -34,7 +36,7 @@ class TinyQwen:
     def engine(self, **kw):
         from vllm import LLM
         args = dict(enforce_eager=True, dtype="float32", max_model_len=MAX_LEN,
-                    limit_mm_per_prompt={"image": 3, "video": 0}, max_num_seqs=8, seed=0,
+                    limit_mm_per_prompt={"image": 3, "video": 2}, max_num_seqs=8, seed=0,
                     kv_cache_memory_bytes=64 << 20, distributed_executor_backend="uni",
                     enable_prefix_caching=True)
         args.update(kw)
@@ -44,40 +46,58 @@ class TinyQwen:
     def image_token(self) -> int:
         return self.model.config.image_token_id
 
-    def hf_inputs(self, prompt: str, images: list):
-        return self.processor(images=images or None, text=[prompt], return_tensors="pt")
+    @property
+    def video_token(self) -> int:
+        return self.model.config.video_token_id
 
-    def features(self, images: list) -> list[torch.Tensor]:
-        """``[V_i, D]`` per image: what transformers splices."""
+    def hf_inputs(self, prompt: str, images: list, video: bool = False):
+        """Transformers' inputs; ``video``: ``images`` are clips (``[T, H, W, 3]`` uint8 arrays at
+        :data:`FPS` frames per second, as vLLM is given them)."""
+        if not video:
+            return self.processor(images=images or None, text=[prompt], return_tensors="pt")
+        from transformers.video_utils import VideoMetadata
+        meta = [VideoMetadata(**video_metadata(len(v))) for v in images]
+        return self.processor(videos=images, text=[prompt], return_tensors="pt", video_metadata=meta,
+                              do_sample_frames=False)
+
+    def features(self, images: list, video: bool = False) -> list[torch.Tensor]:
+        """``[V_i, D]`` per image (clip): what transformers splices."""
         if not images:
             return []
-        inp = self.processor.image_processor(images=images, return_tensors="pt")
         with torch.no_grad():
-            out = self.model.model.get_image_features(inp["pixel_values"], inp["image_grid_thw"])
+            if video:
+                inp = self.hf_inputs(VIDEO * len(images), images, video=True)
+                out = self.model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"])
+            else:
+                inp = self.processor.image_processor(images=images, return_tensors="pt")
+                out = self.model.model.get_image_features(inp["pixel_values"], inp["image_grid_thw"])
         return [f.float() for f in out.pooler_output]
 
-    def explain_kept(self, prompt: str, image, opts) -> list[int]:
+    def explain_kept(self, prompt: str, image, opts, video: bool = False) -> list[int]:
         import vtp_compile
-        ex = vtp_compile.explain(self.model, dict(self.hf_inputs(prompt, [image])), opts)
+        ex = vtp_compile.explain(self.model, dict(self.hf_inputs(prompt, [image], video)), opts)
         return ex.sites[0].kept_visual_index[0].tolist()
 
-    def reference(self, prompt: str, images: list, selected: list, max_tokens: int):
+    def reference(self, prompt: str, images: list, selected: list, max_tokens: int, video: bool = False):
         """``(prompt ids, greedy tokens, their log-probabilities)``; ``selected[i]``: image
-        ``i``'s ``(kept indices, kept features)``, or None (unpruned)."""
-        inp = self.hf_inputs(prompt, images)
+        (clip) ``i``'s ``(kept indices, kept features)``, or None (unpruned)."""
+        inp = self.hf_inputs(prompt, images, video)
         ids = inp["input_ids"][0]
         emb_layer = self.model.get_input_embeddings()
         with torch.no_grad():
             if images:
+                grids = {"video_grid_thw": inp["video_grid_thw"]} if video else {"image_grid_thw": inp["image_grid_thw"]}
+                if "second_per_grid_ts" in inp:
+                    grids["second_per_grid_ts"] = inp["second_per_grid_ts"]
                 pos = self.model.model.get_rope_index(inp["input_ids"], inp["mm_token_type_ids"],
-                                                      inp["image_grid_thw"])[0][:, 0]
+                                                      **grids)[0][:, 0]
             else:
                 pos = torch.arange(len(ids)).expand(3, -1)
             emb = emb_layer(ids).clone()
         keep = torch.ones(len(ids), dtype=torch.bool)
-        where = (ids == self.image_token).nonzero().flatten()
+        where = (ids == (self.video_token if video else self.image_token)).nonzero().flatten()
         at = 0
-        for feats, sel in zip(self.features(images), selected):
+        for feats, sel in zip(self.features(images, video), selected):
             run = where[at:at + feats.shape[0]]
             at += feats.shape[0]
             idx, kept = (torch.arange(feats.shape[0]), feats) if sel is None else sel
@@ -99,8 +119,20 @@ class TinyQwen:
         return ids.tolist(), gen, lps
 
 
-def qrequest(prompt, images, vtp=None):
-    r = {"prompt": prompt, "multi_modal_data": {"image": images if len(images) != 1 else images[0]}}
+FPS = 2.0
+
+
+def video_metadata(frames: int) -> dict:
+    return {"fps": FPS, "duration": frames / FPS, "total_num_frames": frames,
+            "frames_indices": list(range(frames)), "video_backend": "opencv"}
+
+
+def qrequest(prompt, images, vtp=None, video=False):
+    if video:        # vLLM's Qwen2.5-VL takes (frames, metadata); do_sample_frames: as given
+        clips = [(v, {**video_metadata(len(v)), "do_sample_frames": False}) for v in images]
+        r = {"prompt": prompt, "multi_modal_data": {"video": clips if len(clips) != 1 else clips[0]}}
+    else:
+        r = {"prompt": prompt, "multi_modal_data": {"image": images if len(images) != 1 else images[0]}}
     if vtp is not None:
         r["mm_processor_kwargs"] = {"vtp": vtp}
     return r

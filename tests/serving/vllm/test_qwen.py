@@ -8,7 +8,7 @@ import torch
 
 from vtp_compile.serving.vllm import options
 from vtp_compile.serving.vllm.selection import select_image
-from vtp_compile.testing.vllm_qwen import IMAGE
+from vtp_compile.testing.vllm_qwen import IMAGE, VIDEO
 
 from .qwen_support import assert_same, greedy_lp, qrequest
 from .support import examples
@@ -167,3 +167,51 @@ def test_qwen2_vl_unpruned_pruned_keep_all(engine_qwen2, tiny_qwen2, record):
     full = engine_qwen2.generate([qrequest(prompt, [img], {"method": "divprune", "budget": 24})],
                                  greedy_lp(TOKENS))[0]
     assert list(full.outputs[0].token_ids) == list(plain.outputs[0].token_ids)
+
+
+# ---- clips (Qwen2.5-VL video; positions: frame t at t * second_per_grid_ts * tokens_per_second)
+def _clip(first: int, frames: int, size):
+    import numpy as np
+    exs = examples(8)
+    return np.stack([np.asarray(exs[(first + i) % 8].image.convert("RGB").resize(size[::-1]))
+                     for i in range(frames)])
+
+
+@pytest.mark.parametrize("opts", [{"method": "divprune", "budget": 20}, {"method": "cdpruner", "budget": 16}],
+                         ids=lambda o: o["method"])
+def test_video_kept_indices_and_tokens(engine_qwen, tiny_qwen, record, opts):
+    """A 4-frame 96 x 96 clip: 2 x 6 x 6 = 72 tokens, t positions 0 and 2 (tokens_per_second 2)."""
+    clip = _clip(0, 4, (96, 96))
+    prompt = VIDEO + " " + examples(1)[0].question
+    out = engine_qwen.generate([qrequest(prompt, [clip], opts, video=True)], greedy_lp(TOKENS))[0]
+    rec = record()
+    assert rec[0]["visual"] == 72
+    kept = tiny_qwen.explain_kept(prompt, clip, opts, video=True)
+    assert rec[0]["kept"] == kept
+    assert sum(t == tiny_qwen.video_token for t in out.prompt_token_ids) == options.parse(opts).n_keep(72)
+    idx = torch.tensor(kept)
+    feats = tiny_qwen.features([clip], video=True)[0]
+    assert_same(out, tiny_qwen.reference(prompt, [clip], [(idx, feats[idx])], TOKENS, video=True))
+
+
+def test_video_batch_and_keep_all(engine_qwen, tiny_qwen, record):
+    """Clips of other lengths and sizes, pruned and unpruned, beside an image request; keep-all
+    equals unpruned."""
+    # 2x4x6 = 48 and 3x6x6 = 108 tokens. (Some clips, 6 frames of 48 x 64 among them, differ
+    # between vLLM and transformers by ~0.01 in log-probability without the plugin too.)
+    clips = [_clip(1, 4, (64, 96)), _clip(2, 6, (96, 96))]
+    q = examples(3)[2].question
+    cases = [(VIDEO + " " + q, [clips[0]], {"method": "divprune", "budget": 12}, True),
+             (VIDEO + " " + q, [clips[1]], None, True),
+             (VIDEO + " " + q, [clips[1]], {"method": "random", "ratio": 0.5}, True),
+             (IMAGE + " " + q, [_image(0)[1]], {"method": "divprune", "budget": 9}, False)]
+    outs = engine_qwen.generate([qrequest(p, c, o, video=v) for p, c, o, v in cases], greedy_lp(TOKENS))
+    record()
+    for (prompt, items, opts, video), out in zip(cases, outs):
+        spec = options.parse(opts)
+        sel = [None if spec is None else select_image(spec, f) for f in tiny_qwen.features(items, video)]
+        assert_same(out, tiny_qwen.reference(prompt, items, sel, TOKENS, video=video))
+    full = engine_qwen.generate([qrequest(cases[1][0], clips[1:], {"method": "divprune", "budget": 108}, video=True)],
+                                greedy_lp(TOKENS))[0]
+    assert list(full.outputs[0].token_ids) == list(outs[1].outputs[0].token_ids)
+    assert list(full.prompt_token_ids) == list(outs[1].prompt_token_ids)

@@ -23,7 +23,7 @@ import os
 import torch
 
 from . import options, tower
-from .processor import FIELD, TEXT_FIELD, decode, rows
+from .processor import decode, field_names, rows
 from .selection import select_image
 
 log = logging.getLogger("vtp_compile.serving.vllm")
@@ -47,9 +47,15 @@ class PruningModelMixin:
     def _vtp_check_engine(self, spec) -> None:
         """Raise ``ValueError`` at start-up if this family cannot run ``spec`` (default: fine)."""
 
+    _vtp_modalities: tuple[str, ...] = ("image",)
+
     def embed_multimodal(self, **kwargs):
-        field = kwargs.pop(FIELD, None)
-        text = kwargs.pop(TEXT_FIELD, None)
+        field = text = None
+        for mod in self._vtp_modalities:     # vLLM batches one modality per call
+            name, text_name = field_names(mod)
+            f, t = kwargs.pop(name, None), kwargs.pop(text_name, None)
+            if f is not None:
+                field, text = f, t
         if field is None:
             return self._vtp_output(super().embed_multimodal(**kwargs), None, kwargs)
         per_image = [decode(r) for r in rows(field)]

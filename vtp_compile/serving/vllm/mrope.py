@@ -38,7 +38,7 @@ import dataclasses
 
 import torch
 
-from .processor import FIELD
+from .processor import field_names
 
 
 def item_positions(grid_thw, merge: int, t_factor: float = 1.0) -> torch.Tensor:
@@ -99,8 +99,11 @@ class MRopePruningMixin:
         return tuple(out)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        pruned = {id(f): (int(f.data[FIELD].data[0]), int(f.data[FIELD].data[1]))
-                  for f in mm_features if f.data is not None and FIELD in f.data}
+        pruned = {}
+        for f in mm_features:
+            name = field_names(f.modality)[0]
+            if f.data is not None and name in f.data:
+                pruned[id(f)] = (int(f.data[name].data[0]), int(f.data[name].data[1]))
         if not pruned:
             return super().get_mrope_input_positions(input_tokens, mm_features)
         tokens, feats, drop, shift, at = [], [], [], 0, 0

@@ -1,10 +1,12 @@
 """Qwen2-VL and Qwen2.5-VL (vLLM's ``Qwen2VLForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration``): images, with M-RoPE positions as vLLM's EVS sets them.
+``Qwen2_5_VLForConditionalGeneration``): images and clips, with M-RoPE positions as vLLM's EVS
+sets them.
 
-Each image's ``V`` tokens are its merged patches (``t * h * w / merge^2`` of its
-``image_grid_thw``), in the raster order the tower emits and vLLM splices. The processor cuts the
-image's ``<|image_pad|>`` run to ``n_keep``; the model keeps ``n_keep`` features and appends
-their positions (:mod:`.mrope`, which says which positions kept tokens get and why). Methods
+Each image's (clip's) ``V`` tokens are its merged patches (``t * h * w / merge^2`` of its
+``image_grid_thw``/``video_grid_thw``), in the (frame-major) raster order the tower emits and
+vLLM splices; the budget applies to each image and to each clip. The processor cuts the item's
+``<|image_pad|>`` (``<|video_pad|>``) run to ``n_keep``; the model keeps ``n_keep`` features and
+appends their positions (:mod:`.mrope`, which says which positions kept tokens get and why). Methods
 that read CLIP-style tower internals (``visionzip``, ``nuwa``) are refused: Qwen's tower has no
 CLS token and windowed attention. vtp cannot run beside vLLM's own EVS (``video_pruning_rate``):
 both would append positions.
@@ -39,18 +41,25 @@ def _refuse(spec, mm_config):
 
 
 class _QwenProcessorMixin(PruningProcessorMixin):
+    _vtp_modalities = ("image", "video")
+
     def _vtp_tokens(self, items, item_idx, out):
-        from vllm.multimodal.parse import ImageProcessorItems
-        if not isinstance(items, ImageProcessorItems):
+        from vllm.multimodal.parse import ImageProcessorItems, VideoProcessorItems
+        if isinstance(items, ImageProcessorItems):
+            grid = out["image_grid_thw"][item_idx]
+        elif isinstance(items, VideoProcessorItems):
+            grid = out["video_grid_thw"][item_idx]
+        else:
             return None
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        return int(out["image_grid_thw"][item_idx].prod()) // (merge * merge)
+        return int(grid.prod()) // (merge * merge)
 
     def _vtp_check(self, spec):
         _refuse(spec, self.info.ctx.get_mm_config())
 
 
 class _QwenModelMixin(MRopePruningMixin, PruningModelMixin):
+    _vtp_modalities = ("image", "video")
     def _vtp_check_engine(self, spec):
         _refuse(spec, self.multimodal_config)
 

@@ -15,6 +15,11 @@ CHECKED: dict[str, tuple[str, ...]] = {
 # family -> methods refused at start-up / per request, and why
 REFUSED = {"llava_next": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
            "qwen2_vl": ("visionzip", "nuwa")}
+REFUSED_WHY = {"llava_next": "packed anyres features", "qwen2_5_vl": "no CLS token in Qwen's tower",
+               "qwen2_vl": "no CLS token in Qwen's tower"}
+# family -> what else is checked there
+EXTRA = {"qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
+         "qwen2_vl": "images (M-RoPE positions as vLLM's EVS)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
@@ -28,9 +33,10 @@ def matrix() -> str:
     rows = [head, "|" + "---|" * (len(methods) + 1)]
     for fam, ok in CHECKED.items():
         cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok
-                 else "refused (packed anyres features)" if m in REFUSED.get(fam, ()) else "—"
+                 else f"refused ({REFUSED_WHY[fam]})" if m in REFUSED.get(fam, ()) else "—"
                  for m in methods]
-        rows.append(f"| {fam} | " + " | ".join(cells) + " |")
+        name = f"{fam}: {EXTRA[fam]}" if fam in EXTRA else fam
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted (a `vtp` option is refused)" for _ in methods) + " |")
     return "\n".join(rows)
 
