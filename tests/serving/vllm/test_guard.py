@@ -1,8 +1,12 @@
 """A ``vtp`` option on a model without a vtp adapter is an error naming the families that prune
 (vtp_compile/serving/vllm/guard.py). The model without an adapter here is the tiny LLaVA run by
 vLLM's Transformers backend (``model_impl="transformers"``): vLLM's generic path for any
-transformers VLM, which the plugin does not adapt."""
+transformers VLM, which the plugin does not adapt. An engine on that backend runs in a fresh
+process (tests/serving/vllm/run_engine.py): in this process it would share vLLM's compile
+decorators with the session's engine of vLLM's own LLaVA class, and break it."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -37,18 +41,16 @@ def test_bad_engine_wide_option_gets_its_own_error_first(tiny):
         _llm(tiny, mm_processor_kwargs={"vtp": {"method": "fastv"}})
 
 
-@pytest.fixture(scope="module")
-def engine_tb(tiny):
-    return _llm(tiny, limit_mm_per_prompt={"image": 1})
-
-
-def test_request_option_is_refused_and_plain_requests_run(engine_tb, engine):
-    ex = examples(1)[0]
-    prompt = "<image> " + ex.question
-    with pytest.raises(ValueError) as e:
-        engine_tb.generate([request(prompt, [ex.image], VTP)], greedy(2))
-    _names_families(str(e.value))
-    out = engine_tb.generate([request(prompt, [ex.image])], greedy(4))[0]
-    ref = engine.generate([request(prompt, [ex.image])], greedy(4))[0]   # vLLM's own LLaVA class
-    assert list(out.prompt_token_ids) == list(ref.prompt_token_ids)
-    assert list(out.outputs[0].token_ids) == list(ref.outputs[0].token_ids)
+def test_request_option_is_refused_and_plain_requests_run(engine, tiny):
+    """Plain requests run as on vLLM's own LLaVA class; one with a ``vtp`` option is refused."""
+    from .test_engine_process import run
+    prompt = "<image> " + examples(1)[0].question
+    p, got = run({"model": str(tiny.path), "engine": {"model_impl": "transformers"}, "max_tokens": 4,
+                  "requests": [{"prompt": prompt, "images": [0]}],
+                  "refused": [{"prompt": prompt, "images": [0], "vtp": VTP}]})
+    assert got is not None, p.stderr[-3000:]
+    ref = engine.generate([request(prompt, [examples(1)[0].image])], greedy(4))[0]   # vLLM's LLaVA
+    assert got == [[list(ref.prompt_token_ids), list(ref.outputs[0].token_ids)]]
+    refused = [ln for ln in p.stdout.splitlines() if "REFUSED" in ln]
+    assert len(refused) == 1 and refused[0].startswith("REFUSED "), p.stdout[-2000:]
+    _names_families(json.loads(refused[0][len("REFUSED "):]))
