@@ -97,3 +97,14 @@ def tiny_qwen2(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine_qwen2(tiny_qwen2):
     return tiny_qwen2.engine()
+
+
+@pytest.fixture(scope="session")
+def tiny_ov(tmp_path_factory):
+    from .support import Tiny
+    return Tiny.make(tmp_path_factory.mktemp("tiny_llava_onevision"), builder="build_onevision")
+
+
+@pytest.fixture(scope="session")
+def engine_ov(tiny_ov):
+    return tiny_ov.engine(limit_mm_per_prompt={"image": 2, "video": 0})

@@ -17,6 +17,8 @@ ADAPTERS = {
     "LlavaForConditionalGeneration": "vtp_compile.serving.vllm.llava:VtpLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration":
         "vtp_compile.serving.vllm.llava_next:VtpLlavaNextForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration":
+        "vtp_compile.serving.vllm.llava_onevision:VtpLlavaOnevisionForConditionalGeneration",
     "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
@@ -25,6 +27,7 @@ ADAPTERS = {
 FAMILIES = {
     "LlavaForConditionalGeneration": "LLaVA",
     "LlavaNextForConditionalGeneration": "LLaVA-NeXT",
+    "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
 }

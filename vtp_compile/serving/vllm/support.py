@@ -9,21 +9,23 @@ from .options import SERVED
 CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
     "llava_next": ("random", "divprune", "cdpruner", "acgr"),
+    "llava_onevision": ("divprune", "cdpruner"),
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr"),
     "qwen2_vl": ("divprune", "cdpruner"),
 }
 # family -> methods refused at start-up / per request, and why
-REFUSED = {"llava_next": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
+REFUSED = {"llava_next": ("visionzip", "nuwa"), "llava_onevision": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
            "qwen2_vl": ("visionzip", "nuwa")}
-REFUSED_WHY = {"llava_next": "packed anyres features", "qwen2_5_vl": "no CLS token in Qwen's tower",
+REFUSED_WHY = {"llava_next": "packed anyres features", "llava_onevision": "packed anyres features",
+               "qwen2_5_vl": "no CLS token in Qwen's tower",
                "qwen2_vl": "no CLS token in Qwen's tower"}
 # family -> what else is checked there
-EXTRA = {"qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
+EXTRA = {"llava_onevision": "images (videos run unpruned)", "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
          "qwen2_vl": "images (M-RoPE positions as vLLM's EVS)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("llava_onevision", "qwen3_vl", "gemma3",
+NOT_ADAPTED = ("qwen3_vl", "gemma3",
                "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
 
