@@ -215,3 +215,22 @@ def test_video_batch_and_keep_all(engine_qwen, tiny_qwen, record):
                                 greedy_lp(TOKENS))[0]
     assert list(full.outputs[0].token_ids) == list(outs[1].outputs[0].token_ids)
     assert list(full.prompt_token_ids) == list(outs[1].prompt_token_ids)
+
+
+def test_qwen2_vl_video(engine_qwen2, tiny_qwen2, record):
+    """A clip on Qwen2-VL (t positions unscaled: no tokens_per_second): kept indices equal
+    explain, tokens and log-probabilities equal transformers; keep-all equals unpruned."""
+    clip = _clip(3, 4, (64, 96))       # 2 x 4 x 6 = 48 tokens
+    prompt = VIDEO + " " + examples(2)[1].question
+    opts = {"method": "divprune", "budget": 14}
+    out = engine_qwen2.generate([qrequest(prompt, [clip], opts, video=True)], greedy_lp(TOKENS))[0]
+    kept = record()[0]["kept"]
+    assert kept == tiny_qwen2.explain_kept(prompt, clip, opts, video=True)
+    idx = torch.tensor(kept)
+    feats = tiny_qwen2.features([clip], video=True)[0]
+    assert_same(out, tiny_qwen2.reference(prompt, [clip], [(idx, feats[idx])], TOKENS, video=True))
+    plain = engine_qwen2.generate([qrequest(prompt, [clip], video=True)], greedy_lp(TOKENS))[0]
+    full = engine_qwen2.generate([qrequest(prompt, [clip], {"method": "random", "budget": 48}, video=True)],
+                                 greedy_lp(TOKENS))[0]
+    assert list(full.outputs[0].token_ids) == list(plain.outputs[0].token_ids)
+    assert_same(plain, tiny_qwen2.reference(prompt, [clip], [None], TOKENS, video=True))

@@ -21,7 +21,7 @@ REFUSED_WHY = {"llava_next": "packed anyres features", "llava_onevision": "packe
                "qwen2_vl": "no CLS token in Qwen's tower"}
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images (videos run unpruned)", "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
-         "qwen2_vl": "images (M-RoPE positions as vLLM's EVS)"}
+         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
