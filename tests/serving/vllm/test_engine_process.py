@@ -92,3 +92,17 @@ def test_qwen_in_vllm_processes(engine_qwen, tiny_qwen):
     outs = engine_qwen.generate([qrequest(c[0], [exs[i].image for i in c[1]], c[2]) for c in cases],
                                 greedy(6))
     assert got == [[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]
+
+
+@pytest.mark.vllm_slow     # 30 s (a worker process starts and fails): make test-vllm-full
+def test_vtp_beside_vllms_evs_fails_at_start_up(tiny_qwen):
+    """vLLM's own video pruning (EVS, ``video_pruning_rate``) and vtp on one Qwen engine: both
+    would append positions, so an engine-wide vtp option is refused at start-up."""
+    from vtp_compile.testing.vllm_qwen import IMAGE
+    p, got = run({"model": str(tiny_qwen.path),
+                  "engine": {"video_pruning_rate": 0.5,
+                             "mm_processor_kwargs": {"vtp": {"method": "divprune", "budget": 8}}},
+                  "requests": [{"prompt": IMAGE + " a", "images": [0]}]})
+    assert p.returncode != 0 and got is None
+    out = p.stdout + p.stderr            # the worker process logs its exception on stdout
+    assert "EVS cannot both prune one Qwen-VL engine: unset video_pruning_rate" in out

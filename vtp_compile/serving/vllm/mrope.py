@@ -60,6 +60,15 @@ def turn_on(vllm_config) -> None:
         object.__setattr__(mm, "is_multimodal_pruning_enabled", lambda: True)
 
 
+def _vllm_base(cls):
+    return next(c for c in cls.__mro__ if c.__module__.startswith("vllm."))
+
+
+def _native_pruning(cls) -> bool:
+    """Whether vLLM's own class (not this mixin) prunes (EVS) and appends positions itself."""
+    return bool(getattr(_vllm_base(cls), "supports_multimodal_pruning", False))
+
+
 class MRopePruningMixin:
     """Before :class:`~.model.PruningModelMixin` and a vLLM Qwen-VL class. Subclasses set
     ``_vtp_grid_key = {"image": "image_grid_thw", ...}`` (modalities they prune)."""
@@ -69,6 +78,10 @@ class MRopePruningMixin:
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._vtp_evs = bool(vllm_config.model_config.multimodal_config.is_multimodal_pruning_enabled())
+        if self._vtp_evs and not _native_pruning(type(self)):
+            from ...errors import OptionError
+            raise OptionError(f"vtp: video_pruning_rate (vLLM's EVS) is set, but vLLM's "
+                              f"{_vllm_base(type(self)).__name__} does not implement it")
         if not self._vtp_evs:
             turn_on(vllm_config)
 
