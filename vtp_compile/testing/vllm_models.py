@@ -155,3 +155,41 @@ def save(model, processor, path) -> Path:
     processor.save_pretrained(path)
     save_file(vllm_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
+
+
+def build_onevision(spec: TinyLlava = TinyLlava(image_size=56, patch_size=14), seed: int = 0,
+                    pinpoints=((56, 56), (56, 112), (112, 56), (112, 112))):
+    """``(model, processor)``: a random-weight ``LlavaOnevisionForConditionalGeneration`` (anyres
+    56 px tiles of 14 px patches, grids up to 2x2 tiles, ``anyres_max_9``; a CLIP tower, its CLS
+    token dropped: strategy ``default``) in fp32."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
+        LlavaOnevisionImageProcessorPil
+
+    from ..scenes.model import CLIP_MEAN, CLIP_STD, build_tokenizer
+
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    grid = [list(p) for p in pinpoints]
+    side = {"height": spec.image_size, "width": spec.image_size}
+    ip = LlavaOnevisionImageProcessorPil(size=side, image_grid_pinpoints=grid, do_resize=True,
+                                         do_rescale=True, do_normalize=True, do_pad=True,
+                                         image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    vp = LlavaOnevisionVideoProcessor(size=side, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    n_base = (spec.image_size // spec.patch_size) ** 2
+    proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=vp,
+                                   num_image_tokens=n_base + 1, vision_feature_select_strategy="default",
+                                   image_token="<image>", video_token="<video>")
+    vision, text = _tower_configs(spec, tok)
+    cfg = LlavaOnevisionConfig(
+        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", image_grid_pinpoints=grid,
+        vision_aspect_ratio="anyres_max_9", projector_hidden_act="gelu", tie_word_embeddings=False)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc

@@ -72,3 +72,39 @@ def record(tmp_path, monkeypatch):
         path.unlink()
         return rows
     return read
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    from .qwen_support import TinyQwen
+    return TinyQwen.make(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def engine_qwen(tiny_qwen):
+    """Qwen2.5-VL with 64-token prefill chunks (chunked prefill is vLLM's default): prompts with
+    two images, and batches, cross chunk edges inside image runs; 32-token KV blocks, so that
+    short prompts share cached blocks."""
+    return tiny_qwen.engine(max_num_batched_tokens=64, block_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory):
+    from .qwen_support import TinyQwen
+    return TinyQwen.make(tmp_path_factory.mktemp("tiny_qwen2_vl"), "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def engine_qwen2(tiny_qwen2):
+    return tiny_qwen2.engine()
+
+
+@pytest.fixture(scope="session")
+def tiny_ov(tmp_path_factory):
+    from .support import Tiny
+    return Tiny.make(tmp_path_factory.mktemp("tiny_llava_onevision"), builder="build_onevision")
+
+
+@pytest.fixture(scope="session")
+def engine_ov(tiny_ov):
+    return tiny_ov.engine(limit_mm_per_prompt={"image": 2, "video": 0})

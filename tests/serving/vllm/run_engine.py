@@ -2,7 +2,9 @@
 print its outputs as one JSON line: ``python run_engine.py '<json job>'``.
 
 job: ``{"model": dir, "engine": {LLM kwargs}, "max_tokens": n, "requests": [{"prompt": str,
-"images": [index into vtp_compile.scenes.make_dataset("attribute", 4)], "vtp": {...} | null}]}``.
+"images": [index into vtp_compile.scenes.make_dataset("attribute", 4)], "vtp": {...} | null}],
+"refused": [requests like those]}``: each of ``refused`` is then sent alone and must raise a
+``ValueError``, printed as one ``REFUSED <json message>`` line (``NOT REFUSED`` otherwise).
 """
 import json
 import sys
@@ -18,16 +20,23 @@ def main(job):
                 kv_cache_memory_bytes=64 << 20)
     args.update(job.get("engine", {}))
     llm = LLM(job["model"], **args)
-    reqs = []
-    for r in job["requests"]:
+    sp = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 6))
+
+    def req(r):
         ims = [exs[i].image for i in r["images"]]
         q = {"prompt": r["prompt"], "multi_modal_data": {"image": ims[0] if len(ims) == 1 else ims}}
         if r.get("vtp") is not None:
             q["mm_processor_kwargs"] = {"vtp": r["vtp"]}
-        reqs.append(q)
-    outs = llm.generate(reqs, SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 6)))
+        return q
+    outs = llm.generate([req(r) for r in job["requests"]], sp)
     print("RESULT " + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]),
           flush=True)
+    for r in job.get("refused", []):
+        try:
+            llm.generate([req(r)], sp)
+            print("NOT REFUSED", flush=True)
+        except ValueError as e:
+            print("REFUSED " + json.dumps(str(e)), flush=True)
 
 
 if __name__ == "__main__":     # vLLM spawns its workers: the guard is required

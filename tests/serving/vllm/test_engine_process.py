@@ -73,3 +73,36 @@ def test_bad_engine_option_fails_at_start_up(tiny):
     assert p.returncode != 0 and got is None
     assert "'fastv' cannot run in vLLM" in p.stderr
     assert "divprune" in p.stderr
+
+
+def test_qwen_in_vllm_processes(engine_qwen, tiny_qwen):
+    """Qwen2.5-VL with vLLM's engine-core and worker processes: the plugin's CPU-runner fix
+    (vtp_compile/serving/vllm/compat.py) must take effect in the worker, where the runner is.
+    Same tokens as the in-process engine."""
+    from vtp_compile.testing.vllm_qwen import IMAGE
+
+    from .qwen_support import qrequest
+    exs = examples(4)
+    cases = [(IMAGE + " " + exs[0].question, [0], {"method": "divprune", "budget": 9}),
+             (IMAGE + " " + IMAGE + " " + exs[1].question, [1, 2], {"method": "random", "budget": 5}),
+             (IMAGE + " " + exs[0].question, [0], None)]
+    p, got = run({"model": str(tiny_qwen.path), "engine": {"limit_mm_per_prompt": {"image": 2}},
+                  "requests": [{"prompt": c[0], "images": c[1], "vtp": c[2]} for c in cases]})
+    assert got is not None, p.stderr[-3000:]
+    outs = engine_qwen.generate([qrequest(c[0], [exs[i].image for i in c[1]], c[2]) for c in cases],
+                                greedy(6))
+    assert got == [[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]
+
+
+@pytest.mark.vllm_slow     # 30 s (a worker process starts and fails): make test-vllm-full
+def test_vtp_beside_vllms_evs_fails_at_start_up(tiny_qwen):
+    """vLLM's own video pruning (EVS, ``video_pruning_rate``) and vtp on one Qwen engine: both
+    would append positions, so an engine-wide vtp option is refused at start-up."""
+    from vtp_compile.testing.vllm_qwen import IMAGE
+    p, got = run({"model": str(tiny_qwen.path),
+                  "engine": {"video_pruning_rate": 0.5,
+                             "mm_processor_kwargs": {"vtp": {"method": "divprune", "budget": 8}}},
+                  "requests": [{"prompt": IMAGE + " a", "images": [0]}]})
+    assert p.returncode != 0 and got is None
+    out = p.stdout + p.stderr            # the worker process logs its exception on stdout
+    assert "EVS cannot both prune one Qwen-VL engine: unset video_pruning_rate" in out

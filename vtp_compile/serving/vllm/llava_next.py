@@ -25,8 +25,9 @@ from .processor import PruningProcessorMixin
 def _refuse_internals(spec):
     if spec.internals:
         from ...errors import OptionError
-        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and LLaVA-NeXT's "
-                          "projector packs anyres tiles (no one patch grid per image); methods "
+        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and the "
+                          "LLaVA-NeXT/OneVision projector packs anyres tiles (no one patch grid "
+                          "per image); methods "
                           "that run here: random, divprune, cdpruner, acgr (site='encoder')")
 
 

@@ -23,14 +23,15 @@ import os
 import torch
 
 from . import options, tower
-from .processor import FIELD, TEXT_FIELD, decode, rows
+from .processor import decode, field_names, rows
 from .selection import select_image
 
 log = logging.getLogger("vtp_compile.serving.vllm")
 
 
 class PruningModelMixin:
-    """Subclasses define ``_vtp_tower()``, ``_vtp_keep_cls()`` and ``_vtp_embed_text(ids)``."""
+    """Subclasses define ``_vtp_tower()``, ``_vtp_keep_cls()`` and ``_vtp_embed_text(ids)``
+    (``_vtp_tower``/``_vtp_keep_cls`` only if they serve methods that read the tower)."""
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -46,11 +47,17 @@ class PruningModelMixin:
     def _vtp_check_engine(self, spec) -> None:
         """Raise ``ValueError`` at start-up if this family cannot run ``spec`` (default: fine)."""
 
+    _vtp_modalities: tuple[str, ...] = ("image",)
+
     def embed_multimodal(self, **kwargs):
-        field = kwargs.pop(FIELD, None)
-        text = kwargs.pop(TEXT_FIELD, None)
+        field = text = None
+        for mod in self._vtp_modalities:     # vLLM batches one modality per call
+            name, text_name = field_names(mod)
+            f, t = kwargs.pop(name, None), kwargs.pop(text_name, None)
+            if f is not None:
+                field, text = f, t
         if field is None:
-            return super().embed_multimodal(**kwargs)
+            return self._vtp_output(super().embed_multimodal(**kwargs), None, kwargs)
         per_image = [decode(r) for r in rows(field)]
         texts = rows(text) if text is not None else [None] * len(per_image)
         internals = next((s for s, _, _ in per_image if s.internals), None)
@@ -61,7 +68,7 @@ class PruningModelMixin:
         if len(feats) != len(per_image):
             raise RuntimeError(f"vtp: {len(feats)} images' features for {len(per_image)} vtp fields")
         ctxs = {}
-        out = []
+        out, kept_idx = [], []
         for i, ((spec, k, V), f) in enumerate(zip(per_image, feats)):
             if f.shape[0] != V:
                 raise RuntimeError(f"vtp: image {i} has {f.shape[0]} features, the processor "
@@ -80,7 +87,14 @@ class PruningModelMixin:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
             _record(spec, V, idx)
             out.append(kept)
-        return tuple(out)
+            kept_idx.append(idx)
+        return self._vtp_output(tuple(out), kept_idx, kwargs)
+
+    def _vtp_output(self, feats, kept_idx, kwargs):
+        """What ``embed_multimodal`` returns, given the per-item features (kept ones, in position
+        order) and each item's kept indices (``None``: no item was pruned). Default: ``feats``;
+        M-RoPE families append each token's position (:mod:`.mrope`)."""
+        return feats
 
     def _vtp_text_around(self, marked: torch.Tensor, device):
         """Embeddings of the prompt's text before and after this image's run (``-1``); other

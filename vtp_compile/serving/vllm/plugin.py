@@ -3,7 +3,8 @@
 It registers vtp's model classes over vLLM's own for the architectures it adapts (vLLM's
 ``ModelRegistry.register_model`` with a lazy ``"module:Class"`` string, so nothing is imported
 until vLLM loads that architecture). The registered classes subclass vLLM's and behave exactly
-like them unless ``mm_processor_kwargs`` holds a ``vtp`` entry.
+like them unless ``mm_processor_kwargs`` holds a ``vtp`` entry. Models of other classes refuse
+a ``vtp`` entry (:mod:`.guard`) instead of ignoring it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ ADAPTERS = {
     "LlavaForConditionalGeneration": "vtp_compile.serving.vllm.llava:VtpLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration":
         "vtp_compile.serving.vllm.llava_next:VtpLlavaNextForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration":
+        "vtp_compile.serving.vllm.llava_onevision:VtpLlavaOnevisionForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration":
+        "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
+}
+# architecture name -> the family name the support table and error messages use
+FAMILIES = {
+    "LlavaForConditionalGeneration": "LLaVA",
+    "LlavaNextForConditionalGeneration": "LLaVA-NeXT",
+    "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
+    "Qwen2VLForConditionalGeneration": "Qwen2-VL",
+    "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
 }
 
 
@@ -24,8 +38,11 @@ def register() -> None:
     if _DONE:
         return
     _DONE = True
-    from .compat import pixtral_without_torchvision
+    from .compat import cpu_runner_multimodal_pruning, pixtral_without_torchvision
     pixtral_without_torchvision()
+    cpu_runner_multimodal_pruning()
     from vllm import ModelRegistry
     for arch, target in ADAPTERS.items():
         ModelRegistry.register_model(arch, target)
+    from .guard import install
+    install()

@@ -13,6 +13,10 @@ prompt's token ids with this image's run marked ``-1`` and other images' runs ``
 hash additionally covers the prompt (:meth:`_get_mm_hashes`), so two prompts with the same
 image do not share a selection.
 
+Clips (Qwen-VL videos) are pruned the same way, per clip, with the fields ``vtp_video`` and
+``vtp_video_text`` (:func:`field_names`) when the family lists ``"video"`` in
+``_vtp_modalities``.
+
 Images the plugin cannot prune (embedding inputs) keep ``V`` placeholders and are logged once.
 """
 from __future__ import annotations
@@ -59,15 +63,24 @@ def rows(value) -> list[torch.Tensor]:
     return [r for v in value for r in rows(v)]
 
 
+def field_names(modality: str) -> tuple[str, str]:
+    """``(selection field, prompt field)`` of a modality: ``vtp``/``vtp_text`` for images,
+    ``vtp_<modality>``/``vtp_<modality>_text`` for others (a field belongs to one modality)."""
+    if modality == "image":
+        return FIELD, TEXT_FIELD
+    return f"{FIELD}_{modality}", f"{FIELD}_{modality}_text"
+
+
 class PruningProcessorMixin:
     """Put before the model's processor class (one whose ``info`` has
-    ``get_num_image_tokens(image_width=, image_height=)``, as vLLM's LLaVA family has)."""
+    ``get_num_image_tokens(image_width=, image_height=)``, as vLLM's LLaVA family has, or that
+    overrides :meth:`_vtp_tokens`). ``_vtp_modalities``: the modalities it prunes."""
 
-    _vtp_modality = "image"
+    _vtp_modalities: tuple[str, ...] = ("image",)
 
-    def _vtp_tokens(self, items, item_idx: int) -> int | None:
-        """The unpruned token count ``V`` of image ``item_idx`` (None: cannot prune it, e.g.
-        an embedding input)."""
+    def _vtp_tokens(self, items, item_idx: int, out) -> int | None:
+        """The unpruned token count ``V`` of item ``item_idx`` of ``items`` (None: cannot prune
+        it, e.g. an embedding input); ``out``: the HF processor's outputs for the items."""
         from vllm.multimodal.parse import ImageProcessorItems
         if not isinstance(items, ImageProcessorItems):
             return None
@@ -86,83 +99,87 @@ class PruningProcessorMixin:
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         out = super()._apply_hf_processor_main(mm_items, hf_kwargs)
         spec = self._vtp_spec(hf_kwargs)
-        mod = self._vtp_modality
-        if spec is None or mod not in mm_items:
+        if spec is None:
             return out
-        items = mm_items[mod]
-        fields = []
-        for i in range(len(items)):
-            V = self._vtp_tokens(items, i)
-            if V is None:
-                log_once(f"unprunable:{type(items).__name__}",
-                         "vtp: %s inputs are not pruned (they run as given): %s",
-                         mod, type(items).__name__)
-                return out
-            fields.append(encode(spec, spec.n_keep(V), V))
-        width = max(len(f) for f in fields)
-        if all(len(f) == width for f in fields):
-            out[FIELD] = torch.stack(fields)
-        else:
-            out[FIELD] = fields
+        for mod in self._vtp_modalities:
+            if mod not in mm_items:
+                continue
+            items = mm_items[mod]
+            fields = []
+            for i in range(len(items)):
+                V = self._vtp_tokens(items, i, out)
+                if V is None:
+                    log_once(f"unprunable:{type(items).__name__}",
+                             "vtp: %s inputs are not pruned (they run as given): %s",
+                             mod, type(items).__name__)
+                    fields = []
+                    break
+                fields.append(encode(spec, spec.n_keep(V), V))
+            if not fields:
+                continue
+            width = max(len(f) for f in fields)
+            name = field_names(mod)[0]
+            out[name] = torch.stack(fields) if all(len(f) == width for f in fields) else fields
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         from vllm.multimodal.inputs import MultiModalFieldConfig
         cfg = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        cfg[FIELD] = MultiModalFieldConfig.batched(self._vtp_modality, keep_on_cpu=True)
-        cfg[TEXT_FIELD] = MultiModalFieldConfig.batched(self._vtp_modality, keep_on_cpu=True)
+        for mod in self._vtp_modalities:
+            for name in field_names(mod):
+                cfg[name] = MultiModalFieldConfig.batched(mod, keep_on_cpu=True)
         return cfg
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        mod = self._vtp_modality
-        kept = _kept_counts(out_mm_kwargs, mod)
-        if not kept:
-            return updates
-        return [dataclasses.replace(u, replacement=_cut(u.replacement, kept)) if u.modality == mod
-                else u for u in updates]
+        kept = {mod: _kept_counts(out_mm_kwargs, mod) for mod in self._vtp_modalities}
+        return [dataclasses.replace(u, replacement=_cut(u.replacement, kept[u.modality]))
+                if kept.get(u.modality) else u for u in updates]
 
     # -- prompt-conditioned methods ----------------------------------------------------------------
     def _get_mm_hashes(self, inputs):
         hashes = super()._get_mm_hashes(inputs)
         spec = self._vtp_spec(inputs.hf_processor_mm_kwargs)
-        mod = self._vtp_modality
-        if spec is None or not spec.text or mod not in hashes:
+        if spec is None or not spec.text:
             return hashes
         digest = hashlib.sha256(str(list(inputs.prompt)).encode()).hexdigest()[:32]
-        return {**hashes, mod: [f"{h}-vtp-prompt-{digest}" for h in hashes[mod]]}
+        return {mod: [f"{h}-vtp-prompt-{digest}" for h in hs] if mod in self._vtp_modalities else hs
+                for mod, hs in hashes.items()}
 
     def apply(self, inputs, timing_ctx):
         result = super().apply(inputs, timing_ctx)
         spec = self._vtp_spec(inputs.hf_processor_mm_kwargs)
-        mod = self._vtp_modality
         if spec is None or not spec.text:
             return result
-        from vllm.multimodal.inputs import MultiModalFieldConfig
-        items = result["mm_kwargs"].get(mod, []) if "mm_kwargs" in result else []
-        ranges = result["mm_placeholders"].get(mod, [])
+        from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalFieldElem
         ids = list(result["prompt_token_ids"])
-        field = MultiModalFieldConfig.batched(mod, keep_on_cpu=True).field
-        from vllm.multimodal.inputs import MultiModalFieldElem
-        for i, item in enumerate(items):
-            if item is None or FIELD not in item:
-                continue
-            marked = list(ids)
-            for j, r in enumerate(ranges):
-                for p in range(r.offset, r.offset + r.length):
-                    marked[p] = -1 if j == i else -2
-            item[TEXT_FIELD] = MultiModalFieldElem(data=torch.tensor(marked, dtype=torch.int64),
-                                                   field=field)
+        for mod in self._vtp_modalities:
+            name, text_name = field_names(mod)
+            items = result["mm_kwargs"].get(mod, []) if "mm_kwargs" in result else []
+            ranges = result["mm_placeholders"].get(mod, [])
+            field = MultiModalFieldConfig.batched(mod, keep_on_cpu=True).field
+            for i, item in enumerate(items):
+                if item is None or name not in item:
+                    continue
+                marked = list(ids)
+                for rng in (r for m in self._vtp_modalities for r in result["mm_placeholders"].get(m, [])):
+                    for p in range(rng.offset, rng.offset + rng.length):
+                        marked[p] = -2
+                for p in range(ranges[i].offset, ranges[i].offset + ranges[i].length):
+                    marked[p] = -1
+                item[text_name] = MultiModalFieldElem(data=torch.tensor(marked, dtype=torch.int64),
+                                                      field=field)
         return result
 
 
 def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
     if mod not in out_mm_kwargs:
         return {}
+    name = field_names(mod)[0]
     out = {}
     for i, item in enumerate(out_mm_kwargs[mod]):
-        if item is not None and FIELD in item:
-            out[i] = int(item[FIELD].data[0])
+        if item is not None and name in item:
+            out[i] = int(item[name].data[0])
     return out
 
 

@@ -9,12 +9,23 @@ from .options import SERVED
 CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
     "llava_next": ("random", "divprune", "cdpruner", "acgr"),
+    "llava_onevision": ("divprune", "cdpruner"),
+    "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr"),
+    "qwen2_vl": ("divprune", "cdpruner"),
 }
 # family -> methods refused at start-up / per request, and why
-REFUSED = {"llava_next": ("visionzip", "nuwa")}
+REFUSED = {"llava_next": ("visionzip", "nuwa"), "llava_onevision": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
+           "qwen2_vl": ("visionzip", "nuwa")}
+REFUSED_WHY = {"llava_next": "packed anyres features", "llava_onevision": "packed anyres features",
+               "qwen2_5_vl": "no CLS token in Qwen's tower",
+               "qwen2_vl": "no CLS token in Qwen's tower"}
+# family -> what else is checked there
+EXTRA = {"llava_onevision": "images (videos run unpruned)", "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
+         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
-# vLLM classes the plugin does not adapt: they run as without it (a vtp option is ignored)
-NOT_ADAPTED = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+# vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
+# they run as without the plugin
+NOT_ADAPTED = ("qwen3_vl", "gemma3",
                "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
 
@@ -24,10 +35,11 @@ def matrix() -> str:
     rows = [head, "|" + "---|" * (len(methods) + 1)]
     for fam, ok in CHECKED.items():
         cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok
-                 else "refused (packed anyres features)" if m in REFUSED.get(fam, ()) else "—"
+                 else f"refused ({REFUSED_WHY[fam]})" if m in REFUSED.get(fam, ()) else "—"
                  for m in methods]
-        rows.append(f"| {fam} | " + " | ".join(cells) + " |")
-    rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted" for _ in methods) + " |")
+        name = f"{fam}: {EXTRA[fam]}" if fam in EXTRA else fam
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows.append("| " + ", ".join(NOT_ADAPTED) + " | " + " | ".join("not adapted (a `vtp` option is refused)" for _ in methods) + " |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,98 @@
+"""Random-weight Qwen2-VL / Qwen2.5-VL checkpoints that vLLM (CPU) loads, for the plugin's tests.
+
+Like :mod:`.vllm_models` (LLaVA): built from transformers' config classes with the scene model's
+word-level vocabulary plus Qwen's four vision tokens, saved to a directory that ``vllm.LLM(path)``
+loads. Head sizes are 32 (vLLM's CPU attention runs 32, 64, 80, ...), 8 px patches merged 2x2,
+so an image of ``h x w`` pixels (after the processor's rounding to multiples of 16) gives
+``(h / 16) * (w / 16)`` visual tokens; the processor's ``max_pixels`` caps an image at 112 x 112
+(49 tokens). Needs torchvision (Qwen's image and video processors): in the vLLM CPU environment
+through ``requirements/torchvision_cpu_shim.py``. Importing this module imports no vLLM.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# token text -> the Qwen config attribute holding its id
+QWEN_TOKENS = {"<|vision_start|>": "vision_start_token_id", "<|vision_end|>": "vision_end_token_id",
+               "<|image_pad|>": "image_token_id", "<|video_pad|>": "video_token_id"}
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyQwen:
+    family: str = "qwen2_5_vl"     # or "qwen2_vl"
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2          # head size 32
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4            # head size 32; M-RoPE sections 4 + 6 + 6 = 32 / 2
+    text_mlp: int = 256
+    max_side: int = 112
+
+
+def tokenizer():
+    """The scene vocabulary with Qwen's vision tokens as special tokens (no chat template: the
+    tests write prompts with :data:`IMAGE` / :data:`VIDEO` themselves)."""
+    from ..scenes.model import build_tokenizer
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", *QWEN_TOKENS]})
+    tok.image_token, tok.video_token = "<|image_pad|>", "<|video_pad|>"
+    return tok
+
+
+def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
+    """``(model, processor)``: a random-weight Qwen2-VL or Qwen2.5-VL in fp32."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    tok = tokenizer()
+    ids = {attr: tok.convert_tokens_to_ids(t) for t, attr in QWEN_TOKENS.items()}
+    px = spec.patch_size * 2
+    sizes = {"shortest_edge": px * px, "longest_edge": spec.max_side * spec.max_side}   # pixels
+    common = dict(patch_size=spec.patch_size, merge_size=2, temporal_patch_size=2, size=sizes)
+    ip = Qwen2VLImageProcessor(**common)
+    vp = Qwen2VLVideoProcessor(**common, do_sample_frames=False)
+    vision = dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden, num_heads=spec.vision_heads,
+                  patch_size=spec.patch_size, spatial_merge_size=2, temporal_patch_size=2,
+                  in_channels=3, out_hidden_size=spec.text_hidden)
+    if spec.family == "qwen2_5_vl":
+        vision.update(intermediate_size=2 * spec.vision_hidden, window_size=4 * px,
+                      fullatt_block_indexes=[spec.vision_layers - 1], tokens_per_second=2)
+        names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")
+    elif spec.family == "qwen2_vl":
+        vision.update(embed_dim=spec.vision_hidden, hidden_size=spec.text_hidden, mlp_ratio=2)
+        names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
+    else:
+        raise ValueError(f"unknown family {spec.family!r}; built here: qwen2_vl, qwen2_5_vl")
+    text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
+                num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+                num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+                tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+    cfg_cls, model_cls, proc_cls = (getattr(transformers, n) for n in names)
+    cfg = cfg_cls(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
+    cfg._attn_implementation = "sdpa"
+    proc = proc_cls(image_processor=ip, tokenizer=tok, video_processor=vp)
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)     # clear greedy winners
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc
+
+
+def save(model, processor, path):
+    """A checkpoint directory vLLM loads (transformers' own names: vLLM maps them)."""
+    from pathlib import Path
+    path = Path(path)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    return path
