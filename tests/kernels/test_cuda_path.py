@@ -73,6 +73,17 @@ def _inputs():
         "cluster_select_scores": (hidden, torch.empty(B, L, **f), vis, n_keep, 3),
         "dpp_greedy": (torch.empty(B, L, L, **f), vis, n_keep),
         "reserve_cover": (hidden, vis, live, n_keep),
+        "frame_ids": (vis, torch.empty(B, L, dtype=torch.long, device=DEV), 4),
+        "frame_sizes": (torch.empty(B, L, dtype=torch.long, device=DEV), vis),
+        "frame_priority": (torch.empty(B, L, **f), torch.empty(B, L, dtype=torch.long, device=DEV), vis,
+                           torch.empty(B, L, **f), 1),
+        "vidcom2_scores": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis),
+        "vidcom2_frame_weights": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis),
+        "dycoke_scores": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, 1),
+        "fastvid_scores": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, n_keep,
+                           0.9, 7, 0.4, 4, 1),
+        "fastvid_merge": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, vis,
+                          torch.empty(B, L, **f), 0.9, 7, 0.6),
     }
 
 
