@@ -43,17 +43,17 @@ def test_eval_shipped_model_tiny_slice(tmp_path, capsys):
 
 
 @shipped
-def test_eval_clips_with_a_pruning_method(tmp_path):
-    """vtp eval on clips: 4 frames x 196 visual tokens per prompt; a budget counts all frames."""
+def test_eval_clips(tmp_path):
+    """vtp eval on clips (4 frames x 196 visual tokens per prompt). Pruned clips are checked
+    against lmms-eval in tests/integrations/lmms_eval/test_end_to_end.py."""
     out = tmp_path / "r.json"
-    rc = main(["eval", "--tasks", "clip_grounding", "--methods", "none,fastv:inner_backend=eager",
-               "--budgets", "49", "--n", "3", "--eager", "--out", str(out), "--save-predictions"])
+    rc = main(["eval", "--tasks", "clip_grounding", "--methods", "none", "--n", "3", "--eager",
+               "--frames", "3", "--out", str(out), "--save-predictions"])
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["tasks"] == ["clip_grounding"] and result["n"] == {"clip_grounding": 3}
-    (run,) = result["runs"]
-    assert run["method"] == "fastv:inner_backend=eager" and run["budget"] == 49
     assert all(p.startswith("row ") for p in result["baseline"]["predictions"]["clip_grounding"])
+    assert main(["eval", "--tasks", "clips", "--frames", "7", "--n", "1"]) == 2
 
 
 def test_eval_jsonl_with_local_checkpoint(tmp_path, tiny_ckpt):
