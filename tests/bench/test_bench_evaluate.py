@@ -36,6 +36,26 @@ def test_parse_methods_and_tasks():
     assert parse_tasks("all") == ["attribute", "counting", "grounding", "ordered", "relations"]
     with pytest.raises(ValueError, match="valid tasks"):
         parse_tasks("attribute,colours")
+    assert parse_tasks("clips") == ["clip_order", "clip_counting", "clip_grounding"]
+    assert parse_tasks("counting,clip_counting,clips") == [
+        "counting", "clip_counting", "clip_order", "clip_grounding"]
+    with pytest.raises(ValueError, match="valid tasks: .*clip_grounding .*aliases: all"):
+        parse_tasks("clip_colours")
+
+
+def test_clip_examples_go_in_as_labelled_frames():
+    from vtp_compile.bench.data import scene_datasets
+    from vtp_compile.bench.evaluate import build_clip_prompt, prompt_of, visuals_of
+    from vtp_compile.scenes.model import build_processor
+    proc = build_processor()
+    data = scene_datasets(["clip_counting", "counting"], 1, n_frames=3)
+    clip, image = data["clip_counting"][0], data["counting"][0]
+    assert visuals_of(clip) == clip.frames and len(clip.frames) == 3
+    assert visuals_of(image) == [image.image]
+    assert prompt_of(proc, clip) == f"frame 1 <image> frame 2 <image> frame 3 <image> {clip.question}"
+    assert prompt_of(proc, image) == f"<image> {image.question}"
+    assert build_clip_prompt(proc, "q ?", 2, "Q: {question} {image}") == (
+        "Q: q ? frame 1 <image> frame 2 <image>")
 
 
 def test_parse_methods_rejects_unknown_when_registry_known(monkeypatch):

@@ -42,6 +42,20 @@ def test_eval_shipped_model_tiny_slice(tmp_path, capsys):
     assert "none (eager)" in capsys.readouterr().out
 
 
+@shipped
+def test_eval_clips(tmp_path):
+    """vtp eval on clips (4 frames x 196 visual tokens per prompt). Pruned clips are checked
+    against lmms-eval in tests/integrations/lmms_eval/test_end_to_end.py."""
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--tasks", "clip_grounding", "--methods", "none", "--n", "3", "--eager",
+               "--frames", "3", "--out", str(out), "--save-predictions"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["tasks"] == ["clip_grounding"] and result["n"] == {"clip_grounding": 3}
+    assert all(p.startswith("row ") for p in result["baseline"]["predictions"]["clip_grounding"])
+    assert main(["eval", "--tasks", "clips", "--frames", "7", "--n", "1"]) == 2
+
+
 def test_eval_jsonl_with_local_checkpoint(tmp_path, tiny_ckpt):
     lines = []
     for i, ex in enumerate(make_dataset("counting", 3)):

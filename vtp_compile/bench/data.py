@@ -15,20 +15,43 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..scenes.clip_tasks import CLIP_TASK_NAMES, is_clip_task, make_clip_dataset
+from ..scenes.clips import DEFAULT_FRAMES
 from ..scenes.tasks import EVAL_SEED, TASKS, Example, check_task, make_dataset
+
+# task-list aliases: "all" is every image task (as before clips existed), "clips" every clip task
+TASK_ALIASES = {"all": list(TASKS), "images": list(TASKS), "clips": list(CLIP_TASK_NAMES)}
 
 
 def parse_tasks(spec: str | list[str] | None) -> list[str]:
-    """``"all"``/None -> every scene task; otherwise a comma list, each validated."""
-    if spec is None or spec == "all" or spec == ["all"]:
+    """``"all"``/None -> every image scene task; ``"clips"`` -> every clip task; otherwise a
+    comma list of task names and aliases, each validated."""
+    if spec is None:
         return list(TASKS)
     names = spec.split(",") if isinstance(spec, str) else list(spec)
-    return [check_task(t.strip()) for t in names if t.strip()]
+    out: list[str] = []
+    for name in (t.strip() for t in names):
+        if not name:
+            continue
+        for task in TASK_ALIASES.get(name, [name]):
+            if not is_clip_task(task):
+                try:
+                    check_task(task)
+                except ValueError:
+                    raise ValueError(f"unknown task {task!r}; valid tasks: "
+                                     f"{', '.join(list(TASKS) + list(CLIP_TASK_NAMES))} "
+                                     f"(aliases: {', '.join(TASK_ALIASES)})") from None
+            if task not in out:
+                out.append(task)
+    return out
 
 
-def scene_datasets(tasks: list[str], n: int, seed: int = EVAL_SEED) -> dict[str, list[Example]]:
-    """``n`` held-out examples per scene task (example seeds from ``seed``)."""
-    return {t: make_dataset(t, n, seed) for t in tasks}
+def scene_datasets(tasks: list[str], n: int, seed: int = EVAL_SEED,
+                   n_frames: int = DEFAULT_FRAMES) -> dict[str, list[Example]]:
+    """``n`` held-out examples per scene or clip task (example seeds from ``seed``; clips of
+    ``n_frames`` frames)."""
+    return {t: make_clip_dataset(t, n, seed, n_frames) if is_clip_task(t) else make_dataset(t, n, seed)
+            for t in tasks}
 
 
 def load_jsonl(path: str | Path, n: int | None = None,

@@ -1,7 +1,9 @@
 """Batched greedy generation and exact-match scoring, per task.
 
 The core loop of ``vtp eval``: build prompts, run ``model.generate`` (greedy) in left-padded
-batches, decode the new tokens, normalise and compare with the reference answers.
+batches, decode the new tokens, normalise and compare with the reference answers. A clip
+example (``frames``) is given to the model as its frames, one image each, each after a
+``frame N`` label (:func:`build_clip_prompt`).
 
 Example::
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..scenes.clip_tasks import frame_prompt
 from ..scenes.tasks import Example
 
 DEFAULT_PROMPT = "{image} {question}"
@@ -61,6 +64,37 @@ def build_prompt(processor, question: str, template: str | None = None) -> str:
     return (template or DEFAULT_PROMPT).format(image=image_token, question=question)
 
 
+def build_clip_prompt(processor, question: str, n_frames: int, template: str | None = None) -> str:
+    """Prompt text for a question about a clip given as ``n_frames`` images: each frame's
+    image placeholder after a ``frame N`` label (InternVL / SmolVLM style; each frame is then
+    one run of visual tokens between text tokens). ``template``'s ``{image}`` receives the
+    labelled frames; a processor with a chat template gets a one-turn chat of label text and
+    image items."""
+    image_token = getattr(processor, "image_token", "<image>")
+    if template is None and getattr(processor, "chat_template", None):
+        content = []
+        for t in range(n_frames):
+            content += [{"type": "text", "text": f"frame {t + 1}"}, {"type": "image"}]
+        content.append({"type": "text", "text": question})
+        return processor.apply_chat_template([{"role": "user", "content": content}],
+                                             add_generation_prompt=True)
+    return (template or DEFAULT_PROMPT).format(image=frame_prompt(n_frames, image_token),
+                                               question=question)
+
+
+def visuals_of(ex: Example) -> list:
+    """The images of one example: a clip's frames in order, or its one image."""
+    frames = getattr(ex, "frames", None)
+    return list(frames) if frames else [ex.image]
+
+
+def prompt_of(processor, ex: Example, template: str | None = None) -> str:
+    frames = getattr(ex, "frames", None)
+    if frames:
+        return build_clip_prompt(processor, ex.question, len(frames), template)
+    return build_prompt(processor, ex.question, template)
+
+
 def prepare_processor(processor):
     """Left padding (needed for batched generation) and a pad token; returns ``processor``."""
     tok = processor.tokenizer
@@ -82,9 +116,8 @@ def generate_answers(model, processor, examples: list[Example], batch_size: int 
     answers: list[str] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        inputs = processor(images=[ex.image for ex in chunk],
-                           text=[build_prompt(processor, ex.question, prompt_template)
-                                 for ex in chunk],
+        inputs = processor(images=[im for ex in chunk for im in visuals_of(ex)],
+                           text=[prompt_of(processor, ex, prompt_template) for ex in chunk],
                            return_tensors="pt", padding=True)
         inputs = inputs.to(model.device)
         if "pixel_values" in inputs:

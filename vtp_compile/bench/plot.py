@@ -27,6 +27,8 @@ def plot_accuracy(result: dict, path: str | Path, ylabel: str = "exact-match acc
         return run["mean_accuracy"] if panel == "mean" else run["accuracy"][panel]
 
     for ax, panel in zip(axes.flat, panels):
+        if len(methods) > 10:    # the default cycle repeats after 10 colours
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for m in methods:
             pts = sorted((float(r["budget"]), value(r, panel))
                          for r in ok_runs if r["method"] == m)

@@ -2,6 +2,7 @@
 
     vtp eval --methods none,random,fastv --budgets 12,25,49 --n 100 --out r.json --plot acc.png
     vtp eval --model ./my-llava --data my.jsonl --methods none,fastv --budgets 64
+    vtp eval --tasks clips --methods none,fastv,divprune --budgets 196,98,49   # 4-frame clips
     vtp show --task grounding --index 0 --method fastv --budget 16 --out kept.png
     vtp eval --methods fastv,dstp:reserve=12,tau=0.1,dstp:reserve=12,reserve_by=score --budgets 12
     vtp lmms-table runs/ --plot acc.png       # lmms-eval --model vtp outputs -> retention table
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     _add_model_args(ev)
     ev.add_argument("--tasks", default="all",
-                    help="comma list of scene tasks (or of JSONL 'task' values with --data)")
+                    help="comma list of scene tasks and aliases: 'all' (the image tasks), "
+                         "'clips' (the clip tasks: clip_order, clip_counting, clip_grounding); "
+                         "with --data, the JSONL 'task' values")
+    ev.add_argument("--frames", type=int, default=4,
+                    help="frames per clip of the clip tasks (2-6), each given to the model as "
+                         "one image after a 'frame N' label")
     ev.add_argument("--data", default=None, help="JSONL file: {image, question, answer[, task]}")
     ev.add_argument("--methods", default="none",
                     help="comma list, each method with optional options after a colon, e.g. "
@@ -155,7 +161,7 @@ def cmd_eval(args) -> int:
         wanted = None if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
         datasets = load_jsonl(args.data, n=args.n, tasks=wanted)
     else:
-        datasets = scene_datasets(parse_tasks(args.tasks), args.n, args.seed)
+        datasets = scene_datasets(parse_tasks(args.tasks), args.n, args.seed, args.frames)
     model, processor = _load(args)
     result = run_sweep(model, processor, datasets, methods, budgets,
                        compile_unpruned=not args.eager, batch_size=args.batch_size,

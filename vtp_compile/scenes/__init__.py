@@ -3,7 +3,10 @@
 - :mod:`.generator` — deterministic 112×112 scenes of coloured shapes on textured clutter;
 - :mod:`.tasks` — attribute / counting / grounding / ordered / relations questions;
 - :mod:`.model` — builders for the tokenizer, processor and ``LlavaForConditionalGeneration``;
-- :mod:`.train` — the CPU training script that produced the shipped checkpoint.
+- :mod:`.clips` — short clips of such scenes in which shapes move, appear and disappear;
+- :mod:`.clip_tasks` — order / counting / grounding questions about clips;
+- :mod:`.train` — the CPU training script of the image model (run U);
+- :mod:`.finetune` (data: :mod:`.clip_training`) — the fine-tuning that taught it clips.
 
 Example::
 

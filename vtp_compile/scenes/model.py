@@ -28,9 +28,12 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from .generator import IMAGE_SIZE
+from .clip_tasks import clip_vocabulary
 from .tasks import vocabulary
 
 PATCH_SIZE = 8
+# longest prompt: a 6-frame clip (1 + 6 * (2 + 196) tokens) plus a question (RoPE: a label only)
+MAX_POSITIONS = 1536
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -55,8 +58,13 @@ class SceneModelSize:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the task vocabulary, adding ``<s>`` in front of every text."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + vocabulary())}
+    """Word-level tokenizer over the task vocabulary, adding ``<s>`` in front of every text.
+
+    Ids: the special tokens, the image tasks' words (sorted), then the clip tasks' words
+    (appended, so the image words keep the ids of the image-only checkpoint)."""
+    words = SPECIAL_TOKENS + vocabulary()
+    words += [w for w in clip_vocabulary() if w not in words]
+    vocab = {tok: i for i, tok in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(
@@ -96,7 +104,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: SceneModelSize | None 
         vocab_size=len(tokenizer), hidden_size=size.text_hidden,
         intermediate_size=size.text_mlp, num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads, num_key_value_heads=size.text_kv_heads,
-        max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        max_position_embeddings=MAX_POSITIONS, rms_norm_eps=1e-5, tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
     config = LlavaConfig(

@@ -73,6 +73,7 @@ def test_video_frames_are_sampled_uniformly(tmp_path):
 
     class Recorder:
         image_token, video_token, chat_template = "<image>", "<video>", None
+        video_processor = object()       # takes videos= itself
 
         def __call__(self, **kw):
             seen.update(kw)
@@ -80,3 +81,33 @@ def test_video_frames_are_sampled_uniformly(tmp_path):
     build_inputs(Recorder(), ["what happens ?"], [[str(path)]], max_frames=4)
     assert seen["text"] == ["<video> what happens ?"] and seen["videos"][0].shape[0] == 4
     assert "images" not in seen
+
+
+def test_video_without_video_processor_goes_in_as_labelled_frames(processor):
+    """The scene model's LlavaProcessor has no video processor: frames become images, each
+    after a 'frame N' label (vtp eval's clip prompt), one visual-token run per frame."""
+    from vtp_compile.bench.evaluate import build_clip_prompt
+    frames = np.stack([np.full((112, 112, 3), 40 * i, dtype=np.uint8) for i in range(3)])
+    assert build_prompt(processor, "what moved left ?", 0, 1, frames=[3]) == build_clip_prompt(
+        processor, "what moved left ?", 3) == (
+        "frame 1 <image> frame 2 <image> frame 3 <image> what moved left ?")
+    seen = {}
+
+    class Recorder:
+        image_token, chat_template = "<image>", None
+
+        def __call__(self, **kw):
+            seen.update(kw)
+            return kw
+    from vtp_compile.integrations.lmms_eval import inputs as mod
+    orig = mod.split_visuals
+    try:
+        mod.split_visuals = lambda vis, n: ([], [frames])
+        build_inputs(Recorder(), ["what moved left ?"], [["clip.mkv"]])
+    finally:
+        mod.split_visuals = orig
+    assert "videos" not in seen and len(seen["images"]) == 3
+    assert np.array_equal(np.asarray(seen["images"][2]), frames[2])
+    assert seen["text"] == ["frame 1 <image> frame 2 <image> frame 3 <image> what moved left ?"]
+    with pytest.raises(ValueError, match="frames lists"):
+        build_prompt(processor, "q", 0, 2, frames=[3])

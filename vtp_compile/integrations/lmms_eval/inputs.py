@@ -6,6 +6,12 @@ A visual is a ``PIL.Image`` (what image tasks' ``doc_to_visual`` returns) or a p
 the images, the videos, then the context) when the processor has one, else
 ``"{image} {question}"`` with the processor's image token per image -- for one image exactly
 what ``vtp eval`` builds (:func:`vtp_compile.bench.evaluate.build_prompt`).
+
+Video goes to the model as its processor expects: ``videos=`` for a processor with a video
+processor (Qwen2-VL, LLaVA-OneVision, ...); for one without (LLaVA, the scene model) the
+sampled frames go in as images, each after a ``frame N`` label -- for a clip exactly what
+``vtp eval`` builds (:func:`vtp_compile.bench.evaluate.build_clip_prompt`), and each frame one
+run of visual tokens between text tokens (vtp's frame boundaries).
 """
 from __future__ import annotations
 
@@ -43,40 +49,65 @@ def read_frames(path: str, max_frames: int):
     PyAV by default), as a ``[T, H, W, 3]`` uint8 array."""
     import numpy as np
     from lmms_eval.models.model_utils.load_video import read_video
-    frames = read_video(path, num_frm=max_frames)
-    return np.asarray(frames)
+    frames = np.asarray(read_video(path, num_frm=max_frames))
+    if len(frames) > max_frames:   # lmms-eval 0.7.3 decodes every frame of .mkv / .webm files
+        frames = frames[np.linspace(0, len(frames) - 1, max_frames, dtype=int)]  # as read_video
+    return frames
 
 
-def _placeholders(processor, n_images: int, n_videos: int) -> str:
+def takes_video(processor) -> bool:
+    """Whether ``processor`` handles ``videos=`` itself (it has a video processor); without
+    one, a video's frames are given as images with frame labels."""
+    return getattr(processor, "video_processor", None) is not None
+
+
+def _placeholders(processor, n_images: int, n_videos: int, frames=None) -> str:
     image = getattr(processor, "image_token", None) or "<image>"
     video = getattr(processor, "video_token", None) or "<video>"
+    if frames is not None:   # videos as labelled frames
+        from ...scenes.clip_tasks import frame_prompt
+        return " ".join([image] * n_images + [frame_prompt(n, image) for n in frames])
     return " ".join([image] * n_images + [video] * n_videos)
 
 
 def build_prompt(processor, context: str, n_images: int, n_videos: int = 0,
-                 template: str | None = None, system_prompt: str | None = None) -> str:
-    """The prompt text of one request (see the module docstring)."""
+                 template: str | None = None, system_prompt: str | None = None,
+                 frames: list[int] | None = None) -> str:
+    """The prompt text of one request (see the module docstring). ``frames``: the frame count
+    of each video when the videos are given as images (``frame N`` label before each)."""
+    if frames is not None and len(frames) != n_videos:
+        raise ValueError(f"frames lists {len(frames)} video(s), n_videos is {n_videos}")
     context = context.replace("<image>", "").strip() if n_images or n_videos else context
     if template is None and getattr(processor, "chat_template", None):
-        content = ([{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
-                   + [{"type": "text", "text": context}])
+        if frames is not None:
+            videos = [item for n in frames for t in range(n)
+                      for item in ({"type": "text", "text": f"frame {t + 1}"}, {"type": "image"})]
+        else:
+            videos = [{"type": "video"}] * n_videos
+        content = [{"type": "image"}] * n_images + videos + [{"type": "text", "text": context}]
         messages = [{"role": "user", "content": content}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
         return processor.apply_chat_template(messages, add_generation_prompt=True)
     return (template or DEFAULT_TEMPLATE).format(
-        image=_placeholders(processor, n_images, n_videos), question=context)
+        image=_placeholders(processor, n_images, n_videos, frames), question=context)
 
 
 def build_inputs(processor, contexts: list[str], visuals: list, *, max_frames: int = 32,
                  template: str | None = None, system_prompt: str | None = None):
     """Left-padded processor inputs for a batch (``visuals[i]``: request i's visual list)."""
     texts, images, videos = [], [], []
+    as_frames = not takes_video(processor)
     for context, vis in zip(contexts, visuals):
         imgs, vids = split_visuals(vis, max_frames)
-        texts.append(build_prompt(processor, context, len(imgs), len(vids), template, system_prompt))
+        frames = [len(v) for v in vids] if as_frames and vids else None
+        texts.append(build_prompt(processor, context, len(imgs), len(vids), template,
+                                  system_prompt, frames))
         images += imgs
-        videos += vids
+        if frames is not None:
+            images += [Image.fromarray(f) for v in vids for f in v]
+        else:
+            videos += vids
     kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
     if images:
         kwargs["images"] = images

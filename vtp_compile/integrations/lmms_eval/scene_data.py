@@ -11,9 +11,14 @@ The image is not stored: the task's ``doc_to_visual`` draws it from ``task`` and
 the same generator (:func:`scene_image`), pixel for pixel the image ``vtp eval`` uses (6 MB of
 PNGs for 50 examples a task otherwise).
 
+The clip tasks (``tasks/vtp_scene_clips/data``) have the same records plus ``"frames"``
+(the clip's frame count); their ``doc_to_visual`` returns the clip as a video file
+(:func:`.scene_video.clip_video`), which the model samples frames from, as lmms-eval's video
+tasks do.
+
 Regenerate (or make a larger set elsewhere) with ``python -m
-vtp_compile.integrations.lmms_eval.scene_data [--n 50] [--out DIR]``; a test checks that the
-shipped files equal what the generator makes.
+vtp_compile.integrations.lmms_eval.scene_data [--n 50] [--out DIR] [--clip-out DIR]``; a test
+checks that the shipped files equal what the generator makes.
 """
 from __future__ import annotations
 
@@ -21,15 +26,22 @@ import argparse
 import json
 from pathlib import Path
 
+from ...scenes.clip_tasks import CLIP_TASK_NAMES, is_clip_task, make_clip_dataset
+from ...scenes.clips import DEFAULT_FRAMES
 from ...scenes.tasks import EVAL_SEED, TASKS, check_task, make_dataset, scene_seed
-from . import SCENE_TASK_DIR
+from . import CLIP_TASK_DIR, SCENE_TASK_DIR
 
 DATA_DIR = SCENE_TASK_DIR / "data"
+CLIP_DATA_DIR = CLIP_TASK_DIR / "data"
 SHIPPED_N = 50
 
 
-def records(task: str, n: int, seed: int = EVAL_SEED) -> list[dict]:
-    """The records of the first ``n`` held-out examples of ``task``."""
+def records(task: str, n: int, seed: int = EVAL_SEED, n_frames: int = DEFAULT_FRAMES) -> list[dict]:
+    """The records of the first ``n`` held-out examples of ``task`` (image or clip task)."""
+    if is_clip_task(task):
+        return [{"doc_id": i, "task": task, "seed": ex.seed, "frames": len(ex.frames),
+                 "question": ex.question, "answer": ex.answer}
+                for i, ex in enumerate(make_clip_dataset(task, n, seed, n_frames))]
     return [{"doc_id": i, "task": task, "seed": ex.seed, "question": ex.question,
              "answer": ex.answer} for i, ex in enumerate(make_dataset(task, n, seed))]
 
@@ -59,9 +71,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=SHIPPED_N, help="examples per scene task")
     p.add_argument("--out", default=str(DATA_DIR), help="output folder")
+    p.add_argument("--clip-out", default=str(CLIP_DATA_DIR), help="output folder of the clip tasks")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="first example seed")
     a = p.parse_args(argv)
     for path in write(Path(a.out), a.n, seed=a.seed):
+        print(f"wrote {path}")
+    for path in write(Path(a.clip_out), a.n, tasks=list(CLIP_TASK_NAMES), seed=a.seed):
         print(f"wrote {path}")
     return 0
 
