@@ -27,6 +27,7 @@ from .clip_tasks import (CLIP_TASK_NAMES, MAX_CLIP_TASK_SALT, ask_clip, clip_obj
 from .clips import DEFAULT_FRAMES, generate_clip
 from .targets import patch_shape_index
 from .tasks import EVAL_SEED, TRAIN_SEED
+from .train import pack_rows
 
 CLIP_TASK_WEIGHTS = {"clip_order": 1.5, "clip_counting": 1.0, "clip_grounding": 1.5}
 _SEED_STRIDE = 50_000_000
@@ -108,27 +109,7 @@ def encode_clip_batch(items: list[PackedClip], tokenizer, n_image_tokens: int):
         raise ValueError("one frame count per clip batch")
     prefix = clip_prefix(tokenizer, n_frames, n_image_tokens)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    rows, label_rows, spans = [], [], []
-    for i, item in enumerate(items):
-        row, lab = list(prefix), [-100] * len(prefix)
-        for task, question, answer in item.qas:
-            q = tokenizer(question, add_special_tokens=False).input_ids
-            ans = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            row += q
-            lab += [-100] * len(q)
-            spans.append((i, task, len(row), len(row) + len(ans)))
-            row += ans
-            lab += ans
-        rows.append(row)
-        label_rows.append(lab)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, lab) in enumerate(zip(rows, label_rows)):
-        ids[i, :len(r)] = torch.tensor(r)
-        labels[i, :len(r)] = torch.tensor(lab)
-        mask[i, :len(r)] = 1
+    ids, mask, labels, spans = pack_rows(tokenizer, [prefix] * len(items), [it.qas for it in items])
     visual = torch.tensor([p for p, t in enumerate(prefix) if t == image_id])
     return ids, mask, labels, spans, visual
 

@@ -76,12 +76,18 @@ def encode_batch(items, tokenizer, n_image_tokens: int):
     per step. ``spans`` lists ``(row, task, first_label_pos, end_pos)`` for per-task accuracy.
     """
     image_id = tokenizer.convert_tokens_to_ids("<image>")
+    prefix = [tokenizer.bos_token_id] + [image_id] * n_image_tokens
+    return pack_rows(tokenizer, [prefix] * len(items), [qas_of(item) for item in items])
+
+
+def pack_rows(tokenizer, prefixes: list[list[int]], qas: list[list[tuple]]):
+    """Rows ``prefix q1 a1 </s> q2 a2 </s> ...``, right-padded: ``(input_ids, attention_mask,
+    labels, spans)``; labels cover the answers only, ``spans`` lists ``(row, task,
+    first_label_pos, end_pos)`` of every answer."""
     rows, label_rows, spans = [], [], []
-    for i, item in enumerate(items):
-        qas = qas_of(item)
-        row = [tokenizer.bos_token_id] + [image_id] * n_image_tokens
-        lab = [-100] * len(row)
-        for task, question, answer in qas:
+    for i, (prefix, pairs) in enumerate(zip(prefixes, qas)):
+        row, lab = list(prefix), [-100] * len(prefix)
+        for task, question, answer in pairs:
             q = tokenizer(question, add_special_tokens=False).input_ids
             ans = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
             row += q
