@@ -59,6 +59,26 @@ def method_options(method: str, budget: int, layer: int) -> dict:
     return {"method": method, "budget": budget}
 
 
+def interleaved(compiled: dict, inputs: dict, runs: int, warmup: int) -> dict:
+    """Per key, the times of ``runs`` calls of ``compiled[key](**inputs)`` after ``warmup``
+    untimed rounds; each round calls every configuration once, the order rotated per round."""
+    keys = list(compiled)
+    times = {k: [] for k in keys}
+    rounds = warmup + runs
+    with torch.inference_mode(), tqdm(total=rounds * len(keys), desc="time", unit="run",
+                                      file=sys.stdout) as bar:
+        for r in range(rounds):
+            shift = r % len(keys)
+            for k in keys[shift:] + keys[:shift]:          # rotate the order every round
+                t0 = time.perf_counter()
+                compiled[k](**inputs)
+                dt = time.perf_counter() - t0
+                if r >= warmup:
+                    times[k].append(dt)
+                bar.update(1)
+    return times
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="prefill time, vtp vs unpruned Inductor (CPU)")
     ap.add_argument("--methods", default="fastv,random,acgr,dstp,alvts")
@@ -135,20 +155,7 @@ def main(argv=None) -> int:
         compiled[key] = fn
         rows.append(row)
 
-    keys = list(compiled)
-    times = {k: [] for k in keys}
-    rounds = args.warmup + args.runs
-    with torch.inference_mode(), tqdm(total=rounds * len(keys), desc="time", unit="run",
-                                      file=sys.stdout) as bar:
-        for r in range(rounds):
-            shift = r % len(keys)
-            for k in keys[shift:] + keys[:shift]:          # rotate the order every round
-                t0 = time.perf_counter()
-                compiled[k](**inputs)
-                dt = time.perf_counter() - t0
-                if r >= args.warmup:
-                    times[k].append(dt)
-                bar.update(1)
+    times = interleaved(compiled, inputs, args.runs, args.warmup)
 
     base_times = times[("none", None)]
     base = statistics.median(base_times)

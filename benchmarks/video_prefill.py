@@ -6,8 +6,8 @@ A Qwen2-VL-shaped model sized for a CPU: a decoder of hidden 1024, 4 layers, 16 
 10 text tokens, a clip of 32 frames at 336x336 (16 temporal patches of 12x12 merged patches:
 16 frames of 144 tokens, 2304 visual tokens) and 10 text tokens; batch 1, random seeded weights.
 The timed call is the whole forward (tower, splice, decoder, LM head). Rounds are interleaved
-(every configuration once per round, the order rotated) and medians reported, as in
-``benchmarks/prefill.py``; the limit is the decoder FLOP ratio from vtp's own report.
+(every configuration once per round, the order rotated: ``prefill.interleaved``) and medians
+reported; the limit is the decoder FLOP ratio from vtp's own report.
 
     python benchmarks/video_prefill.py                      # budgets 256 and 576 of 2304
     python benchmarks/video_prefill.py --json video.json --runs 5
@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 import vtp_compile
+from prefill import interleaved      # benchmarks/prefill.py, beside this script
 from vtp_compile.testing.families import RowSpec, VideoSpec, build_model, make_inputs
 
 METHODS = ("vidcom2", "dycoke", "fastvid", "fastv")
@@ -96,18 +97,7 @@ def main(argv=None) -> int:
         compiled[(method, budget)] = fn
         rows.append(row)
 
-    keys = list(compiled)
-    times = {k: [] for k in keys}
-    with torch.inference_mode(), tqdm(total=(args.warmup + args.runs) * len(keys), desc="time",
-                                      unit="run", file=sys.stdout) as bar:
-        for r in range(args.warmup + args.runs):
-            shift = r % len(keys)
-            for k in keys[shift:] + keys[:shift]:
-                t0 = time.perf_counter()
-                compiled[k](**inputs)
-                if r >= args.warmup:
-                    times[k].append(time.perf_counter() - t0)
-                bar.update(1)
+    times = interleaved(compiled, inputs, args.runs, args.warmup)
     base = times[("none", None)]
     for row in rows:
         ts = times[(row["method"], row["budget"])]

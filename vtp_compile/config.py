@@ -199,6 +199,10 @@ def _frame_rule(method, alloc, least, tokens) -> FrameRule | None:
     if alloc is None and not method.reads_frames:
         raise OptionError(f"vtp: 'min_per_frame' and 'frame_tokens' need 'per_frame' "
                           f"{list(PER_FRAME[1:])} with method {method.name!r}")
+    if alloc is not None and method.own_frame_allocation:
+        raise OptionError(f"vtp: {method.name} spreads its budget over frames itself "
+                          f"({method.own_frame_allocation}); it takes 'min_per_frame' and "
+                          "'frame_tokens' but not 'per_frame'")
     alloc = method.default_per_frame if alloc is None else alloc
     if alloc not in PER_FRAME:
         raise OptionError(f"vtp: 'per_frame' must be one of {list(PER_FRAME)}, got {alloc!r}")

@@ -11,7 +11,6 @@ import torch
 
 import vtp_compile
 from vtp_compile.errors import OptionError
-from vtp_compile.methods.registry import get_method
 from vtp_compile.testing import families as F, support
 from vtp_compile.testing.multiplex import Multiplex
 from vtp_compile.testing.oracle_mask import Pruning, masked_forward, masked_generate
@@ -142,9 +141,9 @@ def test_frame_options_are_checked():
         PruneConfig.from_options({"method": "vidcom2", "frame_tokens": 0})
     with pytest.raises(OptionError, match="need 'per_frame'"):
         PruneConfig.from_options({"method": "fastv", "min_per_frame": 2})
-    cfg = PruneConfig.from_options({"method": "dycoke", "per_frame": "even"})
-    with pytest.raises(OptionError, match="dycoke spreads its budget over frames itself"):
-        get_method("dycoke").sites(cfg, 4)
+    for method in ("dycoke", "fastvid"):
+        with pytest.raises(OptionError, match=f"{method} spreads its budget over frames itself"):
+            PruneConfig.from_options({"method": method, "per_frame": "even"})
     assert PruneConfig.from_options({"method": "vidcom2"}).keep.frames.alloc == "unique"
     assert PruneConfig.from_options({"method": "fastv"}).keep.frames is None
 

@@ -30,6 +30,8 @@ class Method:
     # ``default_per_frame`` is how its budget is spread when the user does not say
     reads_frames: ClassVar[bool] = False
     default_per_frame: ClassVar[str] = "off"
+    # how it spreads its budget over frames itself, where it does (then ``per_frame`` is refused)
+    own_frame_allocation: ClassVar[str | None] = None
 
     @property
     def defaults(self) -> Mapping[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import OptionError
 from ..sites import EncoderSite
 from .base import Method
 from .registry import register
@@ -33,12 +32,9 @@ class DyCoke(Method):
     name = "dycoke"
     paper = "CVPR 2025 (arXiv 2411.15024)"
     reads_frames = True
+    own_frame_allocation = "reference frames first, then the others evenly"
 
     def sites(self, cfg, num_layers):
         rule = cfg.keep.frames
-        if rule.alloc != "off":
-            raise OptionError("vtp: dycoke spreads its budget over frames itself (reference frames "
-                              "first, then the others evenly); it takes 'min_per_frame' and "
-                              "'frame_tokens' but not 'per_frame'")
         return [EncoderSite(keep=cfg.keep, score=scorer(rule.min_per_frame), name="dycoke",
                             inputs=("frames",))]

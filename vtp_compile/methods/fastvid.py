@@ -64,14 +64,10 @@ class FastVID(Method):
     paper = "arXiv 2503.11187"
     options = FastVIDOptions
     reads_frames = True
+    own_frame_allocation = "salient tokens evenly, context tokens over anchor frames"
 
     def sites(self, cfg, num_layers):
-        from ..errors import OptionError
         rule = cfg.keep.frames
-        if rule.alloc != "off":
-            raise OptionError("vtp: fastvid spreads its budget over frames itself (salient tokens "
-                              "evenly, context tokens over anchor frames); it takes 'min_per_frame' "
-                              "and 'frame_tokens' but not 'per_frame'")
         p = dict(cfg.params)
         return [EncoderSite(keep=cfg.keep, score=scorer(p, rule.min_per_frame), merge=merger(p),
                             name="fastvid", inputs=("frames",))]

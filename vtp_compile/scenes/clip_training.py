@@ -16,7 +16,6 @@ none for ``what moved left ?`` and ``how many shapes in the clip ?``.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +25,9 @@ from .clip_tasks import (CLIP_TASK_NAMES, MAX_CLIP_TASK_SALT, ask_clip, clip_obj
                          clip_seed)
 from .clips import DEFAULT_FRAMES, generate_clip
 from .targets import patch_shape_index
-from .tasks import EVAL_SEED, TRAIN_SEED
-from .train import pack_rows
+from .train import SeedMixer, pack_rows
 
 CLIP_TASK_WEIGHTS = {"clip_order": 1.5, "clip_counting": 1.0, "clip_grounding": 1.5}
-_SEED_STRIDE = 50_000_000
 
 
 @dataclass
@@ -42,29 +39,18 @@ class PackedClip:
     qas: list[tuple[str, str, str]]
 
 
-class ClipMixer:
+class ClipMixer(SeedMixer):
     """Endless stream of packed clip sequences from the training seed range: the clip comes
     from a task drawn by weight (its object-count range), then up to ``max_qa`` distinct
     questions of every clip task the clip admits (``tries`` candidates per task)."""
 
     def __init__(self, seed: int, n_frames: int = DEFAULT_FRAMES, max_qa: int = 6,
                  tries: int = 3, weights: dict[str, float] = CLIP_TASK_WEIGHTS):
-        start = TRAIN_SEED + seed * _SEED_STRIDE
-        if start + _SEED_STRIDE + MAX_CLIP_TASK_SALT > EVAL_SEED:
-            raise ValueError(f"seed {seed} would reach the held-out seed range")
-        self.limit = start + _SEED_STRIDE
-        self.next_seed = {t: start for t in weights}
-        self.names = list(weights)
-        self.weights = [weights[t] for t in self.names]
-        self.rng = random.Random(seed)
-        self.n_frames, self.max_qa, self.tries = n_frames, max_qa, tries
+        super().__init__(seed, weights, max_qa, tries, MAX_CLIP_TASK_SALT)
+        self.n_frames = n_frames
 
     def _sequence(self, task: str) -> PackedClip | None:
-        s = self.next_seed[task]
-        if s >= self.limit:
-            raise RuntimeError("training seed range exhausted")
-        self.next_seed[task] = s + 1
-        cseed = clip_seed(task, s)
+        cseed = clip_seed(task, self._take_seed(task))
         frames, clip = generate_clip(cseed, self.n_frames, clip_object_range(task))
         qas, seen = [], set()
         for k, other in enumerate([task] + [t for t in CLIP_TASK_NAMES for _ in range(self.tries)]):
@@ -74,19 +60,7 @@ class ClipMixer:
                 qas.append((other, *qa))
         if not qas:
             return None
-        first, rest = qas[0], qas[1:]
-        self.rng.shuffle(rest)
-        qas = [first] + rest[:self.max_qa - 1]
-        self.rng.shuffle(qas)
-        return PackedClip(frames, clip, qas)
-
-    def batch(self, n: int) -> list[PackedClip]:
-        out: list[PackedClip] = []
-        while len(out) < n:
-            item = self._sequence(self.rng.choices(self.names, self.weights)[0])
-            if item is not None:
-                out.append(item)
-        return out
+        return PackedClip(frames, clip, self._order(qas))
 
 
 def clip_prefix(tokenizer, n_frames: int, n_image_tokens: int) -> list[int]:

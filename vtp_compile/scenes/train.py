@@ -142,7 +142,53 @@ def paraphrase(question: str) -> str | None:
     return None
 
 
-class TaskMixer:
+class SeedMixer:
+    """An endless stream of packed sequences from this run's share of the training seed range:
+    a task is drawn by weight, :meth:`_sequence` (the subclass's) builds one item from the task's
+    next seed, or None when its content admits no question."""
+
+    def __init__(self, seed: int, weights: dict[str, float], max_qa: int, tries: int, salt: int):
+        start = TRAIN_SEED + seed * _SEED_STRIDE
+        # seeds of this run stay below EVAL_SEED, where held-out seeds begin
+        if start + _SEED_STRIDE + salt > EVAL_SEED:
+            raise ValueError(f"seed {seed} would reach the held-out seed range")
+        self.limit = start + _SEED_STRIDE
+        self.next_seed = {t: start for t in weights}
+        self.names = list(weights)
+        self.weights = [weights[t] for t in self.names]
+        self.rng = random.Random(seed)
+        self.max_qa = max_qa
+        self.tries = tries
+
+    def _take_seed(self, task: str) -> int:
+        s = self.next_seed[task]
+        if s >= self.limit:
+            raise RuntimeError("training seed range exhausted")
+        self.next_seed[task] = s + 1
+        return s
+
+    def _order(self, qas: list) -> list:
+        """The first question (the drawn task's) and up to ``max_qa - 1`` others, shuffled."""
+        first, rest = qas[0], qas[1:]
+        self.rng.shuffle(rest)
+        qas = [first] + rest[:self.max_qa - 1]
+        self.rng.shuffle(qas)
+        return qas
+
+    def _sequence(self, task: str):
+        raise NotImplementedError
+
+    def batch(self, n: int) -> list:
+        """``n`` packed sequences."""
+        out: list = []
+        while len(out) < n:
+            item = self._sequence(self.rng.choices(self.names, self.weights)[0])
+            if item is not None:
+                out.append(item)
+        return out
+
+
+class TaskMixer(SeedMixer):
     """Endless stream of packed training sequences over the training seed range.
 
     Each sequence's scene comes from a task drawn by weight (so it has that task's shape-count
@@ -152,27 +198,13 @@ class TaskMixer:
 
     def __init__(self, seed: int, weights: dict[str, float] = TASK_WEIGHTS, max_qa: int = 6,
                  tries: int = 2, paraphrase_p: float = 0.0):
-        start = TRAIN_SEED + seed * _SEED_STRIDE
-        # scene seeds of this run stay below EVAL_SEED, where held-out scene seeds begin
-        if start + _SEED_STRIDE + MAX_TASK_SALT > EVAL_SEED:
-            raise ValueError(f"seed {seed} would reach the held-out seed range")
-        self.limit = start + _SEED_STRIDE
-        self.next_seed = {t: start for t in weights}
-        self.names = list(weights)
-        self.weights = [weights[t] for t in self.names]
-        self.rng = random.Random(seed)
-        self.max_qa = max_qa
-        self.tries = tries
+        super().__init__(seed, weights, max_qa, tries, MAX_TASK_SALT)
         # curriculum: cap on the number of shapes per scene (None: each task's full range)
         self.max_shapes: int | None = None
         self.paraphrase_p = paraphrase_p  # chance of :func:`paraphrase`'s wording per question
 
     def _sequence(self, task: str) -> Packed | None:
-        s = self.next_seed[task]
-        if s >= self.limit:
-            raise RuntimeError("training seed range exhausted")
-        self.next_seed[task] = s + 1
-        sseed = scene_seed(task, s)
+        sseed = scene_seed(task, self._take_seed(task))
         lo, hi = scene_shape_range(task)
         if self.max_shapes is not None:
             hi = max(lo, min(hi, self.max_shapes))
@@ -188,20 +220,7 @@ class TaskMixer:
                 qas.append((other, *qa))
         if not qas:
             return None
-        first, rest = qas[0], qas[1:]
-        self.rng.shuffle(rest)
-        qas = [first] + rest[:self.max_qa - 1]
-        self.rng.shuffle(qas)
-        return Packed(image, scene, qas)
-
-    def batch(self, n: int) -> list[Packed]:
-        """``n`` packed sequences."""
-        out: list[Packed] = []
-        while len(out) < n:
-            item = self._sequence(self.rng.choices(self.names, self.weights)[0])
-            if item is not None:
-                out.append(item)
-        return out
+        return Packed(image, scene, self._order(qas))
 
 
 CURRICULUM_START = 2  # shape cap at the start of a curriculum
