@@ -38,3 +38,43 @@ def test_a_second_process_reuses_the_compiled_graph(tmp_path):
     cold, warm = runs
     assert cold.get("fxgraph_cache_miss", 0) >= 1 and not cold.get("fxgraph_cache_bypass"), cold
     assert warm.get("fxgraph_cache_hit", 0) >= 1 and not warm.get("fxgraph_cache_miss"), warm
+
+
+@pytest.mark.inductor
+def test_a_memory_planning_cycle_compiles_again_without_that_reordering(monkeypatch, caplog):
+    """Inductor's peak-memory reordering can report a dependency cycle the scheduler's order does
+    not have (once in CI, on a VidCom2 graph): vtp compiles that graph again without the
+    reordering, says so once, and the result is right. Anything else Inductor raises stays."""
+    import logging
+
+    import torch
+    import torch._inductor.config as ic
+    import torch._inductor.memory as memory
+
+    monkeypatch.setattr(ic, "fx_graph_cache", False)
+    calls = []
+
+    def cyclic(nodes):
+        calls.append(ic.reorder_for_peak_memory)
+        raise RuntimeError("Cycle detected in memory planning graphPath containing cycle (i -> j: "
+                           "j is a dependency of i): op1 -> op2 -> op1")
+    monkeypatch.setattr(memory, "validate_graph_acyclic", cyclic)
+
+    def f(x, y):
+        a = torch.relu(x) @ y
+        return torch.softmax(a, -1) * a.sum(-1, keepdim=True), (x * 2).cumsum(0)
+
+    x, y = torch.randn(6, 5), torch.randn(5, 7)
+    with caplog.at_level(logging.WARNING, logger="vtp_compile"):
+        got = torch.compile(f, backend="vtp", options={"method": "fastv"})(x, y)
+    for g, w in zip(got, f(x, y)):
+        torch.testing.assert_close(g, w)
+    assert calls == [True], calls            # the first compile reordered, the second did not
+    assert sum("peak-memory reordering found a dependency cycle" in r.getMessage()
+               for r in caplog.records) == 1
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(memory, "validate_graph_acyclic",
+                        lambda nodes: (_ for _ in ()).throw(RuntimeError("something else")))
+    with pytest.raises(Exception, match="something else"):
+        torch.compile(f, backend="vtp", options={"method": "fastv"})(x + 1, y)

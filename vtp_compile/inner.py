@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.fx as fx
 
 from .config import PruneConfig
+
+_log = logging.getLogger("vtp_compile")
+# Inductor's peak-memory reordering validates its own dependency graph and, on some graphs,
+# finds a cycle that the scheduler's order does not have (seen once in CI on a VidCom2 prefill
+# graph, not reproduced on another machine; pytorch/pytorch#161205 fixed one such case, and
+# Inductor itself only re-raises that validation outside fbcode)
+_CYCLE = "Cycle detected in memory planning graph"
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
@@ -24,9 +32,27 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
         patches.update(cfg.inductor_config)
         register_decompositions()
         with unbacked_stride_order():
-            return compile_fx(gm, example_inputs, config_patches=patches)
+            try:
+                return compile_fx(gm, example_inputs, config_patches=patches)
+            except Exception as e:   # noqa: BLE001 (re-raised unless it is that one failure)
+                if not _memory_planning_cycle(e) or patches.get("reorder_for_peak_memory") is False:
+                    raise
+            _log.warning("vtp: Inductor's peak-memory reordering found a dependency cycle in this "
+                         "graph (an Inductor bug); compiling it again without that reordering "
+                         "(inductor option reorder_for_peak_memory=False)")
+            return compile_fx(gm, example_inputs,
+                              config_patches={**patches, "reorder_for_peak_memory": False})
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)
+
+
+def _memory_planning_cycle(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 8:
+        if _CYCLE in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def register_decompositions() -> None:

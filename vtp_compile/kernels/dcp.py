@@ -11,6 +11,25 @@ from .registry import decomposed, triton_kernel
 
 _log = logging.getLogger("vtp_compile")
 
+# Near-ties are made exact before anything is ranked, so that every lowering (eager, Inductor,
+# the CUDA kernel) ranks alike: tokens that repeat each other (a uniform background) tie
+# exactly and position order decides, whatever the backend's last-bit rounding.
+SIM_STEPS = 4096    # cosines are compared on a 1/4096 grid (half up)
+SCORE_BITS = 12     # scores are compared at 12 significant bits (half up in magnitude)
+
+
+def sim_grid(sim: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities rounded half up to the nearest ``1/SIM_STEPS``."""
+    return torch.floor(sim * SIM_STEPS + 0.5) / SIM_STEPS
+
+
+def round_scores(scores: torch.Tensor) -> torch.Tensor:
+    """float32 scores rounded to ``SCORE_BITS`` significant bits (relative ~2.4e-4, half up in
+    magnitude; ±inf and 0 stay): a bit-level round, the same on every backend."""
+    drop = 24 - SCORE_BITS                   # float32 carries 24 significant bits
+    bits = scores.float().contiguous().view(torch.int32)
+    return ((bits + (1 << (drop - 1))) & ~((1 << drop) - 1)).view(torch.float32)
+
 
 # ---- references ---------------------------------------------------------------------------------
 def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -52,9 +71,9 @@ def cluster_select_scores(features: torch.Tensor, scores: torch.Tensor, valid: t
     """TATCS: cluster each row's valid entries into ``k[b]`` groups and favour each group's
     best-scored entry.
 
-    Spherical k-means on ``features`` ``[B, N, D]`` (cosine), initialised with the ``k[b]`` best
-    entries by ``scores`` (in score order), ``iters`` assignment/update rounds (an empty cluster
-    keeps its centroid); then in each non-empty cluster the member with the highest score is
+    Spherical k-means on ``features`` ``[B, N, D]`` (cosine, compared on the :func:`sim_grid`;
+    ties: lower cluster), initialised with the ``k[b]`` best entries by ``scores`` (in score
+    order), ``iters`` assignment/update rounds (an empty cluster keeps its centroid); then in each non-empty cluster the member with the highest score is
     picked. Returns float32 ``[B, N]``: ``2 + score`` for picks (scores are probabilities in
     [0, 1]), ``score`` for other valid entries, ``-inf`` for invalid ones, so the top ``k[b]``
     are the picks, topped up by score when clusters came out empty.
@@ -71,7 +90,7 @@ def cluster_select_scores(features: torch.Tensor, scores: torch.Tensor, valid: t
     live_c = torch.arange(kmax, device=dev)[None, :] < k[:, None]                    # [B, kmax]
     vmask = valid[..., None].float()
     for it in range(iters + 1):
-        sim = torch.einsum("bnd,bkd->bnk", f, cent).masked_fill(~live_c[:, None, :], float("-inf"))
+        sim = sim_grid(torch.einsum("bnd,bkd->bnk", f, cent)).masked_fill(~live_c[:, None, :], float("-inf"))
         assign = sim.argmax(-1)                                                       # [B, N]
         onehot = torch.nn.functional.one_hot(assign, kmax).float() * vmask             # [B, N, kmax]
         if it == iters:
@@ -92,7 +111,7 @@ def anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: tor
     """ACGR: every removed visual row sends its features to its ``m`` most similar kept rows.
 
     For a context row ``c`` (visual, not kept), its top-``m`` anchors ``a`` (visual and kept) by
-    cosine similarity (ties: lower position first) get weights ``w_ca = softmax_a(cos(x_c, x_a))``;
+    cosine similarity (ranked on the :func:`sim_grid`; ties: lower position first) get weights ``w_ca = softmax_a(cos(x_c, x_a))``;
     each anchor becomes ``(x_a + Σ_c w_ca x_c) / (1 + Σ_c w_ca)``. Other rows are returned
     unchanged. ``hidden`` ``[B, L, D]``, masks bool ``[B, L]``.
     """
@@ -104,8 +123,8 @@ def anchor_merge(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: tor
     sim = f @ f.transpose(1, 2)                                        # [B, L(c), L(a)]
     sim = sim.masked_fill(~anchors[:, None, :], float("-inf"))
     m = max(1, min(int(m), L))
-    vals, idx = torch.sort(sim, dim=-1, descending=True, stable=True)  # ties: lower index
-    vals, idx = vals[..., :m], idx[..., :m]                             # [B, L, m]
+    idx = torch.sort(sim_grid(sim), dim=-1, descending=True, stable=True).indices[..., :m]
+    vals = torch.gather(sim, -1, idx)                                   # [B, L, m], ties: lower index
     w = torch.softmax(vals, dim=-1).nan_to_num(0.0)                     # rows with no anchor: 0
     w = w * contexts[..., None].float()
     W = torch.zeros(B, L, L, device=hidden.device).scatter_add(2, idx, w)   # [B, c, a]

@@ -28,8 +28,9 @@ from __future__ import annotations
 import torch
 
 # every op family registers its ops and declares how they lower (kernels/registry.py)
-from . import (cache, cdpruner, coverage, dart, dcp, divprune, dstp, nuwa, pdrop,  # noqa: F401
-               scores, select, sparsevlm, splice, vision, visionzip)
+from . import (cache, cdpruner, coverage, dart, dcp, divprune, dstp, dycoke,  # noqa: F401
+               fastvid, frames, nuwa, pdrop, scores, select, sparsevlm, splice, vidcom2, vision,
+               visionzip)
 from .registry import DECOMPOSED, STATEFUL, TRITON
 
 __all__ = ["DECOMPOSED", "TRITON", "STATEFUL", "decompositions"]

@@ -4,7 +4,24 @@ Plain Python loops over tokens and clusters: slow, but obviously what the method
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+# Near-ties are compared at a fixed precision (METHODS.md leaves it open; the ops do the same so
+# that every backend ranks alike): cosines on a 1/4096 grid, scores at 12 significant bits,
+# both rounded half up (in magnitude).
+
+
+def grid(cos: float) -> float:
+    return math.floor(cos * 4096 + 0.5) / 4096
+
+
+def round_score(x: float) -> float:
+    if x == 0 or math.isinf(x):
+        return x
+    m, e = math.frexp(x)                     # x = m * 2**e, 0.5 <= |m| < 1
+    return math.copysign(math.floor(abs(m) * 4096 + 0.5), m) * 2.0 ** (e - 12)
 
 
 def _top(scores: list[float], k: int) -> list[int]:
@@ -30,7 +47,7 @@ def tatcs(feats: torch.Tensor, scores: list[float], k: int, iters: int) -> list[
     for it in range(iters + 1):
         assign = []
         for v in range(V):
-            sims = [float(f[v] @ c) for c in cents]
+            sims = [grid(float(f[v] @ c)) for c in cents]
             assign.append(max(range(len(cents)), key=lambda j: (sims[j], -j)))
         if it == iters:
             break
@@ -49,6 +66,7 @@ def tatcs(feats: torch.Tensor, scores: list[float], k: int, iters: int) -> list[
 
 def dcp_select(feats: torch.Tensor, scores: list[float], k: int, tau: float, iters: int) -> list[int]:
     """Base top-k, replaced by the TATCS selection when κ(base) > tau. Sorted indices."""
+    scores = [round_score(s) for s in scores]
     base = _top(scores, k)
     if kappa(feats, base) > tau:
         return sorted(tatcs(feats, scores, k, iters))
@@ -64,7 +82,7 @@ def acgr_merge(x: torch.Tensor, kept: list[int], m: int) -> torch.Tensor:
     for c in range(x.shape[0]):
         if c in num:
             continue
-        sims = sorted(((float(f[c] @ f[a]), a) for a in kept), key=lambda t: (-t[0], t[1]))[:m]
+        sims = sorted(((float(f[c] @ f[a]), a) for a in kept), key=lambda t: (-grid(t[0]), t[1]))[:m]
         w = torch.softmax(torch.tensor([s for s, _ in sims], dtype=torch.float64), 0)
         for wi, (_, a) in zip(w.tolist(), sims):
             num[a] += wi * x[c]

@@ -15,13 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dcp import SIM_STEPS
 from . import next_pow2
 
 
 @triton.jit
 def _assign_kernel(f_ptr, c_ptr, k_ptr, out_ptr, N, D, stride_fb, stride_fn, stride_cb, stride_cn,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[b, n] = argmax over live clusters c < k[b] of f[b, n] . cent[b, c] (ties: lower c)."""
+                   STEPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """out[b, n] = argmax over live clusters c < k[b] of f[b, n] . cent[b, c], compared on the
+    1/STEPS grid (ties: lower c)."""
     b = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = n < N
@@ -40,7 +43,7 @@ def _assign_kernel(f_ptr, c_ptr, k_ptr, out_ptr, N, D, stride_fb, stride_fn, str
             ft = tl.load(fb + n[:, None] * stride_fn + d[None, :], mask=nm[:, None] & dm[None, :], other=0.0)
             ct = tl.load(cb + c[None, :] * stride_cn + d[:, None], mask=cm[None, :] & dm[:, None], other=0.0)
             acc += tl.dot(ft, ct, input_precision="ieee")
-        acc = tl.where(cm[None, :], acc, float("-inf"))
+        acc = tl.where(cm[None, :], tl.floor(acc * STEPS + 0.5) / STEPS, float("-inf"))
         blk_best = tl.max(acc, axis=1)
         blk_arg = tl.argmax(acc, axis=1).to(tl.int32) + c0
         better = blk_best > best
@@ -59,7 +62,7 @@ def assign(f: torch.Tensor, cent: torch.Tensor, k: torch.Tensor) -> torch.Tensor
         bn = 32
         _assign_kernel[(B, triton.cdiv(N, bn))](f, cent, k.to(torch.int64).contiguous(), out, N, D,
                                                f.stride(0), f.stride(1), cent.stride(0), cent.stride(1),
-                                               BLOCK_N=bn, BLOCK_K=32,
+                                               STEPS=SIM_STEPS, BLOCK_N=bn, BLOCK_K=32,
                                                BLOCK_D=min(64, max(16, next_pow2(D))))
     return out
 
