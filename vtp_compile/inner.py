@@ -32,11 +32,13 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
         patches.update(cfg.inductor_config)
         register_decompositions()
         with unbacked_stride_order():
+            before = set(vars(gm)), dict(gm.meta)
             try:
                 return compile_fx(gm, example_inputs, config_patches=patches)
             except Exception as e:   # noqa: BLE001 (re-raised unless it is that one failure)
                 if not _memory_planning_cycle(e) or patches.get("reorder_for_peak_memory") is False:
                     raise
+            _restore(gm, *before)
             _log.warning("vtp: Inductor's peak-memory reordering found a dependency cycle in this "
                          "graph (an Inductor bug); compiling it again without that reordering "
                          "(inductor option reorder_for_peak_memory=False)")
@@ -44,6 +46,15 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
                               config_patches={**patches, "reorder_for_peak_memory": False})
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)
+
+
+def _restore(gm: fx.GraphModule, attrs: set, meta: dict) -> None:
+    """Undo what a failed ``compile_fx`` left on ``gm`` (it sets ``_param_name_to_source``, after
+    which AOT autograd expects Dynamo's placeholder sources, which a copied graph lacks)."""
+    for name in set(vars(gm)) - attrs:
+        delattr(gm, name)
+    gm.meta.clear()
+    gm.meta.update(meta)
 
 
 def _memory_planning_cycle(e: BaseException | None) -> bool:
