@@ -104,3 +104,17 @@ def test_temporal_of_the_wrong_length_is_an_error():
     feats, frame = _clip((2, 3, 3), 1)
     with pytest.raises(ValueError, match="temporal"):
         select_image(options.parse({"method": "dycoke", "budget": 4}), feats, temporal=frame[:-1])
+
+
+def test_frame_tokens_cut_each_frame():
+    """``frame_tokens`` cuts every frame into pieces of that many tokens, from the frame's start
+    (kernels/frames.py), as on the transformers path."""
+    grid = (3, 3, 5)
+    feats, frame = _clip(grid, 11)
+    j = torch.arange(feats.shape[0]) % 15
+    cut = frame * 4 + j // 4            # 15 tokens per frame: pieces of 4, 4, 4, 3
+    spec = options.parse({"method": "vidcom2", "budget": 14, "per_frame": "even", "frame_tokens": 4})
+    kept, _ = select_image(spec, feats, temporal=frame)
+    p = Pruning("vidcom2", budget=14, per_frame="even")
+    assert kept.tolist() == _oracle(p, feats, cut)[0]
+    assert kept.tolist() != _oracle(p, feats, frame)[0]
