@@ -161,10 +161,11 @@ def refuse_frames(spec: ServingSpec, family: str) -> None:
     """Raise :class:`~vtp_compile.errors.OptionError` if ``spec``'s method reads frames: on
     ``family`` (a vLLM class whose adapter does not know frames) it cannot run."""
     if spec.reads_frames:
-        others = [m for m in SERVED if m not in ("vidcom2", "dycoke", "fastvid")]
+        from ...methods.registry import get_method
+        others = [m for m in SERVED if not get_method(m).reads_frames]
         raise _error(f"vtp: {spec.method} reads each token's video frame, which the vtp adapter "
                      f"of vLLM's {family} does not know (it prunes images only); it runs on "
-                     f"{FRAME_FAMILIES}. Methods that run on {family}: {', '.join(others)}")
+                     f"{FRAME_FAMILIES}. Served methods that read no frames: {', '.join(others)}")
 
 
 def from_mm_kwargs(kwargs: Mapping[str, Any] | None) -> ServingSpec | None:
