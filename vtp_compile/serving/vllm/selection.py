@@ -13,30 +13,19 @@ item) come from :func:`vtp_compile.kernels.frames.frame_ids`, the op the graph p
 item's run with ``temporal``: each token's M-RoPE temporal position (a Qwen clip: a new frame
 wherever it changes, i.e. every ``h * w / merge^2`` tokens), or none (an image: one frame), and
 ``frame_tokens`` as given. ``per_frame`` re-ranks the scores with ``frame_priority`` as the
-graph pass does (:func:`frame_scores`).
+graph pass does (:func:`vtp_compile.kernels.frames.rerank`).
 """
 from __future__ import annotations
 
 import torch
 
-from ...kernels.frames import frame_ids, frame_priority, frame_sizes
+from ...kernels.frames import frame_ids, rerank
 from ...kernels.select import keep_mask
-from ...kernels.vidcom2 import vidcom2_frame_weights
 
 
 def needs_frames(spec) -> bool:
     """Whether ``spec``'s selection reads the item's frames (a video method, or ``per_frame``)."""
     return spec.cfg.keep.frames is not None or "frames" in getattr(spec.site, "inputs", ())
-
-
-def frame_scores(scores, frames, cand, hidden, rule):
-    """``scores`` re-ranked so that the kept count is spread over the frames as ``rule`` (a
-    :class:`~vtp_compile.config.FrameRule`) says: the graph pass's ``compact.frame_scores``."""
-    if rule.alloc == "even":
-        weight = frame_sizes(frames, cand)
-    else:
-        weight = vidcom2_frame_weights(hidden, frames, cand)
-    return frame_priority(scores, frames, cand, weight, rule.min_per_frame)
 
 
 def select_image(spec, feats: torch.Tensor, ctx=None, before: torch.Tensor | None = None,
@@ -79,7 +68,7 @@ def select_image(spec, feats: torch.Tensor, ctx=None, before: torch.Tensor | Non
         x["frames"] = frames
     scores = site.score(x)
     if frames is not None and rule is not None and rule.alloc != "off":
-        scores = frame_scores(scores, frames, vis & live, hidden, rule)
+        scores = rerank(lambda op, *args: op(*args), scores, frames, vis & live, hidden, rule)
     kept_mask = keep_mask(scores, vis, live, x["n_keep"]) & vis
     if site.merge is not None:
         m = {"hidden": hidden, "visual_mask": vis, "keep_mask": kept_mask, "scores": scores,
