@@ -135,3 +135,17 @@ def _(scores, frames, cand, weight, min_per_frame):
 decomposed("frame_ids", frame_ids)
 decomposed("frame_sizes", frame_sizes)
 decomposed("frame_priority", frame_priority)
+
+
+# ---- the per-frame allocation, one rule for every caller ---------------------------------------
+def rerank(call, scores, frames, cand, hidden, rule):
+    """A site's scores re-ranked so that its kept count is spread over the frames as ``rule`` (a
+    :class:`~vtp_compile.config.FrameRule`) says: ``even`` by frame size, ``unique`` by VidCom2's
+    frame weights, then :func:`frame_priority`. ``call(op, *args)`` applies a ``torch.ops.vtp``
+    op: the graph pass inserts a node, the vLLM selection calls it."""
+    ops = torch.ops.vtp
+    if rule.alloc == "even":
+        weight = call(ops.frame_sizes, frames, cand)
+    else:
+        weight = call(ops.vidcom2_frame_weights, hidden, frames, cand)
+    return call(ops.frame_priority, scores, frames, cand, weight, rule.min_per_frame)

@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
+from ..kernels.frames import rerank
 from ..graph.fx_utils import Unsupported, insert_after, is_one, is_sdpa, sdpa_args, tensor_val, val
 from ..graph import tp
 from ..graph.positions import mrope_positions
@@ -280,13 +281,9 @@ def frame_ids(vlm: VLMGraph, state: CompactState, frame_tokens: int) -> fx.Node:
 def frame_scores(g: fx.Graph, score: fx.Node, frames: fx.Node, vis: fx.Node, live: fx.Node,
                  hidden: fx.Node, rule) -> fx.Node:
     """The site's scores re-ranked so that its kept count is spread over the frames (``rule``:
-    a :class:`~vtp_compile.config.FrameRule`)."""
+    a :class:`~vtp_compile.config.FrameRule`; :func:`vtp_compile.kernels.frames.rerank`)."""
     cand = g.call_function(operator.and_, (vis, live))
-    if rule.alloc == "even":
-        weight = g.call_function(ops.frame_sizes.default, (frames, cand))
-    else:
-        weight = g.call_function(ops.vidcom2_frame_weights.default, (hidden, frames, cand))
-    return g.call_function(ops.frame_priority.default, (score, frames, cand, weight, rule.min_per_frame))
+    return rerank(lambda op, *args: g.call_function(op.default, args), score, frames, cand, hidden, rule)
 
 
 def scoring_layer(vlm: VLMGraph, K: int, site) -> LayerView:

@@ -211,6 +211,10 @@ def test_bad_request_option_is_a_clear_error(engine):
     with pytest.raises(ValueError, match="budget"):
         engine.generate([request("<image> " + ex.question, [ex.image],
                                  {"method": "divprune", "budget": 0})], greedy(2))
+    for method in ("vidcom2", "dycoke", "fastvid"):     # no frames here: they run on Qwen-VL
+        with pytest.raises(ValueError, match="Qwen2_5_VLForConditionalGeneration"):
+            engine.generate([request("<image> " + ex.question, [ex.image], {"method": method})],
+                            greedy(2))
 
 
 def test_image_embeddings_run_unpruned_with_a_log_line(engine, tiny, caplog):

@@ -72,3 +72,6 @@ def test_vision_internals_methods_are_refused(engine_next):
     with pytest.raises(ValueError, match="packs anyres"):
         engine_next.generate([request("<image> " + ex.question, [img], {"method": "visionzip", "budget": 8})],
                              greedy(2))
+    with pytest.raises(ValueError, match="reads each token's video frame"):
+        engine_next.generate([request("<image> " + ex.question, [img], {"method": "fastvid", "budget": 8})],
+                             greedy(2))

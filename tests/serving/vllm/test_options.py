@@ -71,6 +71,30 @@ def test_bad_options_name_valid_ones(opts, match):
         options.parse(opts)
 
 
+@pytest.mark.parametrize("opts,match", [
+    ({"method": "vidcom2", "per_frame": "most"}, r"one of \['off', 'even', 'unique'\]"),
+    ({"method": "dycoke", "per_frame": "even"}, "min_per_frame"),
+    ({"method": "fastvid", "min_per_frame": -2}, "min_per_frame"),
+    ({"method": "fastvid", "context": 2}, "context"),
+    ({"method": "divprune", "per_frame": "even"}, "per_frame"),
+])
+def test_bad_frame_options_are_clear(opts, match):
+    with pytest.raises(ValueError, match=match):
+        options.parse(opts)
+
+
+@pytest.mark.parametrize("method", ["vidcom2", "dycoke", "fastvid"])
+def test_video_methods_are_served_where_frames_are_known(method):
+    spec = options.parse({"method": method, "budget": 16})
+    assert spec.reads_frames and not spec.text and not spec.internals
+    with pytest.raises(ValueError) as e:
+        options.refuse_frames(spec, "LlavaForConditionalGeneration")
+    msg = str(e.value)
+    assert "Qwen2_5_VLForConditionalGeneration" in msg and "Qwen2VLForConditionalGeneration" in msg
+    assert "divprune" in msg
+    options.refuse_frames(options.parse({"method": "random", "per_frame": "even"}), "Llava")
+
+
 def test_null_clears_an_engine_ratio():
     """vLLM merges a request's dict into the engine's: 'ratio': None drops the engine's ratio."""
     spec = options.parse({"method": "divprune", "ratio": None, "budget": 32})

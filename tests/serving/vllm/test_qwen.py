@@ -43,7 +43,8 @@ def _select(tiny, prompt, images, opts):
 
 def test_support_table_is_what_is_tested():
     from vtp_compile.serving.vllm.support import CHECKED
-    assert set(CHECKED["qwen2_5_vl"]) == {o["method"] for o in SELECT_CASES}
+    from .test_qwen_video import VIDEO_CASES     # the video methods: test_qwen_video.py
+    assert set(CHECKED["qwen2_5_vl"]) == {o["method"] for o in SELECT_CASES + VIDEO_CASES}
     assert set(CHECKED["qwen2_vl"]) <= set(CHECKED["qwen2_5_vl"])
 
 

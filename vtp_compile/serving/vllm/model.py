@@ -12,6 +12,11 @@ fails at start-up.
 
 ``VTP_VLLM_RECORD=path`` appends one JSON line per pruned image to ``path`` (method, options,
 ``V``, the kept indices): what the tests compare with the transformers path.
+
+Methods that read frames (``vidcom2``, ``dycoke``, ``fastvid``) and ``per_frame`` get each
+item's frames from ``_vtp_temporal`` (Qwen-VL: the clip's M-RoPE temporal positions, :mod:`.mrope`);
+families without frames refuse the video methods (``_vtp_check_engine``, the processor's
+``_vtp_check``).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 from . import options, tower
 from .processor import decode, field_names, rows
-from .selection import select_image
+from .selection import needs_frames, select_image
 
 log = logging.getLogger("vtp_compile.serving.vllm")
 
@@ -38,6 +43,9 @@ class PruningModelMixin:
         mm = vllm_config.model_config.multimodal_config
         spec = options.from_mm_kwargs(getattr(mm, "mm_processor_kwargs", None) if mm else None)
         if spec is not None:
+            if not self._vtp_frames:
+                options.refuse_frames(spec, next(c.__name__ for c in type(self).__mro__
+                                                 if c.__module__.startswith("vllm.")))
             self._vtp_check_engine(spec)
             if spec.internals:
                 layers, n_full, _ = tower.tower_layers(self._vtp_tower())
@@ -48,6 +56,7 @@ class PruningModelMixin:
         """Raise ``ValueError`` at start-up if this family cannot run ``spec`` (default: fine)."""
 
     _vtp_modalities: tuple[str, ...] = ("image",)
+    _vtp_frames: bool = False   # whether _vtp_temporal knows each item's frames (Qwen-VL)
 
     def embed_multimodal(self, **kwargs):
         field = text = None
@@ -82,7 +91,8 @@ class PruningModelMixin:
             before = after = None
             if spec.text and texts[i] is not None:
                 before, after = self._vtp_text_around(texts[i], f.device)
-            idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after)
+            temporal = self._vtp_temporal(kwargs, i) if needs_frames(spec) else None
+            idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
             if kept.shape[0] != k:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
             _record(spec, V, idx)
@@ -95,6 +105,11 @@ class PruningModelMixin:
         order) and each item's kept indices (``None``: no item was pruned). Default: ``feats``;
         M-RoPE families append each token's position (:mod:`.mrope`)."""
         return feats
+
+    def _vtp_temporal(self, kwargs, i: int):
+        """Item ``i``'s ``[V]`` temporal positions, whose changes start its frames (default
+        None: every item is one frame, as an image is on the transformers path)."""
+        return None
 
     def _vtp_text_around(self, marked: torch.Tensor, device):
         """Embeddings of the prompt's text before and after this image's run (``-1``); other

@@ -92,17 +92,29 @@ class MRopePruningMixin:
         s = float(secs[i]) if secs is not None else 1.0
         return s * float(getattr(self.config.vision_config, "tokens_per_second", 1.0))
 
-    def _vtp_output(self, feats, kept_idx, kwargs):
-        if self._vtp_evs:        # vLLM's EVS (video_pruning_rate) appended them already
-            return feats
+    def _vtp_item_positions(self, kwargs, i: int) -> torch.Tensor:
+        """Item ``i``'s :func:`item_positions` (the batch holds one modality)."""
         modality = "video" if kwargs.get("video_grid_thw") is not None else "image"
         grids = kwargs[f"{modality}_grid_thw"]
         grids = grids if not isinstance(grids, torch.Tensor) or grids.dim() == 2 else grids[None]
         merge = self.config.vision_config.spatial_merge_size
+        return item_positions(grids[i], merge, self._vtp_t_factor(modality, kwargs, i))
+
+    def _vtp_temporal(self, kwargs, i: int) -> torch.Tensor:
+        """Item ``i``'s temporal positions: where they change a new frame starts, as the
+        transformers path finds frames in the M-RoPE positions (kernels/frames.py); for a clip
+        of grid ``(t, h, w)``, token ``j``'s frame is ``j // (h * w / merge^2)`` (while
+        ``t_factor * t`` stays distinct), for an image one frame."""
+        return self._vtp_item_positions(kwargs, i)[:, 0]
+
+    def _vtp_output(self, feats, kept_idx, kwargs):
+        if self._vtp_evs:        # vLLM's EVS (video_pruning_rate) appended them already
+            return feats
+        modality = "video" if kwargs.get("video_grid_thw") is not None else "image"
         feats = list(feats) if not isinstance(feats, torch.Tensor) else list(feats.unbind(0))
         out = []
         for i, f in enumerate(feats):
-            pos = item_positions(grids[i], merge, self._vtp_t_factor(modality, kwargs, i))
+            pos = self._vtp_item_positions(kwargs, i)
             if kept_idx is not None:
                 pos = pos[kept_idx[i].cpu()]
             if pos.shape[0] != f.shape[0]:

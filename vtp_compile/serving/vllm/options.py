@@ -11,6 +11,9 @@ place there (docs/serving_engines.md). Those get :class:`~vtp_compile.errors.Opt
 ``ValueError``) naming the methods that work.
 
 The budget is per image: vLLM's processor fixes each image's placeholder count on its own.
+The video methods (``vidcom2``, ``dycoke``, ``fastvid``) read each token's frame and run on the
+families that know it (:data:`FRAME_FAMILIES`; a clip is pruned per clip, an image is one frame);
+:func:`refuse_frames` refuses them elsewhere.
 """
 from __future__ import annotations
 
@@ -29,7 +32,12 @@ SERVED = {
     "visionzip": "the vision tower's attention at vision layer -2",
     "nuwa": "the vision tower's internals; stage 1 only (the spatial anchors)",
     "acgr": "site='encoder': the image features and the prompt's last token embedding",
+    "vidcom2": "a clip's features and its frames (Qwen-VL only)",
+    "dycoke": "a clip's features and its frames (Qwen-VL only; stage 1)",
+    "fastvid": "a clip's features and its frames (Qwen-VL only)",
 }
+# the families whose adapter knows each clip's frames (the methods that read frames run there)
+FRAME_FAMILIES = "Qwen2-VL, Qwen2.5-VL (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)"
 # methods that read the prompt: their selection is part of the image's cache key
 _TEXT = ("cdpruner", "acgr")
 _WHY_NOT = {
@@ -55,6 +63,11 @@ class ServingSpec:
     site: Any                       # vtp_compile.sites.EncoderSite
     text: bool                      # reads the prompt's token embeddings
     internals: bool                 # reads the vision tower's internals
+
+    @property
+    def reads_frames(self) -> bool:
+        """The site reads ``x["frames"]`` (the video methods)."""
+        return "frames" in getattr(self.site, "inputs", ())
 
     @property
     def method(self) -> str:
@@ -142,6 +155,17 @@ def _build(opts: dict) -> ServingSpec:
     canonical = {"method": method.name, **{k: v for k, v in opts.items() if k != "method"}}
     return ServingSpec(options=canonical, cfg=cfg, site=site, text=method.name in _TEXT,
                        internals=bool(site.context))
+
+
+def refuse_frames(spec: ServingSpec, family: str) -> None:
+    """Raise :class:`~vtp_compile.errors.OptionError` if ``spec``'s method reads frames: on
+    ``family`` (a vLLM class whose adapter does not know frames) it cannot run."""
+    if spec.reads_frames:
+        from ...methods.registry import get_method
+        others = [m for m in SERVED if not get_method(m).reads_frames]
+        raise _error(f"vtp: {spec.method} reads each token's video frame, which the vtp adapter "
+                     f"of vLLM's {family} does not know (it prunes images only); it runs on "
+                     f"{FRAME_FAMILIES}. Served methods that read no frames: {', '.join(others)}")
 
 
 def from_mm_kwargs(kwargs: Mapping[str, Any] | None) -> ServingSpec | None:

@@ -90,9 +90,19 @@ class PruningProcessorMixin:
     def _vtp_check(self, spec) -> None:
         """Raise ``ValueError`` if this model cannot run ``spec`` (per family; default: fine)."""
 
+    _vtp_frames: bool = False   # whether _vtp_tokens' items have known frames (Qwen-VL)
+
+    def _vtp_family(self) -> str:
+        """The vLLM model class this processor serves (for error messages)."""
+        archs = getattr(self.info.ctx.model_config, "architectures", None) or []
+        return archs[0] if archs else next(
+            c.__name__ for c in type(self).__mro__ if c.__module__.startswith("vllm."))
+
     def _vtp_spec(self, hf_kwargs):
         spec = options.from_mm_kwargs(self.info.ctx.get_merged_mm_kwargs(dict(hf_kwargs)))
         if spec is not None:
+            if not self._vtp_frames:
+                options.refuse_frames(spec, self._vtp_family())
             self._vtp_check(spec)
         return spec
 

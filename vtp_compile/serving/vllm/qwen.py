@@ -8,7 +8,10 @@ vLLM splices; the budget applies to each image and to each clip. The processor c
 ``<|image_pad|>`` (``<|video_pad|>``) run to ``n_keep``; the model keeps ``n_keep`` features and
 appends their positions (:mod:`.mrope`, which says which positions kept tokens get and why). Methods
 that read CLIP-style tower internals (``visionzip``, ``nuwa``) are refused: Qwen's tower has no
-CLS token and windowed attention. vtp cannot run beside vLLM's own EVS (``video_pruning_rate``):
+CLS token and windowed attention. The video methods (``vidcom2``, ``dycoke``, ``fastvid``) and
+``per_frame`` see a clip's frames as the transformers path does, from its temporal positions
+(``MRopePruningMixin._vtp_temporal``: token ``j`` of a ``(t, h, w)`` grid is in frame
+``j // (h * w / merge^2)``); an image is one frame. vtp cannot run beside vLLM's own EVS (``video_pruning_rate``):
 both would append positions.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .model import PruningModelMixin
 from .mrope import MRopePruningMixin
 from .processor import PruningProcessorMixin
 
-_SERVED = "random, divprune, cdpruner, acgr (site='encoder')"
+_SERVED = "random, divprune, cdpruner, acgr (site='encoder'), vidcom2, dycoke, fastvid"
 
 
 def _refuse(spec, mm_config):
@@ -42,6 +45,7 @@ def _refuse(spec, mm_config):
 
 class _QwenProcessorMixin(PruningProcessorMixin):
     _vtp_modalities = ("image", "video")
+    _vtp_frames = True
 
     def _vtp_tokens(self, items, item_idx, out):
         from vllm.multimodal.parse import ImageProcessorItems, VideoProcessorItems
@@ -60,6 +64,8 @@ class _QwenProcessorMixin(PruningProcessorMixin):
 
 class _QwenModelMixin(MRopePruningMixin, PruningModelMixin):
     _vtp_modalities = ("image", "video")
+    _vtp_frames = True
+
     def _vtp_check_engine(self, spec):
         _refuse(spec, self.multimodal_config)
 

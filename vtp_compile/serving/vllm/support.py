@@ -10,19 +10,26 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
     "llava_next": ("random", "divprune", "cdpruner", "acgr"),
     "llava_onevision": ("divprune", "cdpruner"),
-    "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr"),
-    "qwen2_vl": ("divprune", "cdpruner"),
+    "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
+    "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
 }
-# family -> methods refused at start-up / per request, and why
-REFUSED = {"llava_next": ("visionzip", "nuwa"), "llava_onevision": ("visionzip", "nuwa"), "qwen2_5_vl": ("visionzip", "nuwa"),
-           "qwen2_vl": ("visionzip", "nuwa")}
-REFUSED_WHY = {"llava_next": "packed anyres features", "llava_onevision": "packed anyres features",
-               "qwen2_5_vl": "no CLS token in Qwen's tower",
-               "qwen2_vl": "no CLS token in Qwen's tower"}
+VIDEO = ("vidcom2", "dycoke", "fastvid")
+_NO_FRAMES = "no frames: images only"
+# family -> {method refused at start-up / per request: why}
+REFUSED: dict[str, dict[str, str]] = {
+    "llava": {m: _NO_FRAMES for m in VIDEO},
+    "llava_next": {"visionzip": "packed anyres features", "nuwa": "packed anyres features",
+                   **{m: _NO_FRAMES for m in VIDEO}},
+    "llava_onevision": {"visionzip": "packed anyres features", "nuwa": "packed anyres features",
+                        **{m: _NO_FRAMES for m in VIDEO}},
+    "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+    "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+}
 # family -> what else is checked there
-EXTRA = {"llava_onevision": "images (videos run unpruned)", "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS)",
-         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS)"}
-NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers"}
+EXTRA = {"llava_onevision": "images (videos run unpruned)",
+         "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
+         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)"}
+NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
 NOT_ADAPTED = ("qwen3_vl", "gemma3",
@@ -35,7 +42,7 @@ def matrix() -> str:
     rows = [head, "|" + "---|" * (len(methods) + 1)]
     for fam, ok in CHECKED.items():
         cells = [("yes" + (f" ({NOTES[m]})" if m in NOTES else "")) if m in ok
-                 else f"refused ({REFUSED_WHY[fam]})" if m in REFUSED.get(fam, ()) else "—"
+                 else f"refused ({REFUSED[fam][m]})" if m in REFUSED.get(fam, {}) else "—"
                  for m in methods]
         name = f"{fam}: {EXTRA[fam]}" if fam in EXTRA else fam
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
