@@ -22,14 +22,17 @@ test: setup
 
 # torch 2.13.0 first (the CPU wheel on disk; an unpinned torch pulls CUDA builds), this package,
 # then lmms-eval without its dependency list plus what its evaluation path imports
-# (requirements/lmms-eval.txt says why).
-$(LMMS_VENV)/.installed: pyproject.toml requirements/lmms-eval.txt
+# (requirements/lmms-eval.txt says why), then torchvision with the CPU shim where PyPI's CUDA
+# build needs it (transformers' video processors import torchvision: Qwen2-VL's clips).
+$(LMMS_VENV)/.installed: pyproject.toml requirements/lmms-eval.txt \
+		requirements/install_torchvision_shim.py requirements/torchvision_cpu_shim.py
 	rm -rf $(LMMS_VENV)
 	$(PY) -m venv $(LMMS_VENV)
 	$(LMMS_PY) -m pip install -q torch==2.13.0
 	$(LMMS_PY) -m pip install -q -e ".[test]"
 	$(LMMS_PY) -m pip install -q --no-deps $$(grep '^lmms-eval' requirements/lmms-eval.txt)
 	$(LMMS_PY) -m pip install -q $$(sed -e 's/#.*//' -e '/^lmms-eval/d' requirements/lmms-eval.txt)
+	$(LMMS_PY) requirements/install_torchvision_shim.py
 	touch $@
 
 lmms-eval-env: $(LMMS_VENV)/.installed

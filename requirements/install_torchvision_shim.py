@@ -1,7 +1,7 @@
-"""Install torchvision into the vLLM CPU environment, with the shim only where it is needed.
+"""Install torchvision into a CPU environment, with the shim only where it is needed.
 
 ``python requirements/install_torchvision_shim.py`` (run by the environment's own python; the
-Makefile's ``vllm-env`` does): ``pip install --no-deps torchvision==0.28.0`` (the version PyPI
+Makefile's ``vllm-env`` and ``lmms-eval-env`` do): ``pip install --no-deps torchvision==0.28.0`` (the version PyPI
 pairs with torch 2.13.0), then, only if ``import torchvision`` fails with "operator
 torchvision::nms does not exist" (a CUDA build of torchvision beside a CPU torch), copies
 ``torchvision_cpu_shim.py`` into site-packages with a ``.pth`` line that installs it. Any other

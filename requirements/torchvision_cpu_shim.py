@@ -1,4 +1,5 @@
-"""Make PyPI's torchvision 0.28.0 importable beside torch 2.13.0+cpu (the vLLM CPU environment).
+"""Make PyPI's torchvision 0.28.0 importable beside torch 2.13.0+cpu (the vLLM and lmms-eval
+CPU environments).
 
 PyPI's torchvision 0.28.0 wheel is a CUDA build: its ``_C.so`` needs ``libc10_cuda.so`` and does
 not load beside a CPU torch. torchvision tolerates that (it runs without its C++ ops), except
@@ -8,7 +9,7 @@ that ``torchvision/_meta_registrations.py`` registers fake kernels for ``torchvi
 them raises) lets it import; its transforms (what Qwen2-VL's image and video processors and
 Pixtral's image processor use) are pure torch and work.
 
-``requirements/install_torchvision_shim.py`` copies this file into the vLLM environment's
+``requirements/install_torchvision_shim.py`` copies this file into the environment's
 site-packages with a ``.pth`` line that calls :func:`install`, only where plain
 ``import torchvision`` fails that way (docs/serving_vllm.md); a machine with a working
 torchvision (any GPU install of vLLM) never gets it. :func:`install` adds an import hook, so

@@ -28,12 +28,14 @@ def offline_env(tmp_path: Path) -> dict:
 
 
 def lmms_eval_cli(tmp_path: Path, model_args: str, tasks: str, out: Path, *extra: str,
-                  limit: int = 4, batch_size: int = 4, timeout: int = 600):
+                  limit: int = 4, batch_size: int = 4, timeout: int = 600,
+                  pretrained: Path | str = SCENE_MODEL_PATH):
     """``lmms-eval --model vtp ...`` in a subprocess: the console script beside this Python
-    (what a researcher runs), else ``python -m lmms_eval``."""
+    (what a researcher runs), else ``python -m lmms_eval``; the shipped scene model unless
+    ``pretrained`` names another checkpoint."""
     script = Path(sys.executable).parent / "lmms-eval"
     launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "lmms_eval"]
-    cmd = [*launcher, "--model", "vtp", "--model_args", f"pretrained={SCENE_MODEL_PATH},{model_args}",
+    cmd = [*launcher, "--model", "vtp", "--model_args", f"pretrained={pretrained},{model_args}",
            "--tasks", tasks, "--include_path", str(TASKS_DIR), "--limit", str(limit),
            "--batch_size", str(batch_size), "--output_path", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=offline_env(tmp_path),

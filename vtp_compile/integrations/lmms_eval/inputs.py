@@ -8,7 +8,9 @@ the images, the videos, then the context) when the processor has one, else
 what ``vtp eval`` builds (:func:`vtp_compile.bench.evaluate.build_prompt`).
 
 Video goes to the model as its processor expects: ``videos=`` for a processor with a video
-processor (Qwen2-VL, LLaVA-OneVision, ...); for one without (LLaVA, the scene model) the
+processor (Qwen2-VL, LLaVA-OneVision, ...), with ``do_sample_frames=False`` (the frames are
+the ``max_frames`` already sampled) and each clip's ``video_metadata`` (the sampled frames'
+rate, from the file: Qwen2.5-VL's temporal positions read it); for one without (LLaVA, the scene model) the
 sampled frames go in as images, each after a ``frame N`` label -- for a clip exactly what
 ``vtp eval`` builds (:func:`vtp_compile.bench.evaluate.build_clip_prompt`), and each frame one
 run of visual tokens between text tokens (vtp's frame boundaries).
@@ -23,6 +25,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 DEFAULT_TEMPLATE = "{image} {question}"
 
 
+def is_video_path(v) -> bool:
+    return isinstance(v, (str, os.PathLike)) and os.fspath(v).lower().endswith(VIDEO_EXTENSIONS)
+
+
 def split_visuals(visuals, max_frames: int) -> tuple[list, list]:
     """``(images, videos)`` of one request; videos as ``[T, H, W, 3]`` uint8 arrays."""
     images, videos = [], []
@@ -33,7 +39,7 @@ def split_visuals(visuals, max_frames: int) -> tuple[list, list]:
             images.append(v)
         elif isinstance(v, (str, os.PathLike)):
             path = os.fspath(v)
-            if path.lower().endswith(VIDEO_EXTENSIONS):
+            if is_video_path(path):
                 videos.append(read_frames(path, max_frames))
             else:
                 with Image.open(path) as im:
@@ -53,6 +59,26 @@ def read_frames(path: str, max_frames: int):
     if len(frames) > max_frames:   # lmms-eval 0.7.3 decodes every frame of .mkv / .webm files
         frames = frames[np.linspace(0, len(frames) - 1, max_frames, dtype=int)]  # as read_video
     return frames
+
+
+def video_metadata(path: str, n_frames: int):
+    """transformers' ``VideoMetadata`` of ``n_frames`` frames sampled uniformly from the video
+    file: a clip of its own (frames ``0..n-1``) at the sampled rate ``n / duration`` (what
+    qwen-vl-utils and ``VideoMetadata.sampled_fps`` compute); None when the file gives no
+    frame rate or length."""
+    import av
+    from transformers.video_utils import VideoMetadata
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        total = int(stream.frames or 0)
+        if total <= 0 and container.duration and rate:
+            total = round(container.duration / av.time_base * rate)
+    if rate <= 0 or total <= 0:
+        return None
+    duration = total / rate
+    return VideoMetadata(total_num_frames=n_frames, fps=n_frames / duration, duration=duration,
+                         frames_indices=list(range(n_frames)), video_backend="pyav")
 
 
 def takes_video(processor) -> bool:
@@ -96,7 +122,7 @@ def build_prompt(processor, context: str, n_images: int, n_videos: int = 0,
 def build_inputs(processor, contexts: list[str], visuals: list, *, max_frames: int = 32,
                  template: str | None = None, system_prompt: str | None = None):
     """Left-padded processor inputs for a batch (``visuals[i]``: request i's visual list)."""
-    texts, images, videos = [], [], []
+    texts, images, videos, metadata = [], [], [], []
     as_frames = not takes_video(processor)
     for context, vis in zip(contexts, visuals):
         imgs, vids = split_visuals(vis, max_frames)
@@ -108,9 +134,13 @@ def build_inputs(processor, contexts: list[str], visuals: list, *, max_frames: i
             images += [Image.fromarray(f) for v in vids for f in v]
         else:
             videos += vids
+            paths = [os.fspath(v) for v in vis or [] if is_video_path(v)]
+            metadata += [video_metadata(p, len(v)) for p, v in zip(paths, vids)]
     kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
     if images:
         kwargs["images"] = images
     if videos:
-        kwargs["videos"] = videos
+        kwargs.update(videos=videos, do_sample_frames=False)
+        if len(metadata) == len(videos) and all(m is not None for m in metadata):
+            kwargs["video_metadata"] = metadata
     return processor(**kwargs)
