@@ -8,28 +8,9 @@ import logging
 import torch
 
 from .registry import decomposed, triton_kernel
+from .ties import SIM_STEPS, round_scores, sim_grid  # noqa: F401  (SIM_STEPS: the CUDA kernel)
 
 _log = logging.getLogger("vtp_compile")
-
-# Near-ties are made exact before anything is ranked, so that every lowering (eager, Inductor,
-# the CUDA kernel) ranks alike: tokens that repeat each other (a uniform background) tie
-# exactly and position order decides, whatever the backend's last-bit rounding.
-SIM_STEPS = 4096    # cosines are compared on a 1/4096 grid (half up)
-SCORE_BITS = 12     # scores are compared at 12 significant bits (half up in magnitude)
-
-
-def sim_grid(sim: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities rounded half up to the nearest ``1/SIM_STEPS``."""
-    return torch.floor(sim * SIM_STEPS + 0.5) / SIM_STEPS
-
-
-def round_scores(scores: torch.Tensor) -> torch.Tensor:
-    """float32 scores rounded to ``SCORE_BITS`` significant bits (relative ~2.4e-4, half up in
-    magnitude; ±inf and 0 stay): a bit-level round, the same on every backend."""
-    drop = 24 - SCORE_BITS                   # float32 carries 24 significant bits
-    bits = scores.float().contiguous().view(torch.int32)
-    return ((bits + (1 << (drop - 1))) & ~((1 << drop) - 1)).view(torch.float32)
-
 
 # ---- references ---------------------------------------------------------------------------------
 def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.dcp import round_scores
+from ..kernels.ties import round_scores
 from ..sites import EncoderSite, LayerSite
 from .base import Method
 from .options import MethodOptions, method_options, opt
@@ -33,7 +33,7 @@ SITES = ("layer", "encoder")
 
 def _reselect(features, base, valid, n_keep, tau: float, iters: int, tag: str):
     """Base scores, or TATCS cluster scores where κ(base top-k) > tau; ``[B, N]`` float32.
-    Scores are ranked at 12 significant bits (``kernels.dcp.round_scores``: equal scores tie
+    Scores are ranked at 12 significant bits (``kernels.ties.round_scores``: equal scores tie
     exactly on every backend, position order decides)."""
     base = round_scores(base)
     base_kept = ops.topk_mask(base, valid, n_keep)

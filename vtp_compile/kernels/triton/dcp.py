@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dcp import SIM_STEPS
+from ..ties import SIM_STEPS
 from . import next_pow2
 
 
