@@ -11,9 +11,9 @@ from .config import PruneConfig
 
 _log = logging.getLogger("vtp_compile")
 # Inductor's peak-memory reordering validates its own dependency graph and, on some graphs,
-# finds a cycle that the scheduler's order does not have (seen once in CI on a VidCom2 prefill
-# graph, not reproduced on another machine; pytorch/pytorch#161205 fixed one such case, and
-# Inductor itself only re-raises that validation outside fbcode)
+# finds a cycle that the scheduler's order does not have (seen on VidCom2 prefill graphs in CI
+# and in a full local test run, never with the test alone; pytorch/pytorch#161205 fixed one such
+# case, and Inductor itself only re-raises that validation outside fbcode)
 _CYCLE = "Cycle detected in memory planning graph"
 
 

@@ -122,6 +122,13 @@ class RouteSite:
     method: str = ""
 
 
+def needs_frames(site) -> bool:
+    """Whether a site's selection needs each position's frame: its score or merge reads
+    ``x["frames"]`` (``inputs=("frames",)``), or its keep rule spreads the count over frames
+    (``per_frame``, ``frame_tokens``)."""
+    return site.keep.frames is not None or "frames" in getattr(site, "inputs", ())
+
+
 def method_of(site) -> str:
     """The option name of the method a site belongs to."""
     return site.method or site.name

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .registry import decomposed, triton_kernel
-from .ties import SIM_STEPS, round_scores, sim_grid  # noqa: F401  (SIM_STEPS: the CUDA kernel)
+from .ties import sim_grid
 
 _log = logging.getLogger("vtp_compile")
 

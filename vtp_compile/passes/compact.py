@@ -27,7 +27,7 @@ from ..graph import tp
 from ..graph.positions import mrope_positions
 from ..graph.seq_dims import SeqDims
 from ..graph.vlm_graph import LayerView, VLMGraph
-from ..sites import LayerSite, ReserveSite, RouteSite, method_of
+from ..sites import LayerSite, ReserveSite, RouteSite, method_of, needs_frames
 from . import traced, vision_args
 from .kv import Layouts
 from ..errors import OptionError
@@ -205,7 +205,7 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
            if getattr(site, "context", False) else None)
     with g.inserting_before(first):
         frames = None
-        if keep.frames is not None or "frames" in getattr(site, "inputs", ()):
+        if needs_frames(site):
             frames = frame_ids(vlm, state, keep.frames.frame_tokens if keep.frames else 0)
         n_vis = g.call_function(traced.count_visual, (vis,))
         if keep.schedule is not None:

@@ -10,7 +10,8 @@ import torch
 
 from vtp_compile.methods.random_select import hash_scores
 from vtp_compile.serving.vllm import options
-from vtp_compile.serving.vllm.selection import needs_frames, select_image
+from vtp_compile.serving.vllm.selection import select_image
+from vtp_compile.sites import needs_frames
 from vtp_compile.testing import oracle_video
 from vtp_compile.testing.oracle_pruning import Pruning
 
@@ -53,7 +54,7 @@ def _oracle(p, feats, frame):
 def test_video_methods_equal_the_oracle(grid, opts, p):
     feats, frame = _clip(grid, sum(grid))
     spec = options.parse(opts)
-    assert needs_frames(spec) and spec.reads_frames
+    assert needs_frames(spec.site) and spec.reads_frames
     kept, out = select_image(spec, feats, temporal=frame)
     want_kept, want_out = _oracle(p, feats, frame)
     assert kept.tolist() == want_kept

@@ -29,7 +29,8 @@ import torch
 
 from . import options, tower
 from .processor import decode, field_names, rows
-from .selection import needs_frames, select_image
+from ...sites import needs_frames
+from .selection import select_image
 
 log = logging.getLogger("vtp_compile.serving.vllm")
 
@@ -91,7 +92,7 @@ class PruningModelMixin:
             before = after = None
             if spec.text and texts[i] is not None:
                 before, after = self._vtp_text_around(texts[i], f.device)
-            temporal = self._vtp_temporal(kwargs, i) if needs_frames(spec) else None
+            temporal = self._vtp_temporal(kwargs, i) if needs_frames(spec.site) else None
             idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
             if kept.shape[0] != k:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")

@@ -21,11 +21,7 @@ import torch
 
 from ...kernels.frames import frame_ids, rerank
 from ...kernels.select import keep_mask
-
-
-def needs_frames(spec) -> bool:
-    """Whether ``spec``'s selection reads the item's frames (a video method, or ``per_frame``)."""
-    return spec.cfg.keep.frames is not None or "frames" in getattr(spec.site, "inputs", ())
+from ...sites import needs_frames
 
 
 def select_image(spec, feats: torch.Tensor, ctx=None, before: torch.Tensor | None = None,
@@ -59,7 +55,7 @@ def select_image(spec, feats: torch.Tensor, ctx=None, before: torch.Tensor | Non
         x["ctx"] = ctx
     rule = spec.cfg.keep.frames
     frames = None
-    if needs_frames(spec):
+    if needs_frames(site):
         temp = None
         if temporal is not None:
             temp = torch.zeros(1, L, dtype=torch.long, device=feats.device)
