@@ -15,8 +15,12 @@ setup:
 demo: setup
 	$(PY) examples/quickstart.py
 
+# The lmms-eval and vLLM environments are built (mostly downloads) while the main tests run.
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25 tests
+	@$(MAKE) --no-print-directory lmms-eval-env vllm-env > .envs.log 2>&1 & envs=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25 tests; rc=$$?; \
+	if ! wait $$envs; then tail -50 .envs.log; echo "make: building .venv-lmms / .venv-vllm failed"; exit 1; fi; \
+	exit $$rc
 	$(MAKE) test-lmms-eval
 	$(MAKE) test-vllm
 

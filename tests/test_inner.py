@@ -69,11 +69,14 @@ def test_a_memory_planning_cycle_compiles_again_without_that_reordering(copied, 
         a = torch.relu(x) @ y
         return torch.softmax(a, -1) * a.sum(-1, keepdim=True), (x * 2).cumsum(0)
 
+    # on CPU the reordering is off unless asked for (the next test); asked for here
+    opts = {"method": "fastv", "inductor_config": {"reorder_for_peak_memory": True}}
+
     def compiled(fn):
         if not copied:
-            return torch.compile(fn, backend="vtp", options={"method": "fastv"})
+            return torch.compile(fn, backend="vtp", options=opts)
         return torch.compile(fn, backend=lambda gm, ex: vtp_backend(copy.deepcopy(gm), ex,
-                                                                    options={"method": "fastv"}))
+                                                                    options=opts))
 
     x, y = torch.randn(6, 5), torch.randn(5, 7)
     with caplog.at_level(logging.WARNING, logger="vtp_compile"):
@@ -89,3 +92,36 @@ def test_a_memory_planning_cycle_compiles_again_without_that_reordering(copied, 
                         lambda nodes: (_ for _ in ()).throw(RuntimeError("something else")))
     with pytest.raises(Exception, match="something else"):
         compiled(f)(x + 1, y)
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("asked", [None, True, False])
+def test_cpu_graphs_skip_peak_memory_reordering_unless_asked(asked, monkeypatch):
+    """On CPU, vtp graphs compile with ``reorder_for_peak_memory=False`` unless the user's
+    ``inductor_config`` sets it (vtp_compile/inner.py: _on_gpu says why); a GPU graph keeps
+    Inductor's default."""
+    import torch
+    import torch._inductor.compile_fx as cfx
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vtp_compile.config import PruneConfig
+    from vtp_compile.inner import _on_gpu, lower
+
+    seen = []
+    real = cfx.compile_fx
+
+    def spy(gm, example_inputs, config_patches=None, **kw):
+        seen.append(dict(config_patches or {}))
+        return real(gm, example_inputs, config_patches=config_patches, **kw)
+    monkeypatch.setattr(cfx, "compile_fx", spy)
+    opts = {"method": "fastv"}
+    if asked is not None:
+        opts["inductor_config"] = {"reorder_for_peak_memory": asked}
+    x = torch.randn(4, 3)
+    gm = torch.fx.symbolic_trace(lambda x: torch.relu(x).sum(0))
+    fn = lower(gm, [x], PruneConfig.from_options(opts))
+    torch.testing.assert_close(fn(x), torch.relu(x).sum(0))
+    assert seen[0]["reorder_for_peak_memory"] is (False if asked is None else asked)
+    with FakeTensorMode():
+        on_gpu = torch.empty(2, device="cuda")
+    assert _on_gpu([on_gpu, 3]) and not _on_gpu([x, 3])

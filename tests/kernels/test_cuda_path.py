@@ -82,6 +82,8 @@ def _inputs():
         "dycoke_scores": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, 1),
         "fastvid_scores": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, n_keep,
                            0.9, 7, 0.4, 4, 1),
+        "fastvid_density": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis),
+        "fastvid_targets": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, vis),
         "fastvid_merge": (hidden, torch.empty(B, L, dtype=torch.long, device=DEV), vis, vis,
                           torch.empty(B, L, **f), 0.9, 7, 0.6),
     }
@@ -111,9 +113,10 @@ class _Launch:
 
 @pytest.fixture
 def recorded(monkeypatch):
-    from vtp_compile.kernels.triton import cdpruner, coverage, dcp, divprune, pdrop, select
+    from vtp_compile.kernels.triton import cdpruner, coverage, dcp, divprune, fastvid, pdrop, select
     calls = []
     for mod, name in [(select, "_keep_kernel"), (select, "_layout_kernel"),
+                      (fastvid, "_knn_kernel"), (fastvid, "_peak_kernel"), (fastvid, "_targets_kernel"),
                       (divprune, "_greedy_kernel"), (dcp, "_assign_kernel"),
                       (cdpruner, "_dpp_kernel"), (coverage, "_cover_kernel"), (pdrop, "_bisect_kernel")]:
         monkeypatch.setattr(mod, name, _Launch(calls))

@@ -3,16 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from .ranks import ranks
 from .registry import decomposed
 
 _BIG = 3.0e38
-
-
-def _rank_ascending(key: torch.Tensor) -> torch.Tensor:
-    """Rank of each entry of every row when sorted ascending (ties: lower position first)."""
-    B, L = key.shape
-    order = torch.sort(key, dim=1, stable=True).indices
-    return torch.empty_like(order).scatter(1, order, torch.arange(L, device=key.device).expand(B, L))
 
 
 def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Tensor,
@@ -45,7 +39,7 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
     norm = keys.float().abs().sum(dim=(1, 3))[:, :L]                        # [B, L]
     # image pivots: top min(pivots, k) visual tokens by key norm
     p_img = torch.clamp(k, max=pivots)
-    img_rank = _rank_ascending(torch.where(vis, -norm, torch.full_like(norm, _BIG)))
+    img_rank = ranks(torch.where(vis, -norm, torch.full_like(norm, _BIG)))
     is_img_piv = vis & (img_rank < p_img[:, None])
     # text pivots: live text after the last visual token, else any live text
     last_vis = torch.where(vis, pos, torch.full_like(pos, -1)).amax(1)
@@ -53,13 +47,13 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
     after = text & (pos > last_vis[:, None])
     pool_t = torch.where(after.any(1, keepdim=True), after, text)
     p_txt = torch.clamp(pool_t.sum(1), max=pivots)
-    txt_rank = _rank_ascending(torch.where(pool_t, -norm, torch.full_like(norm, _BIG)))
+    txt_rank = ranks(torch.where(pool_t, -norm, torch.full_like(norm, _BIG)))
     is_txt_piv = pool_t & (txt_rank < p_txt[:, None])
     n_piv = p_img + p_txt
     T = torch.where(n_piv > 0, (k - p_img) // n_piv.clamp(min=1), torch.zeros_like(k))
     # pivots in position order: the j-th pivot of each row
     is_piv = is_img_piv | is_txt_piv
-    piv_order = _rank_ascending(torch.where(is_piv, pos.float(), torch.full_like(norm, _BIG)))
+    piv_order = ranks(torch.where(is_piv, pos.float(), torch.full_like(norm, _BIG)))
     h = torch.nn.functional.normalize(hidden.float(), dim=-1)
     chosen = is_img_piv
     pool = vis & ~is_img_piv
@@ -68,7 +62,7 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
         has = n_piv > j
         p = torch.where(is_piv & (piv_order == j), pos, torch.zeros_like(pos)).amax(1)   # [B]
         cos = torch.einsum("bld,bd->bl", h, h[rows, p])
-        rank = _rank_ascending(torch.where(pool, cos, torch.full_like(cos, _BIG)))
+        rank = ranks(torch.where(pool, cos, torch.full_like(cos, _BIG)))
         take = pool & (rank < T[:, None]) & has[:, None]
         chosen = chosen | take
         pool = pool & ~take
@@ -77,7 +71,7 @@ def dart_scores(keys: torch.Tensor, hidden: torch.Tensor, visual_mask: torch.Ten
     worst = sim.masked_fill(~chosen[:, None, :], -_BIG).amax(-1)           # [B, L]
     worst = torch.where(chosen.any(1, keepdim=True), worst, torch.zeros_like(worst))
     rest = k - chosen.sum(1)
-    rank = _rank_ascending(torch.where(pool, worst, torch.full_like(worst, _BIG)))
+    rank = ranks(torch.where(pool, worst, torch.full_like(worst, _BIG)))
     chosen = chosen | (pool & (rank < rest[:, None]))
     return torch.where(chosen, torch.ones_like(norm), -torch.ones_like(norm))
 

@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed, triton_kernel
 from .ties import sim_grid
 
@@ -19,7 +20,7 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> tor
     B, N = scores.shape
     key = torch.where(valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter(1, order, torch.arange(N, device=scores.device).expand(B, N))
+    rank = inverse(order)
     return valid & (rank < k.to(rank.device)[:, None])
 
 

@@ -30,7 +30,8 @@ import torch
 
 from .dcp import topk_mask
 from .frames import frame_means, frame_priority, frame_sizes
-from .registry import decomposed
+from .ranks import ranks
+from .registry import decomposed, triton_kernel
 
 KNN = 4
 
@@ -49,9 +50,7 @@ def segments(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor, tau
     sim = _cos(g[:, :-1], g[:, 1:])                                       # [B, L-1] t vs t+1
     pair = has[:, :-1] & has[:, 1:]
     key = torch.where(pair, sim, torch.full_like(sim, float("inf")))
-    rank = torch.empty_like(key, dtype=torch.long).scatter(
-        1, torch.sort(key, dim=1, stable=True).indices,
-        torch.arange(L - 1, device=hidden.device).expand(B, L - 1))
+    rank = ranks(key)
     cut = pair & ((sim < tau) | (rank < cuts))
     seg = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=hidden.device), cut.long().cumsum(1)], dim=1)
     return seg
@@ -71,31 +70,48 @@ def _segment_layout(seg: torch.Tensor, has: torch.Tensor, anchor_every: int):
     return length, anchor
 
 
-def _density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` float64: density-peak score ``rho * delta`` among ``pool``'s tokens of each frame."""
-    B, L, D = hidden.shape
-    x = hidden.float()
-    # [B, L, L] in float64 through a matrix product: fast, and exact enough that near-equal
-    # densities of near-duplicate tokens still order as the exact differences do
-    xd = x.double()
-    sq = (xd * xd).sum(-1)
-    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * (xd @ xd.transpose(1, 2))).clamp(min=0)
-    eye = torch.eye(L, dtype=torch.bool, device=x.device)
+_PAIRS = 1 << 24     # distance entries one step of the CPU reference holds (frames of equal size
+                     # go together, as many as fit)
+
+
+def _frame_density(x: torch.Tensor, D: int) -> torch.Tensor:
+    """``[G, T]`` float64 density-peak scores of ``G`` frames of ``T`` pool tokens each (``x``
+    ``[G, T, D]`` float64)."""
+    T = x.shape[1]
+    sq = (x * x).sum(-1)
+    # a matrix product in float64: fast, and exact enough that near-equal densities of
+    # near-duplicate tokens still order as the exact differences do
+    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * (x @ x.transpose(1, 2))).clamp(min=0)
+    eye = torch.eye(T, dtype=torch.bool, device=x.device)
     d2 = torch.where(eye, torch.zeros_like(d2), 0.5 * (d2 + d2.transpose(1, 2)))   # exact 0, symmetric
     d = (d2 / D).sqrt()
-    same = pool[:, :, None] & pool[:, None, :] & (frames[:, :, None] == frames[:, None, :])
-    inf = torch.full_like(d, float("inf"))
-    near = torch.where(same, d2 / D, inf).topk(min(KNN, L), dim=-1, largest=False).values
-    finite = torch.isfinite(near)
-    # rho = exp(-m) is compared through m (exact in float32 where exp(-m) rounds to 1) and taken
-    # in float64 for the score
-    m = torch.where(finite, near, torch.zeros_like(near)).sum(-1) / finite.sum(-1).clamp(min=1)
-    denser = same & (m[:, None, :] < m[:, :, None])
-    delta = torch.where(denser, d, inf).amin(-1)
-    widest = torch.where(same, d, torch.zeros_like(d)).amax(-1)
-    delta = torch.where(torch.isinf(delta), widest, delta)
-    score = torch.exp(-m.double()) * delta.double()
-    return torch.where(pool, score, torch.zeros_like(score))
+    # rho = exp(-m) is compared through m and taken in float64 for the score
+    m = (d2 / D).topk(min(KNN, T), dim=-1, largest=False).values.mean(-1)
+    denser = m[:, None, :] < m[:, :, None]
+    delta = torch.where(denser, d, torch.full_like(d, float("inf"))).amin(-1)
+    delta = torch.where(torch.isinf(delta), d.amax(-1), delta)
+    return torch.exp(-m) * delta
+
+
+def fastvid_density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` float64: density-peak score ``rho * delta`` of each ``pool`` token among its
+    frame's pool tokens (0 elsewhere). Frame by frame, frames with the same number of pool
+    tokens batched together: memory ``O(frames x T^2)``, never ``[B, L, L]``."""
+    B, L, D = hidden.shape
+    out = torch.zeros(B, L, dtype=torch.float64, device=hidden.device)
+    b, p = pool.nonzero(as_tuple=True)           # row-major: a frame's pool tokens are consecutive
+    if b.numel() == 0:
+        return out
+    _, counts = torch.unique_consecutive(b * (L + 1) + frames[b, p], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    for T in sorted(set(counts.tolist())):
+        first = starts[counts == T]
+        step = max(1, _PAIRS // (T * T))
+        for c in range(0, first.numel(), step):
+            at = first[c:c + step, None] + torch.arange(T, device=hidden.device)   # [G, T]
+            bi, pi = b[at], p[at]
+            out[bi, pi] = _frame_density(hidden[bi, pi].double(), D)
+    return out
 
 
 def fastvid_scores(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor, n_keep: torch.Tensor,
@@ -120,10 +136,28 @@ def fastvid_scores(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tenso
     weight = torch.where(anchor, per_seg_tokens.gather(1, seg) / anchors.gather(1, seg).clamp(min=1),
                          torch.zeros_like(n))
     pool = cand & ~salient & anchor.gather(1, f)
-    ctx_rank = frame_priority(_density(hidden, frames, pool), frames, pool, weight, 0)
+    ctx_rank = frame_priority(torch.ops.vtp.fastvid_density(hidden, frames, pool), frames, pool, weight, 0)
     chosen = topk_mask(ctx_rank, pool, n_ctx)
     out = torch.where(salient, sal_rank + 2 * L, torch.where(chosen, ctx_rank + L, sal_rank - 1))
     return torch.where(cand, out, torch.full_like(out, float("-inf")))
+
+
+def fastvid_targets(hidden: torch.Tensor, seg: torch.Tensor, source: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` int64: for each ``source`` token, the ``target`` token of its segment (``seg``
+    ``[B, L]``, per token) with the highest cosine similarity (ties: the lower position); -1
+    for none. Source rows in chunks: memory ``O(B x chunk x L)``, never ``[B, L, L]``."""
+    B, L, D = hidden.shape
+    xn = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    out = torch.full((B, L), -1, dtype=torch.long, device=hidden.device)
+    step = max(1, _PAIRS // max(1, B * L))
+    for s in range(0, L, step):
+        e = min(L, s + step)
+        sim = xn[:, s:e] @ xn.transpose(1, 2)                                # [B, chunk, L]
+        ok = source[:, s:e, None] & target[:, None, :] & (seg[:, s:e, None] == seg[:, None, :])
+        best = torch.where(ok, sim, torch.full_like(sim, float("-inf"))).argmax(-1)   # first maximum
+        out[:, s:e] = torch.where(ok.any(-1), best, torch.full_like(best, -1))
+    return out
 
 
 def fastvid_merge(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor, keep: torch.Tensor,
@@ -135,12 +169,8 @@ def fastvid_merge(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor
     target = keep & cand & (scores >= L) & (scores <= 2 * L)
     source = cand & ~keep
     seg = segments(hidden, frames, cand, tau, cuts).gather(1, frames.clamp(min=0))
-    xn = torch.nn.functional.normalize(x, dim=-1)
-    sim = xn @ xn.transpose(1, 2)                                          # [B, L, L] source x target
-    ok = source[:, :, None] & target[:, None, :] & (seg[:, :, None] == seg[:, None, :])
-    sim = torch.where(ok, sim, torch.full_like(sim, float("-inf")))
-    best = sim.argmax(-1)                                                  # first maximum
-    goes = ok.any(-1)
+    best = torch.ops.vtp.fastvid_targets(hidden, seg, source, target)
+    goes = best >= 0
     idx = torch.where(goes, best, torch.zeros_like(best))
     w = goes.float()[..., None]
     sums = torch.zeros_like(x).scatter_add(1, idx[..., None].expand(B, L, D), x * w)
@@ -162,6 +192,27 @@ def _(hidden, frames, cand, n_keep, tau, cuts, context, anchor_every, min_per_fr
     return hidden.new_empty(frames.shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("vtp::fastvid_density", mutates_args=())
+def _fastvid_density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    return fastvid_density(hidden, frames, pool)
+
+
+@_fastvid_density.register_fake
+def _(hidden, frames, pool):
+    return hidden.new_empty(frames.shape, dtype=torch.float64)
+
+
+@torch.library.custom_op("vtp::fastvid_targets", mutates_args=())
+def _fastvid_targets(hidden: torch.Tensor, seg: torch.Tensor, source: torch.Tensor,
+                     target: torch.Tensor) -> torch.Tensor:
+    return fastvid_targets(hidden, seg, source, target)
+
+
+@_fastvid_targets.register_fake
+def _(hidden, seg, source, target):
+    return seg.new_empty(seg.shape, dtype=torch.long)
+
+
 @torch.library.custom_op("vtp::fastvid_merge", mutates_args=())
 def _fastvid_merge(hidden: torch.Tensor, frames: torch.Tensor, cand: torch.Tensor, keep: torch.Tensor,
                    scores: torch.Tensor, tau: float, cuts: int, beta: float) -> torch.Tensor:
@@ -176,3 +227,21 @@ def _(hidden, frames, cand, keep, scores, tau, cuts, beta):
 # ---- how these ops lower (kernels/registry.py) ----------------------------------------
 decomposed("fastvid_scores", fastvid_scores)
 decomposed("fastvid_merge", fastvid_merge)
+triton_kernel("fastvid_density", "FastVID's density peaks: k nearest and nearest denser token within "
+              "each frame, without a [B, L, L] distance matrix")
+
+
+@torch.library.register_kernel("vtp::fastvid_density", "cuda")
+def _fastvid_density_cuda(hidden, frames, pool):
+    from .triton.fastvid import fastvid_density   # on the first CUDA call: importing vtp_compile never imports triton
+    return fastvid_density(hidden, frames, pool)
+
+
+triton_kernel("fastvid_targets", "FastVID's merge: each removed token's most similar context token of "
+              "its segment, without a [B, L, L] similarity matrix")
+
+
+@torch.library.register_kernel("vtp::fastvid_targets", "cuda")
+def _fastvid_targets_cuda(hidden, seg, source, target):
+    from .triton.fastvid import fastvid_targets   # on the first CUDA call: importing vtp_compile never imports triton
+    return fastvid_targets(hidden, seg, source, target)

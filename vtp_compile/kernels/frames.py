@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed
 
 _BAND = 1.0e12     # keys of the minimum band sit this far below every proportional key
@@ -90,13 +91,13 @@ def frame_priority(scores: torch.Tensor, frames: torch.Tensor, cand: torch.Tenso
     pos = torch.arange(L, device=dev).expand(B, L)
     new = torch.cat([torch.ones_like(fs[:, :1], dtype=torch.bool), fs[:, 1:] != fs[:, :-1]], dim=1)
     seg = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), dim=1).values
-    rank = torch.empty_like(pos).scatter(1, order, pos - seg).double()
+    rank = (pos - seg).gather(1, inverse(order)).double()
     w = weight.double().gather(1, f.clamp(max=L - 1)).clamp(min=1e-12)
     key = (rank + 0.5) / w
     band = rank - _BAND - w / (1.0 + w)                          # rank first, then higher weight
     key = torch.where(rank < min_per_frame, band, key)
     key = torch.where(cand, key, torch.full_like(key, float("inf")))
-    place = torch.empty_like(pos).scatter(1, torch.sort(key, dim=1, stable=True).indices, pos)
+    place = inverse(torch.sort(key, dim=1, stable=True).indices)
     return torch.where(cand, (L - place).float(), torch.full_like(key, float("-inf"), dtype=torch.float32))
 
 

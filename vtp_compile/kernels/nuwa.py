@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed
 
 
@@ -82,7 +83,7 @@ def nuwa_aggregate(hidden: torch.Tensor, visual_mask: torch.Tensor, keep_mask: t
     by_anchor = torch.sort((~torch.gather(anchor, 1, by_score)).to(torch.uint8), dim=1,
                            stable=True).indices
     order = torch.gather(by_score, 1, by_anchor)
-    rank = torch.empty_like(order).scatter(1, order, torch.arange(V, device=dev).expand(B, V))
+    rank = inverse(order)
     n_pillars = torch.ceil(n_anchor.double() * pillars).long()
     # rows that lost nothing (all anchors) or kept nothing are returned unchanged
     acts = (n_anchor > 0) & (n_anchor < V)

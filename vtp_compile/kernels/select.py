@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed, triton_kernel
 
 _NEG = -3.0e38
@@ -34,8 +35,7 @@ def keep_mask(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tenso
     finite = torch.nan_to_num(scores.float(), nan=_NEG, neginf=_NEG, posinf=-_NEG).clamp(min=_NEG)
     key = torch.where(vis, finite, torch.full_like(finite, float("-inf")))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(L, device=scores.device).expand(B, L))
+    rank = inverse(order)
     return (live & ~visual_mask) | (vis & (rank < n_keep.to(rank.device)[:, None]))
 
 

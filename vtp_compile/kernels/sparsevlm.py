@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed
 
 # the paper's per-stage kept counts for 576 visual tokens (LLaVA-1.5), at two budgets
@@ -148,7 +149,7 @@ def recycle_rank(score: torch.Tensor, visual_mask: torch.Tensor, live: torch.Ten
     vis = visual_mask & live
     s = score.float()
     order = torch.sort(torch.where(vis, -s, torch.full_like(s, float("inf"))), dim=1, stable=True).indices
-    rank = torch.empty_like(order).scatter(1, order, torch.arange(L, device=s.device).expand(B, L))
+    rank = inverse(order)
     V = vis.sum(1)
     k = torch.minimum(k.to(s.device), V)
     rec, clusters = recycle_count(V - k)

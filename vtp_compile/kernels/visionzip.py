@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .ranks import inverse
 from .registry import decomposed
 from .divprune import visual_layout
 
@@ -38,7 +39,7 @@ def visionzip_scores(dominant: torch.Tensor, visual_mask: torch.Tensor, n_keep: 
     d = k - c
     s = dominant.float().masked_fill(~visual_mask, float("-inf"))
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter(1, order, torch.arange(L, device=dev).expand(B, L))
+    rank = inverse(order)
     dom = visual_mask & (rank < d[:, None])
     rest = visual_mask & ~dom
     R = V - d
