@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lengths", action="store_true", help="skip the recompile check")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up compiles")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--inductor-config", default=None,
+                    help='vtp\'s inductor_config option, JSON, e.g. \'{"reorder_for_peak_memory": true}\'')
     args = ap.parse_args(argv)
     if args.quick:
         args.hidden, args.intermediate, args.layers, args.heads = 256, 704, 2, 4
@@ -200,6 +202,9 @@ def main(argv=None) -> int:
     V = int((inputs["input_ids"] == spec.image_token_id).sum())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     configs = [("inductor", None)] + [(m, method_options(m, args.budget, args.layer)) for m in methods]
+    if args.inductor_config:
+        configs = [(label, o if o is None else {**o, "inductor_config": json.loads(args.inductor_config)})
+                   for label, o in configs]
 
     t_start = time.perf_counter()
     with torch.inference_mode():
