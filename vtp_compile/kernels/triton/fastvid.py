@@ -17,7 +17,7 @@ context token of its segment (a running first maximum across tiles of the segmen
 instead of a ``[B, L, L]`` float32 similarity matrix.
 
 The launchers read nothing on the host. Not yet timed on a GPU (none was available when this
-was written).
+was written); ``benchmarks/gpu_kernels.py`` does that.
 """
 from __future__ import annotations
 
