@@ -202,6 +202,11 @@ FRAMES: dict[str, tuple[str, ...]] = {
     "qwen2_5_vl": ("generate",),
     "internvl": ("forward",),
     "llava_onevision": ("forward", "generate"),
+    "qwen3_vl": ("generate",),
+    "qwen3_5": ("generate",),
+    "glm4v": ("forward",),
+    "llava_next_video": ("forward",),
+    "smolvlm": ("forward",),
 }
 # how each of them shows its frames to vtp (kernels/frames.py)
 FRAMES_FROM = {
@@ -209,6 +214,11 @@ FRAMES_FROM = {
     "qwen2_5_vl": "M-RoPE temporal positions inside the clip's one run",
     "internvl": "one run per frame (frame labels between)",
     "llava_onevision": "`frame_tokens` (one run, 1-D positions)",
+    "qwen3_vl": "one run per frame (timestamps between)",
+    "qwen3_5": "one run per frame (timestamps between)",
+    "glm4v": "one run per frame (timestamps between)",
+    "llava_next_video": "`frame_tokens` (one run, 1-D positions)",
+    "smolvlm": "one run per frame (frame labels between)",
 }
 FRAME_METHODS = ("vidcom2", "dycoke", "fastvid")
 
