@@ -1,26 +1,17 @@
 """benchmarks/compile_time.py runs end to end on a tiny model, so the script cannot rot."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from . import load_script
 
 # a benchmark smoke test (~90 s on 2 cores): the extended tier keeps it out of CI's time budget
 pytestmark = [pytest.mark.inductor, pytest.mark.slow, pytest.mark.extended]
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_time.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("compile_time_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_compile_time_tiny_runs(tmp_path, capsys):
     out = tmp_path / "ct.json"
-    bench = _load()
+    bench = load_script("compile_time")
     assert bench.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--heads", "4",
                        "--image-size", "64", "--budget", "4", "--layer", "1", "--text", "3",
                        "--rounds", "1", "--no-warmup", "--breakdown", "--json", str(out)]) == 0
