@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from .ranks import inverse
+from .ranks import ranks
 from .registry import decomposed, triton_kernel
 from .ties import sim_grid
 
@@ -17,10 +17,8 @@ _log = logging.getLogger("vtp_compile")
 def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, N]``: the ``k[b]`` valid entries of row ``b`` with the highest score (ties:
     lower index first). ``k[b]`` larger than the row's valid count keeps all of them."""
-    B, N = scores.shape
     key = torch.where(valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    rank = inverse(order)
+    rank = ranks(key, descending=True)
     return valid & (rank < k.to(rank.device)[:, None])
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .ranks import inverse
+from .ranks import ranks
 from .registry import decomposed, triton_kernel
 
 _NEG = -3.0e38
@@ -30,12 +30,10 @@ def keep_mask(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tenso
     """Bool ``[B, L]``: every live non-visual position plus the ``n_keep[b]`` live visual
     positions of row ``b`` with the highest score (ties and NaN: lower position first; NaN
     and -inf rank last)."""
-    B, L = visual_mask.shape
     vis = visual_mask & live
     finite = torch.nan_to_num(scores.float(), nan=_NEG, neginf=_NEG, posinf=-_NEG).clamp(min=_NEG)
     key = torch.where(vis, finite, torch.full_like(finite, float("-inf")))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    rank = inverse(order)
+    rank = ranks(key, descending=True)
     return (live & ~visual_mask) | (vis & (rank < n_keep.to(rank.device)[:, None]))
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .ranks import inverse
+from .ranks import ranks
 from .registry import decomposed
 
 # the paper's per-stage kept counts for 576 visual tokens (LLaVA-1.5), at two budgets
@@ -143,13 +143,11 @@ def recycle_rank(score: torch.Tensor, visual_mask: torch.Tensor, live: torch.Ten
     tokens (``1 + s/2``), then the rest (``s/2``); -1 off the visual tokens. ``s``: the rater
     score; ranks ties to the lower position.
 
-    Decomposed (:mod:`.lowering`): one stable sort for the ranks, then elementwise; no Triton
-    kernel needed. Not timed on a GPU (none was available)."""
-    B, L = score.shape
+    Decomposed (:mod:`.lowering`): the ranks (a stable sort and its argsort), then elementwise;
+    no Triton kernel needed. Not timed on a GPU (none was available)."""
     vis = visual_mask & live
     s = score.float()
-    order = torch.sort(torch.where(vis, -s, torch.full_like(s, float("inf"))), dim=1, stable=True).indices
-    rank = inverse(order)
+    rank = ranks(torch.where(vis, -s, torch.full_like(s, float("inf"))))
     V = vis.sum(1)
     k = torch.minimum(k.to(s.device), V)
     rec, clusters = recycle_count(V - k)

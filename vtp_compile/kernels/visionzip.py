@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .ranks import inverse
+from .ranks import ranks
 from .registry import decomposed
 from .divprune import visual_layout
 
@@ -38,8 +38,7 @@ def visionzip_scores(dominant: torch.Tensor, visual_mask: torch.Tensor, n_keep: 
     c = contextual_count(k, ctx_num, ctx_den)
     d = k - c
     s = dominant.float().masked_fill(~visual_mask, float("-inf"))
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    rank = inverse(order)
+    rank = ranks(s, descending=True)
     dom = visual_mask & (rank < d[:, None])
     rest = visual_mask & ~dom
     R = V - d

@@ -3,9 +3,9 @@
 Why Triton: the reference (kernels/fastvid.py) groups frames on the host (their sizes are
 data); as plain ops without that grouping every token's distances to the whole row would be
 materialised, ``B x L x L`` float64: 1 GB for 16 frames of 1024 tokens at batch 8. Here each
-program takes ``BI`` tokens and walks the positions of their frames (a frame is a contiguous
-run of positions, so its bounds are two ``[B, L]`` tensors computed on the device) in tiles of
-``BJ`` tokens, with the squared distances as exact float64 differences:
+program takes ``BI`` tokens and walks the span of positions of their frames (two ``[B, L]``
+tensors computed on the device, ``_spans``) in tiles of ``BJ`` tokens, with the squared
+distances as exact float64 differences:
 
 1. ``_knn_kernel``: the 4 smallest ``d^2 / D`` among the frame's pool tokens (itself included)
    kept sorted in registers across tiles, then their mean ``m`` (``rho = exp(-m)``);
@@ -31,18 +31,21 @@ BI, BJ, BD = 16, 32, 16
 
 
 @triton.jit
-def _tile_d2(x_ptr, row, i, j, mi, mj, D, BI: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr):
-    """``[BI, BJ]`` float64 squared distances of tokens ``i`` and ``j`` of one row."""
-    acc = tl.zeros([BI, BJ], dtype=tl.float64)
+def _tile(x_ptr, row, i, j, mi, mj, D, SQDIST: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
+          BD: tl.constexpr):
+    """``[BI, BJ]`` of tokens ``i`` and ``j`` of one row: float64 squared distances (``SQDIST``),
+    else float32 dot products."""
+    acc = tl.zeros([BI, BJ], dtype=tl.float64 if SQDIST else tl.float32)
     for d0 in range(0, D, BD):
         dd = d0 + tl.arange(0, BD)
         md = dd < D
-        xi = tl.load(x_ptr + (row + i[:, None]) * D + dd[None, :], mask=mi[:, None] & md[None, :],
-                     other=0.0).to(tl.float64)
-        xj = tl.load(x_ptr + (row + j[:, None]) * D + dd[None, :], mask=mj[:, None] & md[None, :],
-                     other=0.0).to(tl.float64)
-        diff = xi[:, None, :] - xj[None, :, :]
-        acc += tl.sum(diff * diff, axis=2)
+        xi = tl.load(x_ptr + (row + i[:, None]) * D + dd[None, :], mask=mi[:, None] & md[None, :], other=0.0)
+        xj = tl.load(x_ptr + (row + j[:, None]) * D + dd[None, :], mask=mj[:, None] & md[None, :], other=0.0)
+        if SQDIST:
+            diff = xi.to(tl.float64)[:, None, :] - xj.to(tl.float64)[None, :, :]
+            acc += tl.sum(diff * diff, axis=2)
+        else:
+            acc += tl.sum(xi[:, None, :] * xj[None, :, :], axis=2)
     return acc
 
 
@@ -82,7 +85,7 @@ def _knn_kernel(x_ptr, f_ptr, pool_ptr, lo_ptr, hi_ptr, m_ptr, L, D,
     for j0 in range(start, stop, BJ):
         j, mj, pj, fj = _cols(pool_ptr, f_ptr, row, j0, stop, BJ)
         ok = pi[:, None] & pj[None, :] & (fi[:, None] == fj[None, :])
-        v = tl.where(ok, _tile_d2(x_ptr, row, i, j, mi, mj, D, BI, BJ, BD) / D, inf)
+        v = tl.where(ok, _tile(x_ptr, row, i, j, mi, mj, D, True, BI, BJ, BD) / D, inf)
         for _ in tl.static_range(KNN):            # the tile's KNN smallest, merged into k0..k3
             t = tl.min(v, axis=1)
             at = tl.argmin(v, axis=1)
@@ -116,24 +119,25 @@ def _peak_kernel(x_ptr, f_ptr, pool_ptr, lo_ptr, hi_ptr, m_ptr, delta_ptr, L, D,
         j, mj, pj, fj = _cols(pool_ptr, f_ptr, row, j0, stop, BJ)
         m_j = tl.load(m_ptr + row + j, mask=mj, other=0.0)
         ok = pi[:, None] & pj[None, :] & (fi[:, None] == fj[None, :])
-        d = tl.sqrt(_tile_d2(x_ptr, row, i, j, mi, mj, D, BI, BJ, BD) / D)
+        d = tl.sqrt(_tile(x_ptr, row, i, j, mi, mj, D, True, BI, BJ, BD) / D)
         denser = ok & (m_j[None, :] < m_i[:, None])
         delta = tl.minimum(delta, tl.min(tl.where(denser, d, inf), axis=1))
         widest = tl.maximum(widest, tl.max(tl.where(ok, d, 0.0), axis=1))
     tl.store(delta_ptr + row + i, tl.where(delta < inf, delta, widest), mask=mi)
 
 
-def _frame_bounds(frames: torch.Tensor):
-    """``(lo, hi)`` ``[B, L]`` int32: the first and one past the last position of each position's
-    frame (frames are contiguous runs of positions: kernels/frames.py)."""
-    B, L = frames.shape
-    pos = torch.arange(L, device=frames.device).expand(B, L)
-    first = torch.ones(B, 1, dtype=torch.bool, device=frames.device)
-    starts = torch.cat([first, frames[:, 1:] != frames[:, :-1]], dim=1)
-    ends = torch.cat([frames[:, 1:] != frames[:, :-1], first], dim=1)
-    lo = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
-    hi = torch.where(ends, pos + 1, torch.full_like(pos, L)).flip(1).cummin(dim=1).values.flip(1)
-    return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
+def _spans(seg: torch.Tensor, member: torch.Tensor):
+    """``(lo, hi)`` ``[B, L]`` int32: the first and one past the last position of the members
+    of each position's group (``seg``: a frame or a segment id per position; a group's members
+    need not be contiguous, e.g. text between a segment's frames)."""
+    B, L = seg.shape
+    pos = torch.arange(L, device=seg.device).expand(B, L)
+    key = torch.where(member, seg, torch.zeros_like(seg)).clamp(min=0, max=L - 1)
+    lo = torch.full((B, L), L, dtype=torch.long, device=seg.device).scatter_reduce(
+        1, key, torch.where(member, pos, torch.full_like(pos, L)), reduce="amin")
+    hi = torch.zeros(B, L, dtype=torch.long, device=seg.device).scatter_reduce(
+        1, key, torch.where(member, pos + 1, torch.zeros_like(pos)), reduce="amax")
+    return lo.gather(1, key).to(torch.int32).contiguous(), hi.gather(1, key).to(torch.int32).contiguous()
 
 
 def fastvid_density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,7 @@ def fastvid_density(hidden: torch.Tensor, frames: torch.Tensor, pool: torch.Tens
     x = hidden.float().contiguous()
     f = frames.to(torch.int64).contiguous()
     p = pool.to(torch.int8).contiguous()
-    lo, hi = _frame_bounds(f)
+    lo, hi = _spans(f, pool)
     m = torch.empty(B, L, dtype=torch.float64, device=hidden.device)
     delta = torch.empty(B, L, dtype=torch.float64, device=hidden.device)
     grid = (B, triton.cdiv(L, BI))
@@ -163,34 +167,13 @@ def _targets_kernel(x_ptr, seg_ptr, src_ptr, tgt_ptr, lo_ptr, hi_ptr, out_ptr, L
     for j0 in range(start, stop, BJ):
         j, mj, tj, gj = _cols(tgt_ptr, seg_ptr, row, j0, stop, BJ)
         ok = si[:, None] & tj[None, :] & (gi[:, None] == gj[None, :])
-        dot = tl.zeros([BI, BJ], dtype=tl.float32)
-        for d0 in range(0, D, BD):
-            dd = d0 + tl.arange(0, BD)
-            md = dd < D
-            xi = tl.load(x_ptr + (row + i[:, None]) * D + dd[None, :], mask=mi[:, None] & md[None, :], other=0.0)
-            xj = tl.load(x_ptr + (row + j[:, None]) * D + dd[None, :], mask=mj[:, None] & md[None, :], other=0.0)
-            dot += tl.sum(xi[:, None, :] * xj[None, :, :], axis=2)
-        sim = tl.where(ok, dot, float("-inf"))
+        sim = tl.where(ok, _tile(x_ptr, row, i, j, mi, mj, D, False, BI, BJ, BD), float("-inf"))
         top = tl.max(sim, axis=1)
         first = tl.min(tl.where(sim == top[:, None], j[None, :], L), axis=1).to(tl.int64)
         take = (top > best) & (tl.max(ok.to(tl.int32), axis=1) > 0)     # later tiles win only when higher
         best = tl.where(take, top, best)
         at = tl.where(take, first, at)
     tl.store(out_ptr + row + i, at, mask=mi)
-
-
-def _segment_bounds(seg: torch.Tensor, member: torch.Tensor):
-    """``(lo, hi)`` ``[B, L]`` int32: the first and one past the last position of the members
-    of each position's segment (a segment's frames are consecutive, possibly with text between
-    them)."""
-    B, L = seg.shape
-    pos = torch.arange(L, device=seg.device).expand(B, L)
-    key = torch.where(member, seg, torch.zeros_like(seg)).clamp(min=0, max=L - 1)
-    lo = torch.full((B, L), L, dtype=torch.long, device=seg.device).scatter_reduce(
-        1, key, torch.where(member, pos, torch.full_like(pos, L)), reduce="amin")
-    hi = torch.zeros(B, L, dtype=torch.long, device=seg.device).scatter_reduce(
-        1, key, torch.where(member, pos + 1, torch.zeros_like(pos)), reduce="amax")
-    return lo.gather(1, key).to(torch.int32).contiguous(), hi.gather(1, key).to(torch.int32).contiguous()
 
 
 def fastvid_targets(hidden: torch.Tensor, seg: torch.Tensor, source: torch.Tensor,
@@ -202,7 +185,7 @@ def fastvid_targets(hidden: torch.Tensor, seg: torch.Tensor, source: torch.Tenso
         return out
     xn = torch.nn.functional.normalize(hidden.float(), dim=-1).contiguous()
     g = seg.to(torch.int64).contiguous()
-    lo, hi = _segment_bounds(g, source | target)
+    lo, hi = _spans(g, source | target)
     _targets_kernel[(B, triton.cdiv(L, BI))](xn, g, source.to(torch.int8).contiguous(),
                                             target.to(torch.int8).contiguous(), lo, hi, out, L, D,
                                             BI=BI, BJ=BJ, BD=BD, num_warps=4)
