@@ -194,14 +194,32 @@ def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
 
 
 def _cut(replacement, kept: dict[int, int]):
-    """The replacement of item ``i`` with its placeholder run cut to ``kept[i]`` tokens."""
+    """The replacement of item ``i`` with its placeholder run cut to ``kept[i]`` tokens.
+
+    A replacement is a token list (every token an embedding slot, as LLaVA's) or vLLM's
+    ``PromptUpdateDetails`` whose ``is_embed`` marks the slots among other tokens (InternVL's
+    ``<img>`` ... ``</img>``, Gemma 3's ``<start_of_image>`` ... ``<end_of_image>``). The slots
+    must be one contiguous run: the run is cut, the tokens around it stay."""
     def cut(item_idx: int):
         full = replacement(item_idx) if callable(replacement) else replacement
         if item_idx not in kept:
             return full
-        seq = full.full if hasattr(full, "full") else list(full)
-        if len(set(seq)) != 1:
-            raise ValueError("vtp: this model's image placeholders are not one repeated token; "
-                             "its processor needs its own adapter")
-        return seq[:kept[item_idx]]
+        return cut_run(full, kept[item_idx])
     return cut
+
+
+def cut_run(full, n_keep: int):
+    """``full`` (a token list or ``PromptUpdateDetails``) with its one run of embedding slots
+    cut to its first ``n_keep`` tokens."""
+    seq = list(full.full) if hasattr(full, "full") else list(full)
+    is_embed = getattr(full, "is_embed", None)
+    mask = [True] * len(seq) if is_embed is None else [bool(b) for b in is_embed(seq).tolist()]
+    slots = [i for i, m in enumerate(mask) if m]
+    if not slots or slots[-1] - slots[0] + 1 != len(slots) or len({seq[i] for i in slots}) != 1:
+        raise ValueError("vtp: this model's image placeholders are not one run of one repeated "
+                         "token; its processor needs its own adapter")
+    start = slots[0]
+    out = seq[:start + n_keep] + seq[slots[-1] + 1:]
+    if is_embed is None:
+        return out
+    return dataclasses.replace(full, full=out)
