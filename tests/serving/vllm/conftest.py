@@ -107,4 +107,4 @@ def tiny_ov(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine_ov(tiny_ov):
-    return tiny_ov.engine(limit_mm_per_prompt={"image": 2, "video": 0})
+    return tiny_ov.engine(limit_mm_per_prompt={"image": 2, "video": 1})

@@ -44,10 +44,14 @@ class Tiny:
     def image_token(self) -> int:
         return self.model.config.image_token_id
 
-    def features(self, image) -> torch.Tensor:
-        """``[V, D]``: the features transformers splices for one image (read at the language
-        model's input, so LLaVA-NeXT's packing is included)."""
-        inputs = self.hf_inputs("<image>", [image])
+    @property
+    def video_token(self) -> int:
+        return self.model.config.video_token_id
+
+    def features(self, image, video: bool = False) -> torch.Tensor:
+        """``[V, D]``: the features transformers splices for one image (a clip if ``video``;
+        read at the language model's input, so LLaVA-NeXT's packing is included)."""
+        inputs = self.hf_inputs("<video>" if video else "<image>", [image], video)
         seen = {}
 
         def hook(module, args, kwargs):
@@ -58,20 +62,25 @@ class Tiny:
                 self.model(**inputs)
         finally:
             h.remove()
-        return seen["x"][0][inputs["input_ids"][0] == self.image_token].float()
+        token = self.video_token if video else self.image_token
+        return seen["x"][0][inputs["input_ids"][0] == token].float()
 
-    def hf_inputs(self, prompt: str, images: list):
+    def hf_inputs(self, prompt: str, images: list, video: bool = False):
+        if video:
+            return self.processor(videos=images, text=[prompt], return_tensors="pt")
         return self.processor(images=images or None, text=[prompt], return_tensors="pt")
 
-    def reference(self, prompt: str, kept_feats: list[torch.Tensor], max_tokens: int) -> tuple[list[int], list[int]]:
-        """``(prompt ids, greedy tokens)``: transformers with each image's run cut to its kept
-        features (positions 0..L-1, see the module docstring)."""
+    def reference(self, prompt: str, kept_feats: list[torch.Tensor], max_tokens: int,
+                  video: bool = False) -> tuple[list[int], list[int]]:
+        """``(prompt ids, greedy tokens)``: transformers with each image's (clip's) run cut to
+        its kept features (positions 0..L-1, see the module docstring)."""
         tok = self.processor.tokenizer
         ids = tok(prompt)["input_ids"]
+        token = self.video_token if video else self.image_token
         out, feats = [], []
         it = iter(kept_feats)
         for t in ids:
-            if t == self.image_token:
+            if t == token:
                 f = next(it)
                 out += [t] * f.shape[0]
                 feats.append(f)
@@ -82,7 +91,7 @@ class Tiny:
         with torch.no_grad():
             emb = emb_layer(seq).clone()
             if feats:
-                emb[seq == self.image_token] = torch.cat(feats).to(emb.dtype)
+                emb[seq == token] = torch.cat(feats).to(emb.dtype)
             gen = []
             for _ in range(max_tokens):
                 logits = self.model(inputs_embeds=emb[None]).logits[0, -1]

@@ -57,9 +57,9 @@ def _check(tq, out, prompt, item, opts, video):
 def test_support_table_lists_the_video_methods():
     from vtp_compile.serving.vllm.support import CHECKED, REFUSED, VIDEO
     assert {o["method"] for o in VIDEO_CASES} >= set(VIDEO)
-    for fam in ("qwen2_5_vl", "qwen2_vl"):
+    for fam in ("qwen2_5_vl", "qwen2_vl", "llava_onevision"):
         assert set(VIDEO) <= set(CHECKED[fam])
-    for fam in ("llava", "llava_next", "llava_onevision"):
+    for fam in ("llava", "llava_next"):
         assert set(VIDEO) <= set(REFUSED[fam])
 
 

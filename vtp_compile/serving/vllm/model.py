@@ -75,6 +75,8 @@ class PruningModelMixin:
         with cap if cap is not None else contextlib.nullcontext():
             feats = super().embed_multimodal(**kwargs)
         feats = list(feats) if not isinstance(feats, torch.Tensor) else list(feats.unbind(0))
+        # vLLM's LLaVA-OneVision returns clips of unequal frame counts as [1, V, D] each
+        feats = [f[0] if f.dim() == 3 and f.shape[0] == 1 else f for f in feats]
         if len(feats) != len(per_image):
             raise RuntimeError(f"vtp: {len(feats)} images' features for {len(per_image)} vtp fields")
         ctxs = {}

@@ -9,7 +9,7 @@ from .options import SERVED
 CHECKED: dict[str, tuple[str, ...]] = {
     "llava": ("random", "divprune", "cdpruner", "acgr", "visionzip", "nuwa"),
     "llava_next": ("random", "divprune", "cdpruner", "acgr"),
-    "llava_onevision": ("divprune", "cdpruner"),
+    "llava_onevision": ("random", "divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
 }
@@ -20,13 +20,12 @@ REFUSED: dict[str, dict[str, str]] = {
     "llava": {m: _NO_FRAMES for m in VIDEO},
     "llava_next": {"visionzip": "packed anyres features", "nuwa": "packed anyres features",
                    **{m: _NO_FRAMES for m in VIDEO}},
-    "llava_onevision": {"visionzip": "packed anyres features", "nuwa": "packed anyres features",
-                        **{m: _NO_FRAMES for m in VIDEO}},
+    "llava_onevision": {"visionzip": "packed anyres features", "nuwa": "packed anyres features"},
     "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
 }
 # family -> what else is checked there
-EXTRA = {"llava_onevision": "images (videos run unpruned)",
+EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
