@@ -1,4 +1,4 @@
-"""Random-weight LLaVA checkpoints that vLLM (CPU) can load, for tests and benchmarks.
+"""Random-weight LLaVA and Gemma 3 checkpoints that vLLM (CPU) can load, for tests and benchmarks.
 
 No weights can be downloaded here, so the models are built from transformers' config classes
 with the scene model's word-level tokenizer (:mod:`vtp_compile.scenes.model`) and saved to a
@@ -7,8 +7,9 @@ them:
 
 - its CPU attention supports head sizes 32, 64, 80, 96, 112, 128, ... only: the shipped scene
   model (head size 40) cannot run there, so these models use head size 32 (or 64);
-- transformers 5.19 saves LLaVA's CLIP tower as ``vision_tower.<x>`` while vLLM's loader
-  expects ``vision_tower.vision_model.<x>`` (as hub checkpoints have it): :func:`save` renames.
+- transformers 5.19 saves LLaVA's CLIP tower (and Gemma 3's SigLIP tower) as
+  ``vision_tower.<x>`` while vLLM's loader expects ``vision_tower.vision_model.<x>`` (as hub
+  checkpoints have it): :func:`save` renames.
 
 Importing this module imports no vLLM.
 """
@@ -190,6 +191,70 @@ def build_onevision(spec: TinyLlava = TinyLlava(image_size=56, patch_size=14), s
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc
+
+
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                 "image_token": "<image_soft_token>"}
+# vLLM's Gemma 3 processor looks these up in the vocabulary (it merges "\n\n" runs after its
+# replacement, as Gemma's tokenizer would have produced them)
+GEMMA3_NEWLINES = ("\n", "\n\n", "\n\n\n", "\n\n\n\n")
+
+
+def gemma3_tokenizer():
+    """The scene model's word-level tokenizer with Gemma 3's image markers and soft token
+    (``boi_token``, ``eoi_token``, ``image_token`` attributes, as ``Gemma3Processor`` reads them)
+    and the newline tokens vLLM's Gemma 3 processor expects."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    from ..scenes.model import build_tokenizer
+
+    core = build_tokenizer().backend_tokenizer
+    core.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GEMMA3_TOKENS.values()])
+    core.add_tokens([AddedToken(t, normalized=False, special=False) for t in GEMMA3_NEWLINES])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="left",
+                                   extra_special_tokens=dict(GEMMA3_TOKENS))
+
+
+def build_gemma3(image_size: int = 64, patch_size: int = 4, tokens_per_image: int = 64,
+                 sliding_window: int = 24, seed: int = 0):
+    """``(model, processor)``: a random-weight ``Gemma3ForConditionalGeneration`` in fp32.
+
+    SigLIP tower (no CLS token) on ``image_size`` px images of ``patch_size`` px patches (64 / 4:
+    16 x 16 patches), average-pooled to ``tokens_per_image`` soft tokens (64: 8 x 8, 2 x 2
+    patches each); Gemma 3 text model with head size 32, one sliding-window layer and one
+    global layer (a window of 24 tokens: shorter than the tests' prompts, so the window is
+    exercised, pruned or not). No pan-and-scan. The projector's weight, zero at initialisation,
+    is drawn at random."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tok = gemma3_tokenizer()
+    ip = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size},
+                                 image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pan_and_scan=False)
+    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=tokens_per_image)
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    rope = {"rope_type": "default"}
+    text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
+                max_position_embeddings=4096, tie_word_embeddings=False,
+                rope_parameters={"sliding_attention": {**rope, "rope_theta": 10000.0},
+                                 "full_attention": {**rope, "rope_theta": 100000.0}}, **ids)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch_size, vision_use_head=False)
+    cfg = Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=tokens_per_image,
+                       boi_token_index=tok.boi_token_id, eoi_token_index=tok.convert_tokens_to_ids(tok.eoi_token),
+                       image_token_index=tok.image_token_id, tie_word_embeddings=False, **ids)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     return model, proc

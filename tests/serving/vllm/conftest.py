@@ -108,3 +108,14 @@ def tiny_ov(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine_ov(tiny_ov):
     return tiny_ov.engine(limit_mm_per_prompt={"image": 2, "video": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory):
+    from .gemma3_support import TinyGemma3
+    return TinyGemma3.make(tmp_path_factory.mktemp("tiny_gemma3"))
+
+
+@pytest.fixture(scope="session")
+def engine_gemma3(tiny_gemma3):
+    return tiny_gemma3.engine(enable_mm_embeds=False)

@@ -22,6 +22,7 @@ ADAPTERS = {
     "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
+    "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
@@ -30,6 +31,7 @@ FAMILIES = {
     "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
+    "Gemma3ForConditionalGeneration": "Gemma 3",
 }
 
 

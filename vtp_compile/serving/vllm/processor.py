@@ -9,7 +9,8 @@ already covers the request's ``mm_processor_kwargs`` (vLLM hashes them with the 
 same image at two budgets is two cache entries, in the encoder cache and in the prefix cache.
 
 Methods that read the prompt (CDPruner, DCP-Prune's encoder site) also get ``vtp_text``: the
-prompt's token ids with this image's run marked ``-1`` and other images' runs ``-2``; their
+prompt's token ids with this image's embedding slots marked ``-1`` and other images' ``-2``
+(markers around a run stay text, as on the transformers path); their
 hash additionally covers the prompt (:meth:`_get_mm_hashes`), so two prompts with the same
 image do not share a selection.
 
@@ -173,13 +174,19 @@ class PruningProcessorMixin:
                     continue
                 marked = list(ids)
                 for rng in (r for m in self._vtp_modalities for r in result["mm_placeholders"].get(m, [])):
-                    for p in range(rng.offset, rng.offset + rng.length):
+                    for p in _slots(rng):
                         marked[p] = -2
-                for p in range(ranges[i].offset, ranges[i].offset + ranges[i].length):
+                for p in _slots(ranges[i]):
                     marked[p] = -1
                 item[text_name] = MultiModalFieldElem(data=torch.tensor(marked, dtype=torch.int64),
                                                       field=field)
         return result
+
+
+def _slots(rng) -> list[int]:
+    """The prompt positions of a placeholder range's embedding slots (its markers, e.g. Gemma 3's
+    ``<start_of_image>``/``<end_of_image>``, stay text, as on the transformers path)."""
+    return [p for s, e in rng.extract_embeds_range() for p in range(s, e + 1)]
 
 
 def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
