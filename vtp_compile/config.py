@@ -126,10 +126,6 @@ class PruneConfig:
         if mode != "default" and inner != "inductor":
             raise OptionError(f"vtp: mode {mode!r} is an Inductor mode; it needs inner_backend "
                               f"'inductor', got {inner!r}")
-        if method.no_cuda_graphs and _cuda_graphs(mode, inductor):
-            raise OptionError(f"vtp: method {method.name!r} cannot run under CUDA graphs "
-                              f"(mode {mode!r}): {method.no_cuda_graphs}; use mode "
-                              f"'max-autotune-no-cudagraphs' or 'default'")
         if not method.takes_budget and (budget is not None or ratio is not None):
             raise OptionError(f"vtp: method {method.name!r} takes no 'budget' or 'ratio' of its own "
                               "(each stage has its own)")
@@ -146,6 +142,11 @@ class PruneConfig:
                 f"options: {sorted(list(COMMON_KEYS) + list(params))}")
         params.update(opts)
         params = method.options(**params)       # typed, validated (methods/options.py)
+        refusal = method.cuda_graphs_refusal(params)
+        if refusal and _cuda_graphs(mode, inductor):
+            raise OptionError(f"vtp: method {method.name!r} cannot run under CUDA graphs "
+                              f"(mode {mode!r}): {refusal}; use mode "
+                              f"'max-autotune-no-cudagraphs' or 'default'")
         return cls(method=method.name, keep=keep, params=params, inner_backend=inner,
                    inductor_config=dict(inductor), mode=mode)
 

@@ -1,4 +1,4 @@
-"""Runtime state that crosses from a DSTP prefill to its decode steps.
+"""Runtime state that crosses from a prefill to its decode steps (DSTP; DyCoke's stage 2).
 
 The only state vtp keeps across calls. A pruned prefill records, per cache column, which
 entries are visual and which of those are active, plus a fingerprint of layer 0's cached keys.
@@ -13,7 +13,9 @@ Every decode step looks the state up and checks it against the cache it is given
 
 No host read on CUDA; but the state lives in Python and is replaced at every step, so a decode
 graph that uses it cannot be replayed as a CUDA graph: ``mode="reduce-overhead"`` is refused
-for DSTP (:mod:`vtp_compile.methods.dstp`).
+for DSTP (:mod:`vtp_compile.methods.dstp`) and for DyCoke with its stage 2
+(:mod:`vtp_compile.methods.dycoke`). DyCoke's stage 2 keeps its pick in ``active`` and the last
+step's attention in ``prev`` (:mod:`vtp_compile.kernels.decode_select`).
 
 States are keyed by the backend configuration. Two ``generate`` calls interleaved step by step
 with the same configuration are not supported (the second prefill replaces the first's state,
@@ -39,6 +41,7 @@ class ShiftState:
     fingerprint: torch.Tensor   # [B] float64
     steps: int = 0
     swap_count: torch.Tensor | None = None   # 0-dim, on the device: rows x steps swapped
+    prev: torch.Tensor | None = None         # [B, P] last step's attention (a DecodeSite's rule)
 
     @property
     def prompt_len(self) -> int:
@@ -99,7 +102,7 @@ def _lookup(key: str, keys0: torch.Tensor) -> Found:
         fp = fingerprint(keys0, st.slot_live)
         match = torch.isclose(fp, st.fingerprint.to(fp.device), rtol=1e-9, atol=1e-9).all()
         if S <= st.prompt_len:
-            msg = (f"vtp dstp: decode step with {S} cache columns, but the prefill left "
+            msg = (f"vtp: decode step with {S} cache columns, but the prefill left "
                    f"{st.prompt_len}")
             if keys0.device.type != "cpu":
                 torch._assert_async(~match, msg)
@@ -114,5 +117,6 @@ def _lookup(key: str, keys0: torch.Tensor) -> Found:
 def _log_unmatched(key: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
-        log.info("vtp dstp: this decode step's cache does not come from the last DSTP prefill "
+        log.info("vtp: this decode step's cache does not come from the last prefill of this "
+                 "configuration (DSTP, DyCoke's stage 2) "
                  "(e.g. a text-only prompt); attending to the whole cache")

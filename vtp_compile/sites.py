@@ -105,6 +105,22 @@ class ReserveSite(LayerSite):
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeSite:
+    """Decode steps only (prefill is untouched): at each step the current token's head-mean
+    attention at the last attention layer before ``layer`` picks the ``ratio`` most attended of
+    the prompt's visual cache columns (at least one per row that has any); the layers from
+    ``layer`` on attend to those plus every non-visual column, the layers before it to all.
+    A step keeps the previous step's pick while the cosine similarity of its attention over the
+    visual columns with the previous step's stays at or above ``similarity`` (DyCoke's stage 2:
+    dynamic KV cache reduction)."""
+    layer: int
+    ratio: float
+    similarity: float = 0.9
+    name: str = "decode"
+    method: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RouteSite:
     """Inside decoder layer ``layer``: the top ``keep`` visual tokens go through the layer, the
     others skip it unchanged; both streams are reintegrated before the next layer (ALVTS).

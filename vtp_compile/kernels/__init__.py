@@ -5,6 +5,6 @@ the ``torch.library`` registration, a fake implementation for tracing, and how t
 
 Importing this package registers ``torch.ops.vtp.*``; it never imports triton.
 """
-from . import (cache, cdpruner, coverage, dart, dcp, divprune, dstp, dycoke, fastvid, frames, nuwa, pdrop,  # noqa: F401
-               scores, select, sparsevlm, splice, vidcom2, vision, visionzip)
+from . import (cache, cdpruner, coverage, dart, dcp, decode_select, divprune, dstp, dycoke, fastvid, frames,  # noqa: F401
+               nuwa, pdrop, scores, select, sparsevlm, splice, vidcom2, vision, visionzip)
 from . import lowering  # noqa: F401,E402  (what Inductor decomposes)

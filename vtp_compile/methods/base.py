@@ -33,6 +33,11 @@ class Method:
     # how it spreads its budget over frames itself, where it does (then ``per_frame`` is refused)
     own_frame_allocation: ClassVar[str | None] = None
 
+    def cuda_graphs_refusal(self, params) -> str | None:
+        """Why CUDA graphs cannot replay this method's graphs with these options (None: they
+        can); default :attr:`no_cuda_graphs`."""
+        return self.no_cuda_graphs
+
     @property
     def defaults(self) -> Mapping[str, Any]:
         return self.options.defaults()

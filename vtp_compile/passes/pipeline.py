@@ -10,17 +10,21 @@ pass                      phase     what it does
                                     tokens, evict earlier layers' caches (:mod:`.compact`);
                                     DSTP's reserve (:mod:`.shift`)
 ``finish_caches``         prefill   cache writes placed after the last site (:mod:`.kv`)
+``record_decode_select``  prefill   DyCoke's stage 2: the cache's visual columns recorded
+                                    (:mod:`.decode_select`)
 ``route``                 prefill   ALVTS: per-layer routing and reintegration (:mod:`.route`)
 ``strip_vision_context``  prefill   the vision internals' carrier leaves the graph
 ``decode_masks``          decode    every attention call reads its layer's dead slots
 ``shift``                 decode    DSTP: active/reserve columns, re-scored each step
+``decode_select``         decode    DyCoke's stage 2: the visual columns later layers read,
+                                    re-picked each step (:mod:`.decode_select`)
 ========================  ========  ==========================================================
 """
 from __future__ import annotations
 
 from ..graph.fx_utils import refresh_meta
-from ..sites import ReserveSite, RouteSite
-from . import compact, route, shift, vision_args
+from ..sites import DecodeSite, ReserveSite, RouteSite
+from . import compact, decode_select, route, shift, vision_args
 from .accounting import Accounting
 from .base import GraphPass, PassContext
 
@@ -45,7 +49,7 @@ class CompactSites(GraphPass):
         if any(isinstance(s, ReserveSite) for s in sites):
             shift.check_layout(vlm, ctx.layouts)
         for i, site in enumerate(sites):
-            if isinstance(site, RouteSite):
+            if isinstance(site, (RouteSite, DecodeSite)):
                 continue
             if i:   # a later site reads shapes of nodes the earlier one inserted
                 ctx.gm.recompile()
@@ -61,6 +65,18 @@ class FinishCaches(GraphPass):
 
     def __call__(self, ctx: PassContext) -> None:
         ctx.layouts.finish(ctx.gm.graph, ctx.state)
+
+
+class RecordDecodeSelect(GraphPass):
+    name = "record_decode_select"
+
+    def applies(self, ctx: PassContext) -> bool:
+        return super().applies(ctx) and any(isinstance(s, DecodeSite) for s in ctx.sites)
+
+    def __call__(self, ctx: PassContext) -> None:
+        for site in ctx.sites:
+            if isinstance(site, DecodeSite):
+                decode_select.record(ctx.vlm, site, ctx.state, ctx.layouts, ctx.key)
 
 
 class RouteSites(GraphPass):
@@ -109,5 +125,19 @@ class ShiftDecode(GraphPass):
                 shift.apply_shift(ctx.vlm, site, ctx.key, ctx.layouts)
 
 
-PASSES: tuple[GraphPass, ...] = (RecordSplice(), CompactSites(), FinishCaches(), RouteSites(),
-                                 StripVisionContext(), DecodeMasks(), ShiftDecode())
+class DecodeSelect(GraphPass):
+    name = "decode_select"
+    phases = ("decode",)
+
+    def applies(self, ctx: PassContext) -> bool:
+        return super().applies(ctx) and any(isinstance(s, DecodeSite) for s in ctx.sites)
+
+    def __call__(self, ctx: PassContext) -> None:
+        for site in ctx.sites:
+            if isinstance(site, DecodeSite):
+                decode_select.apply(ctx.vlm, site, ctx.layouts, ctx.key)
+
+
+PASSES: tuple[GraphPass, ...] = (RecordSplice(), CompactSites(), FinishCaches(), RecordDecodeSelect(),
+                                 RouteSites(), StripVisionContext(), DecodeMasks(), ShiftDecode(),
+                                 DecodeSelect())

@@ -50,6 +50,12 @@ def test_layer_site_methods_are_refused_naming_what_works(method):
         assert ok in msg
 
 
+def test_dycoke_stage_2_is_refused():
+    assert options.parse({"method": "dycoke", "budget": 8}).site.name == "dycoke"
+    with pytest.raises(ValueError, match="leave 'kv_keep' unset"):
+        options.parse({"method": "dycoke", "budget": 8, "kv_keep": 0.2})
+
+
 def test_acgr_at_a_layer_is_refused_with_the_encoder_hint():
     with pytest.raises(ValueError, match="site"):
         options.parse({"method": "acgr", "budget": 16})

@@ -126,7 +126,7 @@ def _parse_cached(key: str) -> ServingSpec:
 def _build(opts: dict) -> ServingSpec:
     from ...config import PruneConfig
     from ...methods.registry import get_method
-    from ...sites import EncoderSite
+    from ...sites import DecodeSite, EncoderSite
 
     bad = [k for k in _COMPILE_ONLY if k in opts]
     if bad:
@@ -152,6 +152,12 @@ def _build(opts: dict) -> ServingSpec:
         raise _error(f"vtp: method {method.name!r} with these options selects at a decoder layer "
                      f"(site {sites[0].name!r}); in vLLM only its encoder site runs"
                      + (": give \"site\": \"encoder\"" if "site" in cfg.params else ""))
+    decode = [s for s in sites if isinstance(s, DecodeSite)]
+    if decode:
+        raise _error(f"vtp: {method.name!r} with these options also selects in decode steps "
+                     f"(site {decode[0].name!r}: DyCoke's stage 2, 'kv_keep'), inside the model's "
+                     "layers, which vLLM's attention does not expose; in vLLM only its encoder "
+                     "site runs: leave 'kv_keep' unset")
     site = encoder[0]
     canonical = {"method": method.name, **{k: v for k, v in opts.items() if k != "method"}}
     return ServingSpec(options=canonical, cfg=cfg, site=site, text=method.name in _TEXT,
