@@ -9,9 +9,10 @@ already covers the request's ``mm_processor_kwargs`` (vLLM hashes them with the 
 same image at two budgets is two cache entries, in the encoder cache and in the prefix cache.
 
 Methods that read the prompt (CDPruner, DCP-Prune's encoder site) also get ``vtp_text``: the
-prompt's token ids with this image's run marked ``-1`` and other images' runs ``-2``; their
-hash additionally covers the prompt (:meth:`_get_mm_hashes`), so two prompts with the same
-image do not share a selection.
+prompt's token ids with this image's run marked ``-1`` and the runs of other items, pruned or
+not (other images, unpruned videos), ``-2``: embedding slots only, so start/end markers around a
+run stay text, as they are on the transformers path. Their hash additionally covers the prompt
+(:meth:`_get_mm_hashes`), so two prompts with the same image do not share a selection.
 
 Clips (Qwen-VL videos) are pruned the same way, per clip, with the fields ``vtp_video`` and
 ``vtp_video_text`` (:func:`field_names`) when the family lists ``"video"`` in
@@ -172,14 +173,23 @@ class PruningProcessorMixin:
                 if item is None or name not in item:
                     continue
                 marked = list(ids)
-                for rng in (r for m in self._vtp_modalities for r in result["mm_placeholders"].get(m, [])):
-                    for p in range(rng.offset, rng.offset + rng.length):
+                for rng in (r for rs in result["mm_placeholders"].values() for r in rs):
+                    for p in _slots(rng):
                         marked[p] = -2
-                for p in range(ranges[i].offset, ranges[i].offset + ranges[i].length):
+                for p in _slots(ranges[i]):
                     marked[p] = -1
                 item[text_name] = MultiModalFieldElem(data=torch.tensor(marked, dtype=torch.int64),
                                                       field=field)
         return result
+
+
+def _slots(rng) -> list[int]:
+    """The prompt positions of a placeholder range's embedding slots: the markers around them
+    (``<img>``/``</img>``, which ``is_embed`` leaves out) are prompt text, as on the transformers
+    path."""
+    if rng.is_embed is None:
+        return list(range(rng.offset, rng.offset + rng.length))
+    return [rng.offset + j for j in rng.is_embed.nonzero().flatten().tolist()]
 
 
 def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
