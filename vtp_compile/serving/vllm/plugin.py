@@ -22,6 +22,8 @@ ADAPTERS = {
     "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
+    "InternVLForConditionalGeneration":
+        "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
@@ -30,6 +32,7 @@ FAMILIES = {
     "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
+    "InternVLForConditionalGeneration": "InternVL",
 }
 
 

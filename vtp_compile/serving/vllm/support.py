@@ -12,6 +12,7 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "llava_onevision": ("divprune", "cdpruner"),
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
+    "internvl": ("random", "divprune", "cdpruner", "acgr"),
 }
 VIDEO = ("vidcom2", "dycoke", "fastvid")
 _NO_FRAMES = "no frames: images only"
@@ -24,16 +25,18 @@ REFUSED: dict[str, dict[str, str]] = {
                         **{m: _NO_FRAMES for m in VIDEO}},
     "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+    "internvl": {"visionzip": "tiles, pixel shuffle", "nuwa": "tiles, pixel shuffle",
+                 **{m: _NO_FRAMES for m in VIDEO}},
 }
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images (videos run unpruned)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
-         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)"}
+         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
+         "internvl": "HF format; images, all tiles (videos run unpruned)"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("qwen3_vl", "gemma3",
-               "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
+NOT_ADAPTED = ("qwen3_vl", "gemma3", "idefics3", "smolvlm", "vLLM's Transformers backend")
 
 
 def matrix() -> str:
