@@ -119,3 +119,16 @@ def tiny_gemma3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine_gemma3(tiny_gemma3):
     return tiny_gemma3.engine(enable_mm_embeds=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl(tmp_path_factory):
+    from .internvl_support import TinyInternVL
+    return TinyInternVL.make(tmp_path_factory.mktemp("tiny_internvl"))
+
+
+@pytest.fixture(scope="session")
+def engine_internvl(tiny_internvl):
+    """HF-format InternVL (vLLM's InternS1 class) with 64-token prefill chunks: a batch's image
+    runs (up to 80 slots with the markers) cross chunk edges."""
+    return tiny_internvl.engine(max_num_batched_tokens=64, limit_mm_per_prompt={"image": 2, "video": 1})

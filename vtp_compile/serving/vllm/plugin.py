@@ -23,6 +23,8 @@ ADAPTERS = {
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
     "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
+    "InternVLForConditionalGeneration":
+        "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
@@ -32,6 +34,7 @@ FAMILIES = {
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
     "Gemma3ForConditionalGeneration": "Gemma 3",
+    "InternVLForConditionalGeneration": "InternVL",
 }
 
 

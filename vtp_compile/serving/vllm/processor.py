@@ -9,10 +9,10 @@ already covers the request's ``mm_processor_kwargs`` (vLLM hashes them with the 
 same image at two budgets is two cache entries, in the encoder cache and in the prefix cache.
 
 Methods that read the prompt (CDPruner, DCP-Prune's encoder site) also get ``vtp_text``: the
-prompt's token ids with this image's embedding slots marked ``-1`` and other images' ``-2``
-(markers around a run stay text, as on the transformers path); their
-hash additionally covers the prompt (:meth:`_get_mm_hashes`), so two prompts with the same
-image do not share a selection.
+prompt's token ids with this image's run marked ``-1`` and the runs of other items, pruned or
+not (other images, unpruned videos), ``-2``: embedding slots only, so start/end markers around a
+run stay text, as they are on the transformers path. Their hash additionally covers the prompt
+(:meth:`_get_mm_hashes`), so two prompts with the same image do not share a selection.
 
 Clips (Qwen-VL videos) are pruned the same way, per clip, with the fields ``vtp_video`` and
 ``vtp_video_text`` (:func:`field_names`) when the family lists ``"video"`` in
@@ -173,7 +173,7 @@ class PruningProcessorMixin:
                 if item is None or name not in item:
                     continue
                 marked = list(ids)
-                for rng in (r for m in self._vtp_modalities for r in result["mm_placeholders"].get(m, [])):
+                for rng in (r for rs in result["mm_placeholders"].values() for r in rs):
                     for p in _slots(rng):
                         marked[p] = -2
                 for p in _slots(ranges[i]):
@@ -184,9 +184,12 @@ class PruningProcessorMixin:
 
 
 def _slots(rng) -> list[int]:
-    """The prompt positions of a placeholder range's embedding slots (its markers, e.g. Gemma 3's
-    ``<start_of_image>``/``<end_of_image>``, stay text, as on the transformers path)."""
-    return [p for s, e in rng.extract_embeds_range() for p in range(s, e + 1)]
+    """The prompt positions of a placeholder range's embedding slots: the markers around them
+    (InternVL's ``<img>``/``</img>``, Gemma 3's ``<start_of_image>``/``<end_of_image>``: ``is_embed`` leaves them out) are prompt text, as on the transformers
+    path."""
+    if rng.is_embed is None:
+        return list(range(rng.offset, rng.offset + rng.length))
+    return [rng.offset + j for j in rng.is_embed.nonzero().flatten().tolist()]
 
 
 def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
