@@ -16,6 +16,8 @@ Files, one job each:
 - :mod:`.mrope`     -- M-RoPE positions of kept tokens (Qwen-VL) through vLLM's EVS hooks;
 - :mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`, :mod:`.qwen` -- the classes
   registered over vLLM's own;
+- :mod:`.transformers_backend` -- the same for vLLM's Transformers backend (any VLM it runs with
+  ``model_impl="transformers"``, no per-model code);
 - :mod:`.guard`     -- a ``vtp`` option on a model without an adapter is an error;
 - :mod:`.support`   -- the support table the tests check and docs/support.md prints;
 - :mod:`.compat`    -- workarounds for vLLM's CPU build (no torchvision; the runner's pruning flag);

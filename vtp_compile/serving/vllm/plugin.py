@@ -22,6 +22,11 @@ ADAPTERS = {
     "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
+    # vLLM's Transformers backend: the names its class resolution returns for a VLM
+    "TransformersMultiModalForCausalLM":
+        "vtp_compile.serving.vllm.transformers_backend:TransformersMultiModalForCausalLM",
+    "TransformersMultiModalMoEForCausalLM":
+        "vtp_compile.serving.vllm.transformers_backend:TransformersMultiModalMoEForCausalLM",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
@@ -30,6 +35,8 @@ FAMILIES = {
     "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
+    "TransformersMultiModalForCausalLM": "vLLM's Transformers backend",
+    "TransformersMultiModalMoEForCausalLM": "vLLM's Transformers backend (MoE)",
 }
 
 
