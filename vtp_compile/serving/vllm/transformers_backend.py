@@ -88,8 +88,8 @@ class VtpMultiModalProcessor(PruningProcessorMixin, MultiModalProcessor):
     """The backend's processor; with ``vtp`` options each image's slots are cut to ``n_keep``."""
 
     def _vtp_family(self) -> str:
-        archs = getattr(self.info.ctx.model_config, "architectures", None) or ["?"]
-        return f"TransformersMultiModalForCausalLM ({archs[0]})"
+        cfg = self.info.ctx.model_config
+        return f"{cfg.architecture} ({(cfg.architectures or ['?'])[0]})"
 
     def _vtp_check(self, spec):
         refuse(spec, self.info.ctx.model_config)
