@@ -12,6 +12,7 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "llava_onevision": ("random", "divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
+    "transformers_backend": ("random", "divprune", "cdpruner", "acgr"),
 }
 VIDEO = ("vidcom2", "dycoke", "fastvid")
 _NO_FRAMES = "no frames: images only"
@@ -23,16 +24,21 @@ REFUSED: dict[str, dict[str, str]] = {
     "llava_onevision": {"visionzip": "packed anyres features", "nuwa": "packed anyres features"},
     "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+    "transformers_backend": {"visionzip": "transformers' own tower", "nuwa": "transformers' own tower",
+                             **{m: _NO_FRAMES for m in VIDEO}},
 }
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
-         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)"}
+         "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
+         "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
+                                 "any VLM it runs whose image slots are one run (refused: several runs, "
+                                 "M-RoPE); images only; MoE text models: divprune, full tier"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
 NOT_ADAPTED = ("qwen3_vl", "gemma3",
-               "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend")
+               "internvl", "idefics3", "smolvlm", "vLLM's Transformers backend for pooling (embed, classify)")
 
 
 def matrix() -> str:
