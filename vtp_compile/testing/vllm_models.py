@@ -79,6 +79,25 @@ def build(spec: TinyLlava = TinyLlava(), seed: int = 0):
     return model, proc
 
 
+def build_moe(spec: TinyLlava = TinyLlava(), seed: int = 0, experts: int = 4):
+    """``(model, processor)``: :func:`build`'s LLaVA with a Mixtral text model (``experts``
+    experts, 2 per token), which vLLM runs on its Transformers backend's MoE class."""
+    from transformers import LlavaForConditionalGeneration, MixtralConfig
+
+    dense, proc = build(spec, seed)
+    cfg, text = dense.config, dense.config.text_config
+    cfg.text_config = MixtralConfig(
+        vocab_size=text.vocab_size, hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, num_local_experts=experts, num_experts_per_tok=2,
+        max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        pad_token_id=text.pad_token_id, bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config = dense.generation_config
+    return model, proc
+
+
 def _tower_configs(spec: "TinyLlava", tok):
     """The CLIP vision config and the Llama text config of a tiny LLaVA-kin model."""
     from transformers import CLIPVisionConfig, LlamaConfig
@@ -255,6 +274,43 @@ def build_gemma3(image_size: int = 64, patch_size: int = 4, tokens_per_image: in
     model = Gemma3ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+
+
+def build_idefics3(tile: int = 64, patch_size: int = 4, seed: int = 0, splitting: bool = True):
+    """``(model, processor)``: a random-weight ``Idefics3ForConditionalGeneration`` in fp32.
+
+    Tiles of ``tile`` px, ``patch_size`` px patches, pixel shuffle 2: ``(tile / patch / 2)^2``
+    image tokens per tile (64 by default). Split (``splitting``, Idefics3's default), an image
+    larger than a tile (the 112 px scenes: 2 x 2 tiles and the global one, 339 tokens) has each
+    tile's tokens after ``<fake_token_around_image><row_i_col_j>``, rows ending in a newline, the
+    global tile last, after ``<fake_token_around_image><global-img>``; unsplit, only the global
+    tile."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    from ..scenes.model import CLIP_MEAN, CLIP_STD, build_tokenizer
+
+    tok = build_tokenizer()
+    rows_cols = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *rows_cols]})
+    ip = Idefics3ImageProcessorPil(
+        do_resize=True, size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
+        do_image_splitting=splitting, do_rescale=True, do_normalize=True, image_mean=CLIP_MEAN,
+        image_std=CLIP_STD, do_convert_rgb=True, do_pad=True)
+    n_tokens = (tile // patch_size // 2) ** 2
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=n_tokens)
+    spec = TinyLlava(image_size=tile, patch_size=patch_size)
+    clip, text = _tower_configs(spec, tok)
+    vision = dict(model_type="idefics3_vision", hidden_size=clip.hidden_size,
+                  intermediate_size=clip.intermediate_size, num_hidden_layers=clip.num_hidden_layers,
+                  num_attention_heads=clip.num_attention_heads, image_size=tile, patch_size=patch_size)
+    cfg = Idefics3Config(vision_config=vision, text_config=text.to_dict(), scale_factor=2,
+                         image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(cfg).eval()
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     return model, proc

@@ -132,3 +132,24 @@ def engine_internvl(tiny_internvl):
     """HF-format InternVL (vLLM's InternS1 class) with 64-token prefill chunks: a batch's image
     runs (up to 80 slots with the markers) cross chunk edges."""
     return tiny_internvl.engine(max_num_batched_tokens=64, limit_mm_per_prompt={"image": 2, "video": 1})
+
+
+@pytest.fixture(scope="session")
+def engine_hf(tiny):
+    """The tiny LLaVA on vLLM's Transformers backend (``model_impl="transformers"``), beside the
+    session's engine of vLLM's own LLaVA class: the backend's changes to transformers' classes
+    are undone once it is built (support.transformers_classes_kept)."""
+    return tiny.engine(model_impl="transformers")
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory):
+    """Idefics3 (tiled: 112 px scenes give 2 x 2 tiles and the global one): a family the plugin
+    does not adapt on vLLM's own class, and whose split images it refuses on the backend."""
+    from .support import Tiny
+    return Tiny.make(tmp_path_factory.mktemp("tiny_idefics3"), builder="build_idefics3")
+
+
+@pytest.fixture(scope="session")
+def engine_idefics3(tiny_idefics3):
+    return tiny_idefics3.engine(limit_mm_per_prompt={"image": 1})

@@ -2,9 +2,7 @@
 print its outputs as one JSON line: ``python run_engine.py '<json job>'``.
 
 job: ``{"model": dir, "engine": {LLM kwargs}, "max_tokens": n, "requests": [{"prompt": str,
-"images": [index into vtp_compile.scenes.make_dataset("attribute", 4)], "vtp": {...} | null}],
-"refused": [requests like those]}``: each of ``refused`` is then sent alone and must raise a
-``ValueError``, printed as one ``REFUSED <json message>`` line (``NOT REFUSED`` otherwise).
+"images": [index into vtp_compile.scenes.make_dataset("attribute", 4)], "vtp": {...} | null}]}``.
 """
 import json
 import sys
@@ -31,12 +29,6 @@ def main(job):
     outs = llm.generate([req(r) for r in job["requests"]], sp)
     print("RESULT " + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]),
           flush=True)
-    for r in job.get("refused", []):
-        try:
-            llm.generate([req(r)], sp)
-            print("NOT REFUSED", flush=True)
-        except ValueError as e:
-            print("REFUSED " + json.dumps(str(e)), flush=True)
 
 
 if __name__ == "__main__":     # vLLM spawns its workers: the guard is required

@@ -10,6 +10,7 @@ image tokens, writes the kept features there and decodes greedily with positions
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -32,13 +33,17 @@ class Tiny:
         return cls(Path(path), model, proc)
 
     def engine(self, **kw):
+        """An in-process ``vllm.LLM`` of this checkpoint (with ``model_impl="transformers"``,
+        vLLM's Transformers backend, built inside :func:`transformers_classes_kept`)."""
         from vllm import LLM
         args = dict(enforce_eager=True, dtype="float32", max_model_len=MAX_LEN,
                     limit_mm_per_prompt={"image": 3}, max_num_seqs=8, seed=0,
                     kv_cache_memory_bytes=64 << 20, distributed_executor_backend="uni",
                     enable_prefix_caching=True, enable_mm_embeds=True)
         args.update(kw)
-        return LLM(str(self.path), **args)
+        backend = args.get("model_impl") == "transformers"
+        with transformers_classes_kept() if backend else contextlib.nullcontext():
+            return LLM(str(self.path), **args)
 
     @property
     def image_token(self) -> int:
@@ -101,6 +106,41 @@ class Tiny:
                     break
                 emb = torch.cat([emb, emb_layer(torch.tensor([nxt]))])
         return out, gen
+
+
+@contextlib.contextmanager
+def transformers_classes_kept():
+    """Build an engine on vLLM's Transformers backend without leaving transformers' classes
+    changed for the rest of the process.
+
+    The backend decorates the transformers model's decoder class (``LlamaModel`` for the tiny
+    LLaVA) with vLLM's ``support_torch_compile``, which rewrites the class itself: a base class,
+    ``__init__`` (reads vLLM's current config) and ``__call__`` (reads per-instance attributes set
+    by that ``__init__``). Afterwards the reference models of these tests (transformers'
+    ``LlavaForConditionalGeneration``, built earlier) fail on the missing attributes, and any
+    transformers Llama built later outside a vLLM config fails in ``__init__``. This restores the
+    decorated classes once the engine is built. The engine's own modules then run through
+    ``nn.Module.__call__``: with ``enforce_eager`` (every engine here) the decorator's ``__call__``
+    only forwards to ``forward`` as well, so the engine computes the same."""
+    from vllm.compilation import decorators
+    decorate = decorators._support_torch_compile
+    saved = []
+
+    def recording(cls, *args, **kwargs):
+        saved.append((cls, cls.__bases__, dict(vars(cls))))
+        return decorate(cls, *args, **kwargs)
+    decorators._support_torch_compile = recording
+    try:
+        yield
+    finally:
+        decorators._support_torch_compile = decorate
+        for cls, bases, attrs in reversed(saved):
+            for name in [n for n in vars(cls) if n not in attrs]:
+                delattr(cls, name)
+            for name, value in attrs.items():
+                if vars(cls).get(name) is not value and name not in ("__dict__", "__weakref__"):
+                    setattr(cls, name, value)
+            cls.__bases__ = bases
 
 
 def request(prompt, images, vtp=None):

@@ -17,6 +17,8 @@ Files, one job each:
 - :mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`, :mod:`.qwen`, :mod:`.gemma3`,
   :mod:`.internvl` --
   the classes registered over vLLM's own;
+- :mod:`.transformers_backend` -- the same for vLLM's Transformers backend (any VLM it runs with
+  ``model_impl="transformers"``, no per-model code);
 - :mod:`.guard`     -- a ``vtp`` option on a model without an adapter is an error;
 - :mod:`.support`   -- the support table the tests check and docs/support.md prints;
 - :mod:`.compat`    -- workarounds for vLLM's CPU build (no torchvision; the runner's pruning flag);

@@ -25,6 +25,11 @@ ADAPTERS = {
     "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
     "InternVLForConditionalGeneration":
         "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
+    # vLLM's Transformers backend: the names its class resolution returns for a VLM
+    "TransformersMultiModalForCausalLM":
+        "vtp_compile.serving.vllm.transformers_backend:TransformersMultiModalForCausalLM",
+    "TransformersMultiModalMoEForCausalLM":
+        "vtp_compile.serving.vllm.transformers_backend:TransformersMultiModalMoEForCausalLM",
 }
 # architecture name -> the family name the support table and error messages use
 FAMILIES = {
@@ -35,6 +40,8 @@ FAMILIES = {
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
     "Gemma3ForConditionalGeneration": "Gemma 3",
     "InternVLForConditionalGeneration": "InternVL",
+    "TransformersMultiModalForCausalLM": "vLLM's Transformers backend",
+    "TransformersMultiModalMoEForCausalLM": "vLLM's Transformers backend (MoE)",
 }
 
 

@@ -14,6 +14,7 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "gemma3": ("random", "divprune", "cdpruner", "acgr"),
     "internvl": ("random", "divprune", "cdpruner", "acgr"),
+    "transformers_backend": ("random", "divprune", "cdpruner", "acgr"),
 }
 VIDEO = ("vidcom2", "dycoke", "fastvid")
 _NO_FRAMES = "no frames: images only"
@@ -29,17 +30,23 @@ REFUSED: dict[str, dict[str, str]] = {
                **{m: _NO_FRAMES for m in VIDEO}},
     "internvl": {"visionzip": "tiles, pixel shuffle", "nuwa": "tiles, pixel shuffle",
                  **{m: _NO_FRAMES for m in VIDEO}},
+    "transformers_backend": {"visionzip": "transformers' own tower", "nuwa": "transformers' own tower",
+                             **{m: _NO_FRAMES for m in VIDEO}},
 }
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
-         "internvl": "HF format; images, all tiles (videos run unpruned)"}
+         "internvl": "HF format; images, all tiles (videos run unpruned)",
+         "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
+                                 "any VLM it runs whose image slots are one run (refused: several runs, "
+                                 "M-RoPE); images only; MoE text models: divprune, full tier"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("qwen3_vl", "idefics3", "smolvlm", "vLLM's Transformers backend")
+NOT_ADAPTED = ("qwen3_vl", "idefics3", "smolvlm",
+               "vLLM's Transformers backend for pooling (embed, classify)")
 
 
 def matrix() -> str:
