@@ -132,3 +132,28 @@ def engine_internvl(tiny_internvl):
     """HF-format InternVL (vLLM's InternS1 class) with 64-token prefill chunks: a batch's image
     runs (up to 80 slots with the markers) cross chunk edges."""
     return tiny_internvl.engine(max_num_batched_tokens=64, limit_mm_per_prompt={"image": 2, "video": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory):
+    from .idefics3_support import TinyIdefics3
+    return TinyIdefics3.make(tmp_path_factory.mktemp("tiny_idefics3"))
+
+
+@pytest.fixture(scope="session")
+def engine_idefics3(tiny_idefics3):
+    """Idefics3 with ``do_image_splitting=False`` engine-wide (one tile, one run per image) and
+    32-token prefill chunks: image runs (38 slots with the markers) cross chunk edges."""
+    return tiny_idefics3.engine(max_num_batched_tokens=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tmp_path_factory):
+    pytest.importorskip("num2words", reason="transformers' SmolVLM processor needs num2words")
+    from .idefics3_support import TinyIdefics3
+    return TinyIdefics3.make(tmp_path_factory.mktemp("tiny_smolvlm"), family="smolvlm")
+
+
+@pytest.fixture(scope="session")
+def engine_smolvlm(tiny_smolvlm):
+    return tiny_smolvlm.engine()

@@ -14,6 +14,8 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "gemma3": ("random", "divprune", "cdpruner", "acgr"),
     "internvl": ("random", "divprune", "cdpruner", "acgr"),
+    "idefics3": ("random", "divprune", "cdpruner", "acgr"),
+    "smolvlm": ("divprune",),
 }
 VIDEO = ("vidcom2", "dycoke", "fastvid")
 _NO_FRAMES = "no frames: images only"
@@ -29,17 +31,23 @@ REFUSED: dict[str, dict[str, str]] = {
                **{m: _NO_FRAMES for m in VIDEO}},
     "internvl": {"visionzip": "tiles, pixel shuffle", "nuwa": "tiles, pixel shuffle",
                  **{m: _NO_FRAMES for m in VIDEO}},
+    "idefics3": {"visionzip": "pixel shuffle, no CLS", "nuwa": "pixel shuffle, no CLS",
+                 **{m: _NO_FRAMES for m in VIDEO}},
+    "smolvlm": {"visionzip": "pixel shuffle, no CLS", "nuwa": "pixel shuffle, no CLS",
+                **{m: _NO_FRAMES for m in VIDEO}},
 }
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
-         "internvl": "HF format; images, all tiles (videos run unpruned)"}
+         "internvl": "HF format; images, all tiles (videos run unpruned)",
+         "idefics3": "images with do_image_splitting=False (splitting refused)",
+         "smolvlm": "as Idefics3 (same vLLM processor and model); images only"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("qwen3_vl", "idefics3", "smolvlm", "vLLM's Transformers backend")
+NOT_ADAPTED = ("qwen3_vl", "vLLM's Transformers backend")
 
 
 def matrix() -> str:
