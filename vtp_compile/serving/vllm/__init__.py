@@ -15,7 +15,7 @@ Files, one job each:
 - :mod:`.model`     -- the model side: all ``V`` features computed, ``n_keep`` returned;
 - :mod:`.mrope`     -- M-RoPE positions of kept tokens (Qwen-VL) through vLLM's EVS hooks;
 - :mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`, :mod:`.qwen`, :mod:`.gemma3`,
-  :mod:`.internvl` --
+  :mod:`.internvl`, :mod:`.idefics3` (Idefics3 and SmolVLM) --
   the classes registered over vLLM's own;
 - :mod:`.guard`     -- a ``vtp`` option on a model without an adapter is an error;
 - :mod:`.support`   -- the support table the tests check and docs/support.md prints;
