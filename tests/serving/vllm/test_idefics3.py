@@ -168,6 +168,16 @@ def test_engine_wide_splitting_fails_at_start_up(tiny_idefics3):
                                 options.parse({"method": "visionzip", "budget": 8}))
 
 
+def test_encoder_cuda_graphs_skip_images(tiny_idefics3):
+    """vLLM's encoder CUDA-graph path (GPU, opt-in) calls the tower without embed_multimodal:
+    the adapter lists no modality for it, so images always go through the pruning path."""
+    from types import SimpleNamespace
+
+    from vtp_compile.serving.vllm.idefics3 import VtpIdefics3ForConditionalGeneration as Model
+    cfg = Model.get_encoder_cudagraph_config(SimpleNamespace(config=tiny_idefics3.model.config))
+    assert cfg.modalities == [] and cfg.out_hidden_size == tiny_idefics3.model.config.text_config.hidden_size
+
+
 def test_smolvlm_unpruned_and_divprune(engine_smolvlm, tiny_smolvlm, record):
     """SmolVLM (vLLM's Idefics3 processor and model with SmolVLM's HF processor): unpruned and
     divprune equal transformers. The kept indices are compared with the selection on

@@ -16,9 +16,12 @@ image processors; read from the request's and engine's ``mm_processor_kwargs`` o
 processor's default, as vLLM's own tile count reads it): each tile's ``<image>`` run is separated
 by ``<row_i_col_j>`` text, several runs per image that the plugin does not split a budget among.
 ``visionzip`` and ``nuwa`` (the connector's pixel shuffle folds 2x2 patches into each token and
-the tower has no CLS token); the video methods (no frames: vLLM's classes take images only).
+the tower has no CLS token); the video methods (no frames: vLLM's classes take images only). vLLM's encoder CUDA graphs
+(``cudagraph_mm_encoder``, GPU) are left off for images: that path skips ``embed_multimodal``.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from vllm.model_executor.models.idefics3 import (Idefics3DummyInputsBuilder,
                                                  Idefics3ForConditionalGeneration,
@@ -103,6 +106,12 @@ class _VtpModel(PruningModelMixin):
 
     def _vtp_embed_text(self, ids):
         return self.model.embed_input_ids(ids)
+
+    def get_encoder_cudagraph_config(self):
+        # no modality on vLLM's encoder CUDA-graph path (opt-in, GPU): it calls the tower
+        # directly and would skip embed_multimodal, so images would not be pruned
+        cfg = Idefics3ForConditionalGeneration.get_encoder_cudagraph_config(self)
+        return dataclasses.replace(cfg, modalities=[])
 
 
 @MULTIMODAL_REGISTRY.register_processor(VtpIdefics3MultiModalProcessor, info=Idefics3ProcessingInfo,
