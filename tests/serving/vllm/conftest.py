@@ -143,13 +143,42 @@ def engine_hf(tiny):
 
 
 @pytest.fixture(scope="session")
-def tiny_idefics3(tmp_path_factory):
-    """Idefics3 (tiled: 112 px scenes give 2 x 2 tiles and the global one): a family the plugin
-    does not adapt on vLLM's own class, and whose split images it refuses on the backend."""
+def tiny_idefics3_tiled(tmp_path_factory):
+    """Idefics3 with image splitting (112 px scenes give 2 x 2 tiles and the global one): its split
+    images are several runs, which the plugin refuses on vLLM's Transformers backend."""
     from .support import Tiny
     return Tiny.make(tmp_path_factory.mktemp("tiny_idefics3"), builder="build_idefics3")
 
 
 @pytest.fixture(scope="session")
+def engine_unadapted(tiny_idefics3_tiled):
+    """The tiled Idefics3 on vLLM's own Idefics3 class (the plugin's adapter set aside while the
+    engine is built): a model without an adapter, for the guard."""
+    from .support import unadapted
+    with unadapted("Idefics3ForConditionalGeneration", "idefics3"):
+        return tiny_idefics3_tiled.engine(limit_mm_per_prompt={"image": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory):
+    from .idefics3_support import TinyIdefics3
+    return TinyIdefics3.make(tmp_path_factory.mktemp("tiny_idefics3"))
+
+
+@pytest.fixture(scope="session")
 def engine_idefics3(tiny_idefics3):
-    return tiny_idefics3.engine(limit_mm_per_prompt={"image": 1})
+    """Idefics3 with ``do_image_splitting=False`` engine-wide (one tile, one run per image) and
+    32-token prefill chunks: image runs (38 slots with the markers) cross chunk edges."""
+    return tiny_idefics3.engine(max_num_batched_tokens=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tmp_path_factory):
+    pytest.importorskip("num2words", reason="transformers' SmolVLM processor needs num2words")
+    from .idefics3_support import TinyIdefics3
+    return TinyIdefics3.make(tmp_path_factory.mktemp("tiny_smolvlm"), family="smolvlm")
+
+
+@pytest.fixture(scope="session")
+def engine_smolvlm(tiny_smolvlm):
+    return tiny_smolvlm.engine()

@@ -158,3 +158,18 @@ def greedy(max_tokens=6):
 def examples(n, task="attribute"):
     from vtp_compile.scenes import make_dataset
     return make_dataset(task, n=n)
+
+
+@contextlib.contextmanager
+def unadapted(arch: str, module: str):
+    """vLLM's own class ``module:arch`` registered for ``arch`` while the block runs, the plugin's
+    adapter again after it: a real model class without vtp's mixins, for the guard's tests
+    (every family of tiny model built here has an adapter)."""
+    from vllm import ModelRegistry
+
+    from vtp_compile.serving.vllm.plugin import ADAPTERS
+    ModelRegistry.register_model(arch, f"vllm.model_executor.models.{module}:{arch}")
+    try:
+        yield
+    finally:
+        ModelRegistry.register_model(arch, ADAPTERS[arch])

@@ -166,14 +166,14 @@ def _apply(proc, prompt: str, images, vtp=None):
                                       hf_processor_mm_kwargs=kwargs), TimingContext(enabled=False))
 
 
-def test_images_in_several_runs_are_refused(tiny_idefics3):
+def test_images_in_several_runs_are_refused(tiny_idefics3_tiled):
     """Idefics3's split images: each tile's tokens after a ``<row_i_col_j>`` label, so the slots
     are five runs; the plugin cannot tell how many each keeps before the tower runs."""
     from vtp_compile.errors import OptionError
-    proc = _processor(tiny_idefics3.path)
+    proc = _processor(tiny_idefics3_tiled.path)
     ex = examples(1)[0]
     plain = _apply(proc, "<image> " + ex.question, [ex.image])
-    assert sum(t == tiny_idefics3.image_token for t in plain["prompt_token_ids"]) == 5 * 64
+    assert sum(t == tiny_idefics3_tiled.image_token for t in plain["prompt_token_ids"]) == 5 * 64
     with pytest.raises(OptionError, match="320 embedding slots in 5 runs"):
         _apply(proc, "<image> " + ex.question, [ex.image], {"method": "divprune", "budget": 8})
 

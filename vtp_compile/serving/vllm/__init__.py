@@ -15,7 +15,7 @@ Files, one job each:
 - :mod:`.model`     -- the model side: all ``V`` features computed, ``n_keep`` returned;
 - :mod:`.mrope`     -- M-RoPE positions of kept tokens (Qwen-VL) through vLLM's EVS hooks;
 - :mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`, :mod:`.qwen`, :mod:`.gemma3`,
-  :mod:`.internvl` --
+  :mod:`.internvl`, :mod:`.idefics3` (Idefics3 and SmolVLM) --
   the classes registered over vLLM's own;
 - :mod:`.transformers_backend` -- the same for vLLM's Transformers backend (any VLM it runs with
   ``model_impl="transformers"``, no per-model code);

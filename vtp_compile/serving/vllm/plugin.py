@@ -25,6 +25,10 @@ ADAPTERS = {
     "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
     "InternVLForConditionalGeneration":
         "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
+    "Idefics3ForConditionalGeneration":
+        "vtp_compile.serving.vllm.idefics3:VtpIdefics3ForConditionalGeneration",
+    "SmolVLMForConditionalGeneration":
+        "vtp_compile.serving.vllm.idefics3:VtpSmolVLMForConditionalGeneration",
     # vLLM's Transformers backend: the names its class resolution returns for a VLM
     "TransformersMultiModalForCausalLM":
         "vtp_compile.serving.vllm.transformers_backend:TransformersMultiModalForCausalLM",
@@ -40,6 +44,8 @@ FAMILIES = {
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
     "Gemma3ForConditionalGeneration": "Gemma 3",
     "InternVLForConditionalGeneration": "InternVL",
+    "Idefics3ForConditionalGeneration": "Idefics3",
+    "SmolVLMForConditionalGeneration": "SmolVLM",
     "TransformersMultiModalForCausalLM": "vLLM's Transformers backend",
     "TransformersMultiModalMoEForCausalLM": "vLLM's Transformers backend (MoE)",
 }

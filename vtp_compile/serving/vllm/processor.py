@@ -185,8 +185,9 @@ class PruningProcessorMixin:
 
 def _slots(rng) -> list[int]:
     """The prompt positions of a placeholder range's embedding slots: the markers around them
-    (InternVL's ``<img>``/``</img>``, Gemma 3's ``<start_of_image>``/``<end_of_image>``: ``is_embed`` leaves them out) are prompt text, as on the transformers
-    path."""
+    (InternVL's ``<img>``/``</img>``, Gemma 3's ``<start_of_image>``/``<end_of_image>``,
+    Idefics3's ``<fake_token_around_image><global-img>``: ``is_embed`` leaves them out) are
+    prompt text, as on the transformers path."""
     if rng.is_embed is None:
         return list(range(rng.offset, rng.offset + rng.length))
     return [rng.offset + j for j in rng.is_embed.nonzero().flatten().tolist()]

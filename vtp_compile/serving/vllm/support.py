@@ -15,6 +15,8 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "gemma3": ("random", "divprune", "cdpruner", "acgr"),
     "internvl": ("random", "divprune", "cdpruner", "acgr"),
     "transformers_backend": ("random", "divprune", "cdpruner", "acgr"),
+    "idefics3": ("random", "divprune", "cdpruner", "acgr"),
+    "smolvlm": ("divprune",),
 }
 VIDEO = ("vidcom2", "dycoke", "fastvid")
 _NO_FRAMES = "no frames: images only"
@@ -32,6 +34,10 @@ REFUSED: dict[str, dict[str, str]] = {
                  **{m: _NO_FRAMES for m in VIDEO}},
     "transformers_backend": {"visionzip": "transformers' own tower", "nuwa": "transformers' own tower",
                              **{m: _NO_FRAMES for m in VIDEO}},
+    "idefics3": {"visionzip": "pixel shuffle, no CLS", "nuwa": "pixel shuffle, no CLS",
+                 **{m: _NO_FRAMES for m in VIDEO}},
+    "smolvlm": {"visionzip": "pixel shuffle, no CLS", "nuwa": "pixel shuffle, no CLS",
+                **{m: _NO_FRAMES for m in VIDEO}},
 }
 # family -> what else is checked there
 EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
@@ -41,12 +47,13 @@ EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-f
          "internvl": "HF format; images, all tiles (videos run unpruned)",
          "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
                                  "any VLM it runs whose image slots are one run (refused: several runs, "
-                                 "M-RoPE); images only; MoE text models: divprune, full tier"}
+                                 "M-RoPE); images only; MoE text models: divprune, full tier",
+         "idefics3": "images with do_image_splitting=False (splitting refused)",
+         "smolvlm": "as Idefics3 (same vLLM processor and model); images only"}
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("qwen3_vl", "idefics3", "smolvlm",
-               "vLLM's Transformers backend for pooling (embed, classify)")
+NOT_ADAPTED = ("qwen3_vl", "vLLM's Transformers backend for pooling (embed, classify)")
 
 
 def matrix() -> str:
