@@ -274,6 +274,9 @@ def build_gemma3(image_size: int = 64, patch_size: int = 4, tokens_per_image: in
     model = Gemma3ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model, proc
 
 
 def build_idefics3(tile: int = 64, patch_size: int = 4, seed: int = 0, splitting: bool = True):
