@@ -15,7 +15,6 @@ Weights keep transformers' names (``model.vision_model.``, ``model.connector.``,
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -104,19 +103,3 @@ def build(family: str = "idefics3", spec: TinyIdefics3 = TinyIdefics3(), seed: i
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     return model, proc
-
-
-def save(model, processor, path) -> Path:
-    """Save a checkpoint directory vLLM loads (config, weights under transformers' names,
-    processor and tokenizer)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(path)
-    model.generation_config.save_pretrained(path)
-    processor.save_pretrained(path)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return path

@@ -163,8 +163,10 @@ def vllm_state_dict(model) -> dict:
     return out
 
 
-def save(model, processor, path) -> Path:
-    """Save a checkpoint directory vLLM loads (config, weights with vLLM's names, processor)."""
+def save(model, processor, path, vllm_names: bool = True) -> Path:
+    """Save a checkpoint directory vLLM loads (config, weights, processor and tokenizer). The
+    weights get the names vLLM's LLaVA loader reads (:func:`vllm_state_dict`), or, with
+    ``vllm_names=False``, transformers' own names (InternVL, Idefics3: vLLM maps those)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -173,7 +175,9 @@ def save(model, processor, path) -> Path:
     model.config.save_pretrained(path)
     model.generation_config.save_pretrained(path)
     processor.save_pretrained(path)
-    save_file(vllm_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
+    state = vllm_state_dict(model) if vllm_names else {
+        k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 
 

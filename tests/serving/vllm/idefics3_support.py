@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from .support import Tiny
 
 IMAGE = "<image>"
@@ -22,13 +20,15 @@ NO_SPLIT = {"do_image_splitting": False}
 
 @dataclasses.dataclass
 class TinyIdefics3(Tiny):
+    IMAGE_TEXT = IMAGE
+
     @classmethod
     def make(cls, path, family: str = "idefics3"):
         from transformers import AutoProcessor
 
-        from vtp_compile.testing import vllm_idefics3
+        from vtp_compile.testing import vllm_idefics3, vllm_models
         model, proc = vllm_idefics3.build(family)
-        vllm_idefics3.save(model, proc, path)
+        vllm_models.save(model, proc, path, vllm_names=False)
         # the processor vLLM loads (transformers picks the image processor's backend on load)
         return cls(Path(path), model, AutoProcessor.from_pretrained(str(path)))
 
@@ -45,20 +45,8 @@ class TinyIdefics3(Tiny):
         return self.processor(images=[images] if images else None, text=[prompt],
                               return_tensors="pt", **NO_SPLIT)
 
-    def features(self, image) -> torch.Tensor:
-        """``[V, D]``: one image's features, read at the language model's input."""
-        inputs = self.hf_inputs(IMAGE, [image])
-        seen = {}
-
-        def hook(module, args, kwargs):
-            seen["x"] = kwargs["inputs_embeds"]
-        h = self.model.model.text_model.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                self.model(**inputs)
-        finally:
-            h.remove()
-        return seen["x"][0][inputs["input_ids"][0] == self.image_token].float()
+    def language_model(self):
+        return self.model.model.text_model
 
     def reference(self, prompt, kept_feats, max_tokens):
         """``(prompt ids, greedy tokens)``: :meth:`~.support.Tiny.reference` on Idefics3's layout."""

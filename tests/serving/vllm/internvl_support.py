@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from .support import Tiny
 
 IMAGE = "<IMG_CONTEXT>"
@@ -20,30 +18,17 @@ IMAGE = "<IMG_CONTEXT>"
 
 @dataclasses.dataclass
 class TinyInternVL(Tiny):
+    IMAGE_TEXT = IMAGE
+
     @classmethod
     def make(cls, path):
         from transformers import AutoProcessor
 
-        from vtp_compile.testing import vllm_internvl
+        from vtp_compile.testing import vllm_internvl, vllm_models
         model, proc = vllm_internvl.build()
-        vllm_internvl.save(model, proc, path)
+        vllm_models.save(model, proc, path, vllm_names=False)
         # the processor vLLM loads (transformers picks the image processor's backend on load)
         return cls(Path(path), model, AutoProcessor.from_pretrained(path))
-
-    def features(self, image) -> torch.Tensor:
-        """``[V, D]``: all tiles' features of one image, read at the language model's input."""
-        inputs = self.hf_inputs(IMAGE, [image])
-        seen = {}
-
-        def hook(module, args, kwargs):
-            seen["x"] = kwargs["inputs_embeds"]
-        h = self.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                self.model(**inputs)
-        finally:
-            h.remove()
-        return seen["x"][0][inputs["input_ids"][0] == self.image_token].float()
 
     def reference(self, prompt, kept_feats, max_tokens):
         """``(prompt ids, greedy tokens)``: :meth:`~.support.Tiny.reference` on InternVL's layout."""

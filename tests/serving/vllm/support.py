@@ -53,15 +53,22 @@ class Tiny:
     def video_token(self) -> int:
         return self.model.config.video_token_id
 
+    IMAGE_TEXT = "<image>"      # what a prompt writes for one image
+
+    def language_model(self):
+        """The module that receives the spliced embeddings."""
+        return self.model.model.language_model
+
     def features(self, image, video: bool = False) -> torch.Tensor:
         """``[V, D]``: the features transformers splices for one image (a clip if ``video``;
-        read at the language model's input, so LLaVA-NeXT's packing is included)."""
-        inputs = self.hf_inputs("<video>" if video else "<image>", [image], video)
+        read at the language model's input, so LLaVA-NeXT's packing and every tile are
+        included)."""
+        inputs = self.hf_inputs("<video>" if video else self.IMAGE_TEXT, [image], video)
         seen = {}
 
         def hook(module, args, kwargs):
             seen["x"] = kwargs["inputs_embeds"]
-        h = self.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+        h = self.language_model().register_forward_pre_hook(hook, with_kwargs=True)
         try:
             with torch.no_grad():
                 self.model(**inputs)
