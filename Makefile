@@ -21,8 +21,12 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25 tests; rc=$$?; \
 	if ! wait $$envs; then tail -50 .envs.log; echo "make: building .venv-lmms / .venv-vllm failed"; exit 1; fi; \
 	exit $$rc
-	$(MAKE) test-lmms-eval
-	$(MAKE) test-vllm
+	@# the two suites each keep about one core busy: side by side (lmms-eval's output after)
+	@$(MAKE) --no-print-directory test-lmms-eval > .lmms.log 2>&1 & lmms=$$!; \
+	$(MAKE) --no-print-directory test-vllm; rc=$$?; \
+	wait $$lmms; lrc=$$?; cat .lmms.log; \
+	if [ $$lrc -ne 0 ]; then echo "make: test-lmms-eval failed"; fi; \
+	[ $$rc -eq 0 ] && [ $$lrc -eq 0 ]
 
 # torch 2.13.0 first (the CPU wheel on disk; an unpinned torch pulls CUDA builds), this package,
 # then lmms-eval without its dependency list plus what its evaluation path imports
