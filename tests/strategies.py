@@ -35,20 +35,44 @@ def tiny_specs(draw, layers=(2, 4), image_sizes=(16, 24, 32), vision_layers=2):
 
 
 @st.composite
-def prompt_batches(draw, max_batch=3, ragged=True, images=(1, 2), max_text=12):
-    """``make_inputs`` keywords: 1-``max_batch`` rows, each with its own text lengths (0-12
-    before, 1-12 after the images, so every prompt length occurs) and, when ``ragged``, its
-    own number of images (0 = a text-only row; at least one row has an image); padding on a
-    drawn side plus 0-3 extra pads per row."""
-    batch = draw(st.integers(1, max_batch))
-    uniform = draw(st.sampled_from(images))
-    per_row = ragged and batch > 1 and draw(st.booleans())
-    rows = []
-    for _ in range(batch):
-        n_img = draw(st.sampled_from((0,) + tuple(images))) if per_row else uniform
-        rows.append((draw(st.integers(0, max_text)), draw(st.integers(1, max_text)), n_img))
-    if not any(r[2] for r in rows):
-        rows[0] = (rows[0][0], rows[0][1], uniform)
+def prompt_batches(draw, max_batch=3, ragged=True, images=(1, 2), max_text=12, min_batch=1,
+                   min_images=1, total_images=None):
+    """``make_inputs`` keywords: ``min_batch``-``max_batch`` rows, each with its own text lengths
+    (0-12 before, 1-12 after the images, so every prompt length occurs) and, when ``ragged``, its
+    own number of images (0 = a text-only row; at least ``min_images`` images in the batch, at
+    least one row with an image); padding on a drawn side plus 0-3 extra pads per row.
+
+    ``total_images``: exactly that many images in the batch, spread over the rows (as many rows
+    as that needs, at least ``min_batch``). Dynamo specializes a compiled LLaVA on its image count
+    (transformers' ``get_image_features`` makes a list of the images) and on sizes 1: batches
+    drawn with ``min_batch=2`` and one ``total_images`` of 2 or more are served by one dynamic
+    graph."""
+    if total_images is not None:
+        rows_per_image = [n for n in images if total_images % n == 0 and total_images // n
+                          >= min_batch] if not ragged else []
+        if not ragged:   # every row holds the same number of images
+            n_img = draw(st.sampled_from(rows_per_image))
+            counts = [n_img] * (total_images // n_img)
+        else:
+            most = max(images)
+            need = -(-total_images // most)
+            batch = draw(st.integers(max(min_batch, need), max(max_batch, need)))
+            counts = [0] * batch
+            for _ in range(total_images):
+                row = draw(st.sampled_from([r for r in range(batch) if counts[r] < most]))
+                counts[row] += 1
+    else:
+        batch = draw(st.integers(min_batch, max_batch))
+        uniform = draw(st.sampled_from(images))
+        per_row = ragged and batch > 1 and draw(st.booleans())
+        counts = [draw(st.sampled_from((0,) + tuple(images))) if per_row else uniform
+                  for _ in range(batch)]
+        if not any(counts):
+            counts[0] = uniform
+        if sum(counts) < min_images:
+            counts[0] += min_images - sum(counts)
+    rows = [(draw(st.integers(0, max_text)), draw(st.integers(1, max_text)), n) for n in counts]
+    batch = len(rows)
     return dict(rows=rows, side=draw(st.sampled_from(["left", "right"])),
                 pad=tuple(draw(st.lists(st.integers(0, 3), min_size=batch, max_size=batch))),
                 seed=draw(st.integers(0, 99)), tiles=draw(st.sampled_from([None, 2, 3])))

@@ -8,7 +8,8 @@ side and amount, images per row including text-only rows, batch size). One Dynam
 rewrites (``testing/multiplex.py``): lowered by Inductor and by the eager inner backend. Every
 batch compares the Inductor result with the eager one (the same rewrite, another lowering) and
 with the mask oracle (an independent eager implementation), in prefill (forward: a static graph,
-then a dynamic one that every later batch reuses) and in decode (``generate``).
+then a dynamic one that every later batch reuses: checked, two compiles) and in decode
+(``generate``).
 
 ``not_the_simplest``: hypothesis' first examples are its simplest (the smallest model, the first
 option of every list); they are rejected, so each CI run draws new configs, and a failure replays
@@ -57,6 +58,19 @@ def _mux(opts):
     return Multiplex({"inductor": opts, "eager": {**opts, "inner_backend": "eager"}})
 
 
+def _mark_dynamic(inputs):
+    """What Dynamo's automatic dynamic shapes does on a second call whose sizes differ, for both
+    sizes a later batch changes (rows, prompt length), not only those that differ from the first
+    batch: one dynamic graph then serves every later batch."""
+    for name, dims in (("input_ids", (0, 1)), ("attention_mask", (0, 1))):
+        for dim in dims:
+            torch._dynamo.maybe_mark_dynamic(inputs[name], dim)
+
+
+def _compiles(mux):
+    return sum(r.phase == "prefill" for r in mux.reports["inductor"])
+
+
 def _pruned(mux):
     return any(r.phase == "prefill" and r.sites for r in mux.reports["inductor"])
 
@@ -69,17 +83,27 @@ def test_forward_through_inductor(method, data):
     # Nüwa takes one patch grid per row: every row holds the same number of images (a ragged
     # batch is refused with a clear error: tests/methods/test_nuwa.py)
     ragged = method != "nuwa"
-    batches = [data.draw(prompt_batches(max_batch=4, ragged=ragged), label=f"batch {i}")
-               for i in range(BATCHES)]
+    # the first batch is drawn freely (a static graph); the later ones never have one row, and
+    # all hold the second's number of images (Dynamo specializes on both: prompt_batches), so the
+    # dynamic graph the second compiles serves them all
+    batches = [data.draw(prompt_batches(max_batch=4, ragged=ragged), label="batch 0"),
+               data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2, min_images=2),
+                         label="batch 1")]
+    images = sum(row[2] for row in batches[1]["rows"])
+    batches += [data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2,
+                                         total_images=images), label=f"batch {i}")
+                for i in range(2, BATCHES)]
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
     fast = None
     with torch.no_grad():
-        for batch in batches:
+        for i, batch in enumerate(batches):
             inputs = make_inputs(spec, **batch)
             if fast is None:
                 model(**inputs)
                 fast = torch.compile(model, backend=mux)
+            if i == 1:
+                _mark_dynamic(inputs)
             with mux.select("inductor"):
                 got = fast(**inputs).logits
             with mux.select("eager"):
@@ -93,6 +117,7 @@ def test_forward_through_inductor(method, data):
             torch.testing.assert_close(got[keep], want[keep], atol=1e-4, rtol=1e-4)
             record_case("forward/inductor")
     assert _pruned(mux), "nothing was pruned"
+    assert _compiles(mux) == 2, f"{_compiles(mux)} prefill compiles: the dynamic graph was not reused"
 
 
 @pytest.mark.parametrize("method", METHODS)
