@@ -19,9 +19,11 @@ from . import kernels  # noqa: F401  (registers torch.ops.vtp)
 from .config import PruneConfig
 from .errors import OptionError, PassError
 from .graph.fx_utils import StaticCacheUnsupported, Unsupported
+from .graph.traced_model import traced_config
 from .inner import lower
 from .passes.manager import PassManager
 from .report import GraphReport, file_report
+from .video import with_frame_tokens
 
 log = logging.getLogger("vtp_compile")
 _env_level = os.environ.get("VTP_LOG")
@@ -40,6 +42,7 @@ def vtp_backend(gm: fx.GraphModule, example_inputs: list, **kwargs: Any):
         # torch.compile(model, backend="vtp", mode=...) without options: the same as options["mode"]
         options.setdefault("mode", kwargs["mode"])
     cfg = PruneConfig.from_options(options)      # OptionError: a bad option
+    cfg = with_frame_tokens(cfg, traced_config())  # LLaVA-OneVision / NeXT-Video clips
     manager = PassManager(cfg)
     try:
         gm, report = manager(gm, example_inputs)

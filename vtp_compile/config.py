@@ -21,9 +21,10 @@ COMMON_DOCS = {
                   "the same share of its tokens), `unique` (frames unlike the clip keep more, as VidCom2)"),
     "min_per_frame": ("int", 1, "with `per_frame`: tokens every frame keeps before the rest is spread "
                       "(0: a frame may be emptied)"),
-    "frame_tokens": ("int", None, "tokens per frame where a clip reaches the language model as one run "
-                     "with one-dimensional positions (LLaVA-OneVision, LLaVA-NeXT-Video): "
-                     "`vtp_compile.frame_tokens(model)`"),
+    "frame_tokens": ("int", "from the model's config", "tokens per frame where a clip reaches the language "
+                     "model as one run with one-dimensional positions (LLaVA-OneVision, LLaVA-NeXT-Video): "
+                     "read from the compiled model's config, as `vtp_compile.frame_tokens(model)`; "
+                     "give it to override"),
     "mode": ("str", "default", "an Inductor mode: `default`, `reduce-overhead`, `max-autotune`, "
              "`max-autotune-no-cudagraphs` (torch.compile refuses `mode=` next to `options=`)"),
     "inner_backend": ("str or callable", "inductor", "what compiles the rewritten graph: `inductor`, any "

@@ -10,6 +10,7 @@ import torch.fx as fx
 from .config import PruneConfig
 from .sites import RouteSite
 from .passes.manager import PassManager
+from .video import with_frame_tokens
 from .report import SiteReport
 
 
@@ -49,7 +50,8 @@ def explain(model: torch.nn.Module, inputs: Mapping[str, Any], options: Mapping[
     """
     from .graph.fx_utils import Unsupported
 
-    cfg = PruneConfig.from_options(options)
+    # the compiled path reads LLaVA-OneVision's / NeXT-Video's frame_tokens from the config too
+    cfg = with_frame_tokens(PruneConfig.from_options(options), getattr(model, "config", None))
     planned, reasons = [], []
 
     def plan_only(gm, example_inputs, **kw):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vtp_compile
+from vtp_compile.config import PruneConfig
 from vtp_compile.errors import OptionError
 from vtp_compile.testing import families as F, support
 from vtp_compile.testing.multiplex import Multiplex
@@ -53,11 +54,10 @@ def _setup(family, side="left"):
     return model, x, F.visual_positions(family, model, x), F.frame_ids(family, model, x, tokens), tokens
 
 
-def _opts(opts, tokens, inner="eager"):
-    out = {**opts, "ratio": 0.3, "inner_backend": inner}
-    if tokens:
-        out["frame_tokens"] = tokens
-    return out
+def _opts(opts, inner="eager"):
+    """No ``frame_tokens``: LLaVA-OneVision's and NeXT-Video's are read from the model's config
+    (the oracle's frames use ``vtp_compile.frame_tokens(model)``)."""
+    return {**opts, "ratio": 0.3, "inner_backend": inner}
 
 
 @pytest.mark.parametrize("family", [f for f, p in support.FRAMES.items() if "forward" in p])
@@ -67,7 +67,7 @@ def test_frame_aware_selections_equal_the_oracle(family, dynamo_for):
     least ``min_per_frame`` where the budget allows."""
     dynamo_for(family)
     model, x, visual, frames, tokens = _setup(family)
-    mux = Multiplex({name: _opts(o, tokens) for name, (o, _) in CASES.items()})
+    mux = Multiplex({name: _opts(o) for name, (o, _) in CASES.items()})
     with torch.no_grad():
         want = {name: masked_forward(model, x, visual, p, frames=frames) for name, (_, p) in CASES.items()}
         model(**x)
@@ -98,7 +98,7 @@ def test_video_methods_generate(family, dynamo_for):
     dynamo_for(family)
     model, x, visual, frames, tokens = _setup(family)
     names = support.FRAME_METHODS
-    mux = Multiplex({n: _opts(CASES[n][0], tokens) for n in names})
+    mux = Multiplex({n: _opts(CASES[n][0]) for n in names})
     with torch.no_grad():
         want = {n: masked_generate(model, x, visual, CASES[n][1], 2, frames=frames) for n in names}
         model(**x)
@@ -121,7 +121,7 @@ def test_video_methods_through_inductor(family, dynamo_for):
     dynamo_for(family)
     model, x, visual, frames, tokens = _setup(family, side="right")
     names = ("vidcom2", "dycoke", "fastvid", "fastv-even")
-    mux = Multiplex({n: _opts(CASES[n][0], tokens, inner="inductor") for n in names})
+    mux = Multiplex({n: _opts(CASES[n][0], inner="inductor") for n in names})
     with torch.no_grad():
         model(**x)
         fast = torch.compile(model, backend=mux)
@@ -136,7 +136,6 @@ def test_video_methods_through_inductor(family, dynamo_for):
 
 def test_frame_options_are_checked():
     """Bad frame options fail before anything is traced, naming what is valid."""
-    from vtp_compile.config import PruneConfig
     with pytest.raises(OptionError, match="methods that take them: .*fastv.*vidcom2"):
         PruneConfig.from_options({"method": "divprune", "per_frame": "even"})
     with pytest.raises(OptionError, match=r"'per_frame' must be one of \['off', 'even', 'unique'\]"):
@@ -158,3 +157,25 @@ def test_frame_tokens_from_the_config():
     assert vtp_compile.frame_tokens(F.build_model("llava_onevision")) == 4      # 4x4 grid, pooled to 2x2
     assert vtp_compile.frame_tokens(F.build_model("llava_next_video")) == 4
     assert vtp_compile.frame_tokens(F.build_model("qwen2_vl")) is None
+
+
+def test_frame_tokens_are_filled_in_from_the_compiled_models_config(caplog):
+    """The backend reads ``frame_tokens`` from the model's config (graph/traced_model.py) for
+    the methods that read frames, unless given; other families and methods are left alone."""
+    from types import SimpleNamespace
+
+    from vtp_compile.video import with_frame_tokens
+    onevision = F.build_model("llava_onevision").config
+    vidcom2 = PruneConfig.from_options({"method": "vidcom2"})
+    with caplog.at_level("INFO", logger="vtp_compile"):
+        assert with_frame_tokens(vidcom2, onevision).keep.frames.frame_tokens == 4
+    assert "frame_tokens=4 read from the model's config (llava_onevision" in caplog.text
+    given = PruneConfig.from_options({"method": "vidcom2", "frame_tokens": 2})
+    assert with_frame_tokens(given, onevision) is given
+    fastv = PruneConfig.from_options({"method": "fastv"})
+    assert with_frame_tokens(fastv, onevision) is fastv
+    assert with_frame_tokens(vidcom2, F.build_model("qwen2_vl").config) is vidcom2
+    assert with_frame_tokens(vidcom2, None) is vidcom2
+    even = PruneConfig.from_options({"method": "fastv", "per_frame": "even"})
+    assert with_frame_tokens(even, SimpleNamespace(model_type="llava_next_video", vision_config=SimpleNamespace(
+        image_size=32, patch_size=8), spatial_pool_stride=2)).keep.frames.frame_tokens == 4

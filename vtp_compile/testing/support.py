@@ -213,11 +213,11 @@ FRAMES_FROM = {
     "qwen2_vl": "M-RoPE temporal positions inside the clip's one run",
     "qwen2_5_vl": "M-RoPE temporal positions inside the clip's one run",
     "internvl": "one run per frame (frame labels between)",
-    "llava_onevision": "`frame_tokens` (one run, 1-D positions)",
+    "llava_onevision": "`frame_tokens` from the model's config (one run, 1-D positions)",
     "qwen3_vl": "one run per frame (timestamps between)",
     "qwen3_5": "one run per frame (timestamps between)",
     "glm4v": "one run per frame (timestamps between)",
-    "llava_next_video": "`frame_tokens` (one run, 1-D positions)",
+    "llava_next_video": "`frame_tokens` from the model's config (one run, 1-D positions)",
     "smolvlm": "one run per frame (frame labels between)",
 }
 FRAME_METHODS = ("vidcom2", "dycoke", "fastvid")

@@ -1,8 +1,8 @@
 """vLLM's LLaVA-OneVision (anyres, ``anyres_max_9``) with the plugin: each image's packed features
 are the ``V`` visual tokens, as on the transformers path (positions: consecutive, as LLaVA's).
 Clips: ``frames * per_frame + 1`` tokens (the newline last); the video methods and ``per_frame``
-see the clip's frames, and their kept indices equal ``explain`` on the transformers path with
-``frame_tokens = vtp_compile.frame_tokens(model)``."""
+see the clip's frames, and their kept indices equal ``explain`` on the transformers path (which
+reads ``frame_tokens`` from the model's config, as the compiled path does)."""
 from __future__ import annotations
 
 import pytest
@@ -60,8 +60,7 @@ def test_clip_kept_indices_and_tokens(engine_ov, tiny_ov, record, opts):
     feats = tiny_ov.features(clip, video=True)
     assert rec[0]["visual"] == feats.shape[0] == 25
     inputs = dict(tiny_ov.hf_inputs(prompt, [clip], video=True))
-    ex_ = vtp_compile.explain(tiny_ov.model, inputs,
-                              {**opts, "frame_tokens": vtp_compile.frame_tokens(tiny_ov.model)})
+    ex_ = vtp_compile.explain(tiny_ov.model, inputs, opts)
     kept = ex_.sites[0].kept_visual_index[0].tolist()
     assert rec[0]["kept"] == kept
     spec = options.parse(opts)
