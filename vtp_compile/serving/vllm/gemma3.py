@@ -27,17 +27,13 @@ from vllm.model_executor.models.gemma3_mm import (Gemma3DummyInputsBuilder,
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin
+from .options import refuse_internals
 from .processor import PruningProcessorMixin
-
-_RUNS = "random, divprune, cdpruner, acgr (site='encoder')"
 
 
 def _refuse_internals(spec) -> None:
-    if spec.internals:
-        from ...errors import OptionError
-        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and Gemma 3's "
-                          "projector average-pools patches into each soft token (no token is one "
-                          f"patch); methods that run on Gemma 3: {_RUNS}")
+    refuse_internals(spec, "Gemma 3's projector average-pools patches into each soft token (no "
+                           "token is one patch)", "on Gemma 3")
 
 
 def _refuse_pan_and_scan() -> None:

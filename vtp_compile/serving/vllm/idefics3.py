@@ -32,18 +32,15 @@ from vllm.model_executor.models.smolvlm import (SmolVLMForConditionalGeneration,
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin
+from .options import refuse_internals
 from .processor import PruningProcessorMixin
 
-_RUNS = "random, divprune, cdpruner, acgr (site='encoder')"
 KEY = "do_image_splitting"
 
 
 def _refuse_internals(spec) -> None:
-    if spec.internals:
-        from ...errors import OptionError
-        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and Idefics3's "
-                          "connector pixel-shuffles 2x2 patches into each token (no CLS token, no "
-                          f"token is one patch); methods that run on Idefics3/SmolVLM: {_RUNS}")
+    refuse_internals(spec, "Idefics3's connector pixel-shuffles 2x2 patches into each token (no "
+                           "CLS token, no token is one patch)", "on Idefics3/SmolVLM")
 
 
 def _refuse_splitting() -> None:

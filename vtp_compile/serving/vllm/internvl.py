@@ -26,16 +26,13 @@ from vllm.model_executor.models.interns1 import (InternS1DummyInputsBuilder,
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin
+from .options import refuse_internals
 from .processor import PruningProcessorMixin
 
 
 def _refuse_internals(spec):
-    if spec.internals:
-        from ...errors import OptionError
-        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and InternVL's "
-                          "tower runs tile by tile with pixel shuffle (2x2 patches per token; no "
-                          "one patch grid per image); methods that run here: random, divprune, "
-                          "cdpruner, acgr (site='encoder')")
+    refuse_internals(spec, "InternVL's tower runs tile by tile with pixel shuffle (2x2 patches per "
+                           "token; no one patch grid per image)")
 
 
 class VtpInternVLMultiModalProcessor(PruningProcessorMixin, InternS1MultiModalProcessor):

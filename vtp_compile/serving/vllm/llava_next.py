@@ -19,16 +19,13 @@ from vllm.model_executor.models.llava_next import (LlavaNextForConditionalGenera
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin
+from .options import refuse_internals
 from .processor import PruningProcessorMixin
 
 
 def _refuse_internals(spec):
-    if spec.internals:
-        from ...errors import OptionError
-        raise OptionError(f"vtp: {spec.method} reads the vision tower per patch, and the "
-                          "LLaVA-NeXT/OneVision projector packs anyres tiles (no one patch grid "
-                          "per image); methods "
-                          "that run here: random, divprune, cdpruner, acgr (site='encoder')")
+    refuse_internals(spec, "the LLaVA-NeXT/OneVision projector packs anyres tiles (no one patch "
+                           "grid per image)")
 
 
 class VtpLlavaNextMultiModalProcessor(PruningProcessorMixin, LlavaNextMultiModalProcessor):

@@ -164,6 +164,19 @@ def _build(opts: dict) -> ServingSpec:
                        internals=bool(site.context))
 
 
+ENCODER_METHODS = "random, divprune, cdpruner, acgr (site='encoder')"
+
+
+def refuse_internals(spec: ServingSpec, why: str, where: str = "here",
+                     runs: str = ENCODER_METHODS) -> None:
+    """Raise :class:`~vtp_compile.errors.OptionError` if ``spec``'s method reads the vision
+    tower's internals per patch (``visionzip``, ``nuwa``): ``why`` says what the family's tower
+    or projector does instead, ``runs`` names the methods that run ``where``."""
+    if spec.internals:
+        raise _error(f"vtp: {spec.method} reads the vision tower per patch, and {why}; methods "
+                     f"that run {where}: {runs}")
+
+
 def refuse_frames(spec: ServingSpec, family: str) -> None:
     """Raise :class:`~vtp_compile.errors.OptionError` if ``spec``'s method reads frames: on
     ``family`` (a vLLM class whose adapter does not know frames) it cannot run."""
