@@ -95,13 +95,18 @@ class PruningModelMixin:
             if spec.text and texts[i] is not None:
                 before, after = self._vtp_text_around(texts[i], f.device)
             temporal = self._vtp_temporal(kwargs, i) if needs_frames(spec.site) else None
-            idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
+            idx, kept = self._vtp_select(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
             if kept.shape[0] != k:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
             _record(spec, V, idx)
             out.append(kept)
             kept_idx.append(idx)
         return self._vtp_output(tuple(out), kept_idx, kwargs)
+
+    def _vtp_select(self, spec, feats, **kw):
+        """``(kept indices, kept rows)`` of one item's ``[V, D]`` features
+        (:func:`.selection.select_image`; Qwen3-VL scores the first ``D`` of wider rows)."""
+        return select_image(spec, feats, **kw)
 
     def _vtp_output(self, feats, kept_idx, kwargs):
         """What ``embed_multimodal`` returns, given the per-item features (kept ones, in position

@@ -1,0 +1,221 @@
+"""vLLM's Qwen3-VL with the plugin (images; deepstack): kept indices against vtp's transformers
+path, greedy tokens and their log-probabilities against transformers with the same selection, the
+same deepstack features and the same M-RoPE positions (tests/serving/vllm/qwen3_support.py);
+clips and the methods Qwen3-VL cannot run are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vtp_compile.serving.vllm import options
+from vtp_compile.serving.vllm.selection import select_image
+from vtp_compile.testing.vllm_qwen import IMAGE, VIDEO
+
+from .qwen_support import assert_same, got, greedy_lp, qrequest
+from .support import MAX_LEN, examples
+from .test_qwen import SIZES, _clip, _image
+
+# inductor: vLLM compiles its log-probability gather with Inductor once (as test_qwen.py)
+pytestmark = [pytest.mark.vllm, pytest.mark.inductor]
+TOKENS = 5
+
+SELECT_CASES = [
+    {"method": "divprune", "budget": 16},
+    {"method": "random", "ratio": 0.25, "seed": 1},
+    {"method": "cdpruner", "budget": 10},
+    {"method": "acgr", "site": "encoder", "budget": 12, "merge": False},
+]
+
+
+def _sel(tiny, images, opts):
+    spec = options.parse(opts)
+    return [None if spec is None else select_image(spec, f) for f in tiny.features(images)]
+
+
+def test_support_table_is_what_is_tested():
+    from vtp_compile.serving.vllm.support import CHECKED, NOT_ADAPTED, REFUSED
+    assert set(CHECKED["qwen3_vl"]) == {o["method"] for o in SELECT_CASES}
+    assert set(REFUSED["qwen3_vl"]) == {"visionzip", "nuwa", "vidcom2", "dycoke", "fastvid"}
+    assert "qwen3_vl" not in NOT_ADAPTED
+
+
+def test_unpruned_matches_transformers(engine_qwen3, tiny_qwen3, record):
+    ex, img = _image(0)
+    prompt = IMAGE + " " + ex.question
+    out = engine_qwen3.generate([qrequest(prompt, [img])], greedy_lp(TOKENS))[0]
+    assert record() == []
+    assert_same(out, tiny_qwen3.reference(prompt, [img], [None], TOKENS))
+
+
+@pytest.mark.parametrize("opts", SELECT_CASES, ids=lambda o: o["method"])
+def test_kept_indices_and_tokens(engine_qwen3, tiny_qwen3, record, opts):
+    """Kept indices equal ``explain`` on transformers; tokens and log-probabilities equal
+    transformers with those tokens, their deepstack features and their unpruned positions."""
+    ex, img = _image(1)
+    prompt = IMAGE + " " + ex.question
+    out = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+    rec = record()
+    assert len(rec) == 1 and rec[0]["visual"] == 49
+    kept = tiny_qwen3.explain_kept(prompt, img, opts)
+    assert rec[0]["kept"] == kept
+    k = options.parse(opts).n_keep(49)
+    assert len(kept) == k and sum(t == tiny_qwen3.image_token for t in out.prompt_token_ids) == k
+    idx = torch.tensor(kept)
+    assert_same(out, tiny_qwen3.reference(prompt, [img], [(idx, tiny_qwen3.features([img])[0][idx])], TOKENS))
+
+
+def test_positions_are_the_unpruned_ones(engine_qwen3, tiny_qwen3):
+    """The reference with the kept tokens numbered as the first ``n_keep`` grid cells and the
+    text after them moved up (vLLM's own EVS rule) gives other log-probabilities: the test above
+    tells the two apart."""
+    ex, img = _image(1)
+    prompt = IMAGE + " " + ex.question
+    opts = {"method": "divprune", "budget": 16}
+    out = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+    idx = torch.tensor(tiny_qwen3.explain_kept(prompt, img, opts))
+    first = torch.arange(16)
+    feats = tiny_qwen3.features([img])[0]
+    wrong = tiny_qwen3.reference(prompt, [img], [(first, feats[idx])], TOKENS)
+    assert wrong[0] == list(out.prompt_token_ids)
+    with pytest.raises(AssertionError):
+        assert_same(out, wrong)
+
+
+def test_merging_method(engine_qwen3, tiny_qwen3, record):
+    """ACGR with its merge: the merged main features (computed on transformers' features), each
+    kept token's own deepstack features."""
+    ex, img = _image(2)
+    prompt = IMAGE + " " + ex.question
+    opts = {"method": "acgr", "site": "encoder", "budget": 9}
+    out = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+    kept = record()[0]["kept"]
+    assert kept == tiny_qwen3.explain_kept(prompt, img, opts)
+    ids = tiny_qwen3.hf_inputs(prompt, [img])["input_ids"][0].tolist()
+    at = ids.index(tiny_qwen3.image_token)
+    emb = tiny_qwen3.model.get_input_embeddings()
+    with torch.no_grad():
+        before, after = emb(torch.tensor(ids[:at])), emb(torch.tensor(ids[at + 49:]))
+    sel = select_image(options.parse(opts), tiny_qwen3.features([img])[0], before=before, after=after)
+    assert sel[0].tolist() == kept
+    assert_same(out, tiny_qwen3.reference(prompt, [img], [sel], TOKENS))
+
+
+def test_keep_all_equals_unpruned(engine_qwen3, record):
+    ex, img = _image(3, SIZES[2])
+    prompt = IMAGE + " " + ex.question
+    plain = engine_qwen3.generate([qrequest(prompt, [img])], greedy_lp(TOKENS))[0]
+    for opts in ({"method": "divprune", "budget": 21}, {"method": "random", "ratio": 1.0}):
+        out = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+        assert record()[0]["kept"] == list(range(21))
+        assert list(out.prompt_token_ids) == list(plain.prompt_token_ids)
+        assert list(out.outputs[0].token_ids) == list(plain.outputs[0].token_ids)
+        assert [d[t].logprob for d, t in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)] == \
+            [d[t].logprob for d, t in zip(plain.outputs[0].logprobs, plain.outputs[0].token_ids)]
+
+
+def test_batch_sizes_counts_budgets(engine_qwen3, tiny_qwen3, record):
+    """Tall, wide and square images, one and two per prompt, different budgets and an unpruned
+    request in one generate call with 64-token prefill chunks: each equals transformers."""
+    exs = examples(4)
+    ims = [_image(i, SIZES[i])[1] for i in range(4)]
+    cases = [
+        (IMAGE + " " + exs[0].question, [ims[0]], {"method": "divprune", "budget": 8}),
+        (IMAGE + " " + IMAGE + " " + exs[1].question, [ims[1], ims[2]], {"method": "divprune", "ratio": 0.3}),
+        (IMAGE + " " + exs[2].question, [ims[2]], None),
+        (exs[3].question + " " + IMAGE + " " + exs[0].question + " " + IMAGE, [ims[3], ims[0]],
+         {"method": "random", "budget": 10}),
+    ]
+    outs = engine_qwen3.generate([qrequest(p, i, o) for p, i, o in cases], greedy_lp(TOKENS))
+    record()
+    for (prompt, images, opts), out in zip(cases, outs):
+        assert_same(out, tiny_qwen3.reference(prompt, images, _sel(tiny_qwen3, images, opts), TOKENS))
+
+
+def test_prefix_cache(engine_qwen3, tiny_qwen3):
+    """A request that reuses a cached pruned image and prompt start but goes on with other text
+    gets the text after the image at its unpruned positions (no recompute for the cached image)."""
+    assert engine_qwen3.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    ex, img = _image(0)
+    prompt = IMAGE + " " + ex.question
+    opts = {"method": "divprune", "budget": 30}
+    first = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+    assert_same(first, tiny_qwen3.reference(prompt, [img], _sel(tiny_qwen3, [img], opts), TOKENS))
+    longer = prompt + " " + " ".join([examples(4)[3].question] * 3)
+    out = engine_qwen3.generate([qrequest(longer, [img], opts)], greedy_lp(TOKENS))[0]
+    assert out.num_cached_tokens >= 32
+    assert_same(out, tiny_qwen3.reference(longer, [img], _sel(tiny_qwen3, [img], opts), TOKENS))
+
+
+def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwen3, record):
+    """Without a ``vtp`` option the adapter runs as vLLM's own class, positions included (its
+    recompute numbers every item, pruned or not): a clip (timestamps between its frames' runs)
+    and a two-image prompt, batched with a pruned image request. (vLLM's clip differs from
+    transformers' on this tiny model with or without the plugin: compared with vLLM's class.)"""
+    clip = _clip(0, 4, (64, 96))        # 2 temporal patches of 2 x 4 = 8 tokens each
+    q = examples(2)[1].question
+    ims = [_image(i, SIZES[i])[1] for i in (1, 2)]
+    plain = [qrequest(VIDEO + " " + q, [clip], video=True), qrequest(IMAGE + " " + IMAGE + " " + q, ims)]
+    pruned = qrequest(IMAGE + " " + q, [ims[0]], {"method": "divprune", "budget": 12})
+    outs = engine_qwen3.generate(plain + [pruned], greedy_lp(TOKENS))
+    assert len(record()) == 1
+    own = engine_qwen3_own.generate(plain, greedy_lp(TOKENS))
+    for a, b in zip(outs, own):
+        assert got(a) == got(b)
+    assert_same(outs[1], tiny_qwen3.reference(plain[1]["prompt"], ims, [None, None], TOKENS))
+    assert_same(outs[2], tiny_qwen3.reference(pruned["prompt"], [ims[0]],
+                                              _sel(tiny_qwen3, [ims[0]], {"method": "divprune", "budget": 12}), TOKENS))
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"method": "visionzip", "budget": 8}, "Qwen3-VL's tower"),
+    ({"method": "vidcom2", "budget": 8}, "reads each token's video frame"),
+    ({"method": "divprune", "budget": -3}, "budget"),
+    ({"method": "fastv", "budget": 8}, "fastv"),
+], ids=["visionzip", "vidcom2", "bad-budget", "layer-site"])
+def test_refused_options(engine_qwen3, opts, match):
+    ex, img = _image(0)
+    with pytest.raises(ValueError, match=match):
+        engine_qwen3.generate([qrequest(IMAGE + " " + ex.question, [img], opts)], greedy_lp(2))
+
+
+def test_clips_with_vtp_are_refused(engine_qwen3):
+    clip = _clip(0, 4, (64, 64))
+    with pytest.raises(ValueError, match="Qwen3-VL clips cannot be pruned"):
+        engine_qwen3.generate([qrequest(VIDEO + " what", [clip], {"method": "divprune", "budget": 8}, video=True)],
+                              greedy_lp(2))
+
+
+# -- the processor alone (no engine): engine-wide options, vLLM's EVS --------------------------
+
+def _processor(path, **kw):
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from vtp_compile.serving.vllm import register
+    register()
+    return MULTIMODAL_REGISTRY.create_processor(ModelConfig(model=str(path), dtype="float32",
+                                                            max_model_len=MAX_LEN, **kw))
+
+
+def _apply(proc, prompt: str, data: dict, vtp=None):
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+    ids = proc.info.get_tokenizer()(prompt)["input_ids"]
+    kwargs = {"vtp": vtp} if vtp is not None else {}
+    return proc.apply(ProcessorInputs(ids, proc.info.parse_mm_data(data), hf_processor_mm_kwargs=kwargs),
+                      TimingContext(enabled=False))
+
+
+def test_engine_wide_options_and_evs(tiny_qwen3):
+    from vtp_compile.errors import OptionError
+    from .qwen_support import video_metadata
+    ex, img = _image(0)
+    proc = _processor(tiny_qwen3.path, mm_processor_kwargs={"vtp": {"method": "divprune", "budget": 8}})
+    out = _apply(proc, IMAGE + " " + ex.question, {"image": [img]})
+    assert sum(t == tiny_qwen3.image_token for t in out["prompt_token_ids"]) == 8
+    clip = _clip(0, 4, (64, 64))
+    with pytest.raises(OptionError, match="Qwen3-VL clips cannot be pruned"):
+        _apply(proc, VIDEO + " what", {"video": [(clip, {**video_metadata(4), "do_sample_frames": False})]})
+    evs = _processor(tiny_qwen3.path, video_pruning_rate=0.5)
+    with pytest.raises(OptionError, match="video_pruning_rate"):
+        _apply(evs, IMAGE + " " + ex.question, {"image": [img]}, {"method": "divprune", "budget": 8})
