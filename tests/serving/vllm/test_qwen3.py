@@ -132,18 +132,22 @@ def test_batch_sizes_counts_budgets(engine_qwen3, tiny_qwen3, record):
 
 
 def test_prefix_cache(engine_qwen3, tiny_qwen3):
-    """A request that reuses a cached pruned image and prompt start but goes on with other text
-    gets the text after the image at its unpruned positions (no recompute for the cached image)."""
+    """Requests that reuse a cached pruned image and prompt start but go on with other text: the
+    text after the image keeps its unpruned positions, both when the cached 32-token block ends
+    where the image's run does (budget 30: nothing of the image is recomputed) and when it ends
+    inside the run (budget 40: its last 10 kept tokens are numbered from the cached start)."""
     assert engine_qwen3.llm_engine.vllm_config.cache_config.enable_prefix_caching
     ex, img = _image(0)
     prompt = IMAGE + " " + ex.question
-    opts = {"method": "divprune", "budget": 30}
-    first = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
-    assert_same(first, tiny_qwen3.reference(prompt, [img], _sel(tiny_qwen3, [img], opts), TOKENS))
     longer = prompt + " " + " ".join([examples(4)[3].question] * 3)
-    out = engine_qwen3.generate([qrequest(longer, [img], opts)], greedy_lp(TOKENS))[0]
-    assert out.num_cached_tokens >= 32
-    assert_same(out, tiny_qwen3.reference(longer, [img], _sel(tiny_qwen3, [img], opts), TOKENS))
+    for b in (30, 40):
+        opts = {"method": "divprune", "budget": b}
+        ref = _sel(tiny_qwen3, [img], opts)
+        first = engine_qwen3.generate([qrequest(prompt, [img], opts)], greedy_lp(TOKENS))[0]
+        assert_same(first, tiny_qwen3.reference(prompt, [img], ref, TOKENS))
+        out = engine_qwen3.generate([qrequest(longer, [img], opts)], greedy_lp(TOKENS))[0]
+        assert out.num_cached_tokens >= 32
+        assert_same(out, tiny_qwen3.reference(longer, [img], ref, TOKENS))
 
 
 def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwen3, record):

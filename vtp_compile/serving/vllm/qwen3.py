@@ -109,7 +109,13 @@ class MRopePositionsMixin(MRopePruningMixin):
         modality = "video" if kwargs.get("video_grid_thw") is not None else "image"
         grids = kwargs[f"{modality}_grid_thw"]
         grids = grids if not isinstance(grids, torch.Tensor) or grids.dim() == 2 else grids[None]
-        return run_positions(grids[i], self.config.vision_config.spatial_merge_size)
+        pos = run_positions(grids[i], self.config.vision_config.spatial_merge_size)
+        # the rows travel in the embeddings' dtype: integers are exact up to 256 (bf16), 2048 (fp16)
+        exact = {torch.bfloat16: 256, torch.float16: 2048}.get(self.model_config.dtype)
+        if exact is not None and int(pos.max()) > exact:
+            raise RuntimeError(f"vtp: a {modality} of {int(pos.max()) + 1} merged patches a side; "
+                               f"its positions are not exact in {self.model_config.dtype}")
+        return pos
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions,
                                   num_computed_tokens):
