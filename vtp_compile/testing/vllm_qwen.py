@@ -55,6 +55,10 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     px = spec.patch_size * 2
     sizes = {"shortest_edge": px * px, "longest_edge": spec.max_side * spec.max_side}   # pixels
     common = dict(patch_size=spec.patch_size, merge_size=2, temporal_patch_size=2, size=sizes)
+    if spec.family == "qwen3_vl":
+        # Qwen3-VL's checkpoints normalise with mean = std = 0.5, images and videos alike; vLLM
+        # normalises both in the model with the image processor's values (mm_device_do_normalize)
+        common.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
     ip = Qwen2VLImageProcessor(**common)
     vp = (Qwen3VLVideoProcessor if spec.family == "qwen3_vl" else Qwen2VLVideoProcessor)(
         **common, do_sample_frames=False)

@@ -153,8 +153,7 @@ def test_prefix_cache(engine_qwen3, tiny_qwen3):
 def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwen3, record):
     """Without a ``vtp`` option the adapter runs as vLLM's own class, positions included (its
     recompute numbers every item, pruned or not): a clip (timestamps between its frames' runs)
-    and a two-image prompt, batched with a pruned image request. (vLLM's clip differs from
-    transformers' on this tiny model with or without the plugin: compared with vLLM's class.)"""
+    and a two-image prompt, batched with a pruned image request; all equal transformers too."""
     clip = _clip(0, 4, (64, 96))        # 2 temporal patches of 2 x 4 = 8 tokens each
     q = examples(2)[1].question
     ims = [_image(i, SIZES[i])[1] for i in (1, 2)]
@@ -165,6 +164,7 @@ def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwe
     own = engine_qwen3_own.generate(plain, greedy_lp(TOKENS))
     for a, b in zip(outs, own):
         assert got(a) == got(b)
+    assert_same(outs[0], tiny_qwen3.reference(plain[0]["prompt"], [clip], [None], TOKENS, video=True))
     assert_same(outs[1], tiny_qwen3.reference(plain[1]["prompt"], ims, [None, None], TOKENS))
     assert_same(outs[2], tiny_qwen3.reference(pruned["prompt"], [ims[0]],
                                               _sel(tiny_qwen3, [ims[0]], {"method": "divprune", "budget": 12}), TOKENS))
