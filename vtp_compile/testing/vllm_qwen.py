@@ -60,8 +60,11 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
         # normalises both in the model with the image processor's values (mm_device_do_normalize)
         common.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
     ip = Qwen2VLImageProcessor(**common)
-    vp = (Qwen3VLVideoProcessor if spec.family == "qwen3_vl" else Qwen2VLVideoProcessor)(
-        **common, do_sample_frames=False)
+    if spec.family == "qwen3_vl":   # its longest_edge bounds a clip's pixels, all frames together
+        vp = Qwen3VLVideoProcessor(**{**common, "size": {**sizes, "longest_edge": 8 * sizes["longest_edge"]}},
+                                   do_sample_frames=False)
+    else:
+        vp = Qwen2VLVideoProcessor(**common, do_sample_frames=False)
     vision = dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden, num_heads=spec.vision_heads,
                   patch_size=spec.patch_size, spatial_merge_size=2, temporal_patch_size=2,
                   in_channels=3, out_hidden_size=spec.text_hidden)

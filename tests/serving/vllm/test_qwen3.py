@@ -1,7 +1,7 @@
-"""vLLM's Qwen3-VL with the plugin (images; deepstack): kept indices against vtp's transformers
-path, greedy tokens and their log-probabilities against transformers with the same selection, the
-same deepstack features and the same M-RoPE positions (tests/serving/vllm/qwen3_support.py);
-clips and the methods Qwen3-VL cannot run are refused."""
+"""vLLM's Qwen3-VL with the plugin (images and clips; deepstack): kept indices against vtp's
+transformers path, greedy tokens and their log-probabilities against transformers with the same
+selection, the same deepstack features and the same M-RoPE positions
+(tests/serving/vllm/qwen3_support.py); the methods Qwen3-VL cannot run are refused."""
 from __future__ import annotations
 
 import pytest
@@ -27,15 +27,45 @@ SELECT_CASES = [
 ]
 
 
-def _sel(tiny, images, opts):
+VIDEO_CASES = [
+    {"method": "divprune", "budget": 40},
+    {"method": "vidcom2", "budget": 30},
+    {"method": "vidcom2", "ratio": 0.3, "per_frame": "even", "min_per_frame": 2},
+    {"method": "dycoke", "budget": 36},
+    {"method": "fastvid", "budget": 32, "cuts": 1, "anchor_every": 2},
+    {"method": "random", "ratio": 0.25, "per_frame": "even", "min_per_frame": 3},
+]
+
+
+def _sel(tiny, images, opts, video=False):
+    """Each item's ``(kept indices, kept main features)`` by the plugin's selection on
+    transformers' features (a clip's frames from its grid), None: unpruned."""
     spec = options.parse(opts)
-    return [None if spec is None else select_image(spec, f) for f in tiny.features(images)]
+    feats = tiny.features(images, video)
+    if spec is None:
+        return [None] * len(feats)
+    return [select_image(spec, f, temporal=_frames(tiny, c) if video else None) for f, c in zip(feats, images)]
+
+
+def _frames(tiny, clip) -> torch.Tensor:
+    t, h, w = (int(v) for v in tiny.hf_inputs(VIDEO, [clip], video=True)["video_grid_thw"][0])
+    m = tiny.model.config.vision_config.spatial_merge_size
+    return torch.arange(t).repeat_interleave(h * w // (m * m))
+
+
+def _same_clip(out, ref):
+    """A pruned clip's prompt ids are a stand-in layout (every kept ``<|video_pad|>`` after the
+    first timestamp): the same tokens as transformers' prompt, in another order; the embeddings
+    carry the real layout, so tokens and log-probabilities equal transformers'."""
+    ids, toks, lps = got(out)
+    assert sorted(ids) == sorted(ref[0])
+    assert_same(out, (ids, ref[1], ref[2]))
 
 
 def test_support_table_is_what_is_tested():
     from vtp_compile.serving.vllm.support import CHECKED, NOT_ADAPTED, REFUSED
-    assert set(CHECKED["qwen3_vl"]) == {o["method"] for o in SELECT_CASES}
-    assert set(REFUSED["qwen3_vl"]) == {"visionzip", "nuwa", "vidcom2", "dycoke", "fastvid"}
+    assert set(CHECKED["qwen3_vl"]) == {o["method"] for o in SELECT_CASES + VIDEO_CASES}
+    assert set(REFUSED["qwen3_vl"]) == {"visionzip", "nuwa"}
     assert "qwen3_vl" not in NOT_ADAPTED
 
 
@@ -154,7 +184,7 @@ def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwe
     """Without a ``vtp`` option the adapter runs as vLLM's own class, positions included (its
     recompute numbers every item, pruned or not): a clip (timestamps between its frames' runs)
     and a two-image prompt, batched with a pruned image request; all equal transformers too."""
-    clip = _clip(0, 4, (64, 96))        # 2 temporal patches of 2 x 4 = 8 tokens each
+    clip = _clip(0, 4, (64, 96))        # 2 temporal patches of 4 x 6 = 24 tokens each
     q = examples(2)[1].question
     ims = [_image(i, SIZES[i])[1] for i in (1, 2)]
     plain = [qrequest(VIDEO + " " + q, [clip], video=True), qrequest(IMAGE + " " + IMAGE + " " + q, ims)]
@@ -172,21 +202,63 @@ def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwe
 
 @pytest.mark.parametrize("opts,match", [
     ({"method": "visionzip", "budget": 8}, "Qwen3-VL's tower"),
-    ({"method": "vidcom2", "budget": 8}, "reads each token's video frame"),
+    ({"method": "nuwa", "budget": 8}, "Qwen3-VL's tower"),
     ({"method": "divprune", "budget": -3}, "budget"),
     ({"method": "fastv", "budget": 8}, "fastv"),
-], ids=["visionzip", "vidcom2", "bad-budget", "layer-site"])
+], ids=["visionzip", "nuwa", "bad-budget", "layer-site"])
 def test_refused_options(engine_qwen3, opts, match):
     ex, img = _image(0)
     with pytest.raises(ValueError, match=match):
         engine_qwen3.generate([qrequest(IMAGE + " " + ex.question, [img], opts)], greedy_lp(2))
 
 
-def test_clips_with_vtp_are_refused(engine_qwen3):
+def test_prompt_reading_methods_on_clips_are_refused(engine_qwen3):
     clip = _clip(0, 4, (64, 64))
-    with pytest.raises(ValueError, match="Qwen3-VL clips cannot be pruned"):
-        engine_qwen3.generate([qrequest(VIDEO + " what", [clip], {"method": "divprune", "budget": 8}, video=True)],
+    with pytest.raises(ValueError, match="cdpruner is served on Qwen3-VL images only"):
+        engine_qwen3.generate([qrequest(VIDEO + " what", [clip], {"method": "cdpruner", "budget": 8}, video=True)],
                               greedy_lp(2))
+
+
+# ---- clips: one run per temporal patch after its timestamp; the model writes the real layout
+
+@pytest.mark.parametrize("opts", VIDEO_CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_clip_kept_indices_and_tokens(engine_qwen3, tiny_qwen3, record, opts):
+    """An 8-frame 96 x 96 clip: 4 temporal patches of 6 x 6 = 144 tokens (its placeholder
+    crosses 64-token prefill chunks). Kept indices equal ``explain``; tokens and log-probabilities
+    equal transformers with the kept tokens in their frames, between the same timestamps, at
+    their unpruned positions (FastVID: its merged features)."""
+    clip = _clip(1, 8, (96, 96))
+    prompt = VIDEO + " " + examples(2)[0].question
+    out = engine_qwen3.generate([qrequest(prompt, [clip], opts, video=True)], greedy_lp(TOKENS))[0]
+    rec = record()
+    assert len(rec) == 1 and rec[0]["visual"] == 144
+    kept = tiny_qwen3.explain_kept(prompt, clip, opts, video=True)
+    assert rec[0]["kept"] == kept
+    sel = _sel(tiny_qwen3, [clip], opts, video=True)
+    assert sel[0][0].tolist() == kept
+    assert sum(t == tiny_qwen3.video_token for t in out.prompt_token_ids) == len(kept)
+    _same_clip(out, tiny_qwen3.reference(prompt, [clip], sel, TOKENS, video=True))
+
+
+def test_clip_batch_and_keep_all(engine_qwen3, tiny_qwen3, record):
+    """Clips of other lengths and sizes, pruned and unpruned, beside a pruned image request, in
+    one generate call; keep-all equals unpruned (tokens and log-probabilities)."""
+    clips = [_clip(2, 4, (64, 96)), _clip(3, 6, (96, 96))]    # 2 x 4 x 6 = 48, 3 x 6 x 6 = 108 tokens
+    q = examples(3)[2].question
+    img = _image(0)[1]
+    cases = [(VIDEO + " " + q, [clips[0]], {"method": "divprune", "budget": 12}, True),
+             (VIDEO + " " + q, [clips[1]], None, True),
+             (VIDEO + " " + q, [clips[1]], {"method": "vidcom2", "ratio": 0.4}, True),
+             (IMAGE + " " + q, [img], {"method": "divprune", "budget": 9}, False)]
+    outs = engine_qwen3.generate([qrequest(p, c, o, video=v) for p, c, o, v in cases], greedy_lp(TOKENS))
+    assert len(record()) == 3
+    for (prompt, items, opts, video), out in zip(cases, outs):
+        ref = tiny_qwen3.reference(prompt, items, _sel(tiny_qwen3, items, opts, video), TOKENS, video=video)
+        (_same_clip if video else assert_same)(out, ref)
+    full = engine_qwen3.generate([qrequest(cases[1][0], clips[1:], {"method": "divprune", "budget": 108},
+                                           video=True)], greedy_lp(TOKENS))[0]
+    (_, toks, lps), (_, toks0, lps0) = got(full), got(outs[1])
+    assert toks == toks0 and max(abs(a - b) for a, b in zip(lps, lps0)) < 1e-4   # batched vs alone
 
 
 # -- the processor alone (no engine): engine-wide options, vLLM's EVS --------------------------
@@ -211,15 +283,22 @@ def _apply(proc, prompt: str, data: dict, vtp=None):
 
 
 def test_engine_wide_options_and_evs(tiny_qwen3):
+    """Engine-wide options reach images and clips (a pruned clip's placeholder: all its tokens
+    embedding slots, ``n_keep`` of them ``<|video_pad|>``); a ``vtp`` option beside vLLM's EVS is
+    refused."""
     from vtp_compile.errors import OptionError
     from .qwen_support import video_metadata
     ex, img = _image(0)
     proc = _processor(tiny_qwen3.path, mm_processor_kwargs={"vtp": {"method": "divprune", "budget": 8}})
     out = _apply(proc, IMAGE + " " + ex.question, {"image": [img]})
     assert sum(t == tiny_qwen3.image_token for t in out["prompt_token_ids"]) == 8
-    clip = _clip(0, 4, (64, 64))
-    with pytest.raises(OptionError, match="Qwen3-VL clips cannot be pruned"):
-        _apply(proc, VIDEO + " what", {"video": [(clip, {**video_metadata(4), "do_sample_frames": False})]})
+    clip = _clip(0, 4, (64, 64))            # 2 temporal patches of 4 x 4
+    out = _apply(proc, VIDEO + " what", {"video": [(clip, {**video_metadata(4), "do_sample_frames": False})]})
+    rng = out["mm_placeholders"]["video"][0]
+    assert rng.is_embed is None
+    run = out["prompt_token_ids"][rng.offset:rng.offset + rng.length]
+    assert run.count(tiny_qwen3.video_token) == 8
+    assert run.count(tiny_qwen3.model.config.vision_start_token_id) == 2
     evs = _processor(tiny_qwen3.path, video_pruning_rate=0.5)
     with pytest.raises(OptionError, match="video_pruning_rate"):
         _apply(evs, IMAGE + " " + ex.question, {"image": [img]}, {"method": "divprune", "budget": 8})
