@@ -34,17 +34,31 @@ VIDEO_CASES = [
     {"method": "dycoke", "budget": 36},
     {"method": "fastvid", "budget": 32, "cuts": 1, "anchor_every": 2},
     {"method": "random", "ratio": 0.25, "per_frame": "even", "min_per_frame": 3},
+    {"method": "cdpruner", "budget": 30},
+    {"method": "acgr", "site": "encoder", "budget": 30},
 ]
 
 
-def _sel(tiny, images, opts, video=False):
+def _sel(tiny, images, opts, video=False, prompt=None):
     """Each item's ``(kept indices, kept main features)`` by the plugin's selection on
-    transformers' features (a clip's frames from its grid), None: unpruned."""
+    transformers' features (a clip's frames from its grid; for a prompt-reading method the
+    ``prompt``'s one item, with its text before and after the first visual token), None:
+    unpruned."""
     spec = options.parse(opts)
     feats = tiny.features(images, video)
     if spec is None:
         return [None] * len(feats)
-    return [select_image(spec, f, temporal=_frames(tiny, c) if video else None) for f, c in zip(feats, images)]
+    kw = {}
+    if spec.text:
+        ids = tiny.hf_inputs(prompt, images, video)["input_ids"][0].tolist()
+        token = tiny.video_token if video else tiny.image_token
+        at = ids.index(token)
+        emb = tiny.model.get_input_embeddings()
+        with torch.no_grad():
+            kw = {"before": emb(torch.tensor(ids[:at])),
+                  "after": emb(torch.tensor([x for x in ids[at:] if x != token]))}
+    return [select_image(spec, f, temporal=_frames(tiny, c) if video else None, **kw)
+            for f, c in zip(feats, images)]
 
 
 def _frames(tiny, clip) -> torch.Tensor:
@@ -212,13 +226,6 @@ def test_refused_options(engine_qwen3, opts, match):
         engine_qwen3.generate([qrequest(IMAGE + " " + ex.question, [img], opts)], greedy_lp(2))
 
 
-def test_prompt_reading_methods_on_clips_are_refused(engine_qwen3):
-    clip = _clip(0, 4, (64, 64))
-    with pytest.raises(ValueError, match="cdpruner is served on Qwen3-VL images only"):
-        engine_qwen3.generate([qrequest(VIDEO + " what", [clip], {"method": "cdpruner", "budget": 8}, video=True)],
-                              greedy_lp(2))
-
-
 # ---- clips: one run per temporal patch after its timestamp; the model writes the real layout
 
 @pytest.mark.parametrize("opts", VIDEO_CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
@@ -234,7 +241,7 @@ def test_clip_kept_indices_and_tokens(engine_qwen3, tiny_qwen3, record, opts):
     assert len(rec) == 1 and rec[0]["visual"] == 144
     kept = tiny_qwen3.explain_kept(prompt, clip, opts, video=True)
     assert rec[0]["kept"] == kept
-    sel = _sel(tiny_qwen3, [clip], opts, video=True)
+    sel = _sel(tiny_qwen3, [clip], opts, video=True, prompt=prompt)
     assert sel[0][0].tolist() == kept
     assert sum(t == tiny_qwen3.video_token for t in out.prompt_token_ids) == len(kept)
     _same_clip(out, tiny_qwen3.reference(prompt, [clip], sel, TOKENS, video=True))

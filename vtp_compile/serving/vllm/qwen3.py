@@ -20,10 +20,15 @@ token's. A pruned clip's text rows (timestamps, markers) carry no deepstack feat
 
 **Positions**: :mod:`.qwen3_positions`.
 
-Refused: ``visionzip``/``nuwa`` (no CLS token), the prompt-reading methods on clips (``cdpruner``,
-``acgr``: a clip's prompt has text between its frames, which the selection's
-text-before/item/text-after row cannot hold), and a ``vtp`` option beside vLLM's own video pruning
-(``video_pruning_rate``).
+**The prompt around a clip** (``cdpruner``, ``acgr``): on the transformers path a clip's row has
+its timestamps and markers between the frames; CDPruner reads the text after the first visual
+token (as a set: the mean relevance), DCP-Prune's encoder site the last prompt token. The text
+before the clip is the prompt's before its placeholder plus the first timestamp and
+``<|vision_start|>``; the text after is every other timestamp and marker of the clip and the
+prompt after the placeholder (:meth:`VtpQwen3VLForConditionalGeneration._vtp_text_around`).
+
+Refused: ``visionzip``/``nuwa`` (no CLS token) and a ``vtp`` option beside vLLM's own video
+pruning (``video_pruning_rate``).
 """
 from __future__ import annotations
 
@@ -36,15 +41,14 @@ from vllm.model_executor.models.qwen3_vl import (Qwen3VLDummyInputsBuilder,
                                                  Qwen3VLMultiModalProcessor, Qwen3VLProcessingInfo)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from .model import PruningModelMixin
+from .model import PruningModelMixin, text_around
 from .mrope import MRopePruningMixin
 from .processor import PruningProcessorMixin, _kept_counts
 from .qwen3_positions import (Qwen3PositionsMixin, clip_ids, clip_layout, encode, frames, run_rows,
                               timestamps_of)
 from .selection import select_image
 
-_SERVED = ("random, divprune, cdpruner (images), acgr (site='encoder'; images), vidcom2, dycoke, "
-           "fastvid")
+_SERVED = "random, divprune, cdpruner, acgr (site='encoder'), vidcom2, dycoke, fastvid"
 
 
 def _refuse(spec, mm_config):
@@ -56,15 +60,6 @@ def _refuse(spec, mm_config):
     if mm_config is not None and mm_config.video_pruning_rate:
         raise OptionError("vtp: vLLM's own video pruning (video_pruning_rate, EVS) is on; vtp and "
                           "EVS cannot both prune one Qwen3-VL engine: unset video_pruning_rate")
-
-
-def _refuse_text_on_clips(spec):
-    from ...errors import OptionError
-    return OptionError(
-        f"vtp: {spec.method} reads the prompt around the item; a Qwen3-VL clip has timestamp text "
-        f"between its frames, which the plugin's selection cannot place (it sees text before and "
-        f"after one run), so {spec.method} is served on Qwen3-VL images only. Methods that run on "
-        f"Qwen3-VL clips: random, divprune, vidcom2, dycoke, fastvid")
 
 
 class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProcessor):
@@ -84,14 +79,6 @@ class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProc
 
     def _vtp_check(self, spec):
         _refuse(spec, self.info.ctx.get_mm_config())
-
-    def apply(self, inputs, timing_ctx):
-        items = inputs.mm_data_items
-        if "video" in items and len(items["video"]):
-            spec = self._vtp_spec(inputs.hf_processor_mm_kwargs)
-            if spec is not None and spec.text:
-                raise _refuse_text_on_clips(spec)
-        return super().apply(inputs, timing_ctx)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -130,6 +117,20 @@ class VtpQwen3VLForConditionalGeneration(Qwen3PositionsMixin, MRopePruningMixin,
 
     def _vtp_embed_text(self, ids):
         return self.language_model.embed_input_ids(ids)
+
+    def _vtp_text_around(self, marked, device, kwargs=None, i: int = 0):
+        modality, grid = self._vtp_grid(kwargs, i)
+        if modality != "video":
+            return super()._vtp_text_around(marked, device, kwargs, i)
+        pre, post = text_around(marked)          # a pruned clip: its whole placeholder is marked
+        cfg = self.config
+        merge = cfg.vision_config.spatial_merge_size
+        t, h, w = (int(x) for x in grid)
+        layout = clip_ids([h * w // (merge * merge)] * t, timestamps_of(kwargs["timestamps"], i),
+                          self._tokenizer, cfg)
+        first = layout.index(cfg.video_token_id)
+        between = [x for x in layout[first:] if x != cfg.video_token_id]
+        return self._vtp_embed_seqs(pre + layout[:first], between + post, device)
 
     def _vtp_select(self, spec, feats, **kw):
         D = self.visual_dim

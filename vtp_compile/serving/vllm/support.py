@@ -47,7 +47,7 @@ EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-f
          "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "qwen3_vl": "images and video clips (deepstack: scores from the main features, kept rows keep "
                      "theirs; M-RoPE positions as on Qwen2.5-VL; a clip's kept tokens in their frames, "
-                     "between its timestamps); `cdpruner` and `acgr` on images only",
+                     "between its timestamps)",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
          "internvl": "HF format; images, all tiles (videos run unpruned)",
          "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
