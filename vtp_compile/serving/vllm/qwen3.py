@@ -43,7 +43,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin, text_around
 from .mrope import MRopePruningMixin
-from .processor import PruningProcessorMixin, _kept_counts
+from .processor import PruningProcessorMixin, kept_counts
 from .qwen3_positions import (Qwen3PositionsMixin, clip_ids, clip_layout, encode, frames, run_rows,
                               timestamps_of)
 from .selection import select_image
@@ -82,7 +82,7 @@ class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProc
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        kept = _kept_counts(out_mm_kwargs, "video")
+        kept = kept_counts(out_mm_kwargs, "video")
         if not kept:
             return updates
         return [dataclasses.replace(u, replacement=functools.partial(
@@ -119,9 +119,9 @@ class VtpQwen3VLForConditionalGeneration(Qwen3PositionsMixin, MRopePruningMixin,
         return self.language_model.embed_input_ids(ids)
 
     def _vtp_text_around(self, marked, device, kwargs=None, i: int = 0):
-        modality, grid = self._vtp_grid(kwargs, i)
-        if modality != "video":
+        if kwargs is None or kwargs.get("video_grid_thw") is None:
             return super()._vtp_text_around(marked, device, kwargs, i)
+        _, grid = self._vtp_grid(kwargs, i)
         pre, post = text_around(marked)          # a pruned clip: its whole placeholder is marked
         cfg = self.config
         merge = cfg.vision_config.spatial_merge_size
