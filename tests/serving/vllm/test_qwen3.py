@@ -194,6 +194,23 @@ def test_prefix_cache(engine_qwen3, tiny_qwen3):
         assert_same(out, tiny_qwen3.reference(longer, [img], ref, TOKENS))
 
 
+def test_prefix_cache_inside_a_pruned_clip(engine_qwen3, tiny_qwen3):
+    """A cached prompt start that ends inside a pruned clip's placeholder (66 rows from token 2,
+    32-token blocks): the rest of the clip's rows are numbered from the cached start."""
+    clip = _clip(1, 8, (96, 96))
+    opts = {"method": "divprune", "budget": 40}
+    q = examples(4)
+    prompt, longer = VIDEO + " " + q[0].question, VIDEO + " " + q[3].question + " " + q[0].question
+    sel = _sel(tiny_qwen3, [clip], opts, video=True)
+    first = engine_qwen3.generate([qrequest(prompt, [clip], opts, video=True)], greedy_lp(TOKENS))[0]
+    _same_clip(first, tiny_qwen3.reference(prompt, [clip], sel, TOKENS, video=True))
+    out = engine_qwen3.generate([qrequest(longer, [clip], opts, video=True)], greedy_lp(TOKENS))[0]
+    ids = list(out.prompt_token_ids)         # the placeholder ends at the clip's last <|vision_end|>
+    end = len(ids) - ids[::-1].index(tiny_qwen3.model.config.vision_end_token_id) - 1
+    assert 32 <= out.num_cached_tokens < end
+    _same_clip(out, tiny_qwen3.reference(longer, [clip], sel, TOKENS, video=True))
+
+
 def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwen3, record):
     """Without a ``vtp`` option the adapter runs as vLLM's own class, positions included (its
     recompute numbers every item, pruned or not): a clip (timestamps between its frames' runs)
