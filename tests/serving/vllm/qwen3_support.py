@@ -18,6 +18,8 @@ import dataclasses
 
 import torch
 
+from vtp_compile.testing.vllm_qwen import VIDEO
+
 from .qwen_support import TinyQwen
 
 
@@ -28,15 +30,17 @@ class TinyQwen3(TinyQwen):
         """transformers' tower outputs for ``images`` (clips): ``pooler_output`` (main
         features per item) and ``deepstack_features`` (per level, per item)."""
         with torch.no_grad():
+            model = self.model.model
             if video:
-                inp = self.hf_inputs("<|vision_start|><|video_pad|><|vision_end|>" * len(images), images, video=True)
-                return self.model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"],
-                                                           return_dict=True)
+                inp = self.hf_inputs(VIDEO * len(images), images, video=True)
+                return model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"],
+                                                return_dict=True)
             inp = self.processor.image_processor(images=images, return_tensors="pt")
-            return self.model.model.get_image_features(inp["pixel_values"], inp["image_grid_thw"], return_dict=True)
+            return model.get_image_features(inp["pixel_values"], inp["image_grid_thw"], return_dict=True)
 
     def positions(self, inp, video: bool = False) -> torch.Tensor:
-        grids = {"video_grid_thw": inp["video_grid_thw"]} if video else {"image_grid_thw": inp["image_grid_thw"]}
+        key = "video_grid_thw" if video else "image_grid_thw"
+        grids = {key: inp[key]}
         with torch.no_grad():
             return self.model.model.get_rope_index(inp["input_ids"], inp["mm_token_type_ids"], **grids)[0]
 
