@@ -37,6 +37,10 @@ VIDEO_CASES = [
     {"method": "cdpruner", "budget": 30},
     {"method": "acgr", "site": "encoder", "budget": 30},
 ]
+# per_frame's frames are the same on every Qwen clip (test_qwen_video.py runs them in CI): the
+# full tier only here, to keep this file near a minute
+_FULL_TIER = ({"method": "vidcom2", "ratio": 0.3, "per_frame": "even", "min_per_frame": 2},
+              {"method": "random", "ratio": 0.25, "per_frame": "even", "min_per_frame": 3})
 
 
 def _sel(tiny, images, opts, video=False, prompt=None):
@@ -215,6 +219,8 @@ def test_unpruned_equals_vllm_own_class(engine_qwen3, engine_qwen3_own, tiny_qwe
     """Without a ``vtp`` option the adapter runs as vLLM's own class, positions included (its
     recompute numbers every item, pruned or not): a clip (timestamps between its frames' runs)
     and a two-image prompt, batched with a pruned image request; all equal transformers too."""
+    assert engine_qwen3_own.apply_model(lambda m: type(m).__name__) == ["Qwen3VLForConditionalGeneration"]
+    assert engine_qwen3.apply_model(lambda m: type(m).__name__) == ["VtpQwen3VLForConditionalGeneration"]
     clip = _clip(0, 4, (64, 96))        # 2 temporal patches of 4 x 6 = 24 tokens each
     q = examples(2)[1].question
     ims = [_image(i, SIZES[i])[1] for i in (1, 2)]
@@ -245,7 +251,8 @@ def test_refused_options(engine_qwen3, opts, match):
 
 # ---- clips: one run per temporal patch after its timestamp; the model writes the real layout
 
-@pytest.mark.parametrize("opts", VIDEO_CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize("opts", [pytest.param(o, marks=pytest.mark.vllm_slow) if o in _FULL_TIER else o
+                                  for o in VIDEO_CASES], ids=lambda o: "-".join(str(v) for v in o.values()))
 def test_clip_kept_indices_and_tokens(engine_qwen3, tiny_qwen3, record, opts):
     """An 8-frame 96 x 96 clip: 4 temporal patches of 6 x 6 = 144 tokens (its placeholder
     crosses 64-token prefill chunks). Kept indices equal ``explain``; tokens and log-probabilities
