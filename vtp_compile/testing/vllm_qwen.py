@@ -1,12 +1,14 @@
-"""Random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints that vLLM (CPU) loads, for the plugin's tests.
+"""Random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints that vLLM (CPU) loads, for the
+plugin's tests.
 
 Like :mod:`.vllm_models` (LLaVA): built from transformers' config classes with the scene model's
 word-level vocabulary plus Qwen's four vision tokens, saved to a directory that ``vllm.LLM(path)``
 loads. Head sizes are 32 (vLLM's CPU attention runs 32, 64, 80, ...), 8 px patches merged 2x2,
 so an image of ``h x w`` pixels (after the processor's rounding to multiples of 16) gives
 ``(h / 16) * (w / 16)`` visual tokens; the processor's ``max_pixels`` caps an image at 112 x 112
-(49 tokens). Needs torchvision (Qwen's image and video processors): in the vLLM CPU environment
-through ``requirements/torchvision_cpu_shim.py``. Importing this module imports no vLLM.
+(49 tokens); Qwen3-VL's video processor caps a clip at 8 such frames' pixels. Needs torchvision
+(Qwen's image and video processors): in the vLLM CPU environment through
+``requirements/torchvision_cpu_shim.py``. Importing this module imports no vLLM.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def tokenizer():
 def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     """``(model, processor)``: a random-weight Qwen2-VL, Qwen2.5-VL or Qwen3-VL in fp32."""
     import transformers
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     tok = tokenizer()
     ids = {attr: tok.convert_tokens_to_ids(t) for t, attr in QWEN_TOKENS.items()}
@@ -61,6 +63,7 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
         common.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
     ip = Qwen2VLImageProcessor(**common)
     if spec.family == "qwen3_vl":   # its longest_edge bounds a clip's pixels, all frames together
+        from transformers import Qwen3VLVideoProcessor
         vp = Qwen3VLVideoProcessor(**{**common, "size": {**sizes, "longest_edge": 8 * sizes["longest_edge"]}},
                                    do_sample_frames=False)
     else:
