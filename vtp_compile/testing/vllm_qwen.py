@@ -1,12 +1,14 @@
-"""Random-weight Qwen2-VL / Qwen2.5-VL checkpoints that vLLM (CPU) loads, for the plugin's tests.
+"""Random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints that vLLM (CPU) loads, for the
+plugin's tests.
 
 Like :mod:`.vllm_models` (LLaVA): built from transformers' config classes with the scene model's
 word-level vocabulary plus Qwen's four vision tokens, saved to a directory that ``vllm.LLM(path)``
 loads. Head sizes are 32 (vLLM's CPU attention runs 32, 64, 80, ...), 8 px patches merged 2x2,
 so an image of ``h x w`` pixels (after the processor's rounding to multiples of 16) gives
 ``(h / 16) * (w / 16)`` visual tokens; the processor's ``max_pixels`` caps an image at 112 x 112
-(49 tokens). Needs torchvision (Qwen's image and video processors): in the vLLM CPU environment
-through ``requirements/torchvision_cpu_shim.py``. Importing this module imports no vLLM.
+(49 tokens); Qwen3-VL's video processor caps a clip at 8 such frames' pixels. Needs torchvision
+(Qwen's image and video processors): in the vLLM CPU environment through
+``requirements/torchvision_cpu_shim.py``. Importing this module imports no vLLM.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 
 @dataclasses.dataclass(frozen=True)
 class TinyQwen:
-    family: str = "qwen2_5_vl"     # or "qwen2_vl"
+    family: str = "qwen2_5_vl"     # or "qwen2_vl", "qwen3_vl" (deepstack after vision layers 0, 1)
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -46,7 +48,7 @@ def tokenizer():
 
 
 def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
-    """``(model, processor)``: a random-weight Qwen2-VL or Qwen2.5-VL in fp32."""
+    """``(model, processor)``: a random-weight Qwen2-VL, Qwen2.5-VL or Qwen3-VL in fp32."""
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -55,8 +57,17 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     px = spec.patch_size * 2
     sizes = {"shortest_edge": px * px, "longest_edge": spec.max_side * spec.max_side}   # pixels
     common = dict(patch_size=spec.patch_size, merge_size=2, temporal_patch_size=2, size=sizes)
+    if spec.family == "qwen3_vl":
+        # Qwen3-VL's checkpoints normalise with mean = std = 0.5, images and videos alike; vLLM
+        # normalises both in the model with the image processor's values (mm_device_do_normalize)
+        common.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
     ip = Qwen2VLImageProcessor(**common)
-    vp = Qwen2VLVideoProcessor(**common, do_sample_frames=False)
+    if spec.family == "qwen3_vl":   # its longest_edge bounds a clip's pixels, all frames together
+        from transformers import Qwen3VLVideoProcessor
+        vp = Qwen3VLVideoProcessor(**{**common, "size": {**sizes, "longest_edge": 8 * sizes["longest_edge"]}},
+                                   do_sample_frames=False)
+    else:
+        vp = Qwen2VLVideoProcessor(**common, do_sample_frames=False)
     vision = dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden, num_heads=spec.vision_heads,
                   patch_size=spec.patch_size, spatial_merge_size=2, temporal_patch_size=2,
                   in_channels=3, out_hidden_size=spec.text_hidden)
@@ -67,14 +78,21 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     elif spec.family == "qwen2_vl":
         vision.update(embed_dim=spec.vision_hidden, hidden_size=spec.text_hidden, mlp_ratio=2)
         names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
+    elif spec.family == "qwen3_vl":
+        vision.update(intermediate_size=2 * spec.vision_hidden, num_position_embeddings=64,
+                      deepstack_visual_indexes=list(range(spec.vision_layers)))
+        names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")
     else:
-        raise ValueError(f"unknown family {spec.family!r}; built here: qwen2_vl, qwen2_5_vl")
+        raise ValueError(f"unknown family {spec.family!r}; built here: qwen2_vl, qwen2_5_vl, qwen3_vl")
     text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
                 num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
                 num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6],
+                                 **({"mrope_interleaved": True} if spec.family == "qwen3_vl" else {})},
                 tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id)
+    if spec.family == "qwen3_vl":
+        text["head_dim"] = spec.text_hidden // spec.text_heads
     cfg_cls, model_cls, proc_cls = (getattr(transformers, n) for n in names)
     cfg = cfg_cls(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
     cfg._attn_implementation = "sdpa"

@@ -182,3 +182,24 @@ def tiny_smolvlm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine_smolvlm(tiny_smolvlm):
     return tiny_smolvlm.engine()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory):
+    from .qwen3_support import TinyQwen3
+    return TinyQwen3.make(tmp_path_factory.mktemp("tiny_qwen3_vl"), "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def engine_qwen3(tiny_qwen3):
+    """Qwen3-VL with 64-token prefill chunks and 32-token KV blocks, as ``engine_qwen``."""
+    return tiny_qwen3.engine(max_num_batched_tokens=64, block_size=32)
+
+
+@pytest.fixture(scope="session")
+def engine_qwen3_own(tiny_qwen3):
+    """The tiny Qwen3-VL on vLLM's own class (the adapter set aside while it is built): what the
+    adapter must equal where it prunes nothing."""
+    from .support import unadapted
+    with unadapted("Qwen3VLForConditionalGeneration", "qwen3_vl"):
+        return tiny_qwen3.engine(max_num_batched_tokens=64, block_size=32)

@@ -171,12 +171,22 @@ def examples(n, task="attribute"):
 def unadapted(arch: str, module: str):
     """vLLM's own class ``module:arch`` registered for ``arch`` while the block runs, the plugin's
     adapter again after it: a real model class without vtp's mixins, for the guard's tests
-    (every family of tiny model built here has an adapter)."""
+    (every family of tiny model built here has an adapter). The plugin is registered first: vLLM
+    loads it when the first engine is built, which inside the block would register the adapter
+    over vLLM's class again. vLLM caches each checkpoint's model class by its path
+    (``model_loader.utils._MODEL_ARCH_BY_HASH``): the cache is emptied on the way in and out, so
+    that an engine of a checkpoint built before (or after) gets its own class."""
     from vllm import ModelRegistry
+    from vllm.model_executor.model_loader import utils
 
+    from vtp_compile.serving.vllm import register
     from vtp_compile.serving.vllm.plugin import ADAPTERS
+    register()
+    cache = getattr(utils, "_MODEL_ARCH_BY_HASH", {})
+    cache.clear()
     ModelRegistry.register_model(arch, f"vllm.model_executor.models.{module}:{arch}")
     try:
         yield
     finally:
         ModelRegistry.register_model(arch, ADAPTERS[arch])
+        cache.clear()

@@ -183,7 +183,7 @@ def test_mrope_models_are_refused(tiny_qwen):
     from vtp_compile.testing.vllm_qwen import IMAGE
     proc = _processor(tiny_qwen.path)
     ex = examples(1)[0]
-    with pytest.raises(OptionError, match="M-RoPE.*Qwen2.5-VL prune on vLLM's own classes"):
+    with pytest.raises(OptionError, match="M-RoPE.*Qwen3-VL prune on vLLM's own classes"):
         _apply(proc, IMAGE + " " + ex.question, [ex.image], {"method": "divprune", "budget": 8})
 
 

@@ -93,15 +93,20 @@ class PruningModelMixin:
                 ctx = ctxs[key][i]
             before = after = None
             if spec.text and texts[i] is not None:
-                before, after = self._vtp_text_around(texts[i], f.device)
+                before, after = self._vtp_text_around(texts[i], f.device, kwargs, i)
             temporal = self._vtp_temporal(kwargs, i) if needs_frames(spec.site) else None
-            idx, kept = select_image(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
+            idx, kept = self._vtp_select(spec, f, ctx=ctx, before=before, after=after, temporal=temporal)
             if kept.shape[0] != k:
                 raise RuntimeError(f"vtp: image {i} kept {kept.shape[0]} tokens, expected {k}")
             _record(spec, V, idx)
             out.append(kept)
             kept_idx.append(idx)
         return self._vtp_output(tuple(out), kept_idx, kwargs)
+
+    def _vtp_select(self, spec, feats, **kw):
+        """``(kept indices, kept rows)`` of one item's ``[V, D]`` features
+        (:func:`.selection.select_image`; Qwen3-VL scores the first ``D`` of wider rows)."""
+        return select_image(spec, feats, **kw)
 
     def _vtp_output(self, feats, kept_idx, kwargs):
         """What ``embed_multimodal`` returns, given the per-item features (kept ones, in position
@@ -114,20 +119,27 @@ class PruningModelMixin:
         None: every item is one frame, as an image is on the transformers path)."""
         return None
 
-    def _vtp_text_around(self, marked: torch.Tensor, device):
+    def _vtp_text_around(self, marked: torch.Tensor, device, kwargs=None, i: int = 0):
         """Embeddings of the prompt's text before and after this image's run (``-1``); other
-        images' runs (``-2``) are left out."""
-        ids = marked.tolist()
-        first = ids.index(-1)
-        last = len(ids) - 1 - ids[::-1].index(-1)
-        pre = [t for t in ids[:first] if t >= 0]
-        post = [t for t in ids[last + 1:] if t >= 0]
+        images' runs (``-2``) are left out. ``kwargs``, ``i``: the batch's inputs and the item."""
+        pre, post = text_around(marked)
+        return self._vtp_embed_seqs(pre, post, device)
 
+    def _vtp_embed_seqs(self, pre: list[int], post: list[int], device):
         def emb(seq):
             if not seq:
                 return None
             return self._vtp_embed_text(torch.tensor(seq, dtype=torch.long, device=device))
         return emb(pre), emb(post)
+
+
+def text_around(marked: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The prompt's token ids before and after the item's slots (``-1``), other items' slots
+    (``-2``) left out."""
+    ids = marked.tolist()
+    first = ids.index(-1)
+    last = len(ids) - 1 - ids[::-1].index(-1)
+    return [t for t in ids[:first] if t >= 0], [t for t in ids[last + 1:] if t >= 0]
 
 
 def _record(spec, V: int, idx: torch.Tensor) -> None:

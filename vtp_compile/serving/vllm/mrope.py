@@ -1,4 +1,5 @@
-"""M-RoPE positions of the kept tokens (Qwen2-VL, Qwen2.5-VL), through vLLM's EVS path.
+"""M-RoPE positions of the kept tokens (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with its own recompute,
+:mod:`.qwen3`), through vLLM's EVS path.
 
 vLLM numbers a Qwen prompt's tokens with M-RoPE: an image's (or clip's) tokens get ``(t, h, w)``
 positions on their merged patch grid, offset by the position after ``<|vision_start|>``, and the

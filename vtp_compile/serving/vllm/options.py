@@ -37,8 +37,9 @@ SERVED = {
     "fastvid": "a clip's features and its frames (Qwen-VL only)",
 }
 # the families whose adapter knows each clip's frames (the methods that read frames run there)
-FRAME_FAMILIES = ("Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision (Qwen2VLForConditionalGeneration, "
-                  "Qwen2_5_VLForConditionalGeneration, LlavaOnevisionForConditionalGeneration)")
+FRAME_FAMILIES = ("Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision (Qwen2VLForConditionalGeneration, "
+                  "Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, "
+                  "LlavaOnevisionForConditionalGeneration)")
 # methods that read the prompt: their selection is part of the image's cache key
 _TEXT = ("cdpruner", "acgr")
 _WHY_NOT = {

@@ -22,6 +22,7 @@ ADAPTERS = {
     "Qwen2VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen:VtpQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen3:VtpQwen3VLForConditionalGeneration",
     "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
     "InternVLForConditionalGeneration":
         "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
@@ -42,6 +43,7 @@ FAMILIES = {
     "LlavaOnevisionForConditionalGeneration": "LLaVA-OneVision",
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
+    "Qwen3VLForConditionalGeneration": "Qwen3-VL",
     "Gemma3ForConditionalGeneration": "Gemma 3",
     "InternVLForConditionalGeneration": "InternVL",
     "Idefics3ForConditionalGeneration": "Idefics3",

@@ -143,7 +143,7 @@ class PruningProcessorMixin:
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        kept = {mod: _kept_counts(out_mm_kwargs, mod) for mod in self._vtp_modalities}
+        kept = {mod: kept_counts(out_mm_kwargs, mod) for mod in self._vtp_modalities}
         return [dataclasses.replace(u, replacement=_cut(u.replacement, kept[u.modality]))
                 if kept.get(u.modality) else u for u in updates]
 
@@ -193,7 +193,8 @@ def _slots(rng) -> list[int]:
     return [rng.offset + j for j in rng.is_embed.nonzero().flatten().tolist()]
 
 
-def _kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
+def kept_counts(out_mm_kwargs, mod) -> dict[int, int]:
+    """``{item index: n_keep}`` of the pruned items of modality ``mod``."""
     if mod not in out_mm_kwargs:
         return {}
     name = field_names(mod)[0]

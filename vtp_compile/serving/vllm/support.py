@@ -12,6 +12,7 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "llava_onevision": ("random", "divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
+    "qwen3_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "gemma3": ("random", "divprune", "cdpruner", "acgr"),
     "internvl": ("random", "divprune", "cdpruner", "acgr"),
     "transformers_backend": ("random", "divprune", "cdpruner", "acgr"),
@@ -28,6 +29,7 @@ REFUSED: dict[str, dict[str, str]] = {
     "llava_onevision": {"visionzip": "packed anyres features", "nuwa": "packed anyres features"},
     "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+    "qwen3_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "gemma3": {"visionzip": "average-pooled patches", "nuwa": "average-pooled patches",
                **{m: _NO_FRAMES for m in VIDEO}},
     "internvl": {"visionzip": "tiles, pixel shuffle", "nuwa": "tiles, pixel shuffle",
@@ -43,6 +45,9 @@ REFUSED: dict[str, dict[str, str]] = {
 EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-frame pooled tokens, the newline a frame of its own)",
          "qwen2_5_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
          "qwen2_vl": "images and video clips (M-RoPE positions as vLLM's EVS; frames from the clip's grid)",
+         "qwen3_vl": "images and video clips (deepstack: scores from the main features, kept rows keep "
+                     "theirs; M-RoPE positions as on Qwen2.5-VL; a clip's kept tokens in their frames, "
+                     "between its timestamps)",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
          "internvl": "HF format; images, all tiles (videos run unpruned)",
          "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
@@ -53,7 +58,7 @@ EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-f
 NOTES = {"acgr": "`site=\"encoder\"`", "nuwa": "stage 1", "visionzip": "CLIP towers", "dycoke": "stage 1"}
 # vLLM classes the plugin does not adapt: a vtp option on them is an error (.guard); without one
 # they run as without the plugin
-NOT_ADAPTED = ("qwen3_vl", "vLLM's Transformers backend for pooling (embed, classify)")
+NOT_ADAPTED = ("vLLM's Transformers backend for pooling (embed, classify)",)
 
 
 def matrix() -> str:

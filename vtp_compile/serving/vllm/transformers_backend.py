@@ -64,8 +64,8 @@ def refuse(spec, model_config) -> None:
         raise _error(f"vtp: {arch} numbers its tokens with M-RoPE, which {NAME} computes from "
                      "the prompt and each image's unpruned grid (the model's get_rope_index) before "
                      "the tower runs; the plugin cannot give kept tokens their positions there, so "
-                     "it does not prune M-RoPE models on this backend. Qwen2-VL and Qwen2.5-VL "
-                     "prune on vLLM's own classes (model_impl='auto' or 'vllm')")
+                     "it does not prune M-RoPE models on this backend. Qwen2-VL, Qwen2.5-VL and "
+                     "Qwen3-VL prune on vLLM's own classes (model_impl='auto' or 'vllm')")
 
 
 def slots(seq: list[int], item_idx: int) -> int:
