@@ -32,15 +32,17 @@ from .processor import PruningProcessorMixin
 _SERVED = "random, divprune, cdpruner, acgr (site='encoder'), vidcom2, dycoke, fastvid"
 
 
-def _refuse(spec, mm_config):
+def refuse(spec, mm_config, family: str = "Qwen-VL", tower: str = "Qwen's tower"):
+    """The Qwen-family refusals: methods that read CLIP-style tower internals, and a ``vtp``
+    option beside vLLM's own video pruning (EVS)."""
     from ...errors import OptionError
     if spec.internals:
         raise OptionError(f"vtp: {spec.method} reads CLIP-style vision-tower internals (a CLS "
-                          f"token, one attention map per image); Qwen's tower has neither. Methods "
-                          f"that run on Qwen-VL: {_SERVED}")
+                          f"token, one attention map per image); {tower} has neither. Methods "
+                          f"that run on {family}: {_SERVED}")
     if mm_config is not None and mm_config.video_pruning_rate:
         raise OptionError("vtp: vLLM's own video pruning (video_pruning_rate, EVS) is on; vtp and "
-                          "EVS cannot both prune one Qwen-VL engine: unset video_pruning_rate")
+                          f"EVS cannot both prune one {family} engine: unset video_pruning_rate")
 
 
 class _QwenProcessorMixin(PruningProcessorMixin):
@@ -59,7 +61,7 @@ class _QwenProcessorMixin(PruningProcessorMixin):
         return int(grid.prod()) // (merge * merge)
 
     def _vtp_check(self, spec):
-        _refuse(spec, self.info.ctx.get_mm_config())
+        refuse(spec, self.info.ctx.get_mm_config())
 
 
 class _QwenModelMixin(MRopePruningMixin, PruningModelMixin):
@@ -67,7 +69,7 @@ class _QwenModelMixin(MRopePruningMixin, PruningModelMixin):
     _vtp_frames = True
 
     def _vtp_check_engine(self, spec):
-        _refuse(spec, self.multimodal_config)
+        refuse(spec, self.multimodal_config)
 
     def _vtp_embed_text(self, ids):
         return self.language_model.embed_input_ids(ids)

@@ -44,22 +44,14 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from .model import PruningModelMixin, text_around
 from .mrope import MRopePruningMixin
 from .processor import PruningProcessorMixin, kept_counts
+from .qwen import refuse
 from .qwen3_positions import (Qwen3PositionsMixin, clip_ids, clip_layout, encode, frames, run_rows,
                               timestamps_of)
 from .selection import select_image
 
-_SERVED = "random, divprune, cdpruner, acgr (site='encoder'), vidcom2, dycoke, fastvid"
-
 
 def _refuse(spec, mm_config):
-    from ...errors import OptionError
-    if spec.internals:
-        raise OptionError(f"vtp: {spec.method} reads CLIP-style vision-tower internals (a CLS "
-                          f"token, one attention map per image); Qwen3-VL's tower has neither. "
-                          f"Methods that run on Qwen3-VL: {_SERVED}")
-    if mm_config is not None and mm_config.video_pruning_rate:
-        raise OptionError("vtp: vLLM's own video pruning (video_pruning_rate, EVS) is on; vtp and "
-                          "EVS cannot both prune one Qwen3-VL engine: unset video_pruning_rate")
+    refuse(spec, mm_config, "Qwen3-VL", "Qwen3-VL's tower")
 
 
 class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProcessor):
