@@ -1,3 +1,5 @@
+import operator
+
 import pytest
 import torch
 
@@ -49,3 +51,20 @@ def test_merging_the_sequence_dim_is_unsupported():
 def test_view_groups():
     assert _view_groups([2, 23, 64], [2, 23, 4, 16]) == [([0], [0]), ([1], [1]), ([2], [2, 3])]
     assert _view_groups([1, 8, 8], [1, 8, 2, 4]) == [([1], [1]), ([2], [2, 3])]
+
+
+def test_in_place_arithmetic_keeps_the_sequence_dim():
+    """``x /= y`` (Mixtral's router normalises its top-k weights so) is the out-of-place op."""
+    def f(x):
+        y = x * 2
+        y /= y.sum(-1, keepdim=True)
+        y -= 1
+        y **= 2
+        return y
+
+    gm = _capture(f, torch.randn(1, 6, 4))
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    nodes = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+    sd = SeqDims(nodes, x)
+    inplace = [n for n in nodes if n.target in (operator.itruediv, operator.isub, operator.ipow)]
+    assert len(inplace) == 3 and all(sd.seq_dims(n) == [1] for n in inplace)

@@ -273,7 +273,11 @@ PYTHON_OPS = {
     operator.neg: "neg", operator.pow: "pow", operator.and_: "bitwise_and",
     operator.or_: "bitwise_or", operator.invert: "bitwise_not", operator.eq: "eq",
     operator.ne: "ne", operator.lt: "lt", operator.le: "le", operator.gt: "gt", operator.ge: "ge",
-    operator.floordiv: "floor_divide", operator.iadd: "add", operator.imul: "mul",
+    operator.floordiv: "floor_divide",
+    # in-place forms (``x /= y`` in a modeling file, e.g. Mixtral's router): the same values
+    operator.iadd: "add", operator.isub: "sub", operator.imul: "mul", operator.itruediv: "div",
+    operator.ifloordiv: "floor_divide", operator.ipow: "pow", operator.iand: "bitwise_and",
+    operator.ior: "bitwise_or",
 }
 IDENTITY_METHODS = {"to", "float", "half", "bfloat16", "double", "type_as", "contiguous", "clone",
                     "detach", "type", "requires_grad_"}
