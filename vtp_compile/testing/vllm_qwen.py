@@ -1,4 +1,4 @@
-"""Random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints that vLLM (CPU) loads, for the
+"""Random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE checkpoints that vLLM (CPU) loads, for the
 plugin's tests.
 
 Like :mod:`.vllm_models` (LLaVA): built from transformers' config classes with the scene model's
@@ -25,7 +25,8 @@ VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 
 @dataclasses.dataclass(frozen=True)
 class TinyQwen:
-    family: str = "qwen2_5_vl"     # or "qwen2_vl", "qwen3_vl" (deepstack after vision layers 0, 1)
+    family: str = "qwen2_5_vl"     # or "qwen2_vl", "qwen3_vl" (deepstack after vision layers 0, 1),
+    #                                "qwen3_vl_moe" (as qwen3_vl, every decoder layer a sparse MoE block)
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -34,6 +35,8 @@ class TinyQwen:
     text_layers: int = 2
     text_heads: int = 4            # head size 32; M-RoPE sections 4 + 6 + 6 = 32 / 2
     text_mlp: int = 256
+    experts: int = 4               # qwen3_vl_moe: 4 experts of 64 features, 2 per token
+    expert_mlp: int = 64
     max_side: int = 112
 
 
@@ -48,7 +51,7 @@ def tokenizer():
 
 
 def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
-    """``(model, processor)``: a random-weight Qwen2-VL, Qwen2.5-VL or Qwen3-VL in fp32."""
+    """``(model, processor)``: a random-weight Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE in fp32."""
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -57,12 +60,13 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     px = spec.patch_size * 2
     sizes = {"shortest_edge": px * px, "longest_edge": spec.max_side * spec.max_side}   # pixels
     common = dict(patch_size=spec.patch_size, merge_size=2, temporal_patch_size=2, size=sizes)
-    if spec.family == "qwen3_vl":
+    qwen3 = spec.family in ("qwen3_vl", "qwen3_vl_moe")
+    if qwen3:
         # Qwen3-VL's checkpoints normalise with mean = std = 0.5, images and videos alike; vLLM
         # normalises both in the model with the image processor's values (mm_device_do_normalize)
         common.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
     ip = Qwen2VLImageProcessor(**common)
-    if spec.family == "qwen3_vl":   # its longest_edge bounds a clip's pixels, all frames together
+    if qwen3:   # its longest_edge bounds a clip's pixels, all frames together
         from transformers import Qwen3VLVideoProcessor
         vp = Qwen3VLVideoProcessor(**{**common, "size": {**sizes, "longest_edge": 8 * sizes["longest_edge"]}},
                                    do_sample_frames=False)
@@ -78,21 +82,27 @@ def build(spec: TinyQwen = TinyQwen(), seed: int = 0):
     elif spec.family == "qwen2_vl":
         vision.update(embed_dim=spec.vision_hidden, hidden_size=spec.text_hidden, mlp_ratio=2)
         names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
-    elif spec.family == "qwen3_vl":
+    elif qwen3:
         vision.update(intermediate_size=2 * spec.vision_hidden, num_position_embeddings=64,
                       deepstack_visual_indexes=list(range(spec.vision_layers)))
-        names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")
+        names = (("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor")
+                 if spec.family == "qwen3_vl_moe" else
+                 ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"))
     else:
-        raise ValueError(f"unknown family {spec.family!r}; built here: qwen2_vl, qwen2_5_vl, qwen3_vl")
+        raise ValueError(f"unknown family {spec.family!r}; built here: qwen2_vl, qwen2_5_vl, qwen3_vl, "
+                         "qwen3_vl_moe")
     text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
                 num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
                 num_key_value_heads=spec.text_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6],
-                                 **({"mrope_interleaved": True} if spec.family == "qwen3_vl" else {})},
+                                 **({"mrope_interleaved": True} if qwen3 else {})},
                 tie_word_embeddings=False, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id)
-    if spec.family == "qwen3_vl":
+    if qwen3:
         text["head_dim"] = spec.text_hidden // spec.text_heads
+    if spec.family == "qwen3_vl_moe":
+        text.update(num_experts=spec.experts, num_experts_per_tok=2, moe_intermediate_size=spec.expert_mlp,
+                    decoder_sparse_step=1)
     cfg_cls, model_cls, proc_cls = (getattr(transformers, n) for n in names)
     cfg = cfg_cls(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
     cfg._attn_implementation = "sdpa"
@@ -113,4 +123,20 @@ def save(model, processor, path):
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
+    if model.config.model_type == "qwen3_vl_moe":
+        # as the hub checkpoints: the text config holds norm_topk_prob (vLLM reads it; transformers'
+        # config class drops it and always renormalises the top-k router weights), and the fused
+        # expert weights are stored transposed (gate_up_proj [E, hidden, 2 * I], down_proj
+        # [E, I, hidden]: vLLM's is_fused_checkpoint_transposed; transformers saves [E, 2 * I, hidden])
+        import json
+
+        from safetensors.torch import load_file, save_file
+        for f in path.glob("*.safetensors"):
+            w = load_file(f)
+            w = {k: v.transpose(1, 2).contiguous() if k.endswith(("experts.gate_up_proj", "experts.down_proj"))
+                 else v for k, v in w.items()}
+            save_file(w, f, metadata={"format": "pt"})
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["text_config"]["norm_topk_prob"] = True
+        (path / "config.json").write_text(json.dumps(cfg, indent=2))
     return path

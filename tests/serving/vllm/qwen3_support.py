@@ -92,7 +92,8 @@ class TinyQwen3(TinyQwen):
         gen, lps = [], []
         with torch.no_grad():
             for _ in range(max_tokens):
-                vis = torch.cat([ids, torch.tensor(gen, dtype=ids.dtype)]) == token
+                # the prompt's visual tokens only: a generated token may be the placeholder's id
+                vis = torch.cat([ids == token, torch.zeros(len(gen), dtype=torch.bool)])
                 hidden = lm(inputs_embeds=emb[None], position_ids=pos[:, None],
                             visual_pos_masks=vis[None] if deep else None,
                             deepstack_visual_embeds=deep).last_hidden_state

@@ -2,8 +2,8 @@
 
 vLLM hands every ``mm_processor_kwargs`` entry to the model's multimodal processor, and a
 processor that does not know ``vtp`` ignores it: without this guard, ``vtp`` options on a model
-the plugin has no adapter for (a pooling model on vLLM's Transformers backend, Qwen3-VL-MoE,
-Qwen3.5, ...) would run unpruned without a word.
+the plugin has no adapter for (a pooling model on vLLM's Transformers backend, Qwen3.5, ...)
+would run unpruned without a word.
 :func:`install` wraps vLLM's ``MultiModalRegistry.create_processor`` (every vLLM process builds
 its processor through it, at start-up: the front end for requests, the engine core for its
 encoder budget): a processor without vtp's mixin

@@ -23,6 +23,8 @@ ADAPTERS = {
     "Qwen2_5_VLForConditionalGeneration":
         "vtp_compile.serving.vllm.qwen:VtpQwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "vtp_compile.serving.vllm.qwen3:VtpQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration":
+        "vtp_compile.serving.vllm.qwen3_moe:VtpQwen3VLMoeForConditionalGeneration",
     "Gemma3ForConditionalGeneration": "vtp_compile.serving.vllm.gemma3:VtpGemma3ForConditionalGeneration",
     "InternVLForConditionalGeneration":
         "vtp_compile.serving.vllm.internvl:VtpInternVLForConditionalGeneration",
@@ -44,6 +46,7 @@ FAMILIES = {
     "Qwen2VLForConditionalGeneration": "Qwen2-VL",
     "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL",
     "Qwen3VLForConditionalGeneration": "Qwen3-VL",
+    "Qwen3VLMoeForConditionalGeneration": "Qwen3-VL-MoE",
     "Gemma3ForConditionalGeneration": "Gemma 3",
     "InternVLForConditionalGeneration": "InternVL",
     "Idefics3ForConditionalGeneration": "Idefics3",

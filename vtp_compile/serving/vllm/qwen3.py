@@ -1,5 +1,7 @@
 """Qwen3-VL (vLLM's ``Qwen3VLForConditionalGeneration``): images and clips, with the M-RoPE
-positions the kept tokens have on the transformers path.
+positions the kept tokens have on the transformers path. Qwen3-VL-MoE (:mod:`.qwen3_moe`) shares
+the mixins here: the same tower, processor, deepstack and positions; only the decoder's
+feed-forward layers differ, which pruning does not touch.
 
 **Items.** An image's ``V`` tokens are its merged patches (``h * w / merge^2`` of its
 ``image_grid_thw``) in the raster order the tower emits; a clip's are its temporal patches'
@@ -50,11 +52,13 @@ from .qwen3_positions import (Qwen3PositionsMixin, clip_ids, clip_layout, encode
 from .selection import select_image
 
 
-def _refuse(spec, mm_config):
-    refuse(spec, mm_config, "Qwen3-VL", "Qwen3-VL's tower")
+def _refuse(spec, mm_config, family: str):
+    refuse(spec, mm_config, family, "Qwen3-VL's tower")
 
 
-class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProcessor):
+class Qwen3ProcessorMixin(PruningProcessorMixin):
+    """Before vLLM's ``Qwen3VLMultiModalProcessor``: Qwen3-VL's and Qwen3-VL-MoE's processor."""
+    _vtp_family = "Qwen3-VL"
     _vtp_modalities = ("image", "video")
     _vtp_frames = True
 
@@ -70,7 +74,7 @@ class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProc
         return int(grid.prod()) // (merge * merge)
 
     def _vtp_check(self, spec):
-        _refuse(spec, self.info.ctx.get_mm_config())
+        _refuse(spec, self.info.ctx.get_mm_config(), self._vtp_family)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -97,15 +101,15 @@ class VtpQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProc
         return PromptUpdateDetails.from_seq(ids)
 
 
-@MULTIMODAL_REGISTRY.register_processor(VtpQwen3VLMultiModalProcessor, info=Qwen3VLProcessingInfo,
-                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
-class VtpQwen3VLForConditionalGeneration(Qwen3PositionsMixin, MRopePruningMixin, PruningModelMixin,
-                                         Qwen3VLForConditionalGeneration):
+class Qwen3PruningMixin(Qwen3PositionsMixin, MRopePruningMixin, PruningModelMixin):
+    """Before vLLM's ``Qwen3VLForConditionalGeneration`` (or its MoE subclass): Qwen3-VL's and
+    Qwen3-VL-MoE's model."""
+    _vtp_family = "Qwen3-VL"
     _vtp_modalities = ("image", "video")
     _vtp_frames = True
 
     def _vtp_check_engine(self, spec):
-        _refuse(spec, self.multimodal_config)
+        _refuse(spec, self.multimodal_config, self._vtp_family)
 
     def _vtp_embed_text(self, ids):
         return self.language_model.embed_input_ids(ids)
@@ -173,3 +177,13 @@ class VtpQwen3VLForConditionalGeneration(Qwen3PositionsMixin, MRopePruningMixin,
         rows[tok == cfg.video_token_id] = kept_feats
         layout = clip_layout(ids, idx, grid, merge, cfg)
         return torch.cat([rows, encode(layout, rows.dtype).to(dev)], 1)
+
+
+class VtpQwen3VLMultiModalProcessor(Qwen3ProcessorMixin, Qwen3VLMultiModalProcessor):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(VtpQwen3VLMultiModalProcessor, info=Qwen3VLProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class VtpQwen3VLForConditionalGeneration(Qwen3PruningMixin, Qwen3VLForConditionalGeneration):
+    pass

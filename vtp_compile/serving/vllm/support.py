@@ -13,6 +13,7 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "qwen2_5_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
     "qwen2_vl": ("divprune", "cdpruner", "vidcom2", "dycoke", "fastvid"),
     "qwen3_vl": ("random", "divprune", "cdpruner", "acgr", "vidcom2", "dycoke", "fastvid"),
+    "qwen3_vl_moe": ("divprune", "cdpruner", "acgr", "vidcom2", "fastvid"),
     "gemma3": ("random", "divprune", "cdpruner", "acgr"),
     "internvl": ("random", "divprune", "cdpruner", "acgr"),
     "transformers_backend": ("random", "divprune", "cdpruner", "acgr"),
@@ -30,6 +31,7 @@ REFUSED: dict[str, dict[str, str]] = {
     "qwen2_5_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen2_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "qwen3_vl": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
+    "qwen3_vl_moe": {"visionzip": "no CLS token in Qwen's tower", "nuwa": "no CLS token in Qwen's tower"},
     "gemma3": {"visionzip": "average-pooled patches", "nuwa": "average-pooled patches",
                **{m: _NO_FRAMES for m in VIDEO}},
     "internvl": {"visionzip": "tiles, pixel shuffle", "nuwa": "tiles, pixel shuffle",
@@ -48,6 +50,8 @@ EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-f
          "qwen3_vl": "images and video clips (deepstack: scores from the main features, kept rows keep "
                      "theirs; M-RoPE positions as on Qwen2.5-VL; a clip's kept tokens in their frames, "
                      "between its timestamps)",
+         "qwen3_vl_moe": "Qwen3-VL's adapter on vLLM's MoE class: images and video clips as on Qwen3-VL "
+                         "(`cdpruner`, `acgr`, `fastvid`: full tier)",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
          "internvl": "HF format; images, all tiles (videos run unpruned)",
          "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
