@@ -1,7 +1,7 @@
 """A ``vtp`` option on a model without a vtp adapter is an error naming the families that prune
 (vtp_compile/serving/vllm/guard.py). The model without an adapter here is a tiny Idefics3 on
 vLLM's own ``Idefics3ForConditionalGeneration`` class, registered back over the plugin's adapter
-while its engines are built (``support.unadapted``): the same code path as Qwen3-VL-MoE or any other
+while its engines are built (``support.unadapted``): the same code path as Qwen3.5 or any other
 class the plugin does not adapt."""
 from __future__ import annotations
 

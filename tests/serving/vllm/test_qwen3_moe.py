@@ -121,8 +121,9 @@ def test_keep_all_equals_unpruned(engine_moe, record):
 @pytest.mark.parametrize("opts", VIDEO_CASES, ids=lambda o: o["method"])
 def test_clip_kept_indices_and_tokens(engine_moe, tiny_moe, record, opts):
     """An 8-frame 96 x 96 clip (4 temporal patches of 36 tokens): kept indices equal the
-    plugin's selection on transformers' features (each token's frame from the clip's grid); tokens and log-probabilities equal transformers with the kept tokens in their
-    frames, between the same timestamps, at their unpruned positions."""
+    plugin's selection on transformers' features (each token's frame from the clip's grid);
+    tokens and log-probabilities equal transformers with the kept tokens in their frames,
+    between the same timestamps, at their unpruned positions."""
     clip = _clip(1, 8, (96, 96))
     prompt = VIDEO + " " + examples(2)[0].question
     out = engine_moe.generate([qrequest(prompt, [clip], opts, video=True)], greedy_lp(TOKENS))[0]

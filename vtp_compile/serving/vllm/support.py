@@ -50,8 +50,9 @@ EXTRA = {"llava_onevision": "images and video clips (frames from the clip: per-f
          "qwen3_vl": "images and video clips (deepstack: scores from the main features, kept rows keep "
                      "theirs; M-RoPE positions as on Qwen2.5-VL; a clip's kept tokens in their frames, "
                      "between its timestamps)",
-         "qwen3_vl_moe": "Qwen3-VL's adapter on vLLM's MoE class: images and video clips as on Qwen3-VL "
-                         "(`cdpruner`, `acgr`, `fastvid`: full tier)",
+         "qwen3_vl_moe": "Qwen3-VL's adapter on vLLM's MoE class: images and video clips as on Qwen3-VL; "
+                         "kept indices checked against the selection on transformers' features (`explain` "
+                         "prunes nothing on transformers' MoE decoder); `cdpruner`, `acgr`, `fastvid`: full tier",
          "gemma3": "images without pan-and-scan (refused); causal attention on vLLM's CPU backend",
          "internvl": "HF format; images, all tiles (videos run unpruned)",
          "transformers_backend": "vLLM's Transformers backend (`model_impl=\"transformers\"`), checked on LLaVA: "
