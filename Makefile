@@ -15,23 +15,18 @@ setup:
 demo: setup
 	$(PY) examples/quickstart.py
 
-# The main suite runs in the foreground (one pytest-xdist worker per core). Beside it, in the
-# background: the lmms-eval and vLLM environments are built (mostly downloads), then their two
-# suites run side by side; their output (.envs.log, .vllm.log, .lmms.log) is printed after the
-# main suite's. All three suites together keep both cores busy to the end (docs/tests.md).
+# The lmms-eval and vLLM environments are built (mostly downloads) while the main tests run.
 test: setup
-	@( $(MAKE) --no-print-directory lmms-eval-env vllm-env > .envs.log 2>&1 || exit 4; \
-	   $(MAKE) --no-print-directory test-lmms-eval > .lmms.log 2>&1 & lmms=$$!; \
-	   $(MAKE) --no-print-directory test-vllm > .vllm.log 2>&1; v=$$?; \
-	   wait $$lmms; l=$$?; exit $$(( (v != 0) + 2 * (l != 0) )) ) & side=$$!; \
+	@$(MAKE) --no-print-directory lmms-eval-env vllm-env > .envs.log 2>&1 & envs=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal --durations=25 tests; rc=$$?; \
-	wait $$side; s=$$?; \
-	if [ $$s -eq 4 ]; then tail -50 .envs.log; echo "make: building .venv-lmms / .venv-vllm failed"; exit 1; fi; \
-	echo "== make test-vllm (run beside the main suite)"; cat .vllm.log; \
-	echo "== make test-lmms-eval (run beside the main suite)"; cat .lmms.log; \
-	if [ $$(( s & 1 )) -ne 0 ]; then echo "make: test-vllm failed"; fi; \
-	if [ $$(( s & 2 )) -ne 0 ]; then echo "make: test-lmms-eval failed"; fi; \
-	[ $$rc -eq 0 ] && [ $$s -eq 0 ]
+	if ! wait $$envs; then tail -50 .envs.log; echo "make: building .venv-lmms / .venv-vllm failed"; exit 1; fi; \
+	exit $$rc
+	@# the two suites each keep about one core busy: side by side (lmms-eval's output after)
+	@$(MAKE) --no-print-directory test-lmms-eval > .lmms.log 2>&1 & lmms=$$!; \
+	$(MAKE) --no-print-directory test-vllm; rc=$$?; \
+	wait $$lmms; lrc=$$?; cat .lmms.log; \
+	if [ $$lrc -ne 0 ]; then echo "make: test-lmms-eval failed"; fi; \
+	[ $$rc -eq 0 ] && [ $$lrc -eq 0 ]
 
 # torch 2.13.0 first (the CPU wheel on disk; an unpinned torch pulls CUDA builds), this package,
 # then lmms-eval without its dependency list plus what its evaluation path imports
