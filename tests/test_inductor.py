@@ -90,8 +90,10 @@ def test_forward_through_inductor(method, data):
                data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2, min_images=2),
                          label="batch 1")]
     images = sum(row[2] for row in batches[1]["rows"])
+    # Nüwa's graph also holds the images per row (one patch grid per row): the second batch's
+    per_row = {} if ragged else {"images": (batches[1]["rows"][0][2],)}
     batches += [data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2,
-                                         total_images=images), label=f"batch {i}")
+                                         total_images=images, **per_row), label=f"batch {i}")
                 for i in range(2, BATCHES)]
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
