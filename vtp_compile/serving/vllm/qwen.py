@@ -45,7 +45,7 @@ def refuse(spec, mm_config, family: str = "Qwen-VL", tower: str = "Qwen's tower"
                           f"EVS cannot both prune one {family} engine: unset video_pruning_rate")
 
 
-class _QwenProcessorMixin(PruningProcessorMixin):
+class QwenProcessorMixin(PruningProcessorMixin):
     _vtp_modalities = ("image", "video")
     _vtp_frames = True
 
@@ -75,11 +75,11 @@ class _QwenModelMixin(MRopePruningMixin, PruningModelMixin):
         return self.language_model.embed_input_ids(ids)
 
 
-class VtpQwen2VLMultiModalProcessor(_QwenProcessorMixin, Qwen2VLMultiModalProcessor):
+class VtpQwen2VLMultiModalProcessor(QwenProcessorMixin, Qwen2VLMultiModalProcessor):
     pass
 
 
-class VtpQwen2_5_VLMultiModalProcessor(_QwenProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+class VtpQwen2_5_VLMultiModalProcessor(QwenProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     pass
 
 

@@ -45,8 +45,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .model import PruningModelMixin, text_around
 from .mrope import MRopePruningMixin
-from .processor import PruningProcessorMixin, kept_counts
-from .qwen import refuse
+from .processor import kept_counts
+from .qwen import QwenProcessorMixin, refuse
 from .qwen3_positions import (Qwen3PositionsMixin, clip_ids, clip_layout, encode, frames, run_rows,
                               timestamps_of)
 from .selection import select_image
@@ -56,22 +56,10 @@ def _refuse(spec, mm_config, family: str):
     refuse(spec, mm_config, family, "Qwen3-VL's tower")
 
 
-class Qwen3ProcessorMixin(PruningProcessorMixin):
-    """Before vLLM's ``Qwen3VLMultiModalProcessor``: Qwen3-VL's and Qwen3-VL-MoE's processor."""
+class Qwen3ProcessorMixin(QwenProcessorMixin):
+    """Before vLLM's ``Qwen3VLMultiModalProcessor``: Qwen3-VL's and Qwen3-VL-MoE's processor
+    (items and their token counts as on Qwen2-VL / Qwen2.5-VL, :mod:`.qwen`)."""
     _vtp_family = "Qwen3-VL"
-    _vtp_modalities = ("image", "video")
-    _vtp_frames = True
-
-    def _vtp_tokens(self, items, item_idx, out):
-        from vllm.multimodal.parse import ImageProcessorItems, VideoProcessorItems
-        if isinstance(items, ImageProcessorItems):
-            grid = out["image_grid_thw"][item_idx]
-        elif isinstance(items, VideoProcessorItems):
-            grid = out["video_grid_thw"][item_idx]
-        else:
-            return None
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        return int(grid.prod()) // (merge * merge)
 
     def _vtp_check(self, spec):
         _refuse(spec, self.info.ctx.get_mm_config(), self._vtp_family)
