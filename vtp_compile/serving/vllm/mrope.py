@@ -132,25 +132,18 @@ class MRopePruningMixin:
                 pruned[id(f)] = (int(f.data[name].data[0]), int(f.data[name].data[1]))
         if not pruned:
             return super().get_mrope_input_positions(input_tokens, mm_features)
-        tokens, feats, drop, shift, at = [], [], [], 0, 0
-        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
+
+        def unpruned(f):
             r = f.mm_position
-            k, V = pruned.get(id(f), (r.length, r.length))
+            if id(f) not in pruned:
+                return None
+            k, V = pruned[id(f)]
             if r.length != k:
                 raise RuntimeError(f"vtp: a pruned run of {r.length} tokens, {k} expected")
-            tokens += input_tokens[at:r.offset + k]
-            tokens += [input_tokens[r.offset]] * (V - k)
-            start = r.offset + shift
-            drop += range(start + k, start + V)
-            feats.append(dataclasses.replace(f, mm_position=dataclasses.replace(r, offset=start, length=V)))
-            shift += V - k
-            at = r.offset + k
-        tokens += input_tokens[at:]
-        positions, _ = super().get_mrope_input_positions(tokens, feats)
-        keep = torch.ones(positions.shape[1], dtype=torch.bool)
-        keep[drop] = False
-        positions = positions[:, keep]
-        return positions, int(positions.max()) + 1 - len(input_tokens)
+            return [input_tokens[r.offset]] * V
+
+        return widened_positions(super().get_mrope_input_positions, input_tokens, mm_features,
+                                 unpruned)
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions,
                                   num_computed_tokens):
@@ -162,3 +155,30 @@ class MRopePruningMixin:
         # as vLLM does with EVS on: the encoder CUDA-graph path would skip embed_multimodal
         cfg = super().get_encoder_cudagraph_config()    # only called where vLLM's class has it
         return dataclasses.replace(cfg, modalities=[]) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def widened_positions(positions_of, input_tokens, mm_features, unpruned):
+    """A pruned prompt's M-RoPE positions: ``positions_of`` (vLLM's ``get_mrope_input_positions``)
+    on the prompt with every pruned item widened back to ``unpruned(feature)`` (its unpruned
+    token ids; None: not pruned), then the widened columns removed. The kept tokens' own columns
+    are fixed later by ``recompute_mrope_positions``; the text's are final here."""
+    tokens, feats, drop, shift, at = [], [], [], 0, 0
+    for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
+        r = f.mm_position
+        tokens += input_tokens[at:r.offset]
+        full = unpruned(f)
+        if full is None:
+            full = input_tokens[r.offset:r.offset + r.length]
+        tokens += full
+        start = r.offset + shift
+        drop += range(start + r.length, start + len(full))
+        feats.append(dataclasses.replace(f, mm_position=dataclasses.replace(r, offset=start,
+                                                                             length=len(full))))
+        shift += len(full) - r.length
+        at = r.offset + r.length
+    tokens += input_tokens[at:]
+    positions, _ = positions_of(tokens, feats)
+    keep = torch.ones(positions.shape[1], dtype=torch.bool)
+    keep[drop] = False
+    positions = positions[:, keep]
+    return positions, int(positions.max()) + 1 - len(input_tokens)

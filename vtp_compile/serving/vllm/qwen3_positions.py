@@ -37,10 +37,11 @@ bfloat16 up to 65535.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import torch
 
+from .mrope import widened_positions
 from .processor import field_names
 
 FIELDS = 6                       # kind, t, h, w, j, lead
@@ -146,26 +147,8 @@ class Qwen3PositionsMixin:
         full = {} if self._vtp_evs else {id(f): self._vtp_unpruned_tokens(f) for f in mm_features}
         if not any(v is not None for v in full.values()):
             return Q.get_mrope_input_positions(self, input_tokens, mm_features)
-        tokens, feats, drop, shift, at = [], [], [], 0, 0
-        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
-            r = f.mm_position
-            tokens += input_tokens[at:r.offset]
-            unpruned = full[id(f)]
-            if unpruned is None:
-                unpruned = input_tokens[r.offset:r.offset + r.length]
-            tokens += unpruned
-            start = r.offset + shift
-            drop += range(start + r.length, start + len(unpruned))   # provisional until recompute
-            feats.append(dataclasses.replace(f, mm_position=dataclasses.replace(
-                r, offset=start, length=len(unpruned))))
-            shift += len(unpruned) - r.length
-            at = r.offset + r.length
-        tokens += input_tokens[at:]
-        positions, _ = Q.get_mrope_input_positions(self, tokens, feats)
-        keep = torch.ones(positions.shape[1], dtype=torch.bool)
-        keep[drop] = False
-        positions = positions[:, keep]
-        return positions, int(positions.max()) + 1 - len(input_tokens)
+        return widened_positions(functools.partial(Q.get_mrope_input_positions, self),
+                                 input_tokens, mm_features, lambda f: full[id(f)])
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions,
                                   num_computed_tokens):
