@@ -214,3 +214,22 @@ def test_frame_priority_survives_peak_memory_reordering():
                make_inputs(spec, rows=[(6, 12, 1), (8, 9, 2), (6, 1, 2)], side="left", pad=(2, 3, 2),
                            seed=68, tiles=2)]
     _inductor_equals_eager(model, mux, batches)
+
+
+def test_an_index_checked_before_it_is_defined_compiles_without_the_checks():
+    """The drawn case that failed: Inductor's C++ code for SparseVLM's dynamic graph checked an
+    index's bounds (``TORCH_CHECK(tmp27 < ks3, ...)``) before the line that defines it, in a
+    transposed vectorized loop, and g++ rejected it (inner.KNOWN_FAILURES). vtp compiles such a
+    graph again without Inductor's index bounds checks (one warning); the result equals the eager
+    lowering. Without the retry this raised ``CppCompileError`` (torch 2.13, x86-64 CPU)."""
+    spec = TinySpec(hidden=16, layers=3, heads=1, kv_heads=1, intermediate=16, image_size=24,
+                    patch=8, vocab=128, vision_hidden=32, vision_layers=3, seed=4864)
+    opts = {"method": "sparsevlm", "budget": 14, "recycle": True}
+    model, mux = _model(spec, opts), _mux(opts)
+    batches = [make_inputs(spec, rows=[(10, 9, 1), (3, 7, 1), (10, 10, 1), (6, 3, 1)], side="right",
+                           pad=(3, 3, 1, 3), seed=13, tiles=2),
+               make_inputs(spec, rows=[(11, 4, 1), (5, 8, 1), (10, 2, 0), (5, 10, 2)], side="left",
+                           pad=(1, 1, 1, 3), seed=51, tiles=2)]
+    _mark_dynamic(batches[0])       # the failing graph is the dynamic one: compile it first
+    _inductor_equals_eager(model, mux, batches)
+    assert _compiles(mux) == 1

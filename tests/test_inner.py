@@ -125,3 +125,56 @@ def test_cpu_graphs_skip_peak_memory_reordering_unless_asked(asked, monkeypatch)
     with FakeTensorMode():
         on_gpu = torch.empty(2, device="cuda")
     assert _on_gpu([on_gpu, 3]) and not _on_gpu([x, 3])
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("asked", [None, False])
+def test_an_index_checked_before_it_is_defined_compiles_again_without_the_checks(asked, monkeypatch,
+                                                                                  caplog):
+    """Inductor's C++ code can check an index before the line that defines it (g++: "'tmp27' was
+    not declared in this scope" on an "index out of bounds" check; the drawn SparseVLM case is
+    tests/test_inductor.py::test_an_index_checked_before_it_is_defined_compiles_without_the_checks):
+    vtp compiles the graph again without Inductor's index bounds checks and says so once. When the
+    checks are already off (the user's ``inductor_config``), or the error is another one, it is
+    raised as it is."""
+    import logging
+
+    import torch
+    import torch._inductor.compile_fx as cfx
+    import torch._inductor.config as ic
+    from torch._inductor.exc import CppCompileError
+
+    from vtp_compile.config import PruneConfig
+    from vtp_compile.inner import lower
+
+    seen = []
+    real = cfx.compile_fx
+    output = ("k.main.cpp:189:49: error: 'tmp27' was not declared in this scope; did you mean "
+              "'tmp21'?\n  189 |  TORCH_CHECK(tmp27 < ks3, \"index out of bounds: tmp27 < ks3\");")
+
+    def failing(gm, example_inputs, config_patches=None, **kw):
+        if config_patches is None:      # compile_fx calls itself inside its config patches
+            return real(gm, example_inputs, **kw)
+        seen.append(config_patches.get("assert_indirect_indexing", ic.assert_indirect_indexing))
+        if seen[-1]:
+            raise CppCompileError(["g++", "k.main.cpp"], output)
+        return real(gm, example_inputs, config_patches=config_patches, **kw)
+    monkeypatch.setattr(cfx, "compile_fx", failing)
+    opts = {"method": "fastv"}
+    if asked is not None:
+        opts["inductor_config"] = {"assert_indirect_indexing": asked}
+    x = torch.randn(4, 3)
+    gm = torch.fx.symbolic_trace(lambda x: torch.relu(x).sum(0))
+    with caplog.at_level(logging.WARNING, logger="vtp_compile"):
+        fn = lower(gm, [x], PruneConfig.from_options(opts))
+    torch.testing.assert_close(fn(x), torch.relu(x).sum(0))
+    assert seen == ([True, False] if asked is None else [False]), seen
+    assert sum("checks an index before defining it" in r.getMessage()
+               for r in caplog.records) == (1 if asked is None else 0)
+
+    # another C++ compile error stays an error
+    output = "k.main.cpp:3:1: error: expected ';' before '}' token"
+    seen.clear()
+    with pytest.raises(Exception, match="expected ';'"):
+        lower(gm, [x], PruneConfig.from_options({"method": "fastv"}))
+    assert seen == [True]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 import torch
@@ -10,11 +11,46 @@ import torch.fx as fx
 from .config import PruneConfig
 
 _log = logging.getLogger("vtp_compile")
-# Inductor's peak-memory reordering validates its own dependency graph and, on some graphs,
-# finds a cycle that the scheduler's order does not have (seen on VidCom2 prefill graphs in CI
-# and in a full local test run, never with the test alone; pytorch/pytorch#161205 fixed one such
-# case, and Inductor itself only re-raises that validation outside fbcode)
-_CYCLE = "Cycle detected in memory planning graph"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownFailure:
+    """An Inductor bug that some vtp graphs hit, recognised by its message, and the config patch
+    under which the same graph compiles. ``lower`` compiles such a graph again with the patch and
+    logs one warning; any other error is raised as it is."""
+    says: tuple[str, ...]          # every one of these is in the error (or an error it chains)
+    patch: dict
+    what: str                      # the warning: what happened and what vtp does about it
+
+    def matches(self, e: BaseException | None) -> bool:
+        texts, seen = [], 0
+        while e is not None and seen < 8:
+            texts.append(str(e))
+            e, seen = e.__cause__ or e.__context__, seen + 1
+        return all(any(s in t for t in texts) for s in self.says)
+
+
+KNOWN_FAILURES = (
+    # Inductor's peak-memory reordering validates its own dependency graph and, on some graphs,
+    # finds a cycle that the scheduler's order does not have (seen on VidCom2 prefill graphs in
+    # CI and in a full local test run, never with the test alone; pytorch/pytorch#161205 fixed
+    # one such case, and Inductor itself only re-raises that validation outside fbcode)
+    KnownFailure(("Cycle detected in memory planning graph",), {"reorder_for_peak_memory": False},
+                 "Inductor's peak-memory reordering found a dependency cycle in this graph (an "
+                 "Inductor bug); compiling it again without that reordering (inductor option "
+                 "reorder_for_peak_memory=False)"),
+    # Inductor's C++ code generation (torch 2.13, CPU) can emit an indirect-indexing bounds check
+    # before the line that defines the index it checks, in a transposed (2-D tiled) vectorized
+    # loop: g++ says "'tmp27' was not declared in this scope" on `TORCH_CHECK(tmp27 < ks3, "index
+    # out of bounds: ...")` (a SparseVLM dynamic graph, tests/test_inductor.py; the same bug class
+    # as pytorch/pytorch#193581). Without the checks the kernel compiles; the indices are vtp's
+    # own gathers and the user's, which Inductor then reads unchecked, as eager CPU code would not
+    KnownFailure(("was not declared in this scope", "index out of bounds"),
+                 {"assert_indirect_indexing": False},
+                 "Inductor's C++ code for this graph checks an index before defining it (an "
+                 "Inductor bug); compiling it again without Inductor's index bounds checks "
+                 "(inductor option assert_indirect_indexing=False)"),
+)
 
 
 def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
@@ -27,25 +63,13 @@ def lower(gm: fx.GraphModule, example_inputs, cfg: PruneConfig):
         return gm.forward
     if inner == "inductor":
         import torch._inductor
-        from torch._inductor.compile_fx import compile_fx
         patches = dict(torch._inductor.list_mode_options(cfg.mode)) if cfg.mode != "default" else {}
         patches.update(cfg.inductor_config)
         if "reorder_for_peak_memory" not in patches and not _on_gpu(example_inputs):
             patches["reorder_for_peak_memory"] = False     # see _on_gpu
         register_decompositions()
         with unbacked_stride_order():
-            before = set(vars(gm)), dict(gm.meta)
-            try:
-                return compile_fx(gm, example_inputs, config_patches=patches)
-            except Exception as e:   # noqa: BLE001 (re-raised unless it is that one failure)
-                if not _memory_planning_cycle(e) or patches.get("reorder_for_peak_memory") is False:
-                    raise
-            _restore(gm, *before)
-            _log.warning("vtp: Inductor's peak-memory reordering found a dependency cycle in this "
-                         "graph (an Inductor bug); compiling it again without that reordering "
-                         "(inductor option reorder_for_peak_memory=False)")
-            return compile_fx(gm, example_inputs,
-                              config_patches={**patches, "reorder_for_peak_memory": False})
+            return _compile_fx(gm, example_inputs, patches)
     from torch._dynamo import lookup_backend
     return lookup_backend(inner)(gm, example_inputs)
 
@@ -55,7 +79,7 @@ def _on_gpu(example_inputs) -> bool:
     peak-memory reordering unless the user's ``inductor_config`` asks for it: on torch 2.13 CPU
     that pass once ordered a fused scatter after a kernel that read its result (a silent wrong
     selection, tests/test_inductor.py::test_frame_priority_survives_peak_memory_reordering) and
-    once reported a dependency cycle (below); it only lowers peak memory, which on a CPU costs
+    once reported a dependency cycle (KNOWN_FAILURES); it only lowers peak memory, which on a CPU costs
     little. GPUs keep Inductor's default."""
     return any(isinstance(t, torch.Tensor) and t.device.type not in ("cpu", "meta")
                for t in example_inputs)
@@ -70,13 +94,23 @@ def _restore(gm: fx.GraphModule, attrs: set, meta: dict) -> None:
     gm.meta.update(meta)
 
 
-def _memory_planning_cycle(e: BaseException | None) -> bool:
-    seen = 0
-    while e is not None and seen < 8:
-        if _CYCLE in str(e):
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
+def _compile_fx(gm: fx.GraphModule, example_inputs, patches: dict):
+    """``compile_fx``, compiled again under a known failure's patch when it fails with that
+    failure (a patch already in force, from an earlier try or the user's options, is not tried
+    again: each retry adds one, so this ends)."""
+    from torch._inductor.compile_fx import compile_fx
+    before = set(vars(gm)), dict(gm.meta)
+    while True:
+        try:
+            return compile_fx(gm, example_inputs, config_patches=patches)
+        except Exception as e:   # noqa: BLE001 (re-raised unless it is a known failure)
+            known = next((k for k in KNOWN_FAILURES if k.matches(e)
+                          and any(patches.get(n) != v for n, v in k.patch.items())), None)
+            if known is None:
+                raise
+        _restore(gm, *before)
+        _log.warning("vtp: %s", known.what)
+        patches = {**patches, **known.patch}
 
 
 def register_decompositions() -> None:
