@@ -72,7 +72,7 @@ vllm-env: $(VLLM_VENV)/.vtp-installed
 # test_qwen3_moe.py needs a process without other engines (tests/serving/vllm/conftest.py)
 VLLM_OWN = tests/serving/vllm/test_qwen3_moe.py
 test-vllm: vllm-env
-	$(VLLM_PYTEST) -m "not vllm_slow" tests/serving
+	$(VLLM_PYTEST) -n 2 --dist loadfile -m "not vllm_slow" tests/serving
 	$(VLLM_PYTEST) -m "not vllm_slow" $(VLLM_OWN)
 
 test-vllm-full: vllm-env

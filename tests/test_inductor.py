@@ -7,9 +7,9 @@ strategy and layers, image grid: ``strategies.model_specs``), the method's optio
 side and amount, images per row including text-only rows, batch size). One Dynamo trace feeds two
 rewrites (``testing/multiplex.py``): lowered by Inductor and by the eager inner backend. Every
 batch compares the Inductor result with the eager one (the same rewrite, another lowering) and
-with the mask oracle (an independent eager implementation), in prefill (forward: a static graph,
-then a dynamic one that every later batch reuses: checked, two compiles) and in decode
-(``generate``).
+with the mask oracle (an independent eager implementation), in prefill (forward: one dynamic
+graph that every batch reuses: checked, one compile) and in decode (``generate``: a static
+prefill graph, then the decode graphs).
 
 ``not_the_simplest``: hypothesis' first examples are its simplest (the smallest model, the first
 option of every list); they are rejected, so each CI run draws new configs, and a failure replays
@@ -32,8 +32,8 @@ from .strategies import NO_SHRINK, method_cases, model_specs, not_the_simplest, 
 
 pytestmark = pytest.mark.inductor
 METHODS = vtp_compile.available_methods()
-# batches per forward example: the first compiles a static graph, the second a dynamic one,
-# the rest reuse it (each one a generated case, checked against both references)
+# batches per forward example: the first compiles a dynamic graph, the rest reuse it (each one a
+# generated case, checked against both references)
 BATCHES = 8 if FULL else 5
 
 
@@ -59,9 +59,9 @@ def _mux(opts):
 
 
 def _mark_dynamic(inputs):
-    """What Dynamo's automatic dynamic shapes does on a second call whose sizes differ, for both
-    sizes a later batch changes (rows, prompt length), not only those that differ from the first
-    batch: one dynamic graph then serves every later batch."""
+    """Rows and prompt length dynamic from this call on (what Dynamo's automatic dynamic shapes
+    does on a second call whose sizes differ, for both sizes a later batch changes): one dynamic
+    graph then serves every later batch."""
     for name, dims in (("input_ids", (0, 1)), ("attention_mask", (0, 1))):
         for dim in dims:
             torch._dynamo.maybe_mark_dynamic(inputs[name], dim)
@@ -83,18 +83,17 @@ def test_forward_through_inductor(method, data):
     # Nüwa takes one patch grid per row: every row holds the same number of images (a ragged
     # batch is refused with a clear error: tests/methods/test_nuwa.py)
     ragged = method != "nuwa"
-    # the first batch is drawn freely (a static graph); the later ones never have one row, and
-    # all hold the second's number of images (Dynamo specializes on both: prompt_batches), so the
-    # dynamic graph the second compiles serves them all
-    batches = [data.draw(prompt_batches(max_batch=4, ragged=ragged), label="batch 0"),
-               data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2, min_images=2),
-                         label="batch 1")]
-    images = sum(row[2] for row in batches[1]["rows"])
-    # Nüwa's graph also holds the images per row (one patch grid per row): the second batch's
-    per_row = {} if ragged else {"images": (batches[1]["rows"][0][2],)}
+    # one dynamic graph serves every batch (test_generate_through_inductor compiles each
+    # method's static prefill graph): no batch has one row, and all hold the first's number of
+    # images (Dynamo specializes on both: prompt_batches)
+    batches = [data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2, min_images=2),
+                         label="batch 0")]
+    images = sum(row[2] for row in batches[0]["rows"])
+    # Nüwa's graph also holds the images per row (one patch grid per row): the first batch's
+    per_row = {} if ragged else {"images": (batches[0]["rows"][0][2],)}
     batches += [data.draw(prompt_batches(max_batch=4, ragged=ragged, min_batch=2,
                                          total_images=images, **per_row), label=f"batch {i}")
-                for i in range(2, BATCHES)]
+                for i in range(1, BATCHES)]
     not_the_simplest(data)
     model, mux = _model(spec, opts), _mux(opts)
     fast = None
@@ -104,7 +103,7 @@ def test_forward_through_inductor(method, data):
             if fast is None:
                 model(**inputs)
                 fast = torch.compile(model, backend=mux)
-            if i == 1:
+            if i == 0:
                 _mark_dynamic(inputs)
             with mux.select("inductor"):
                 got = fast(**inputs).logits
@@ -119,7 +118,7 @@ def test_forward_through_inductor(method, data):
             torch.testing.assert_close(got[keep], want[keep], atol=1e-4, rtol=1e-4)
             record_case("forward/inductor")
     assert _pruned(mux), "nothing was pruned"
-    assert _compiles(mux) == 2, f"{_compiles(mux)} prefill compiles: the dynamic graph was not reused"
+    assert _compiles(mux) == 1, f"{_compiles(mux)} prefill compiles: the dynamic graph was not reused"
 
 
 @pytest.mark.parametrize("method", METHODS)
