@@ -43,6 +43,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -85,6 +86,7 @@ class _Counters:
     def __init__(self):
         self.vtp_s = 0.0
         self.kernels = 0
+        self.sources = []                       # each C++ kernel's source, in compile order
 
     @contextlib.contextmanager
     def installed(self):
@@ -100,9 +102,10 @@ class _Counters:
             finally:
                 self.vtp_s += time.perf_counter() - t0
 
-        def cpp(ac, *a, **k):
+        def cpp(ac, argtypes, source_code, *a, **k):
             self.kernels += 1
-            return old_cpp(ac, *a, **k)
+            self.sources.append(source_code)
+            return old_cpp(ac, argtypes, source_code, *a, **k)
         manager.PassManager.__call__, AsyncCompile.cpp_pybinding = passes, cpp
         try:
             yield self
@@ -122,7 +125,8 @@ def _breakdown(m: dict, vtp_s: float) -> dict:
             "scheduler": m.get("Scheduler.__init__", 0.0) + m.get("Scheduler.codegen", 0.0)}
 
 
-def measure(model, inputs, label: str, options: dict | None, other_inputs) -> dict:
+def measure(model, inputs, label: str, options: dict | None, other_inputs,
+            kernel_dir: str | None = None) -> dict:
     """One fresh first compile of ``model`` for one configuration."""
     from torch._inductor.utils import fresh_cache
     torch._dynamo.reset()
@@ -140,6 +144,13 @@ def measure(model, inputs, label: str, options: dict | None, other_inputs) -> di
         row["cc_cpu_s"] = _child_cpu() - c0     # C++ compiler CPU (children that exited: compile_threads 1)
         row["self_cpu_s"] = _self_cpu() - s0    # this process (Dynamo, vtp, Inductor, one run)
         row["kernels"] = count.kernels          # C++ kernels compiled (a fresh cache: every one)
+        # kernels whose loops take a size argument (``ks0``: the compacted width), not constants
+        row["kernels_symbolic"] = sum("ks0" in src for src in count.sources)
+        if kernel_dir:
+            d = Path(kernel_dir) / label
+            d.mkdir(parents=True, exist_ok=True)
+            for i, src in enumerate(count.sources):
+                (d / f"k{i:02d}.cpp").write_text(src)
         metrics = {k: sum(v) for k, v in torch._dynamo.utils.compilation_time_metrics.items()}
         row["phases_s"] = _breakdown(metrics, count.vtp_s)
         t0 = time.perf_counter()
@@ -177,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lengths", action="store_true", help="skip the recompile check")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up compiles")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--kernels", metavar="DIR",
+                    help="write each configuration's C++ kernel sources to DIR/<config>/ (last round)")
     ap.add_argument("--inductor-config", default=None,
                     help='vtp\'s inductor_config option, JSON, e.g. \'{"reorder_for_peak_memory": true}\'')
     args = ap.parse_args(argv)
@@ -227,11 +240,12 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for label, opts in order:
-            row = measure(model, inputs, label, opts, others)
+            row = measure(model, inputs, label, opts, others, args.kernels)
             row["round"] = r
             rows.append(row)
             print(f"round {r}: {label:10s} first call {row['first_call_s']:6.1f} s, compile "
-                  f"{row['compile_s']:6.1f} s, {row['kernels']} C++ kernels, CPU: this process "
+                  f"{row['compile_s']:6.1f} s, {row['kernels']} C++ kernels ({row['kernels_symbolic']} "
+                  f"with a size argument), CPU: this process "
                   f"{row['self_cpu_s']:.1f} s, C++ compiler {row['cc_cpu_s']:.1f} s; graphs "
                   f"{row['graphs_first']} / new lengths {row['graphs_new_lengths']}", flush=True)
             if args.breakdown:
@@ -252,12 +266,13 @@ def main(argv=None) -> int:
                           "ratio": ratio,
                           "cpu_s": statistics.median(cpu(r) for r in mine), "cpu_ratio": cpu_ratio,
                           "kernels": max(r["kernels"] for r in mine),
+                          "kernels_symbolic": max(r["kernels_symbolic"] for r in mine),
                           "graphs_first": max(r["graphs_first"] for r in mine),
                           "graphs_new_lengths": max(r["graphs_new_lengths"] for r in mine)}
         s = summary[label]
         lengths = "-" if args.no_lengths else s["graphs_new_lengths"]
         print(f"| {label} | {s['compile_s']:.1f} | {s['first_call_s']:.1f} | {ratio:.2f}x | {s['cpu_s']:.1f} | "
-              f"{cpu_ratio:.2f}x | {s['kernels']} | "
+              f"{cpu_ratio:.2f}x | {s['kernels']} ({s['kernels_symbolic']} with a size argument) | "
               f"{s['graphs_first']} / {lengths} |")
     if not args.no_lengths:
         base_new = summary["inductor"]["graphs_new_lengths"]

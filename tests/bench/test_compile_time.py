@@ -14,7 +14,8 @@ def test_compile_time_tiny_runs(tmp_path, capsys):
     bench = load_script("compile_time")
     assert bench.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--heads", "4",
                        "--image-size", "64", "--budget", "4", "--layer", "1", "--text", "3",
-                       "--rounds", "1", "--no-warmup", "--breakdown", "--json", str(out)]) == 0
+                       "--rounds", "1", "--no-warmup", "--breakdown", "--json", str(out),
+                       "--kernels", str(tmp_path / "kernels")]) == 0
     table = capsys.readouterr().out
     data = json.loads(out.read_text())
     s = data["summary"]
@@ -24,6 +25,10 @@ def test_compile_time_tiny_runs(tmp_path, capsys):
         assert row["graphs_first"] >= 1 and row["kernels"] >= 1
         assert set(row["phases_s"]) >= {"dynamo", "aot", "inductor_python", "cxx_compile_and_load"}
     assert data["rows"][1]["phases_s"]["vtp_passes"] > 0
+    # the pruned layers' kernels take the compacted width as an argument; Inductor's take none
+    assert s["inductor"]["kernels_symbolic"] == 0 < s["fastv"]["kernels_symbolic"]
+    for label in ("inductor", "fastv"):
+        assert len(list((tmp_path / "kernels" / label).glob("k*.cpp"))) == s[label]["kernels"]
     # no more graphs for other prompt lengths than Inductor alone compiles
     assert s["fastv"]["graphs_new_lengths"] <= s["inductor"]["graphs_new_lengths"]
     assert "ratio to inductor" in table and "fastv +0" in table
