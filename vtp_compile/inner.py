@@ -43,8 +43,8 @@ KNOWN_FAILURES = (
     # before the line that defines the index it checks, in a transposed (2-D tiled) vectorized
     # loop: g++ says "'tmp27' was not declared in this scope" on `TORCH_CHECK(tmp27 < ks3, "index
     # out of bounds: ...")` (a SparseVLM dynamic graph, tests/test_inductor.py; the same bug class
-    # as pytorch/pytorch#193581). Without the checks the kernel compiles; the indices are vtp's
-    # own gathers and the user's, which Inductor then reads unchecked, as eager CPU code would not
+    # as pytorch/pytorch#193581). Without the checks the kernel compiles; that graph's indices
+    # (vtp's gathers, in range by construction, and the model's own) are then not checked
     KnownFailure(("was not declared in this scope", "index out of bounds"),
                  {"assert_indirect_indexing": False},
                  "Inductor's C++ code for this graph checks an index before defining it (an "
@@ -79,8 +79,8 @@ def _on_gpu(example_inputs) -> bool:
     peak-memory reordering unless the user's ``inductor_config`` asks for it: on torch 2.13 CPU
     that pass once ordered a fused scatter after a kernel that read its result (a silent wrong
     selection, tests/test_inductor.py::test_frame_priority_survives_peak_memory_reordering) and
-    once reported a dependency cycle (KNOWN_FAILURES); it only lowers peak memory, which on a CPU costs
-    little. GPUs keep Inductor's default."""
+    once reported a dependency cycle (KNOWN_FAILURES); it only lowers peak memory, which on a CPU
+    costs little. GPUs keep Inductor's default."""
     return any(isinstance(t, torch.Tensor) and t.device.type not in ("cpu", "meta")
                for t in example_inputs)
 
