@@ -125,6 +125,14 @@ def _breakdown(m: dict, vtp_s: float) -> dict:
             "scheduler": m.get("Scheduler.__init__", 0.0) + m.get("Scheduler.codegen", 0.0)}
 
 
+def _dynamic_length(inputs: dict) -> dict:
+    """Copies of ``inputs`` whose prompt length Dynamo treats as dynamic on the first call."""
+    out = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+    for name in ("input_ids", "attention_mask"):
+        torch._dynamo.mark_dynamic(out[name], 1)
+    return out
+
+
 def measure(model, inputs, label: str, options: dict | None, other_inputs,
             kernel_dir: str | None = None) -> dict:
     """One fresh first compile of ``model`` for one configuration."""
@@ -188,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lengths", action="store_true", help="skip the recompile check")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up compiles")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="mark the prompt length dynamic from the first call (one graph for every "
+                         "length, as after Dynamo's automatic-dynamic recompile)")
     ap.add_argument("--kernels", metavar="DIR",
                     help="write each configuration's C++ kernel sources to DIR/<config>/ (last round)")
     ap.add_argument("--inductor-config", default=None,
@@ -240,7 +251,8 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for label, opts in order:
-            row = measure(model, inputs, label, opts, others, args.kernels)
+            first = _dynamic_length(inputs) if args.dynamic else inputs
+            row = measure(model, first, label, opts, others, args.kernels)
             row["round"] = r
             rows.append(row)
             print(f"round {r}: {label:10s} first call {row['first_call_s']:6.1f} s, compile "
