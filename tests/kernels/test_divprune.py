@@ -49,3 +49,29 @@ def _assert_greedy_max_min(feats, order, tol=1e-5):
         assert float(crit[i]) >= best - tol, (t, i, float(crit[i]), best)
         done[i] = True
         crit = d[i] if t == 0 else torch.minimum(crit, d[i])
+
+
+def test_a_mutual_nearest_pair_is_picked_by_position_not_by_rounding():
+    """Tokens i < j that are each other's nearest neighbour have the same nearest-neighbour
+    distance; when it is the largest, the first pick is i. ``f @ f.T`` rounds ``d[i, j]`` and
+    ``d[j, i]`` differently, so without exactly symmetric distances the pick followed the last
+    bit of the features: it flipped between Inductor's vision tower and eager on this drawn
+    model (one image's features, where tokens 1 and 8 are such a pair). Perturbed in their last
+    bits, the features give the same picks."""
+    from vtp_compile.testing.tiny import TinySpec, make_inputs, tiny_llava
+    spec = TinySpec(hidden=144, layers=4, heads=9, kv_heads=3, intermediate=296, image_size=24,
+                    patch=8, vocab=128, vision_hidden=32, vision_layers=3, max_positions=1024,
+                    seed=5448, strategy="full")
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, rows=[(7, 8, 1), (3, 1, 1), (1, 5, 0)], side="left", pad=(3, 2, 0),
+                         seed=21)
+    with torch.no_grad():
+        out = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
+    h = torch.cat(list(out.pooler_output), 0)[None, 10:]            # the second image: 10 tokens
+    vis = torch.ones(1, 10, dtype=torch.bool)
+    base = divprune.divprune_scores(h, vis, torch.tensor([5]))
+    assert int(base[0].argmax()) == 1                              # the pair's lower token first
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        noisy = h * (1 + 2e-7 * torch.randn(h.shape, generator=g))
+        assert torch.equal(divprune.divprune_scores(noisy, vis, torch.tensor([5])), base)

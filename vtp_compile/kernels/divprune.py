@@ -20,6 +20,12 @@ def divprune_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, n_keep: tor
     picks ``min(n_keep[b], V_b)``. Returns ``[B, L]`` float32: a pick scores
     ``n_keep[b] - pick_order`` (> 0), every other position -1, so the top ``n_keep[b]`` of a row
     are exactly its picks.
+
+    The distances are made exactly symmetric (the mean of ``d`` and its transpose): the two
+    tokens of a mutual nearest pair have the same nearest-neighbour distance, and which one
+    is picked first must follow the tie rule, not the last bit of a matrix product (``f @ f.T``
+    rounds ``d[i, j]`` and ``d[j, i]`` differently, and a compiled tower's features differ from
+    eager ones in that bit: the pick flipped between Inductor and eager on a drawn model).
     """
     B, L, _ = hidden.shape
     vidx, valid = visual_layout(visual_mask)
@@ -29,6 +35,7 @@ def divprune_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, n_keep: tor
     feats = torch.gather(hidden.float(), 1, vidx[..., None].expand(B, V, hidden.shape[-1]))
     f = torch.nn.functional.normalize(feats, dim=-1)
     dist = 1.0 - f @ f.transpose(1, 2)                                   # [B, V, V]
+    dist = (dist + dist.transpose(1, 2)) * 0.5      # exactly symmetric: see the docstring
     pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(V, dtype=torch.bool, device=dev)
     nn_dist = dist.masked_fill(~pair, float("inf")).amin(-1)
     nn_dist = torch.where(torch.isinf(nn_dist), torch.zeros_like(nn_dist), nn_dist)

@@ -69,6 +69,7 @@ def _divprune(feats_bvd, k):
     for f in feats_bvd:
         f = torch.nn.functional.normalize(f.float(), dim=-1)
         d = 1 - f @ f.T
+        d = (d + d.T) * 0.5          # a mutual nearest pair ties exactly: the lower index first
         V = d.shape[0]
         nn = torch.stack([torch.cat([d[i, :i], d[i, i + 1:]]).min() if V > 1 else torch.tensor(0.)
                           for i in range(V)])

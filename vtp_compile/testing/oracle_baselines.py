@@ -292,6 +292,7 @@ def divprune_select(feats: torch.Tensor, k: int) -> list[int]:
     """Greedy max-min cosine diversity, as a plain loop."""
     f = torch.nn.functional.normalize(feats.float(), dim=-1)
     d = 1 - f @ f.T
+    d = (d + d.T) * 0.5              # a mutual nearest pair ties exactly: the lower index first
     V = d.shape[0]
     nn = [min((float(d[i, j]) for j in range(V) if j != i), default=0.0) for i in range(V)]
     picks = [max(range(V), key=lambda i: (nn[i], -i))]

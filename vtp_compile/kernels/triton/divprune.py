@@ -73,6 +73,7 @@ def divprune_scores(hidden: torch.Tensor, visual_mask: torch.Tensor, n_keep: tor
     feats = torch.gather(hidden.float(), 1, order[..., None].expand(B, L, D))
     f = torch.nn.functional.normalize(feats, dim=-1)
     dist = 1.0 - f @ f.transpose(1, 2)                                                # [B, L, L]
+    dist = (dist + dist.transpose(1, 2)) * 0.5          # exactly symmetric, as the reference
     pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(L, dtype=torch.bool, device=dev)
     nn_dist = dist.masked_fill(~pair, float("inf")).amin(-1)
     nn_dist = torch.where(torch.isinf(nn_dist), torch.zeros_like(nn_dist), nn_dist)
