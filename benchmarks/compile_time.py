@@ -26,6 +26,12 @@ kernels it compiles at once) is left at Inductor's default unless ``--compile-th
     python benchmarks/compile_time.py --methods fastv,divprune,pdrop --rounds 3
     python benchmarks/compile_time.py --quick              # hidden 256 x 2 layers, 144 visual
     python benchmarks/compile_time.py --breakdown          # where each compile's time went
+    python benchmarks/compile_time.py --by-hand            # + Inductor on FastV written by hand
+
+``--by-hand`` adds ``fastv-by-hand``: Inductor alone compiling ``benchmarks/fastv_by_hand.py``, the
+same pruned prefill written in the model's own code (layers before the site at the prompt length,
+the rest at a static kept width). It is the floor for compiling a graph whose layers run at two
+widths; its row shows how much of vtp's ratio is that, and how much is vtp's own.
 
 ``--breakdown`` prints each run's seconds by phase (from ``torch._dynamo.utils.compile_times()``):
 Dynamo's trace, vtp's passes (``PassManager.__call__``), AOT autograd's trace, Inductor's Python
@@ -135,7 +141,8 @@ def _dynamic_length(inputs: dict) -> dict:
 
 def measure(model, inputs, label: str, options: dict | None, other_inputs,
             kernel_dir: str | None = None) -> dict:
-    """One fresh first compile of ``model`` for one configuration."""
+    """One fresh first compile of ``model`` for one configuration (``options`` None: Inductor
+    alone)."""
     from torch._inductor.utils import fresh_cache
     torch._dynamo.reset()
     torch._dynamo.utils.compilation_time_metrics.clear()
@@ -201,6 +208,9 @@ def main(argv=None) -> int:
                          "length, as after Dynamo's automatic-dynamic recompile)")
     ap.add_argument("--kernels", metavar="DIR",
                     help="write each configuration's C++ kernel sources to DIR/<config>/ (last round)")
+    ap.add_argument("--by-hand", action="store_true",
+                    help="also compile FastV written by hand (benchmarks/fastv_by_hand.py) with "
+                         "Inductor alone: the floor for a graph whose layers run at two widths")
     ap.add_argument("--inductor-config", default=None,
                     help='vtp\'s inductor_config option, JSON, e.g. \'{"reorder_for_peak_memory": true}\'')
     args = ap.parse_args(argv)
@@ -229,6 +239,12 @@ def main(argv=None) -> int:
     if args.inductor_config:
         configs = [(label, o if o is None else {**o, "inductor_config": json.loads(args.inductor_config)})
                    for label, o in configs]
+    modules = {label: model for label, _ in configs}
+    if args.by_hand:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))     # a sibling script
+        from fastv_by_hand import FastVByHand
+        configs.append(("fastv-by-hand", None))
+        modules["fastv-by-hand"] = FastVByHand(model, args.layer, args.budget).eval()
 
     t_start = time.perf_counter()
     with torch.inference_mode():
@@ -239,7 +255,9 @@ def main(argv=None) -> int:
         wmodel, winputs = tiny_llava(wspec), make_inputs(wspec)
         with torch.inference_mode():
             wmodel(**winputs)
-        for _, opts in configs:
+        for label, opts in configs:
+            if label == "fastv-by-hand":
+                continue
             if opts is not None and opts.get("layer", 1) >= wspec.layers:
                 opts = {**opts, "layer": 1}
             measure(wmodel, winputs, "warm-up", opts, [])
@@ -252,7 +270,7 @@ def main(argv=None) -> int:
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for label, opts in order:
             first = _dynamic_length(inputs) if args.dynamic else inputs
-            row = measure(model, first, label, opts, others, args.kernels)
+            row = measure(modules[label], first, label, opts, others, args.kernels)
             row["round"] = r
             rows.append(row)
             print(f"round {r}: {label:10s} first call {row['first_call_s']:6.1f} s, compile "

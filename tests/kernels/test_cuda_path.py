@@ -148,7 +148,9 @@ def test_select_keep_reads_the_width_only(recorded):
         assert idx.shape == (B, L) and width.shape == (B,)
         with pytest.raises(DataDependentOutputException):
             select.select_keep(scores, vis, live, n_keep)
-    assert len(recorded) == 2 + 2     # two kernels per call, two calls
+        idx, slot = select.select_keep(scores, vis, live, n_keep, 3)   # a static width: no read
+        assert idx.shape == (B, 3) and slot.shape == (B, 3)
+    assert len(recorded) == 2 + 2 + 2     # two kernels per call, three calls
 
 
 def test_dstp_decode_step_reads_nothing_on_the_host(monkeypatch):

@@ -54,6 +54,51 @@ def test_select_keep_keeps_live_text_and_each_rows_topk_in_order(case):
     assert idx.storage_offset() == 0 and idx.is_contiguous()     # Inductor needs aligned outputs
 
 
+@st.composite
+def one_row(draw):
+    """One row of ``L`` positions, ``V`` of them visual, padding on either side, a keep count."""
+    L = draw(st.integers(1, 30))
+    pad = draw(st.integers(0, L - 1))
+    V = draw(st.integers(0, L - pad))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
+    real = list(range(pad, L)) if draw(st.booleans()) else list(range(0, L - pad))
+    live = torch.zeros(1, L, dtype=torch.bool)
+    live[0, real] = True
+    vis = torch.zeros(1, L, dtype=torch.bool)
+    vis[0, [real[i] for i in torch.randperm(len(real), generator=g)[:V].tolist()]] = True
+    return torch.randn(1, L, generator=g), vis, live, draw(st.integers(0, L + 2))
+
+
+@settings(max_examples=80)
+@given(one_row())
+def test_static_width_bounds_a_rows_width_and_pads_it_with_dead_slots(case):
+    """For one row, the width from the static counts (length, visual count, keep count) is at
+    least the data's, whatever the padding; padded to it, the layout is the data's plus dead
+    slots (index 0)."""
+    record_case("kernel/select")
+    scores, vis, live, k = case
+    L, V = vis.shape[1], int(vis.sum())
+    width = select.static_width(L, V, k)
+    n_keep = torch.tensor([k])
+    idx, slot = ops.select_keep(scores, vis, live, n_keep)
+    assert idx.shape[1] <= width <= L
+    if bool(live.all()):                    # no padding: the bound is the width itself
+        assert width == idx.shape[1]
+    pidx, pslot = ops.select_keep(scores, vis, live, n_keep, width)
+    W = idx.shape[1]
+    assert pidx.shape == (1, width) and pslot.shape == (1, width)
+    assert torch.equal(pidx[:, :W], idx) and torch.equal(pslot[:, :W], slot)
+    assert not pidx[:, W:].any() and not pslot[:, W:].any()
+
+
+def test_a_row_wider_than_the_static_width_is_an_error():
+    """Fewer visual positions than the graph was compiled for keep more text: a clear error,
+    never a truncated layout."""
+    vis = torch.tensor([[False, True, True, False, False]])
+    with pytest.raises(RuntimeError, match="more than the 3 the graph was compiled for"):
+        select.select_keep(torch.rand(1, 5), vis, torch.ones_like(vis), torch.tensor([1]), 3)
+
+
 def test_select_keep_ranks_nan_and_infinite_scores_last():
     vis = torch.tensor([[False, True, True, True]])
     live = torch.ones_like(vis)

@@ -164,3 +164,30 @@ def test_without_capture_scalar_outputs_the_decoder_graph_is_still_pruned():
     want = oracle_logits(model, inputs, oracle_spec("fastv", budget=4, layer=1))
     torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
     assert sum(len(r.sites) for r in REPORTS[start:]) == 1
+
+
+@pytest.mark.parametrize("batch,static", [(1, True), (2, False)])
+def test_a_one_row_batch_compiles_at_a_static_width(batch, static):
+    """One row: its visual count is the spliced features' (a static shape), so the site's width
+    is a plain int (``L - V + budget`` plus the dead slot of a row that lost tokens) and the
+    layers after it compile with static sizes. Two rows: each row's count is data, so is the
+    width. Both equal the oracle."""
+    spec = TinySpec(layers=3)
+    model = tiny_llava(spec)
+    inputs = make_inputs(spec, batch=batch, prefix=3, suffix=4)
+    graphs = []
+
+    def inner(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    opts = options("fastv", budget=5, layer=1, inner=inner)
+    got = compiled_logits(model, inputs, opts)
+    want = oracle_logits(model, inputs, oracle_spec("fastv", budget=5, layer=1))
+    torch.testing.assert_close(got[valid(inputs)], want[valid(inputs)], atol=2e-5, rtol=1e-4)
+    (sel,) = [n for gm in graphs for n in gm.graph.nodes if n.target is torch.ops.vtp.select_keep.default]
+    L = inputs["input_ids"].shape[1]
+    width = sel.args[4] if len(sel.args) > 4 else 0
+    assert width == (L - spec.visual_tokens + 5 + 1 if static else 0)
+    W = sel.meta["val"][0].shape[1]
+    assert isinstance(W, int) == static

@@ -6,7 +6,9 @@ batch keeps its own number of tokens (rows differ in visual count, padding and b
 common width ``W`` is the longest row's kept count (plus one dead slot in every row that lost a
 position, see :mod:`vtp_compile.kernels.cache`) and the rest of each row is dead. ``W`` is data:
 the one data-dependent size of a pruned graph (an unbacked SymInt, one host read per site,
-no recompiles). Dead slots sit at the end, so causal attention never lets a live query see one;
+no recompiles) — except where the graph's shapes fix it: a one-row batch whose visual count
+the spliced features give (:func:`static_width`), where ``W`` is a plain int and everything
+after the site compiles with static sizes. Dead slots sit at the end, so causal attention never lets a live query see one;
 explicit masks are restricted with :func:`live_mask`.
 
 Each op: a readable PyTorch reference (the CPU kernel), a ``torch.library`` registration and a
@@ -54,14 +56,24 @@ def min_width(L) -> int:
     return 2 if statically_known_true(L >= 2) else 1
 
 
-def compact_layout(keep: torch.Tensor, live: torch.Tensor):
+def compact_layout(keep: torch.Tensor, live: torch.Tensor, width: int = 0):
     """``(idx [B, W], slot_live [B, W])`` for a keep mask: row ``b``'s kept positions in order,
     then dead slots (index 0). ``W`` = the longest row, counting one dead slot in every row that
-    lost a live or padded position (decode graphs recognise compacted rows by it)."""
+    lost a live or padded position (decode graphs recognise compacted rows by it).
+
+    ``width`` > 0: the graph's static width (:func:`static_width`), an upper bound on that ``W``:
+    the layout is padded to it with dead slots; a batch that needs more raises."""
     B, L = keep.shape
     cnt = keep.sum(1)
     lost = cnt < L
     W = max(int((cnt + lost.long()).max()) if B else 0, min_width(L))
+    if width:
+        if W > width:
+            raise RuntimeError(
+                f"vtp: this batch keeps {W} positions, more than the {width} the graph was compiled "
+                "for: its rows hold fewer visual tokens than the image features it was traced with "
+                "(the placeholder tokens and the features do not match)")
+        W = width
     dest = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(cnt[:, None], W).expand(B, L))
     idx = torch.zeros(B, W + 1, dtype=torch.long, device=keep.device)
     idx.scatter_(1, dest, torch.arange(L, device=keep.device).expand(B, L))
@@ -69,14 +81,25 @@ def compact_layout(keep: torch.Tensor, live: torch.Tensor):
     return idx[:, :W].contiguous(), slot_live
 
 
+def static_width(L: int, n_visual: int, n_select: int) -> int:
+    """The compacted width of a one-row batch of ``L`` positions of which ``n_visual`` are visual,
+    keeping ``n_select`` visual ones: every non-visual position, the kept ones, and the dead slot
+    of a row that lost a position. It bounds :func:`compact_layout`'s ``W`` from above whatever
+    the row's padding (padding is non-visual and is evicted): a graph that knows it need not
+    leave ``W`` to the data (see :func:`select_keep`)."""
+    cnt = L - n_visual + min(max(n_select, 0), n_visual)
+    return min(L, max(cnt + (cnt < L), min_width(L)))
+
+
 def select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
-                n_keep: torch.Tensor):
+                n_keep: torch.Tensor, width: int = 0):
     """Keep every live non-visual position and the top ``n_keep[b]`` live visual ones of each
     row; returns the compacted layout ``(idx [B, W] int64, slot_live [B, W] bool)``.
 
     scores ``[B, L]`` (any float), visual_mask / live bool ``[B, L]``, n_keep int64 ``[B]``.
+    ``width`` > 0: ``W`` is that static width (dead slots pad the rows), not read from the data.
     """
-    return compact_layout(keep_mask(scores, visual_mask, live, n_keep), live)
+    return compact_layout(keep_mask(scores, visual_mask, live, n_keep), live, width)
 
 
 def gather_seq(x: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
@@ -145,14 +168,14 @@ def _unbacked_width(ctx, upper):
 
 @torch.library.custom_op("vtp::select_keep", mutates_args=())
 def _select_keep(scores: torch.Tensor, visual_mask: torch.Tensor, live: torch.Tensor,
-                 n_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return select_keep(scores, visual_mask, live, n_keep)
+                 n_keep: torch.Tensor, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return select_keep(scores, visual_mask, live, n_keep, width)
 
 
 @_select_keep.register_fake
-def _(scores, visual_mask, live, n_keep):
+def _(scores, visual_mask, live, n_keep, width=0):
     B, L = visual_mask.shape
-    W = _unbacked_width(torch.library.get_ctx(), L)
+    W = width if width else _unbacked_width(torch.library.get_ctx(), L)
     return (scores.new_empty((B, W), dtype=torch.int64),
             scores.new_empty((B, W), dtype=torch.bool))
 
@@ -201,6 +224,6 @@ decomposed("live_mask", live_mask)
 triton_kernel("select_keep", "per-row top-k in position order; its width is the graph's one data-dependent size")
 
 @torch.library.register_kernel("vtp::select_keep", "cuda")
-def _select_keep_cuda(scores, visual_mask, live, n_keep):
+def _select_keep_cuda(scores, visual_mask, live, n_keep, width=0):
     from .triton.select import select_keep   # on the first CUDA call: importing vtp_compile never imports triton
-    return select_keep(scores, visual_mask, live, n_keep)
+    return select_keep(scores, visual_mask, live, n_keep, width)

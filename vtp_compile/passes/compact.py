@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .. import kernels  # noqa: F401  (registers torch.ops.vtp)
+from ..kernels import select
 from ..kernels.frames import rerank
 from ..graph.fx_utils import Unsupported, insert_after, is_one, is_sdpa, sdpa_args, tensor_val, val
 from ..graph import tp
@@ -55,6 +56,12 @@ class CompactState:
     static_writes: dict = dataclasses.field(default_factory=dict)
     # frame ids of the original sequence, per ``frame_tokens`` (kernels/frames.py), made once
     frames: dict = dataclasses.field(default_factory=dict)
+    # a one-row batch of static length whose visual count the graph's shapes give: the current
+    # layout's length, its visual count and the original sequence's (None: data), which fix
+    # each site's width (_static_width)
+    length: int | None = None
+    n_visual: int | None = None
+    n_visual_orig: int | None = None
 
 
 @dataclasses.dataclass
@@ -88,7 +95,29 @@ def init_state(vlm: VLMGraph, layouts: Layouts) -> CompactState:
             mask = layouts[first_attention.index].prompt_mask(g, mask, vis)
         live = g.call_function(traced.live_from_mask, (mask, vis))
         qpos = g.call_function(traced.last_live, (live,))
-    return CompactState(vis, live, qpos, layouts, first_visual=vis)
+    n = spliced_count(vlm)
+    length = None if n is None else tensor_val(vlm.splice).shape[1]
+    return CompactState(vis, live, qpos, layouts, first_visual=vis, length=length, n_visual=n,
+                        n_visual_orig=n)
+
+
+def spliced_count(vlm: VLMGraph) -> int | None:
+    """The visual positions of a one-row batch, from its spliced features' static shapes (each
+    splice writes one position per ``D`` feature values, and the model checks that the
+    placeholders match the features); None where a shape is symbolic, the batch has several
+    rows (their counts are data), or an earlier graph spliced some of the positions."""
+    if vlm.splice is None or vlm.spliced_before is not None:
+        return None
+    shape = tensor_val(vlm.splice).shape
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape) or shape[0] != 1:
+        return None
+    total = 0
+    for splice in (*vlm.earlier_splices, vlm.splice):
+        numel = tensor_val(splice.args[2]).numel()
+        if not isinstance(numel, int) or numel % shape[2]:
+            return None
+        total += numel // shape[2]
+    return total
 
 
 def visual_union(g: fx.Graph, vlm: VLMGraph) -> fx.Node:
@@ -127,6 +156,8 @@ class Selection:
     vis_c: fx.Node           # visual mask, compacted
     qpos_c: fx.Node          # last live slot per row
     origin: fx.Node          # original position of each slot
+    width: int | None        # the layout's static width (None: data; see _static_width)
+    n_visual: int | None     # visual positions the site keeps, where static
 
 
 def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
@@ -181,13 +212,14 @@ def apply_site(vlm: VLMGraph, site, state: CompactState, end: int | None = None,
                        entry, exits, sel.origin)
     if end == vlm.num_layers and len(spans) == 1:   # the rest of the stack runs on the kept tokens
         state.visual_mask, state.live, state.qpos = sel.vis_c, sel.slot_live, sel.qpos_c
-        state.origin = sel.origin
+        state.origin, state.length, state.n_visual = sel.origin, sel.width, sel.n_visual
     elif end == vlm.num_layers:                      # per-layer: full length, removed not live
         g = vlm.gm.graph
         with g.inserting_before(sel.origin.next):
             kept = g.call_function(traced.kept_positions, (sel.idx, sel.slot_live, state.visual_mask))
             state.visual_mask = g.call_function(operator.and_, (state.visual_mask, kept))
             state.live = g.call_function(operator.and_, (state.live, kept))
+        state.n_visual = sel.n_visual
     vlm.gm.graph.lint()
     return result
 
@@ -236,7 +268,8 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         n_sel = n_keep
         if isinstance(site, ReserveSite):
             n_sel = g.call_function(traced.with_reserve, (n_keep, site.reserve))
-        sel = g.call_function(ops.select_keep.default, (score, vis, live, n_sel))
+        width, n_visual = _static_width(site, state)
+        sel = g.call_function(ops.select_keep.default, (score, vis, live, n_sel, width))
         idx = g.call_function(operator.getitem, (sel, 0))
         slot_live = g.call_function(operator.getitem, (sel, 1))
         src = entry
@@ -257,7 +290,20 @@ def _select(vlm: VLMGraph, site, state: CompactState, K: int, scores) -> Selecti
         vis_c = g.call_function(traced.compact_visual, (vis, idx, slot_live))
         qpos_c = g.call_function(traced.last_live, (slot_live,))
         origin = g.call_function(traced.compose_origin, (state.origin, idx))
-    return Selection(score, idx, slot_live, n_keep, src, vis_c, qpos_c, origin)
+    return Selection(score, idx, slot_live, n_keep, src, vis_c, qpos_c, origin, width or None, n_visual)
+
+
+def _static_width(site, state: CompactState) -> tuple[int, int | None]:
+    """``(width, visual count after the site)``: the site's compacted width where the batch's
+    shapes fix it (:func:`vtp_compile.kernels.select.static_width`), else ``(0, None)`` (the
+    width is data). The keep count is the site's own rule on the static count."""
+    V, L = state.n_visual, state.length
+    if V is None or L is None:
+        return 0, None
+    n_sel = min(int(site.keep.count(V, state.n_visual_orig)), V)
+    if isinstance(site, ReserveSite):
+        n_sel = int(traced.with_reserve(torch.tensor([n_sel]), site.reserve)[0])
+    return select.static_width(L, V, n_sel), min(max(n_sel, 0), V)
 
 
 def frame_ids(vlm: VLMGraph, state: CompactState, frame_tokens: int) -> fx.Node:

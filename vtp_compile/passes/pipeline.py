@@ -48,6 +48,11 @@ class CompactSites(GraphPass):
             ctx.layouts.check_site(site)
         if any(isinstance(s, ReserveSite) for s in sites):
             shift.check_layout(vlm, ctx.layouts)
+        if ctx.layouts.preallocated and sum(not isinstance(s, (RouteSite, DecodeSite)) for s in sites) > 1:
+            # a static cache's writes are placed after the last site (FinishCaches); until then
+            # they write the compacted states at the prompt's positions, which the fake
+            # propagation between sites accepts only while the width is data
+            ctx.state.length = None
         for i, site in enumerate(sites):
             if isinstance(site, (RouteSite, DecodeSite)):
                 continue

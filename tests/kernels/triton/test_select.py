@@ -36,6 +36,22 @@ def test_select_keep_equals_the_reference(B, L, dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (B, L, seed)
 
 
+@pytest.mark.parametrize("L,V,k", [(9, 4, 2), (9, 4, 4), (33, 20, 5), (2, 1, 0)])
+def test_a_static_width_pads_the_reference_layout(L, V, k):
+    """One row with the graph's static width: the reference's layout at that width."""
+    tsel = interpreted("select")
+    g = torch.Generator().manual_seed(L + V + k)
+    vis = torch.zeros(1, L, dtype=torch.bool)
+    vis[0, torch.randperm(L, generator=g)[:V]] = True
+    live = torch.ones(1, L, dtype=torch.bool)
+    live[0, :1] = V < L - 1                      # a padded row where there is room
+    s, n = torch.randn(1, L, generator=g), torch.tensor([k])
+    width = ref.static_width(L, V, k)
+    want, got = ref.select_keep(s, vis, live, n, width), tsel.select_keep(s, vis, live, n, width)
+    assert got[0].shape == (1, width)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_one_visual_token_and_everything_kept_or_dropped():
     tsel = interpreted("select")
     vis = torch.zeros(2, 9, dtype=torch.bool)

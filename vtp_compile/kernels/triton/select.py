@@ -97,10 +97,17 @@ def layout_full(keep: torch.Tensor):
     return idx, slot.bool(), width
 
 
-def select_keep(scores, visual_mask, live, n_keep):
-    """The CUDA kernel of ``vtp::select_keep``: one host read (the width ``W``)."""
-    idx, slot, width = layout_full(keep_mask(scores, visual_mask, live, n_keep))
-    W = max(int(width.max()) if width.numel() else 0, min_width(idx.shape[1]), 1)   # the one host read
+def select_keep(scores, visual_mask, live, n_keep, width: int = 0):
+    """The CUDA kernel of ``vtp::select_keep``: one host read (the width ``W``), none when the
+    graph gives a static ``width`` (checked on the device instead)."""
+    idx, slot, widths = layout_full(keep_mask(scores, visual_mask, live, n_keep))
+    if width:
+        if widths.numel():
+            torch._assert_async(widths.max() <= width,
+                                "vtp: a batch keeps more positions than the graph's static width")
+        W = width
+    else:
+        W = max(int(widths.max()) if widths.numel() else 0, min_width(idx.shape[1]), 1)   # the one host read
     if idx.shape[1] < W:     # L == 0: one dead slot
         idx = torch.zeros(idx.shape[0], W, dtype=idx.dtype, device=idx.device)
         slot = torch.zeros(idx.shape[0], W, dtype=torch.bool, device=idx.device)
