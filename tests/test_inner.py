@@ -122,6 +122,7 @@ def test_cpu_graphs_skip_peak_memory_reordering_unless_asked(asked, monkeypatch)
     fn = lower(gm, [x], PruneConfig.from_options(opts))
     torch.testing.assert_close(fn(x), torch.relu(x).sum(0))
     assert seen[0]["reorder_for_peak_memory"] is (False if asked is None else asked)
+    assert seen[0]["realize_reads_threshold"] == 1          # the other CPU default (CPU_DEFAULTS)
     with FakeTensorMode():
         on_gpu = torch.empty(2, device="cuda")
     assert _on_gpu([on_gpu, 3]) and not _on_gpu([x, 3])

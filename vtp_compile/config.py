@@ -30,7 +30,8 @@ COMMON_DOCS = {
     "inner_backend": ("str or callable", "inductor", "what compiles the rewritten graph: `inductor`, any "
                       "registered torch.compile backend name (`eager`, `aot_eager`, ...), or a callable "
                       "`(gm, example_inputs) -> callable`"),
-    "inductor_config": ("dict", {}, "Inductor config patches passed through (applied after `mode`'s); "
+    "inductor_config": ("dict", {}, "Inductor config patches passed through (applied after `mode`'s, "
+                        "and over vtp's CPU defaults `vtp_compile.inner.CPU_DEFAULTS`); "
                         "`inductor` is accepted as an alias"),
 }
 # torch.compile's modes (it refuses `mode` together with `options`, so vtp takes it as an option)
