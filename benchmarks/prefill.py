@@ -17,6 +17,7 @@ report: ``flops_total / (flops_total - flops_saved)`` (decoder FLOPs only).
     python benchmarks/prefill.py                       # fastv (layer 2) + random, budgets 64,144,288
     python benchmarks/prefill.py --json prefill.json --runs 9
     python benchmarks/prefill.py --methods pdrop,sparsevlm,dart,divprune,cdpruner,visionzip,nuwa,chain --budgets 64
+    python benchmarks/prefill.py --inductor-config '{"realize_reads_threshold": 4}'   # Inductor's default
 
 Layer-site methods run with their defaults except FastV's ``--layer``; PDrop's ``budget`` is
 its average kept count over the decoder layers (as the paper reports it); ``chain`` is
@@ -94,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--text", type=int, default=20, help="text tokens before and after the image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--inductor-config", default=None,
+                    help='every vtp configuration\'s inductor_config option, JSON, e.g. '
+                         '\'{"realize_reads_threshold": 4}\' (Inductor\'s default instead of vtp\'s CPU one)')
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -112,7 +116,10 @@ def main(argv=None) -> int:
     configs = [("none", None, None)]
     for m in methods:
         for b in budgets:
-            configs.append((m, b, method_options(m, b, args.layer)))
+            opts = method_options(m, b, args.layer)
+            if args.inductor_config:
+                opts["inductor_config"] = json.loads(args.inductor_config)
+            configs.append((m, b, opts))
     attached = None
     if any(m in ATTACH for m in methods):
         import copy
